@@ -1,0 +1,172 @@
+"""Notebook parameters: read the defaults, merge the overrides, check names and types.
+
+A notebook's ``parameters`` cell holds plain annotated assignments (``name: type = value  # help``),
+which papermill and JupyterLab understand as they are. The runner merges, in increasing priority:
+notebook defaults < profile section (``params/<profile>.yaml``, one section per notebook) < parameter
+file < ``-p NAME VALUE``. Names and types are checked here; the meaning of values is checked by the
+notebook's first cell, so plain papermill gets the same checks.
+"""
+from __future__ import annotations
+
+import ast
+import io
+import json
+import tokenize
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from workbook.errors import WorkbookError, bad_param
+from workbook.paths import notebooks_dir, params_dir
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # the annotation as written: int, float, str, bool, list
+    default: object
+    help: str
+
+
+def notebook_path(name: str) -> Path:
+    """``pos_interp``, ``pos_interp.ipynb`` or a path to a notebook -> the notebook's path."""
+    p = Path(name)
+    if p.suffix == ".ipynb" and p.exists():
+        return p.resolve()
+    cand = notebooks_dir() / (p.stem + ".ipynb")
+    if cand.exists():
+        return cand
+    known = ", ".join(list_notebooks()) or "(none)"
+    raise WorkbookError(f"There is no notebook {name!r}; known notebooks: {known}.")
+
+
+def list_notebooks() -> list[str]:
+    return sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+
+
+def parameters_source(nb: dict) -> str:
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = cell["source"]
+            return "".join(src) if isinstance(src, list) else src
+    raise WorkbookError("The notebook has no cell tagged 'parameters'.")
+
+
+def parse_parameters(source: str) -> dict[str, Param]:
+    """Parse ``name: type = literal  # help`` lines (the convention papermill's --help-notebook reads)."""
+    comments = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name = node.target.id
+            out[name] = Param(name, ast.unparse(node.annotation), ast.literal_eval(node.value),
+                              comments.get(node.lineno, ""))
+    return out
+
+
+def notebook_parameters(path: Path) -> dict[str, Param]:
+    return parse_parameters(parameters_source(json.loads(Path(path).read_text())))
+
+
+def parse_cli_value(text: str):
+    """``-p`` values are YAML scalars or lists: ``2``, ``1e-3``, ``true``, ``[224, 384]``, ``cuda``."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def coerce(p: Param, value):
+    """Convert ``value`` to the parameter's declared type, or raise a ParameterError saying what is allowed."""
+    t = p.type
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise bad_param(p.name, value, "true or false")
+    if t == "int":
+        if isinstance(value, bool):
+            raise bad_param(p.name, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise bad_param(p.name, value, "an integer")
+    if t == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad_param(p.name, value, "a number") from None
+    if t == "str":
+        return "" if value is None else str(value)
+    if t == "list":
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):
+            parsed = parse_cli_value(value) if value.strip().startswith("[") else None
+            if isinstance(parsed, list):
+                return parsed
+            return [parse_cli_value(v.strip()) for v in value.split(",") if v.strip()]
+        return [value]
+    return value
+
+
+def load_yaml(path: Path, what: str) -> dict:
+    if not path.exists():
+        raise WorkbookError(f"The {what} {str(path)!r} does not exist.")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise WorkbookError(f"The {what} {str(path)!r} must hold a mapping of parameter names to values.")
+    return data
+
+
+def profile_section(profile: str, notebook: str) -> dict:
+    """The ``notebook`` section of ``params/<profile>.yaml`` ({} when the profile has none for it)."""
+    path = params_dir() / f"{profile}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in params_dir().glob("*.yaml"))) or "(none)"
+        raise WorkbookError(f"There is no profile {profile!r} (no params/{profile}.yaml); known profiles: {known}.")
+    data = load_yaml(path, "profile")
+    return dict(data.get(notebook) or {})
+
+
+def file_section(path: str, notebook: str) -> dict:
+    """A parameter file is flat, or sectioned by notebook name like a profile."""
+    data = load_yaml(Path(path), "parameter file")
+    if isinstance(data.get(notebook), dict):
+        return dict(data[notebook])
+    return data
+
+
+def merge(notebook: str, defaults: dict[str, Param], *, profile: str | None = None,
+          file: str | None = None, cli: dict | None = None) -> tuple[dict, dict]:
+    """Merged, type-checked parameters and, for each, where its value came from."""
+    values = {k: p.default for k, p in defaults.items()}
+    source = {k: "default" for k in defaults}
+    layers = []
+    if profile:
+        layers.append((f"profile {profile}", profile_section(profile, notebook)))
+    if file:
+        layers.append((f"file {Path(file).name}", file_section(file, notebook)))
+    if cli:
+        layers.append(("-p", cli))
+    for label, layer in layers:
+        for k, v in layer.items():
+            if k not in defaults:
+                raise bad_param(k, v, f"{notebook} has no such parameter (from {label}); "
+                                      f"its parameters are {', '.join(defaults)}")
+            values[k] = coerce(defaults[k], v)
+            source[k] = label
+    return values, source

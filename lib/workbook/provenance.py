@@ -1,0 +1,168 @@
+"""Provenance: what code, which packages and which hardware produced a run.
+
+A result is only worth sharing if a reader can tell where it came from, so every run records the git
+commit (and whether the tree was dirty), package versions, Python, torch/CUDA/Triton/Neuron versions,
+and the hardware: CPU model and cores, RAM, GPU names and memory, Neuron devices. Collected by the
+runner into ``run.json`` and by the recorder into ``results.json``.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+
+from workbook.paths import repo_root
+
+PACKAGES = (
+    "workbook", "torch", "torchvision", "triton", "open_clip_torch", "timm", "transformers", "numpy",
+    "papermill", "nbconvert", "nbclient", "ipykernel", "plotly", "torch-neuronx", "transformers-neuronx",
+    "neuronx-cc", "neuronx-distributed-inference", "optimum-neuron",
+)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _run(cmd: list[str], cwd=None, timeout: float = 10.0) -> str | None:
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_info() -> dict:
+    root = repo_root()
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
+    if commit is None:
+        return {"commit": None, "dirty": None, "branch": None}
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
+    return {
+        "commit": commit,
+        "dirty": bool(status),
+        "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=root),
+    }
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _meminfo_gb() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        return None
+
+
+def cpu_info() -> dict:
+    from workbook.device import cpu_name
+
+    physical = None
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        pass
+    return {
+        "model": cpu_name(),
+        "arch": platform.machine(),
+        "cores_logical": os.cpu_count(),
+        "cores_physical": physical,
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+
+
+def gpu_info() -> list[dict]:
+    """GPUs from nvidia-smi (no CUDA context is created); falls back to torch if nvidia-smi is absent."""
+    if shutil.which("nvidia-smi"):
+        out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                    "--format=csv,noheader,nounits"])
+        if out:
+            gpus = []
+            for line in out.splitlines():
+                name, mem, driver = (s.strip() for s in line.split(","))
+                gpus.append({"name": name, "memory_gb": round(float(mem) / 1024, 1), "driver": driver})
+            return gpus
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            return [{"name": torch.cuda.get_device_name(i),
+                     "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+                     "driver": None} for i in range(torch.cuda.device_count())]
+    return []
+
+
+def neuron_info() -> dict:
+    """Neuron devices (``/dev/neuron*``) and whether the real SDK imports (PyPI ships placeholders)."""
+    devices = sorted(glob.glob("/dev/neuron[0-9]*"))
+    sdk = None
+    try:
+        import torch_neuronx  # noqa: F401
+
+        sdk = getattr(torch_neuronx, "__version__", "installed")
+    except ImportError as e:
+        sdk = None if "No module" in str(e) else f"unusable ({str(e).splitlines()[0][:80]})"
+    except Exception as e:  # noqa: BLE001 - any failure means the SDK is not usable here
+        sdk = f"unusable ({type(e).__name__})"
+    return {"devices": len(devices), "torch_neuronx": sdk}
+
+
+def torch_info() -> dict:
+    try:
+        import torch
+    except ImportError:
+        return {"version": None}
+    info = {"version": torch.__version__, "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "threads": torch.get_num_threads()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001 - triton is optional
+        info["triton"] = None
+    return info
+
+
+def hardware() -> dict:
+    return {"cpu": cpu_info(), "ram_gb": _meminfo_gb(), "gpus": gpu_info(), "neuron": neuron_info(),
+            "hostname": platform.node()}
+
+
+def collect() -> dict:
+    """Everything above, as one JSON-able dict."""
+    return {
+        "collected_at": now_iso(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "git": git_info(),
+        "packages": package_versions(),
+        "torch": torch_info(),
+        "hardware": hardware(),
+    }
+
+
+def hardware_label(hw: dict) -> str:
+    """A short label for the hardware: the GPU name if any, else the CPU model with its core count."""
+    if hw.get("gpus"):
+        g = hw["gpus"]
+        return f"{len(g)}× {g[0]['name']}" if len(g) > 1 else g[0]["name"]
+    cpu = hw.get("cpu", {})
+    return f"{cpu.get('model', 'CPU')} ({cpu.get('cores_usable')} cores)"

@@ -1,0 +1,128 @@
+"""The results recorder: how a notebook writes ``results.json``.
+
+Results are flat JSON: named tables of rows (one row per measured configuration, units in key names
+such as ``latency_ms_p50``), a few headline figures, and the notes a reader must see first — fallbacks
+that happened, things that were not measured and why. The file is rewritten atomically after every
+change, so whatever finished survives a later failure. Under the runner the file lands in the run
+folder (``WORKBOOK_RUN_DIR``); under plain papermill or JupyterLab in ``outputs/<notebook>/adhoc-*``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from datetime import datetime
+from pathlib import Path
+
+from workbook import provenance
+from workbook.paths import outputs_dir
+
+RUN_DIR_ENV = "WORKBOOK_RUN_DIR"
+
+
+def _jsonable(x):
+    """Plain JSON types; NaN/inf become None (JSON has no NaN), tensors and numpy scalars become numbers."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return str(x)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(_jsonable(data), f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def run_dir_for(notebook: str) -> Path:
+    env = os.environ.get(RUN_DIR_ENV)
+    if env:
+        return Path(env)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return outputs_dir() / notebook / f"adhoc-{stamp}-{os.getpid()}"
+
+
+class Recorder:
+    """Collects a notebook's results and keeps ``results.json`` up to date."""
+
+    def __init__(self, notebook: str, params: dict, run_dir: Path | None = None):
+        self.run_dir = Path(run_dir) if run_dir else run_dir_for(notebook)
+        self.path = self.run_dir / "results.json"
+        prov = provenance.collect()
+        self.data = {
+            "notebook": notebook,
+            "status": "running",
+            "started_at": provenance.now_iso(),
+            "params": dict(params),
+            "headline": {},
+            "fallbacks": [],
+            "notes": [],
+            "not_measured": [],
+            "tables": {},
+            "hardware": prov["hardware"],
+            "versions": {"python": prov["python"], **prov["torch"], "packages": prov["packages"]},
+            "git": prov["git"],
+        }
+        self._save()
+
+    def _save(self) -> None:
+        write_json_atomic(self.path, self.data)
+
+    def set(self, **context) -> None:
+        """Top-level facts about the run (e.g. ``device``, ``device_reason``, ``model``)."""
+        self.data.update(context)
+        self._save()
+
+    def add(self, table: str, row: dict) -> None:
+        """Append one row to a named table."""
+        self.data["tables"].setdefault(table, []).append(dict(row))
+        self._save()
+
+    def headline(self, **figures) -> None:
+        """The few figures that `workbook list` and the index show for this run."""
+        self.data["headline"].update(figures)
+        self._save()
+
+    def fallback(self, text: str) -> None:
+        """Something ran other than what was asked: shown at the top of the report."""
+        self.data["fallbacks"].append(text)
+        self._save()
+
+    def note(self, text: str) -> None:
+        self.data["notes"].append(text)
+        self._save()
+
+    def not_measured(self, what: str, why: str) -> None:
+        self.data["not_measured"].append({"what": what, "why": why})
+        self._save()
+
+    def table(self, name: str) -> list[dict]:
+        return self.data["tables"].get(name, [])
+
+    def finish(self) -> None:
+        self.data["status"] = "complete"
+        self.data["finished_at"] = provenance.now_iso()
+        self._save()
+
+
+def start(notebook: str, params: dict) -> Recorder:
+    """Create the recorder for this notebook run and say where its results go."""
+    rec = Recorder(notebook, params)
+    print(f"results: {rec.path}")
+    return rec
+
+
+def load(path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,89 @@
+"""HTML reports: the executed notebook rendered by nbconvert, with a run summary on top.
+
+The summary (status, the error if the run failed, fallbacks, what was not measured, hardware,
+parameters) is a cell put in front of the notebook at render time, so the first thing a reader sees
+is whether the numbers can be trusted. Code cells are folded behind a toggle (or removed with
+``code="hidden"``); plotly figures carry their own plotly.js, so reports render with no network.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import nbformat
+
+from workbook.paths import lib_dir
+from workbook.provenance import hardware_label
+
+CODE_MODES = ("collapsed", "hidden", "shown")
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def summary_html(run: dict, results: dict | None) -> str:
+    """The report's first cell, from ``run.json`` and (if the notebook got that far) ``results.json``."""
+    status = run.get("status", "?")
+    failed = status != "ok"
+    parts = [f'<div class="wb-header{" wb-failed" if failed else ""}">',
+             f"<h2>{_esc(run['notebook'])} · run {_esc(run['run_id'])}</h2>",
+             f"<p><b>Status: {_esc(status.upper())}</b>"]
+    if run.get("duration_s") is not None:
+        parts.append(f" · {run['duration_s']:.1f} s")
+    parts.append(f" · {_esc(run.get('started_at', ''))}</p>")
+    if run.get("error"):
+        parts.append(f"<p><b>Error:</b> <code>{_esc(run['error'])}</code></p>")
+    res = results or {}
+    for fb in res.get("fallbacks", []):
+        parts.append(f'<p class="wb-warn"><b>Fallback:</b> {_esc(fb)}</p>')
+    if res.get("status") == "running" and not failed:
+        parts.append('<p class="wb-warn">The notebook never marked its results complete.</p>')
+    for nm in res.get("not_measured", []):
+        parts.append(f'<p class="wb-warn"><b>Not measured:</b> {_esc(nm["what"])} — {_esc(nm["why"])}</p>')
+    for note in res.get("notes", []):
+        parts.append(f"<p><b>Note:</b> {_esc(note)}</p>")
+    prov = run.get("provenance", {})
+    hw = prov.get("hardware", {})
+    git = prov.get("git", {})
+    tv = prov.get("torch", {})
+    parts.append("<p><b>Hardware:</b> " + _esc(hardware_label(hw)) if hw else "<p>")
+    parts.append(f" · <b>torch</b> {_esc(tv.get('version'))} (CUDA {_esc(tv.get('cuda'))})"
+                 f" · <b>git</b> {_esc((git.get('commit') or 'none')[:10])}"
+                 f"{' (dirty)' if git.get('dirty') else ''}</p>")
+    if res.get("headline"):
+        parts.append("<p><b>Headline:</b> " + " · ".join(
+            f"{_esc(k)} = {_esc(_fmt(v))}" for k, v in res["headline"].items()) + "</p>")
+    src = run.get("param_sources", {})
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td><code>{_esc(json.dumps(v))}</code></td><td>{_esc(src.get(k, ''))}</td></tr>"
+                   for k, v in run.get("params", {}).items())
+    parts.append(f"<details><summary>parameters</summary><table><tr><th>name</th><th>value</th>"
+                 f"<th>from</th></tr>{rows}</table></details></div>")
+    return "".join(parts)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def render(nb_path: Path, html_path: Path, header_html: str | None = None, code: str = "collapsed") -> Path:
+    """Write ``html_path`` from the notebook at ``nb_path``, with ``header_html`` as its first cell."""
+    from nbconvert import HTMLExporter
+
+    if code not in CODE_MODES:
+        raise ValueError(f"code must be one of {CODE_MODES}")
+    nb = nbformat.read(str(nb_path), as_version=4)
+    if header_html:
+        nb.cells.insert(0, nbformat.v4.new_markdown_cell(header_html))
+    exporter = HTMLExporter(
+        template_name="workbook" if code == "collapsed" else "lab",
+        extra_template_basedirs=[str(lib_dir() / "templates")],
+        exclude_input=(code == "hidden"),
+    )
+    exporter.register_preprocessor("nbconvert.preprocessors.TagRemovePreprocessor", enabled=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": nb_path.parent.name}})
+    html_path.write_text(body, encoding="utf-8")
+    return html_path

@@ -1,0 +1,249 @@
+"""The runner: execute a notebook with merged parameters into its own run folder.
+
+Each run lands in ``outputs/<notebook>/<run-id>/`` with the executed ``notebook.ipynb``, ``report.html``,
+``results.json`` (written by the notebook) and ``run.json`` (parameters, status, error, timings,
+provenance). Runs never overwrite each other. A finished run with the same notebook source,
+parameters and lib version is reused unless forced. A failing notebook still gets its report, with
+the error on top, and a non-zero exit code.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from workbook import __version__, params as P, provenance, report
+from workbook.paths import lib_dir, outputs_dir, repo_root
+from workbook.record import RUN_DIR_ENV, write_json_atomic
+
+PLOTLY_RENDERER = "plotly_mimetype+notebook"  # JupyterLab's renderer plus an offline HTML one
+
+
+@dataclass
+class RunInfo:
+    notebook: str
+    run_id: str
+    run_dir: Path
+    status: str  # ok | failed | interrupted | running
+    reused: bool = False
+    error: str | None = None
+    data: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.status == "ok" else 1
+
+
+def lib_fingerprint() -> str:
+    """The lib version for reuse decisions: the package version plus a hash of its source files."""
+    h = hashlib.sha256(__version__.encode())
+    for f in sorted(lib_dir().rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".j2", ".json", ".yaml"):
+            h.update(str(f.relative_to(lib_dir())).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def notebook_source_hash(path: Path) -> str:
+    nb = json.loads(path.read_text())
+    src = [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+           for c in nb["cells"]]
+    return hashlib.sha256(json.dumps(src).encode()).hexdigest()[:16]
+
+
+def run_key(nb_hash: str, params: dict, lib_fp: str) -> str:
+    blob = json.dumps({"nb": nb_hash, "params": params, "lib": lib_fp}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_run(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_reusable(notebook: str, key: str) -> Path | None:
+    nb_dir = outputs_dir() / notebook
+    if not nb_dir.is_dir():
+        return None
+    for d in sorted(nb_dir.iterdir(), reverse=True):
+        run = read_run(d)
+        if run and run.get("key") == key and run.get("status") == "ok" and (d / "results.json").exists():
+            return d
+    return None
+
+
+def new_run_dir(notebook: str, key: str) -> Path:
+    base = outputs_dir() / notebook
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        d = base / (f"{stamp}-{key[:6]}" + (f"-{n}" if n else ""))
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise RuntimeError("could not create a fresh run folder")
+
+
+@contextlib.contextmanager
+def _environment(**env):
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _error_text(exc: BaseException) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(exc, PapermillExecutionError):
+        return f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+    try:
+        from nbclient.exceptions import DeadKernelError
+    except ImportError:  # pragma: no cover
+        DeadKernelError = ()  # noqa: N806
+    if isinstance(exc, DeadKernelError):
+        return f"the kernel died ({exc}); out of memory or a crash in native code"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None, profile: str | None = None,
+        force: bool = False, log=print, timeout: float | None = None) -> RunInfo:
+    """Run one notebook. Raises ParameterError/WorkbookError before anything runs if the request is bad."""
+    nb_path = P.notebook_path(notebook)
+    name = nb_path.stem
+    defaults = P.notebook_parameters(nb_path)
+    values, sources = P.merge(name, defaults, profile=profile, file=param_file, cli=cli)
+    nb_hash, lib_fp = notebook_source_hash(nb_path), lib_fingerprint()
+    key = run_key(nb_hash, values, lib_fp)
+
+    if not force:
+        prev = find_reusable(name, key)
+        if prev is not None:
+            data = read_run(prev)
+            log(f"{name}: reusing finished run {prev.name} (same notebook source, parameters and lib "
+                f"version; --force to run again)\n  {prev / 'report.html'}")
+            return RunInfo(name, prev.name, prev, "ok", reused=True, data=data)
+
+    run_dir = new_run_dir(name, key)
+    run_id = run_dir.name
+    started = time.time()
+    data = {
+        "notebook": name, "run_id": run_id, "status": "running", "error": None,
+        "params": values, "param_sources": sources, "profile": profile, "param_file": param_file,
+        "key": key, "notebook_hash": nb_hash, "lib_fingerprint": lib_fp, "workbook_version": __version__,
+        "started_at": provenance.now_iso(), "ended_at": None, "duration_s": None,
+        "command": " ".join(sys.argv), "provenance": provenance.collect(),
+    }
+    write_json_atomic(run_dir / "run.json", data)
+    log(f"{name}: running into {run_dir}")
+
+    out_nb = run_dir / "notebook.ipynb"
+    status, error = "ok", None
+    try:
+        import papermill as pm
+
+        with _environment(**{RUN_DIR_ENV: run_dir, "PLOTLY_RENDERER": PLOTLY_RENDERER,
+                             "WORKBOOK_ROOT": repo_root(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+                             "PYDEVD_DISABLE_FILE_VALIDATION": "1"}):
+            pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, cwd=str(repo_root()),
+                                kernel_name=_kernel_name(), progress_bar=False, log_output=True,
+                                execution_timeout=timeout)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded, reported, and turned into an exit code
+        status, error = "failed", _error_text(exc)
+
+    data.update(status=status, error=error, ended_at=provenance.now_iso(),
+                duration_s=round(time.time() - started, 2))
+    results = _read_results(run_dir)
+    if out_nb.exists():
+        try:
+            report.render(out_nb, run_dir / "report.html", report.summary_html(data, results))
+        except Exception as exc:  # noqa: BLE001 - a broken report must not hide the run's own status
+            data["report_error"] = _error_text(exc)
+    write_json_atomic(run_dir / "run.json", data)
+    write_index()
+    msg = f"{name}: {status} in {data['duration_s']:.1f} s"
+    log(msg + (f" — {error}" if error else "") + f"\n  {run_dir / 'report.html'}")
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return RunInfo(name, run_id, run_dir, status, error=error, data=data)
+
+
+def _kernel_name() -> str:
+    """The kernel papermill starts: this interpreter's own (python3 resolves to sys.executable)."""
+    return os.environ.get("WORKBOOK_KERNEL", "python3")
+
+
+def _read_results(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_all(*, profile: str | None = None, force: bool = False, log=print) -> list[RunInfo]:
+    """Every notebook with its defaults (and the profile's section, if given); failures do not stop the rest."""
+    infos = []
+    for name in P.list_notebooks():
+        infos.append(run(name, profile=profile, force=force, log=log))
+    write_index()
+    return infos
+
+
+def list_runs() -> list[dict]:
+    """Every run folder's run.json plus its headline figures, newest first."""
+    rows = []
+    root = outputs_dir()
+    if not root.is_dir():
+        return rows
+    for run_json in root.glob("*/*/run.json"):
+        run_d = read_run(run_json.parent)
+        if not run_d:
+            continue
+        res = _read_results(run_json.parent) or {}
+        run_d["headline"] = res.get("headline", {})
+        run_d["fallbacks"] = res.get("fallbacks", [])
+        run_d["path"] = str(run_json.parent)
+        rows.append(run_d)
+    rows.sort(key=lambda r: r.get("started_at") or "", reverse=True)
+    return rows
+
+
+def find_run(ref: str) -> Path:
+    """A run folder from a path, ``notebook/run-id``, or a unique run-id prefix."""
+    from workbook.errors import WorkbookError
+
+    p = Path(ref)
+    if (p / "run.json").exists():
+        return p.resolve()
+    root = outputs_dir()
+    cands = [d for d in root.glob("*/*") if (d / "run.json").exists()
+             and (d.name.startswith(ref) or f"{d.parent.name}/{d.name}".startswith(ref))]
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        raise WorkbookError(f"No run matches {ref!r}; `workbook list` shows the runs.")
+    raise WorkbookError(f"{ref!r} matches {len(cands)} runs; give more of the run id.")
+
+
+def write_index() -> Path:
+    from workbook.index import write
+
+    return write(outputs_dir(), list_runs())
