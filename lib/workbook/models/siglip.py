@@ -140,6 +140,8 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
     kw = dict(overrides or {})
     if depth > 0:
         kw["depth"] = depth
+    # weights first: a missing file or an unreachable hub fails before the (slow, for SO400M) random init
+    sd = _read_state_dict(checkpoint) if checkpoint else _pretrained_trunk(model, pretrained) if pretrained else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _create(timm_name, kw)
@@ -149,9 +151,10 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
         raise bad_param("model", model, "a ViT with an absolute position table (like SigLIP)")
     weights = f"seeded random (seed={seed})"
     if checkpoint:
-        weights = _fit_checkpoint(net, _read_state_dict(checkpoint), checkpoint, model)
+        weights = _fit_checkpoint(net, sd, checkpoint, model)
     elif pretrained:
-        weights = _load_pretrained(net, model, pretrained)
+        net.load_state_dict(sd, strict=True)
+        weights = f"open_clip pretrained {pretrained}"
     net = net.float().eval()
     n = net.patch_embed.grid_size
     return Tower(model=net, name=model, timm_name=timm_name, patch=net.patch_embed.patch_size[0], grid=n[0],
@@ -159,7 +162,8 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
                  params=sum(p.numel() for p in net.parameters()))
 
 
-def _load_pretrained(net, model: str, tag: str) -> str:
+def _pretrained_trunk(model: str, tag: str) -> dict[str, torch.Tensor]:
+    """State dict of the timm trunk of open_clip ``model`` with weights ``tag`` (downloads, or the hub cache)."""
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(model)
@@ -171,8 +175,7 @@ def _load_pretrained(net, model: str, tag: str) -> str:
     except Exception as e:  # noqa: BLE001 - offline shows up as many exception types
         raise bad_param("pretrained", tag, "a tag that can be downloaded; this machine cannot reach the model hub "
                         f"({type(e).__name__}) — pass a local checkpoint path instead") from e
-    net.load_state_dict(full.visual.trunk.state_dict(), strict=True)
-    return f"open_clip pretrained {tag}"
+    return full.visual.trunk.state_dict()
 
 
 def pos_table(tower: Tower) -> torch.Tensor:

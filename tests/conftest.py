@@ -1,0 +1,45 @@
+"""Shared fixtures: a throw-away workbook root with a tiny notebook, so runner tests touch no real outputs.
+
+Tests that run anywhere are unmarked; tests that need a CUDA GPU are marked ``gpu`` and skip here.
+"""
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_notebook(path, params_src: str, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = nbformat.v4.new_code_cell(params_src)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test notebook"), p] + [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, str(path))
+
+
+SMOKE_PARAMS = "n: int = 3  # how many\nfail: bool = False  # raise on purpose\nsizes: list = [1, 2]  # sizes\nlabel: str = 'a'  # a label"
+SMOKE_CELLS = [
+    "from workbook import record, plots\nfrom workbook.errors import bad_param\nplots.setup()\n"
+    "if n < 0: raise bad_param('n', n, 'a count of at least 0')\n"
+    "rec = record.start('smoke', dict(n=n, fail=fail, sizes=sizes, label=label))",
+    "rec.add('t', {'label': label, 'n': n, 'x_ms': n * 1.5})\nrec.headline(x_ms=n * 1.5)\nif fail: rec.fallback('made up fallback')",
+    "if fail: raise RuntimeError('planned failure')",
+    "import plotly.graph_objects as go\ngo.Figure(go.Scatter(x=[1, 2], y=[n, 2 * n]))",
+    "rec.finish()",
+]
+
+
+@pytest.fixture
+def wb_root(tmp_path, monkeypatch):
+    root = tmp_path / "wb"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params").mkdir()
+    make_notebook(root / "notebooks" / "smoke.ipynb", SMOKE_PARAMS, SMOKE_CELLS)
+    (root / "params" / "gpu.yaml").write_text("smoke:\n  n: 7\n  label: gpu\nother:\n  x: 1\n")
+    monkeypatch.setenv("WORKBOOK_ROOT", str(root))
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(root / "outputs"))
+    return root
