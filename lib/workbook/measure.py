@@ -58,23 +58,11 @@ def time_fn(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3, i
         raise ValueError("iters must be at least 1")
     for _ in range(warmup):
         fn()
-    samples: list[float] = []
     if device == "cuda":
         import torch
 
         torch.cuda.synchronize()
-        for _ in range(iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
+    samples = [_one(fn, device) for _ in range(iters)]
     return summarize(samples, warmup)
 
 
@@ -87,3 +75,37 @@ def time_once(fn: Callable[[], object], *, device: str = "cpu") -> tuple[float, 
     out = fn()
     synchronize(device)
     return (time.perf_counter() - t0) * 1e3, out
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], *, device: str = "cpu", warmup: int = 3,
+                     iters: int = 20) -> dict[str, Timing]:
+    """Time several callables round-robin: every round calls each once, so drift hits them all alike.
+
+    Comparing implementations one after the other lets a slow start (allocator growth, clocks, another
+    process) land on whichever ran first; interleaving spreads it evenly.
+    """
+    if iters < 1:
+        raise ValueError("iters must be at least 1")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            samples[name].append(_one(fn, device))
+    return {k: summarize(v, warmup) for k, v in samples.items()}
+
+
+def _one(fn: Callable[[], object], device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,1 @@
+"""One module per notebook: the work behind each experiment, so notebooks stay narration."""
