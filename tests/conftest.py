@@ -43,3 +43,19 @@ def wb_root(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBOOK_ROOT", str(root))
     monkeypatch.setenv("WORKBOOK_OUTPUTS", str(root / "outputs"))
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA GPU; here they are skipped, saying so."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
