@@ -236,6 +236,8 @@ def interp_speed(cfg: Config, tower, rec) -> list[dict]:
     dev = cfg.device.device
     base = pos_table(tower).detach().to(dev, torch.float32)
     grids = sorted(set(cfg.resolutions) | set(cfg.tower_resolutions))
+    if dev == "cuda":
+        measure.spin(lambda: interp.interpolate(cfg.reference, base, (64, 64)), device=dev, seconds=2.0)
     for dt in dict.fromkeys(cfg.dtypes + [cfg.tower_dtype]):
         tab = base.to(DTYPES[dt])
         for res in tqdm(grids, desc=f"interpolation speed {dt}"):
@@ -260,6 +262,10 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
                 for r in interp_rows if r["dtype"] == cfg.tower_dtype}
     speed, fid = [], []
     steps = [(res, b) for res in cfg.tower_resolutions for b in cfg.batch_sizes]
+    if dev == "cuda":  # bring the GPU to its working clocks before the first configuration is timed
+        x0 = images(steps[0][1], _grid(cfg, steps[0][0]) * tower.patch, seed=cfg.seed, device=dev, dtype=dt)
+        with torch.inference_mode():
+            measure.spin(lambda: use_interpolation(tower, cfg.reference).model(x0), device=dev, seconds=3.0)
     for res, b in tqdm(steps, desc="vision tower"):
         g = _grid(cfg, res)
         x = images(b, g * tower.patch, seed=cfg.seed, device=dev, dtype=dt)  # the pixels a valid conv uses
