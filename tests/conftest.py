@@ -5,11 +5,15 @@ Tests that run anywhere are unmarked; tests that need a CUDA GPU are marked ``gp
 from __future__ import annotations
 
 import os
+import tempfile
 
 import nbformat
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Runs made by tests (nbmake's notebook runs included: the kernels inherit this) never land in outputs/.
+if "WORKBOOK_OUTPUTS" not in os.environ:
+    os.environ["WORKBOOK_OUTPUTS"] = tempfile.mkdtemp(prefix="workbook-test-outputs-")
 
 
 def make_notebook(path, params_src: str, cells: list[str]) -> None:

@@ -148,7 +148,7 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
         "params": values, "param_sources": sources, "profile": profile, "param_file": param_file,
         "key": key, "notebook_hash": nb_hash, "lib_fingerprint": lib_fp, "workbook_version": __version__,
         "started_at": provenance.now_iso(), "ended_at": None, "duration_s": None,
-        "command": " ".join(sys.argv), "provenance": provenance.collect(),
+        "command": _command_line(), "provenance": provenance.collect(),
     }
     write_json_atomic(run_dir / "run.json", data)
     log(f"{name}: running into {run_dir}")
@@ -184,6 +184,14 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     if status == "interrupted":
         raise KeyboardInterrupt
     return RunInfo(name, run_id, run_dir, status, error=error, data=data)
+
+
+def _command_line() -> str:
+    """The invoking command without machine paths (``workbook run ...``), for the record."""
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if prog in ("cli.py", "__main__.py"):
+        prog = "workbook"
+    return " ".join([prog, *sys.argv[1:]])
 
 
 def _kernel_name() -> str:

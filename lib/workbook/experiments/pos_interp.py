@@ -97,7 +97,7 @@ def configure(*, device: str, implementations, reference: str, candidate: str, r
               dtypes, tower_dtype: str, batch_sizes, model: str, depth: int, pretrained: str, checkpoint: str,
               iterations: int, warmup: int, seed: int) -> Config:
     """Check every parameter and return the run's configuration; a bad one raises one clear sentence."""
-    impls = interp.check_names(implementations, "implementations")
+    impls = interp.check_names([str(v) for v in _as_list("implementations", implementations)], "implementations")
     for name, value in (("reference", reference), ("candidate", candidate)):
         if value not in interp.IMPLEMENTATIONS:
             raise bad_param(name, value, "one of " + ", ".join(interp.IMPLEMENTATIONS))
@@ -120,8 +120,6 @@ def configure(*, device: str, implementations, reference: str, candidate: str, r
         from workbook.models import load_pos_table
 
         load_pos_table(checkpoint)  # raises if the file is missing or holds no position table
-        if depth:
-            raise bad_param("depth", depth, "0 (as configured) when loading a checkpoint")
     dev = resolve_device(device)
     cfg = Config(dev, impls, reference, candidate, res, tres, dts, tower_dtype, batches, model, patch, depth,
                  pretrained, checkpoint, iterations, warmup, seed)

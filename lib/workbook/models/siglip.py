@@ -127,7 +127,8 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
     """Build the vision tower of ``model`` (eval mode, float32, CPU).
 
     Weights: ``checkpoint`` (local file) or ``pretrained`` (open_clip tag, needs the hub), else random
-    from ``seed``.  ``depth`` > 0 keeps only that many blocks (random weights only).  ``overrides`` are
+    from ``seed``.  ``depth`` > 0 keeps only that many blocks: with random weights, or with a checkpoint
+    of such a cut-down tower (the strict load refuses a checkpoint of another depth).  ``overrides`` are
     extra timm model kwargs (e.g. ``embed_dim``, ``num_heads``) for tiny test towers; not for notebooks.
     """
     timm_name = resolve_model(model)
@@ -135,8 +136,8 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
         raise bad_param("depth", depth, "0 (as configured) or a positive number of blocks")
     if pretrained and checkpoint:
         raise bad_param("pretrained", pretrained, "empty when a checkpoint is given")
-    if depth > 0 and (pretrained or checkpoint):
-        raise bad_param("depth", depth, "0 (as configured) when loading a checkpoint or pretrained weights")
+    if depth > 0 and pretrained:
+        raise bad_param("depth", depth, "0 (as configured) when loading pretrained weights")
     kw = dict(overrides or {})
     if depth > 0:
         kw["depth"] = depth

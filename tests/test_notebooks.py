@@ -1,0 +1,130 @@
+"""The notebooks as users run them: through the runner, through plain papermill (from the repository root
+and from notebooks/), and with bad parameters. nbmake runs every notebook with its defaults as well
+(``--nbmake`` over notebooks/, see pyproject.toml), which is how JupyterLab runs them: cwd = notebooks/.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbook import runner
+from workbook.paths import repo_root
+
+ROOT = repo_root()
+PAPERMILL = [sys.executable, "-m", "papermill", "--no-progress-bar"]
+CHEAP = {"resolutions": "[224, 448]", "tower_resolutions": "[224, 448]",
+         "implementations": "[hf_bicubic, bilinear, gather4]", "iterations": "1", "warmup": "0"}
+
+
+def _papermill(args, cwd, tmp_path, env_extra=None):
+    import os
+
+    env = dict(os.environ, WORKBOOK_OUTPUTS=str(tmp_path / "outputs"), **(env_extra or {}))
+    return subprocess.run(PAPERMILL + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _p(params: dict) -> list[str]:
+    return [x for k, v in params.items() for x in ("-p", k, v)]
+
+
+def test_runner_writes_the_full_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    info = runner.run("pos_interp", cli={k: json.loads(v) if v[0] in "0123456789" else v for k, v in CHEAP.items()})
+    assert info.status == "ok", info.error
+    res = json.loads((info.run_dir / "results.json").read_text())
+    assert res["status"] == "complete" and res["device"] == "cpu"
+    assert set(res["tables"]) == {"table_fidelity", "effects", "interp_speed", "tower_speed", "embedding_fidelity",
+                                  "claim_check"}
+    claims = {c["claim"]: c["verdict"] for c in res["tables"]["claim_check"]}
+    assert any(v.startswith("not measured: TTFT") for v in claims.values())
+    assert any("not measured at 1024 px" in v for v in claims.values())  # 1024 not in tower_resolutions
+    assert res["not_measured"] and res["notes"]
+    assert "interp_speedup_448px" in res["headline"]
+    html = (info.run_dir / "report.html").read_text()
+    assert html.count("Plotly.newPlot") >= 4  # the figures made it into the report
+    assert "Not measured:" in html and "Claim check" in html
+
+
+@pytest.mark.parametrize("cwd,nb", [(".", "notebooks/pos_interp.ipynb"), ("notebooks", "pos_interp.ipynb")])
+def test_plain_papermill(cwd, nb, tmp_path):
+    out = tmp_path / "out.ipynb"
+    r = _papermill([nb, str(out), "-p", "device", "cpu"] + _p(CHEAP), ROOT / cwd, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = list((tmp_path / "outputs" / "pos_interp").glob("adhoc-*/results.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("param,value,expected", [
+    ("implementations", "[hf_bicubic, bicubicc]", "Parameter implementations="),
+    ("resolutions", "[10]", "each at least one patch (14 px"),
+    ("resolutions", "[224.5]", "Parameter resolutions="),
+    ("device", "cuda", "torch sees no CUDA GPU"),
+    ("checkpoint", "/nonexistent/ckpt.pt", "Parameter checkpoint='/nonexistent/ckpt.pt' is not allowed: an existing file"),
+])
+def test_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/pos_interp.ipynb", str(out), "-p", param, value], ROOT, tmp_path)
+    assert r.returncode != 0
+    nb = json.loads(out.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    first = next(i for i, c in enumerate(code) if "parameters" not in c["metadata"].get("tags", [])
+                 and "injected-parameters" not in c["metadata"].get("tags", []))
+    errors = [o for o in code[first]["outputs"] if o["output_type"] == "error"]
+    assert errors and errors[0]["ename"] == "ParameterError" and expected in errors[0]["evalue"]
+    assert all(not c["outputs"] for c in code[first + 1:])  # nothing after the first cell ran
+    assert not (tmp_path / "outputs").exists()  # and nothing was recorded
+
+
+def test_failed_run_through_the_cli_has_report_and_exit_code(tmp_path):
+    import os
+
+    env = dict(os.environ, WORKBOOK_OUTPUTS=str(tmp_path / "outputs"))
+    r = subprocess.run([sys.executable, "-m", "workbook.cli", "run", "pos_interp", "-p", "resolutions", "[10]"],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1
+    run_dir = next((tmp_path / "outputs" / "pos_interp").iterdir())
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and "Parameter resolutions=[10] is not allowed" in run["error"]
+    html = (run_dir / "report.html").read_text()
+    head = html[html.index('class="wb-header'):][:2000]
+    assert "Status: FAILED" in head and "Parameter resolutions=[10]" in head
+
+
+def test_every_notebook_declares_its_parameters_for_papermill():
+    """papermill --help-notebook must see every parameter (a help comment with '=' hides a line from it)."""
+    import papermill as pm
+
+    from workbook.params import notebook_parameters
+
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        ours = notebook_parameters(nb)
+        theirs = pm.inspect_notebook(str(nb))
+        assert set(theirs) == set(ours), nb.name
+        assert all(p.help for p in ours.values()), f"{nb.name}: every parameter needs a # help comment"
+
+
+def test_notebooks_are_committed_without_outputs():
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        cells = json.loads(Path(nb).read_text())["cells"]
+        assert not any(c.get("outputs") for c in cells), f"{nb.name} has outputs; strip them"
+
+
+def test_checkpoint_gives_weights_and_an_extra_table(tmp_path, monkeypatch):
+    """The real loading path on a checkpoint the test writes (open_clip layout, a one-block SO400M tower)."""
+    import torch
+
+    from workbook.models import build_tower
+
+    src = build_tower("ViT-SO400M-14-SigLIP", depth=1, seed=7)
+    ckpt = tmp_path / "siglip_1block.pt"
+    torch.save({"state_dict": {f"visual.trunk.{k}": v for k, v in src.model.state_dict().items()}}, ckpt)
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    cli = {"checkpoint": str(ckpt), "depth": 1, "resolutions": [448], "tower_resolutions": [448],
+           "implementations": ["hf_bicubic", "gather4"], "iterations": 1, "warmup": 0}
+    info = runner.run("pos_interp", cli=cli)
+    assert info.status == "ok", info.error
+    res = json.loads((info.run_dir / "results.json").read_text())
+    assert res["weights"] == "checkpoint siglip_1block.pt"
+    assert {r["table"] for r in res["tables"]["table_fidelity"]} == {"random", "sincos", "checkpoint"}
