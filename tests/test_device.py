@@ -38,7 +38,7 @@ def test_cuda_error_names_the_given_parameter():
         device.resolve_device("cuda", param="ref_device")
 
 
-@pytest.mark.parametrize("bad", ["gpu", "CPU", "", "cuda:0"])
+@pytest.mark.parametrize("bad", ["tpu", "CPU", "", "cuda:0"])
 def test_unknown_device_lists_the_allowed(bad):
     with pytest.raises(ParameterError) as ei:
         device.resolve_device(bad)

@@ -72,3 +72,8 @@ def test_bf16_inputs_computed_in_float64():
 def test_grad_tensors_are_accepted():
     a = torch.ones(2, 2, requires_grad=True)
     assert metrics.compare(a * 2, torch.full((2, 2), 2.0))["max_abs_diff"] == 0
+
+
+def test_identical_tensors_with_a_zero_row_give_cosine_one():
+    x = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    assert metrics.compare(x, x.clone())["cosine_min"] == pytest.approx(1.0)

@@ -122,10 +122,10 @@ def test_checkpoint_errors(tmp_path):
         load_pos_table(str(tmp_path / "odd.pt"))
     src = tiny()
     path = _save(src, tmp_path / "ok.pt", "timm")
-    # a cut-down tower's checkpoint loads at its own depth, and the strict load refuses another depth
+    # a cut-down tower's checkpoint loads at its own depth; another depth is refused, saying which fits
     small = dict(embed_dim=64, num_heads=2)
     assert build_tower(NAME, checkpoint=path, depth=1, overrides=small).depth == 1
-    with pytest.raises(ParameterError, match=r"checkpoint=.*missing keys"):
+    with pytest.raises(ParameterError, match=r"depth=2 is not allowed: 0 \(as configured\) or 1, the number of blocks"):
         build_tower(NAME, checkpoint=path, depth=2, overrides=small)
     with pytest.raises(ParameterError, match=r"depth=1 .*0 \(as configured\) when loading pretrained"):
         build_tower(NAME, pretrained="webli", depth=1)

@@ -24,7 +24,9 @@ def test_collect_has_everything_and_is_json():
     assert json.loads(json.dumps(info)) == info
     assert info["python"] == sys.version.split()[0]
     assert set(info["packages"]) == set(provenance.PACKAGES)
-    assert info["packages"]["workbook"] == "0.1.0"
+    import workbook
+
+    assert info["packages"]["workbook"] == workbook.__version__
     import torch
 
     assert info["torch"]["version"] == torch.__version__

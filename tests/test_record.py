@@ -83,8 +83,6 @@ def test_jsonable_structures():
     assert _jsonable(object.__new__(type("Thing", (), {"__str__": lambda s: "thing"}))) == "thing"
 
 
-@pytest.mark.xfail(strict=True, reason="lib bug: _jsonable converts only 0-d tensors; a one-element tensor "
-                                       "of shape (1,) becomes the string 'tensor([2.5000])'")
 def test_one_element_tensor_becomes_a_number():
     assert _jsonable(torch.tensor([2.5])) == 2.5
 

@@ -17,7 +17,8 @@ def _is_num(v) -> bool:
 
 
 def _key(row: dict) -> tuple:
-    return tuple(sorted((k, str(v)) for k, v in row.items() if not _is_num(v)))
+    """The row's descriptive fields; numbers and nulls (a NaN metric is stored as null) are measurements."""
+    return tuple(sorted((k, str(v)) for k, v in row.items() if not _is_num(v) and v is not None))
 
 
 def _fmt(v) -> str:
@@ -39,7 +40,8 @@ def compare(dir_a: Path, dir_b: Path) -> str:
     keys = sorted(set(a.get("params", {})) | set(b.get("params", {})))
     diff = [k for k in keys if a.get("params", {}).get(k) != b.get("params", {}).get(k)]
     for k in diff:
-        out.append(f"{'param ' + k:24} {_fmt(a['params'].get(k))[:40]:40} {_fmt(b['params'].get(k))[:40]:40}")
+        out.append(f"{'param ' + k:24} {_fmt(a.get('params', {}).get(k))[:40]:40} "
+                   f"{_fmt(b.get('params', {}).get(k))[:40]:40}")
     for side, d in (("A", a), ("B", b)):
         for fb in d.get("fallbacks", []):
             out.append(f"fallback in {side}: {fb}")
@@ -47,15 +49,19 @@ def compare(dir_a: Path, dir_b: Path) -> str:
     if heads:
         out += ["", "headline"]
         for k in heads:
-            out.append(f"  {k:40} {_fmt(a['headline'].get(k)):>12} {_fmt(b['headline'].get(k)):>12}")
+            out.append(f"  {k:40} {_fmt(a.get('headline', {}).get(k)):>12} {_fmt(b.get('headline', {}).get(k)):>12}")
     for table in sorted(set(a.get("tables", {})) | set(b.get("tables", {}))):
         out += ["", f"table {table} (A | B | B/A)"]
-        rows_b = {_key(r): r for r in b.get("tables", {}).get(table, [])}
+        rows_b: dict[tuple, list[dict]] = {}
+        for r in b.get("tables", {}).get(table, []):
+            rows_b.setdefault(_key(r), []).append(r)
+        n_b = sum(len(v) for v in rows_b.values())
         matched = 0
         for ra in a.get("tables", {}).get(table, []):
-            rb = rows_b.get(_key(ra))
-            if rb is None:
+            same = rows_b.get(_key(ra))
+            if not same:
                 continue
+            rb = same.pop(0)  # repeated configurations pair up in order
             matched += 1
             label = ", ".join(f"{k}={v}" for k, v in ra.items() if not _is_num(v))
             out.append(f"  {label}")
@@ -65,7 +71,7 @@ def compare(dir_a: Path, dir_b: Path) -> str:
                     ratio = f"{vb / va:.3g}" if va else "-"
                     out.append(f"      {k:32} {_fmt(va):>12} {_fmt(vb):>12} {ratio:>8}")
         only_a = len(a.get("tables", {}).get(table, [])) - matched
-        only_b = len(rows_b) - matched
+        only_b = n_b - matched
         if only_a or only_b:
             out.append(f"  ({matched} rows matched; {only_a} only in A, {only_b} only in B)")
     return "\n".join(out)

@@ -18,7 +18,10 @@ def write(outputs: Path, runs: list[dict]) -> Path:
     outputs.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in runs:
-        rel = Path(r["path"]).relative_to(outputs) if r["path"].startswith(str(outputs)) else Path(r["path"])
+        try:
+            rel = Path(r["path"]).relative_to(outputs)
+        except ValueError:
+            rel = Path(r["path"])
         link = f'<a href="{html.escape(str(rel / "report.html"))}">{html.escape(r["run_id"])}</a>'
         status = html.escape(r.get("status", "?"))
         color = {"ok": "#2e7d32", "failed": "#c62828"}.get(r.get("status"), "#f9a825")

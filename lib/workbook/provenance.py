@@ -118,7 +118,8 @@ def neuron_info() -> dict:
 
         sdk = getattr(torch_neuronx, "__version__", "installed")
     except ImportError as e:
-        sdk = None if "No module" in str(e) else f"unusable ({str(e).splitlines()[0][:80]})"
+        missing_itself = getattr(e, "name", None) == "torch_neuronx"
+        sdk = None if missing_itself else f"unusable ({(str(e).splitlines() or [''])[0][:80]})"
     except Exception as e:  # noqa: BLE001 - any failure means the SDK is not usable here
         sdk = f"unusable ({type(e).__name__})"
     return {"devices": len(devices), "torch_neuronx": sdk}
@@ -165,4 +166,5 @@ def hardware_label(hw: dict) -> str:
         g = hw["gpus"]
         return f"{len(g)}× {g[0]['name']}" if len(g) > 1 else g[0]["name"]
     cpu = hw.get("cpu", {})
-    return f"{cpu.get('model', 'CPU')} ({cpu.get('cores_usable')} cores)"
+    cores = cpu.get("cores_usable")
+    return f"{cpu.get('model', 'CPU')}" + (f" ({cores} cores)" if cores else "")

@@ -27,8 +27,10 @@ def _jsonable(x):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
-        x = x.item()
+    if hasattr(x, "tolist") and callable(x.tolist) and hasattr(x, "ndim"):  # torch tensors, numpy arrays/scalars
+        x = x.tolist()
+        if isinstance(x, list):
+            return _jsonable(x[0] if len(x) == 1 and not isinstance(x[0], list) else x)
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, (str, int, float, bool)) or x is None:

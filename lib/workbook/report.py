@@ -20,7 +20,8 @@ CODE_MODES = ("collapsed", "hidden", "shown")
 
 
 def _esc(x) -> str:
-    return html.escape(str(x))
+    """Escaped, on one line: the summary is a markdown cell, where a blank line would end the HTML block."""
+    return html.escape(str(x)).replace("\r", "").replace("\n", "<br>")
 
 
 def summary_html(run: dict, results: dict | None) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import types
 from dataclasses import dataclass
 
@@ -143,6 +144,11 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
         kw["depth"] = depth
     # weights first: a missing file or an unreachable hub fails before the (slow, for SO400M) random init
     sd = _read_state_dict(checkpoint) if checkpoint else _pretrained_trunk(model, pretrained) if pretrained else None
+    if checkpoint and depth > 0:
+        blocks = {int(m.group(1)) for k in sd for m in [re.search(r"(?:^|\.)blocks\.(\d+)\.", k)] if m}
+        if blocks and len(blocks) != depth:
+            raise bad_param("depth", depth, f"0 (as configured) or {len(blocks)}, the number of blocks in "
+                                            f"checkpoint {os.path.basename(checkpoint)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _create(timm_name, kw)

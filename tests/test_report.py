@@ -1,0 +1,334 @@
+"""Reports (summary + nbconvert render), the runs index, `workbook compare`, and the table/plot helpers.
+
+No notebook is executed: render() gets a small notebook built with nbformat whose code cell already has
+outputs; the runs and results are dicts and JSON files written here.
+"""
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from workbook import compare, index, report
+from workbook.record import write_json_atomic
+
+PROV = {
+    "hardware": {"cpu": {"model": "AMD EPYC", "cores_usable": 2}, "gpus": []},
+    "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": True},
+    "torch": {"version": "2.9.0", "cuda": None},
+}
+
+
+def _run(**kw):
+    run = {"notebook": "smoke", "run_id": "20250101-120000-abcd", "status": "ok", "error": None,
+           "duration_s": 12.345, "started_at": "2025-01-01T12:00:00+00:00",
+           "params": {"n": 3, "sizes": [1, 2], "label": "a"},
+           "param_sources": {"n": "-p", "sizes": "default", "label": "profile gpu"}, "provenance": PROV}
+    run.update(kw)
+    return run
+
+
+def _body(html: str) -> str:
+    return html[html.index("<body"):]
+
+
+# --- summary_html -----------------------------------------------------------------------------------
+
+
+def test_summary_ok_run():
+    res = {"status": "complete", "headline": {"x_ms": 1.23456, "n": 3}, "fallbacks": [], "not_measured": [],
+           "notes": ["measured at 2 threads"]}
+    h = report.summary_html(_run(), res)
+    assert h.startswith('<div class="wb-header">') and h.endswith("</div>")
+    assert "wb-failed" not in h
+    assert "smoke · run 20250101-120000-abcd" in h
+    assert "Status: OK" in h and "12.3 s" in h
+    assert "Error" not in h and "Fallback" not in h and "Not measured" not in h
+    assert "<b>Note:</b> measured at 2 threads" in h
+    assert "AMD EPYC (2 cores)" in h
+    assert "0123456789 (dirty)" in h and "0123456789a" not in h  # commit cut to 10 characters
+    assert "<b>torch</b> 2.9.0" in h
+    assert "x_ms = 1.235" in h and "n = 3" in h  # floats to 4 significant digits
+    assert "never marked its results complete" not in h
+
+
+def test_summary_parameters_table():
+    h = report.summary_html(_run(), None)
+    assert "<summary>parameters</summary>" in h
+    assert "<tr><td>n</td><td><code>3</code></td><td>-p</td></tr>" in h
+    assert "<tr><td>sizes</td><td><code>[1, 2]</code></td><td>default</td></tr>" in h
+    assert "<tr><td>label</td><td><code>&quot;a&quot;</code></td><td>profile gpu</td></tr>" in h
+
+
+def test_summary_failed_run_shows_error_fallbacks_and_not_measured():
+    res = {"status": "running", "headline": {}, "fallbacks": ["ran eager: torch.compile failed"],
+           "not_measured": [{"what": "triton kernel", "why": "triton is not installed"}], "notes": []}
+    h = report.summary_html(_run(status="failed", error="RuntimeError: planned failure (cell 3)"), res)
+    assert h.startswith('<div class="wb-header wb-failed">')
+    assert "Status: FAILED" in h
+    assert "<b>Error:</b> <code>RuntimeError: planned failure (cell 3)</code>" in h
+    assert '<p class="wb-warn"><b>Fallback:</b> ran eager: torch.compile failed</p>' in h
+    assert "<b>Not measured:</b> triton kernel — triton is not installed" in h
+    # a failed run explains itself; the "never marked complete" warning is only for runs that claim ok
+    assert "never marked its results complete" not in h
+
+
+def test_summary_ok_run_whose_results_stayed_running_warns():
+    h = report.summary_html(_run(), {"status": "running"})
+    assert "never marked its results complete" in h
+
+
+def test_summary_escapes_html():
+    h = report.summary_html(_run(status="failed", error="ValueError: <script>alert(1)</script> & more",
+                                 notebook="a<b>"), {"fallbacks": ["<i>x</i>"]})
+    assert "<script>" not in h and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in h
+    assert "a&lt;b&gt;" in h and "&lt;i&gt;x&lt;/i&gt;" in h
+
+
+def test_summary_without_provenance_or_duration():
+    h = report.summary_html({"notebook": "nb", "run_id": "r", "status": "interrupted"}, None)
+    assert "Status: INTERRUPTED" in h and "wb-failed" in h and " s · " not in h
+    assert "Hardware" not in h and "<b>git</b> none" in h
+
+
+# --- render ------------------------------------------------------------------------------------------
+
+SOURCE_MARK = "SOURCE_ONLY_TOKEN"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One small notebook (markdown + a code cell with a stream and an error output), rendered three ways."""
+    d = tmp_path_factory.mktemp("render") / "run1"
+    d.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(f"{SOURCE_MARK} = 1\nprint('printed output')\nraise ValueError('bad')")
+    cell.execution_count = 1
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="printed output\n"),
+                    nbformat.v4.new_output("error", ename="ValueError", evalue="evalue_text",
+                                           traceback=["ValueError: evalue_text"])]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Notebook title"), cell]
+    nb_path = d / "notebook.ipynb"
+    nbformat.write(nb, str(nb_path))
+    header = report.summary_html(_run(status="failed", error="ValueError: bad (cell 1)"), None)
+    out = {}
+    for mode in report.CODE_MODES:
+        path = report.render(nb_path, d / f"report-{mode}.html", header, code=mode)
+        assert path == d / f"report-{mode}.html"
+        out[mode] = path.read_text(encoding="utf-8")
+    out["plain"] = report.render(nb_path, d / "plain.html").read_text(encoding="utf-8")
+    out["nb_path"] = nb_path
+    return out
+
+
+@pytest.mark.parametrize("mode", report.CODE_MODES)
+def test_render_outputs_and_header_first(rendered, mode):
+    body = _body(rendered[mode])
+    assert "printed output" in body and "evalue_text" in body  # outputs are kept in every mode
+    assert "Notebook title" in body
+    first_cell = body.split('class="jp-Cell ')[1]
+    assert 'class="wb-header wb-failed"' in first_cell  # the summary is the first cell of the body
+    assert "Status: FAILED" in first_cell
+    assert body.index("wb-header") < body.index("Notebook title") < body.index("printed output")
+
+
+def test_render_collapsed_folds_code(rendered):
+    body = _body(rendered["collapsed"])
+    assert body.count('<details class="wb-code">') == 1  # one code cell; markdown cells are not folded
+    start = body.index('<details class="wb-code">')
+    end = body.index("</details>", start)
+    assert SOURCE_MARK in body[start:end]  # the source is inside the toggle
+    assert body.count(SOURCE_MARK) == 1
+
+
+def test_render_hidden_removes_source(rendered):
+    html = rendered["hidden"]
+    assert SOURCE_MARK not in html
+    assert "wb-code" not in html
+
+
+def test_render_shown_keeps_source_unfolded(rendered):
+    html = rendered["shown"]
+    assert SOURCE_MARK in html
+    assert "wb-code" not in html
+
+
+def test_render_without_header(rendered):
+    body = _body(rendered["plain"])
+    assert "wb-header" not in body
+    assert "Notebook title" in body and SOURCE_MARK in body
+
+
+def test_render_rejects_bad_code_mode(rendered, tmp_path):
+    with pytest.raises(ValueError, match="code must be one of"):
+        report.render(rendered["nb_path"], tmp_path / "x.html", code="folded")
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_render_header_survives_blank_lines_in_error(rendered, tmp_path):
+    header = report.summary_html(_run(status="failed", error="RuntimeError: first\n\n    second"),
+                                 {"fallbacks": ["fallback_text"]})
+    body = _body(report.render(rendered["nb_path"], tmp_path / "r.html", header).read_text())
+    assert '<p class="wb-warn"><b>Fallback:</b> fallback_text</p>' in body
+
+
+# --- index -------------------------------------------------------------------------------------------
+
+
+def test_index_lists_runs_with_links_status_and_headline(tmp_path):
+    outputs = tmp_path / "outputs"
+    runs = [
+        _run(path=str(outputs / "smoke" / "run-ok"), run_id="run-ok", headline={"x_ms": 1.23456, "n": 4},
+             profile="gpu"),
+        _run(path=str(outputs / "smoke" / "run-bad"), run_id="run-bad", status="failed",
+             error="RuntimeError: <boom>", duration_s=None, fallbacks=["eager", "cpu"]),
+        _run(path=str(outputs / "other" / "run-going"), run_id="run-going", notebook="other", status="running"),
+    ]
+    path = index.write(outputs, runs)
+    assert path == outputs / "index.html"
+    page = path.read_text()
+    assert "3 runs" in page
+    assert '<a href="smoke/run-ok/report.html">run-ok</a>' in page
+    assert '<a href="smoke/run-bad/report.html">run-bad</a>' in page
+    assert '<a href="other/run-going/report.html">run-going</a>' in page
+    assert str(tmp_path) not in page  # links are relative to outputs
+    assert '<td style="color:#2e7d32"><b>ok</b>' in page
+    assert '<td style="color:#c62828"><b>failed</b><br><small>RuntimeError: &lt;boom&gt;</small>' in page
+    assert '<td style="color:#f9a825"><b>running</b>' in page
+    assert "x_ms = 1.235<br>n = 4" in page
+    assert "<b>fallback:</b> eager; cpu" in page
+    assert "<td>12.3</td>" in page and "<td>AMD EPYC (2 cores)</td>" in page and "<td>gpu</td>" in page
+    assert page.index("run-ok") < page.index("run-bad") < page.index("run-going")  # the order given
+
+
+def test_index_empty(tmp_path):
+    page = index.write(tmp_path / "new", []).read_text()
+    assert "0 runs" in page and "<a href" not in page
+
+
+def test_index_run_in_sibling_folder_with_common_prefix(tmp_path):
+    page = index.write(tmp_path / "out", [_run(path=str(tmp_path / "out2" / "nb" / "r"), run_id="r")]).read_text()
+    assert "r</a>" in page
+
+
+# --- compare -----------------------------------------------------------------------------------------
+
+
+def _results(params, tables, headline=None, fallbacks=(), hardware=None, versions=None):
+    return {"notebook": "nb", "status": "complete", "params": params, "headline": headline or {},
+            "fallbacks": list(fallbacks), "tables": tables,
+            "hardware": hardware or {"cpu": {"model": "AMD EPYC", "cores_usable": 2}, "gpus": []},
+            "versions": versions or {"version": "2.9.0", "cuda": None, "triton": None}}
+
+
+def _write(d: Path, data: dict) -> Path:
+    write_json_atomic(d / "results.json", data)
+    return d
+
+
+def test_compare_two_runs(tmp_path):
+    a = _write(tmp_path / "A", _results(
+        {"device": "cpu", "n": 3, "same": 1},
+        {"lat": [{"impl": "eager", "size": "224", "ms": 2.0, "iters": 10},
+                 {"impl": "compiled", "size": "224", "ms": 4.0, "iters": 10},
+                 {"impl": "only_a", "size": "224", "ms": 1.0}]},
+        headline={"best_ms": 2.0}, fallbacks=["ran eager"]))
+    b = _write(tmp_path / "B", _results(
+        {"device": "cuda", "n": 3, "same": 1},
+        {"lat": [{"impl": "compiled", "size": "224", "ms": 1.0, "iters": 10},
+                 {"impl": "eager", "size": "224", "ms": 3.0, "iters": 10},
+                 {"impl": "only_b", "size": "224", "ms": 9.0},
+                 {"impl": "only_b2", "size": "224", "ms": 9.0}]},
+        headline={"best_ms": 1.0},
+        hardware={"gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}, versions={"version": "2.9.0", "cuda": "12.8"}))
+    text = compare.compare(a, b)
+    lines = text.splitlines()
+    assert lines[0] == f"A: {a}" and lines[1] == f"B: {b}"
+    hw = next(l for l in lines if l.startswith("hardware"))
+    assert "AMD EPYC (2 cores)" in hw and "NVIDIA H100 80GB HBM3" in hw
+    assert any(l.startswith("torch cuda") and l.split()[2:] == ["-", "12.8"] for l in lines)
+    param_lines = [l for l in lines if l.startswith("param ")]
+    assert len(param_lines) == 1 and param_lines[0].split() == ["param", "device", "cpu", "cuda"]
+    assert "fallback in A: ran eager" in lines
+    assert any(l.split() == ["best_ms", "2", "1"] for l in lines)
+    assert "table lat (A | B | B/A)" in lines
+    # rows matched on their string fields, whatever their order in B
+    i = lines.index("  impl=eager, size=224")
+    assert lines[i + 1].split() == ["ms", "2", "3", "1.5"]
+    assert lines[i + 2].split() == ["iters", "10", "10", "1"]
+    j = lines.index("  impl=compiled, size=224")
+    assert lines[j + 1].split() == ["ms", "4", "1", "0.25"]
+    assert "  (2 rows matched; 1 only in A, 2 only in B)" in lines
+    assert not any("only_a" in l or "only_b" in l for l in lines)
+
+
+def test_compare_identical_params_show_no_param_lines_and_zero_ratio_guard(tmp_path):
+    tables = {"t": [{"k": "x", "v": 0.0}]}
+    a = _write(tmp_path / "A", _results({"n": 1}, tables))
+    b = _write(tmp_path / "B", _results({"n": 1}, {"t": [{"k": "x", "v": 5.0}]}))
+    lines = compare.compare(a, b).splitlines()
+    assert not any(l.startswith("param ") for l in lines)
+    assert lines[lines.index("  k=x") + 1].split() == ["v", "0", "5", "-"]  # no division by zero
+    assert not any("only in" in l for l in lines)  # everything matched
+
+
+def test_compare_table_only_on_one_side(tmp_path):
+    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0}, {"k": "y", "v": 1.0}]}))
+    b = _write(tmp_path / "B", _results({}, {}))
+    assert "  (0 rows matched; 2 only in A, 0 only in B)" in compare.compare(a, b).splitlines()
+
+
+def test_compare_repeated_rows_are_counted(tmp_path):
+    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0}, {"k": "x", "v": 2.0}]}))
+    b = _write(tmp_path / "B", _results({}, {"t": [{"k": "x", "v": 4.0}]}))
+    text = compare.compare(a, b)
+    assert "-1 only in B" not in text
+    assert "1 rows matched" in text or "1 only in A" in text
+
+
+def test_compare_matches_row_with_null_metric(tmp_path):
+    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0, "w": 2.0}]}))
+    b = _write(tmp_path / "B", _results({}, {"t": [{"k": "x", "v": 2.0, "w": None}]}))
+    lines = compare.compare(a, b).splitlines()
+    assert "  k=x" in lines
+
+
+# --- show.table and plots ---------------------------------------------------------------------------
+
+
+ROWS = [{"impl": "eager", "size": 1, "ms": 1.23456789}, {"impl": "compiled", "size": 1, "ms": 0.5},
+        {"impl": "eager", "size": 2, "ms": 2.0}]
+
+
+def test_show_table_where_and_columns():
+    from workbook import show
+
+    st = show.table(ROWS, ["size", "ms", "not_a_column"], where={"impl": "eager"})
+    df = st.data
+    assert list(df.columns) == ["size", "ms"]
+    assert df.to_dict("records") == [{"size": 1, "ms": 1.23456789}, {"size": 2, "ms": 2.0}]  # data not rounded
+    html = st.to_html()
+    assert "1.2346" in html and "1.23456789" not in html  # shown to 4 decimals
+
+
+def test_show_table_all_rows_and_no_match():
+    from workbook import show
+
+    assert len(show.table(ROWS).data) == 3 and list(show.table(ROWS).data.columns) == ["impl", "size", "ms"]
+    assert show.table(ROWS, where={"impl": "none"}).data.empty
+
+
+def test_plots_lines_groups_sorts_and_error_band():
+    from workbook import plots
+
+    rows = [{"impl": "a", "n": 2, "y": 4.0, "lo": 3.0, "hi": 6.0}, {"impl": "a", "n": 1, "y": 1.0, "lo": 0.5, "hi": 1.5},
+            {"impl": "b", "n": 1, "y": 2.0, "lo": 2.0, "hi": 2.0}]
+    fig = plots.lines(rows, x="n", y="y", group="impl", title="t", error=("lo", "hi"), log_y=True)
+    assert [t.name for t in fig.data] == ["a", "b"]
+    assert list(fig.data[0].x) == [1, 2] and list(fig.data[0].y) == [1.0, 4.0]  # sorted by x
+    assert list(fig.data[0].error_y.array) == [0.5, 2.0] and list(fig.data[0].error_y.arrayminus) == [0.5, 1.0]
+    assert fig.layout.yaxis.type == "log" and fig.layout.title.text == "t"
+    multi = plots.lines(rows, x="n", y="y", group=["impl", "n"], title="m")
+    assert sorted(t.name for t in multi.data) == ["a · 1", "a · 2", "b · 1"]
+    bars = plots.bars(rows, x="n", y="y", group="impl", title="b")
+    assert [t.name for t in bars.data] == ["a", "b"] and list(bars.data[0].x) == ["2", "1"]
