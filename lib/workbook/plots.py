@@ -21,7 +21,7 @@ def setup() -> None:
     pio.templates["workbook"] = go.layout.Template(layout=go.Layout(
         font=dict(family="Helvetica, Arial, sans-serif", size=13),
         colorway=COLORS, hovermode="closest", margin=dict(l=60, r=20, t=50, b=50),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+        legend=dict(font=dict(size=11)), title=dict(x=0.01),
     ))
     pio.templates.default = "plotly_white+workbook"
 
