@@ -104,8 +104,12 @@ def test_hardware_label_gpu_and_cpu():
         assert label.startswith(here["cpu"]["model"]) and f"({here['cpu']['cores_usable']} cores)" in label
 
 
-def test_git_info_outside_a_repository(wb_root, no_outer_git):
-    assert provenance.git_info() == {"commit": None, "dirty": None, "branch": None}
+def test_git_info_outside_a_repository(wb_root, no_outer_git, monkeypatch):
+    monkeypatch.delenv("WORKBOOK_GIT_COMMIT", raising=False)
+    assert provenance.git_info() == {"commit": None, "dirty": None, "branch": None, "source": None}
+    # a copy without .git (a remote GPU machine) can be told its commit by the caller
+    monkeypatch.setenv("WORKBOOK_GIT_COMMIT", "abc123")
+    assert provenance.git_info() == {"commit": "abc123", "dirty": False, "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
 
 
 def _git(repo, *args):

@@ -16,9 +16,13 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _is_measure(v) -> bool:
+    """Floats (and nulls: a NaN metric is stored as null) are measurements; text, integers, flags describe."""
+    return v is None or isinstance(v, float)
+
+
 def _key(row: dict) -> tuple:
-    """The row's descriptive fields; numbers and nulls (a NaN metric is stored as null) are measurements."""
-    return tuple(sorted((k, str(v)) for k, v in row.items() if not _is_num(v) and v is not None))
+    return tuple(sorted((k, str(v)) for k, v in row.items() if not _is_measure(v)))
 
 
 def _fmt(v) -> str:
@@ -63,11 +67,11 @@ def compare(dir_a: Path, dir_b: Path) -> str:
                 continue
             rb = same.pop(0)  # repeated configurations pair up in order
             matched += 1
-            label = ", ".join(f"{k}={v}" for k, v in ra.items() if not _is_num(v))
+            label = ", ".join(f"{k}={v}" for k, v in ra.items() if not _is_measure(v))
             out.append(f"  {label}")
             for k, va in ra.items():
                 vb = rb.get(k)
-                if _is_num(va) and _is_num(vb):
+                if isinstance(va, float) and _is_num(vb):
                     ratio = f"{vb / va:.3g}" if va else "-"
                     out.append(f"      {k:32} {_fmt(va):>12} {_fmt(vb):>12} {ratio:>8}")
         only_a = len(a.get("tables", {}).get(table, [])) - matched

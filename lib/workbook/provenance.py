@@ -41,7 +41,10 @@ def git_info() -> dict:
     root = repo_root()
     commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
     if commit is None:
-        return {"commit": None, "dirty": None, "branch": None}
+        # a copy of the tree without .git (a remote machine, a container): the caller may say what it is
+        env = os.environ.get("WORKBOOK_GIT_COMMIT")
+        return {"commit": env, "dirty": os.environ.get("WORKBOOK_GIT_DIRTY", "").lower() in ("1", "true") if env
+                else None, "branch": None, "source": "WORKBOOK_GIT_COMMIT" if env else None}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return {
         "commit": commit,
