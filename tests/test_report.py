@@ -333,3 +333,10 @@ def test_plots_lines_groups_sorts_and_error_band():
     assert sorted(t.name for t in multi.data) == ["a · 1", "a · 2", "b · 1"]
     bars = plots.bars(rows, x="n", y="y", group="impl", title="b")
     assert [t.name for t in bars.data] == ["a", "b"] and list(bars.data[0].x) == ["2", "1"]
+
+
+def test_show_table_folds_long_tables():
+    rows = [{"i": i, "x": i / 3} for i in range(30)]
+    folded = show.table(rows, fold=24)
+    assert folded.data.startswith("<details><summary>table of 30 rows") and "0.3333" in folded.data
+    assert len(show.table(rows[:5], fold=24).data) == 5  # short tables stay plain

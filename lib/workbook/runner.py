@@ -159,8 +159,7 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
         import papermill as pm
 
         with _environment(**{RUN_DIR_ENV: run_dir, "PLOTLY_RENDERER": PLOTLY_RENDERER,
-                             "WORKBOOK_ROOT": repo_root(), "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                             "PYDEVD_DISABLE_FILE_VALIDATION": "1"}):
+                             "WORKBOOK_ROOT": repo_root(), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}):
             pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, cwd=str(repo_root()),
                                 kernel_name=_kernel_name(), progress_bar=False, log_output=True,
                                 execution_timeout=timeout)
