@@ -336,6 +336,8 @@ def test_plots_lines_groups_sorts_and_error_band():
 
 
 def test_show_table_folds_long_tables():
+    from workbook import show
+
     rows = [{"i": i, "x": i / 3} for i in range(30)]
     folded = show.table(rows, fold=24)
     assert folded.data.startswith("<details><summary>table of 30 rows") and "0.3333" in folded.data
