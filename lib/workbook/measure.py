@@ -20,6 +20,7 @@ class Timing:
     median_ms: float
     p10_ms: float
     p90_ms: float
+    p99_ms: float
     min_ms: float
     iters: int
     warmup: int
@@ -46,6 +47,7 @@ def summarize(samples_ms: list[float], warmup: int) -> Timing:
         median_ms=statistics.median(samples_ms),
         p10_ms=percentile(samples_ms, 10),
         p90_ms=percentile(samples_ms, 90),
+        p99_ms=percentile(samples_ms, 99),
         min_ms=min(samples_ms),
         iters=len(samples_ms),
         warmup=warmup,

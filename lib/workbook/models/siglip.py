@@ -46,8 +46,16 @@ class Tower:
     interp: str | None = None  # None: timm's own resample (see use_interpolation)
 
 
+# Small configs registered here for tests and quick runs: name -> (timm model, overrides of its args).
+TINY_MODELS = {
+    "SigLIP-Tiny": ("vit_so400m_patch14_siglip_224", dict(depth=2, embed_dim=64, num_heads=2, img_size=112)),
+}
+
+
 def resolve_model(name: str) -> str:
-    """open_clip config name (or a timm ViT name) -> timm model name of its vision tower."""
+    """open_clip config name (or a timm ViT name, or a TINY_MODELS name) -> timm model name of its vision tower."""
+    if name in TINY_MODELS:
+        return TINY_MODELS[name][0]
     import open_clip
     import timm
     from timm.models import model_entrypoint
@@ -61,7 +69,7 @@ def resolve_model(name: str) -> str:
         return timm_name
     if timm.is_model(name) and model_entrypoint(name).__module__ == "timm.models.vision_transformer":
         return name
-    close = difflib.get_close_matches(name, open_clip.list_models(), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(name, open_clip.list_models() + list(TINY_MODELS), n=3, cutoff=0.5)
     raise bad_param("model", name, "unknown model; use an open_clip SigLIP config name (e.g. ViT-SO400M-14-SigLIP)"
                     + (f"; closest open_clip names: {', '.join(close)}" if close else ""))
 
@@ -139,7 +147,7 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
         raise bad_param("pretrained", pretrained, "empty when a checkpoint is given")
     if depth > 0 and pretrained:
         raise bad_param("depth", depth, "0 (as configured) when loading pretrained weights")
-    kw = dict(overrides or {})
+    kw = {**TINY_MODELS.get(model, (None, {}))[1], **(overrides or {})}
     if depth > 0:
         kw["depth"] = depth
     # weights first: a missing file or an unreachable hub fails before the (slow, for SO400M) random init
