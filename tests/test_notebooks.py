@@ -128,3 +128,42 @@ def test_checkpoint_gives_weights_and_an_extra_table(tmp_path, monkeypatch):
     res = json.loads((info.run_dir / "results.json").read_text())
     assert res["weights"] == "checkpoint siglip_1block.pt"
     assert {r["table"] for r in res["tables"]["table_fidelity"]} == {"random", "sincos", "checkpoint"}
+
+
+# ---- siglip_neuron ---------------------------------------------------------------------------------------
+TINY = {"model": "SigLIP-Tiny", "image_size": "112", "batch_sizes": "[1, 2]", "iters": "2"}
+
+
+def test_siglip_plain_papermill_with_cores_2(tmp_path):
+    """The issue's literal command (`-p cores 2`, backend auto -> cpu here), on the tiny config to stay cheap;
+    nbmake runs the notebook's own defaults (ViT-SO400M-14-SigLIP)."""
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/siglip_neuron.ipynb", str(out), "-p", "cores", "2"] + _p(TINY), ROOT, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(next((tmp_path / "outputs" / "siglip_neuron").glob("adhoc-*/results.json")).read_text())
+    assert res["status"] == "complete" and res["backend"] == "cpu"
+    assert res["backend_reason"].startswith("auto: the CPU, since neuron:")
+    assert all(r["accuracy_pass"] for r in res["tables"]["runs"] if r["dtype"] == "float32")
+
+
+@pytest.mark.parametrize("param,value,expected", [
+    ("model", "ViT-SO400M-14-SigLIPP", "closest open_clip names: ViT-SO400M-14-SigLIP"),
+    ("image_size", "100", "a multiple of the patch size (14 px"),
+    ("batch_sizes", "[0]", "Parameter batch_sizes="),
+    ("cores", "64", "this machine has"),
+    ("backend", "cuda", "torch sees no CUDA GPU"),
+    ("backend", "neuron", "the Neuron SDK is not installed"),
+    ("pretrained", "/nonexistent/ckpt.pt", "a checkpoint path that exists"),
+])
+def test_siglip_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
+    out = tmp_path / "out.ipynb"
+    params = {**TINY, param: value}
+    r = _papermill(["notebooks/siglip_neuron.ipynb", str(out)] + _p(params), ROOT, tmp_path)
+    assert r.returncode != 0
+    code = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+    first = next(i for i, c in enumerate(code) if not {"parameters", "injected-parameters"}
+                 & set(c["metadata"].get("tags", [])))
+    errors = [o for o in code[first]["outputs"] if o["output_type"] == "error"]
+    assert errors and errors[0]["ename"] in ("ParameterError", "BackendUnavailable"), errors
+    assert expected in errors[0]["evalue"]
+    assert all(not c["outputs"] for c in code[first + 1:])

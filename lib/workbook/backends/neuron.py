@@ -201,7 +201,8 @@ class NeuronBackend(Backend):
             n = self.core_count()
         except WorkbookError as e:
             return False, str(e)
-        what = "the TEST STAND-IN torch_neuronx" if is_standin(mod) else f"torch-neuronx {mod.__version__}"
+        what = ("the TEST STAND-IN torch_neuronx" if is_standin(mod)
+                else f"torch-neuronx {getattr(mod, '__version__', '(version unknown)')}")
         vis = os.environ.get(VISIBLE_ENV)
         return True, (f"{what} and {len(found)} NeuronCores in sysfs" +
                       (f", {n} visible ({VISIBLE_ENV}={vis})" if vis is not None else ""))
@@ -332,7 +333,7 @@ class NeuronBackend(Backend):
                 notes.append(f"the cached artifact in {d} was made with other {', '.join(differs)} "
                              f"({', '.join(f'{k}={meta.get(k)!r}' for k in differs)}): traced again")
             else:
-                notes.append(f"loaded the traced model cached in {d} (traced in {meta.get('compile_s', 0):.1f} s "
+                notes.append(f"loaded the traced model cached in {d} (traced in {meta.get('compile_s') or 0:.1f} s "
                              "when it was made; not traced in this run)")
         compile_s = None
         if not hit:
@@ -391,7 +392,13 @@ class NeuronBackend(Backend):
             (d / stale).unlink(missing_ok=True)
         src = d / "source_model.pt"
         ex = d / "example.pt"
-        torch.save(model, src)
+        try:
+            torch.save(model, src)
+        except Exception as e:  # lambdas, hooks, open files...: not picklable
+            src.unlink(missing_ok=True)
+            raise WorkbookError(f"The model cannot be saved for the compile worker (torch.save failed: "
+                                f"{type(e).__name__}: {e}); the worker is a new process and needs a picklable "
+                                "torch.nn.Module.") from None
         torch.save(example, ex)
         try:
             return self._run_worker(d, dtype=dtype, args=args, inline=inline, standin=standin, timeout_s=timeout_s)
@@ -439,9 +446,13 @@ class NeuronBackend(Backend):
                 raise
         wall = time.perf_counter() - t0
         if rc != 0:
+            tail = _tail(err_log, out_log)
+            hint = ("\nThe worker is a new process: the model's classes must be importable there (modules added "
+                    "to sys.path at run time are not; put their folder on PYTHONPATH)."
+                    if ("ModuleNotFoundError" in tail or "Can't get attribute" in tail) else "")
             raise WorkbookError(
                 f"The Neuron compile worker failed (exit code {rc}); nothing was cached. Last lines of its "
-                f"stderr ({err_log}):\n{_tail(err_log, out_log)}\n"
+                f"stderr ({err_log}):\n{tail}{hint}\n"
                 f"What to do: fix the error above and run again; the full logs are {err_log} and {out_log}, "
                 f"the compiler's files are in {d / 'compiler_workdir'}. Unsupported operators can be listed with "
                 "torch_neuronx.analyze(model, example).")

@@ -102,7 +102,8 @@ def compile_cmd(a: argparse.Namespace) -> int:
         cc = metadata.version("neuronx-cc")
     except Exception:
         cc = None
-    info = {"trace_s": trace_s, "standin": standin, "torch_neuronx_version": getattr(torch_neuronx, "__version__", None),
+    info = {"trace_s": trace_s, "standin": standin,
+            "torch_neuronx_version": getattr(torch_neuronx, "__version__", None),
             "neuronx_cc_version": cc, "torch_version": torch.__version__, "python": platform.python_version(),
             "dtype": a.dtype, "example_shape": list(example.shape), "compiler_args": a.compiler_args,
             "inline_weights_to_neff": a.inline_weights_to_neff, "pid": os.getpid()}

@@ -42,6 +42,7 @@ class Config:
     images: str
     cpu_reference_max_batch: int
     options: dict
+    steps: list[tuple[str, str, int]] = field(default_factory=list)  # (mode, dtype, batch) in run order
     notes: list[str] = field(default_factory=list)
 
 
@@ -59,7 +60,8 @@ def _int(name, value, lo, allowed=None):
 
 def configure(*, model: str, pretrained: str, image_size: int, backend: str, modes, dtypes, cores: int,
               batch_sizes, warmup: int, iters: int, tolerances: dict, artifact_dir: str, seed: int, images: str,
-              cpu_reference_max_batch: int, compiler_args: str, auto_cast: str, auto_cast_type: str) -> Config:
+              cpu_reference_max_batch: int, compiler_args: str, auto_cast: str, auto_cast_type: str,
+              runs=()) -> Config:
     """Check every parameter (the cheap ones first) and choose the backend; one clear sentence on error."""
     from workbook.models import resolve_model
     from workbook.models.siglip import TINY_MODELS
@@ -103,14 +105,33 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
         if d not in b.dtypes:
             raise bad_param("dtypes", dtypes, f"dtypes of the {b.name} backend: " + ", ".join(b.dtypes))
     b.check(mode=ms[0], dtype=dts[0], cores=cores)
+    steps = [(m, d, bs) for m in ms for d in dts for bs in dict.fromkeys(batches)]
+    if runs:
+        steps = _parse_runs(runs, b)
+        batches = [s[2] for s in steps]
+        dts = list(dict.fromkeys(s[1] for s in steps))
     options = {"compiler_args": [a for a in str(compiler_args).split() if a], "auto_cast": auto_cast,
                "auto_cast_type": auto_cast_type}
     cfg = Config(b, reason, model, weights, image_size, ms, dts, cores, list(dict.fromkeys(batches)), warmup, iters,
                  dict(tolerances), Path(artifact_dir) if artifact_dir else artifacts.default_dir(), seed, images,
                  cpu_reference_max_batch, options)
+    cfg.steps = steps
     if model in TINY_MODELS:
         cfg.notes.append(f"{model} is a small test configuration, not a real SigLIP size.")
     return cfg
+
+
+def _parse_runs(runs, b) -> list[tuple[str, str, int]]:
+    """``["compile-cudagraphs:bfloat16:1", ...]``: explicit configurations instead of modes × dtypes × batch sizes."""
+    allowed = f"a list of mode:dtype:batch triples with modes {', '.join(b.modes)} and dtypes {', '.join(b.dtypes)}"
+    out = []
+    for item in _list("runs", runs):
+        parts = str(item).split(":")
+        if len(parts) != 3 or parts[0] not in b.modes or parts[1] not in b.dtypes or not parts[2].isdigit() \
+                or int(parts[2]) < 1:
+            raise bad_param("runs", runs, allowed)
+        out.append((parts[0], parts[1], int(parts[2])))
+    return out
 
 
 def _patch(model: str) -> int:
@@ -230,8 +251,7 @@ def run_matrix(cfg: Config, tower, pool: torch.Tensor, ref: torch.Tensor, cpu_ro
     cpu_at = {r["batch"]: r["ms_per_image"] for r in cpu_rows}
     weights = artifacts.weights_digest(tower.model)
     rows = []
-    steps = [(m, d, bs) for m in cfg.modes for d in cfg.dtypes for bs in cfg.batch_sizes]
-    for mode, dtype, bs in tqdm(steps, desc=f"{b.name} runs"):
+    for mode, dtype, bs in tqdm(cfg.steps, desc=f"{b.name} runs"):
         example = _batch(pool, bs)
         parts = {"model": cfg.model, "weights": weights, "shape": list(example.shape), "dtype": dtype, "mode": mode,
                  "cores": cfg.cores, "options": cfg.options, "versions": _versions()}
