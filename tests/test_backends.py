@@ -194,8 +194,6 @@ def test_cpu_prepare_eager_bfloat16(keep_threads):
     assert 0 < err < 2e-2  # bf16 rounds, but stays within the notebook's bf16 tolerance
 
 
-@pytest.mark.xfail(strict=True, reason="LIB BUG: Backend.prepare casts the caller's model in place (nn.Module.to), "
-                                       "so a later float32 run of the same tower uses bf16-rounded weights")
 def test_cpu_prepare_leaves_the_callers_model_as_it_was(keep_threads):
     m = mlp()
     CPUBackend().prepare(m, example(), mode="eager", dtype="bfloat16", cores=1, options={}, cache=None)

@@ -167,3 +167,38 @@ def test_siglip_bad_parameter_stops_in_the_first_cell(param, value, expected, tm
     assert errors and errors[0]["ename"] in ("ParameterError", "BackendUnavailable"), errors
     assert expected in errors[0]["evalue"]
     assert all(not c["outputs"] for c in code[first + 1:])
+
+
+def test_siglip_neuron_path_through_the_standin(tmp_path, monkeypatch):
+    """backend=neuron end to end with the TEST STAND-IN torch_neuronx and a fake sysfs: the report must say at
+    the top that these are not Neuron figures, and label the rows neuron-standin; a second run loads the .pt."""
+    import os
+
+    root = tmp_path / "neuron_device"
+    for d in (0, 1):
+        mem = root / f"neuron{d}" / "neuron_core0" / "stats" / "memory_usage" / "device_mem"
+        for cat, mb in (("model_code", 96), ("constants", 2), ("dma_rings", 3), ("runtime_memory", 1), ("tensors", 4)):
+            (mem / cat).mkdir(parents=True)
+            (mem / cat / "total").write_text(str(mb * 2**20))
+            (mem / cat / "peak").write_text(str(mb * 2**20))
+    standins = str(ROOT / "tests" / "standins")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [standins, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("WORKBOOK_NEURON_SYSFS", str(root))
+    monkeypatch.delenv("NEURON_RT_VISIBLE_CORES", raising=False)
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    cli = {"model": "SigLIP-Tiny", "image_size": 112, "backend": "auto", "modes": ["trace"], "cores": 2,
+           "batch_sizes": [2], "iters": 2, "artifact_dir": str(tmp_path / "artifacts")}
+    first = runner.run("siglip_neuron", cli=cli)
+    assert first.status == "ok", first.error
+    res = json.loads((first.run_dir / "results.json").read_text())
+    assert res["backend"] == "neuron" and res["backend_info"]["standin"] is True
+    assert any("TEST STAND-IN" in f for f in res["fallbacks"])
+    rows = res["tables"]["runs"]
+    assert {r["backend"] for r in rows} == {"neuron-standin"} and rows[0]["cache"] == "miss"
+    assert rows[0]["nd0_nc0_model_code_mb"] == 96 and rows[0]["nd1_nc0_dma_rings_mb"] == 3
+    html = (first.run_dir / "report.html").read_text()
+    head = html[html.index('class="wb-header'):][:3000]
+    assert "TEST STAND-IN" in head
+    second = runner.run("siglip_neuron", cli=cli, force=True)
+    rows2 = json.loads((second.run_dir / "results.json").read_text())["tables"]["runs"]
+    assert rows2[0]["cache"] == "hit" and rows2[0]["compile_s"] is None

@@ -5,6 +5,7 @@ end to end on a laptop or a CI machine.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -57,11 +58,11 @@ class CPUBackend(Backend):
         import torch
 
         torch.set_num_threads(cores)
-        model = model.to("cpu", torch_dtype(dtype)).eval()
+        model = copy.deepcopy(model).to("cpu", torch_dtype(dtype)).eval()  # the caller's model stays as it is
         x = self.to_input(example, dtype)
         prep = Prepared(fn=model, backend="cpu", mode=mode, dtype=dtype, batch=example.shape[0], cores=cores)
         if mode == "compile":
-            had = cache is not None and cache.exists()
+            had = cache is not None and cache.exists() and any((cache.dir / "inductor").glob("*"))
             prep.notes.append(f"inductor cache: {inductor_cache(cache).get('inductor_cache', 'default')}")
             torch._dynamo.reset()  # each configuration compiles afresh (or from the on-disk cache)
             fn = torch.compile(model)

@@ -56,11 +56,11 @@ class CUDABackend(Backend):
         import torch
 
         set_matmul_precision(dtype)
-        model = model.to("cpu", torch_dtype(dtype)).eval()
-        replicas = [model.to(f"cuda:{i}") if i == 0 else _copy(model).to(f"cuda:{i}") for i in range(cores)]
+        # copies: the caller's model keeps its dtype and stays on the CPU
+        replicas = [_copy(model).to(f"cuda:{i}", torch_dtype(dtype)).eval() for i in range(cores)]
         prep = Prepared(fn=None, backend="cuda", mode=mode, dtype=dtype, batch=example.shape[0], cores=cores)
         if mode != "eager":
-            had = cache is not None and cache.exists()
+            had = cache is not None and cache.exists() and any((cache.dir / "inductor").glob("*"))
             prep.notes.append(f"inductor cache: {inductor_cache(cache).get('inductor_cache', 'default')}")
             torch._dynamo.reset()  # each configuration compiles afresh (or from the on-disk cache)
             replicas = [torch.compile(r, mode=COMPILE_MODES[mode]) for r in replicas]

@@ -82,16 +82,9 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
     for d in dts:
         if d not in ALL_DTYPES:
             raise bad_param("dtypes", dtypes, "a list from " + ", ".join(ALL_DTYPES))
-    if isinstance(tolerances, str):  # plain papermill passes -p values as text
-        import yaml
-
-        tolerances = yaml.safe_load(tolerances)
-    if not isinstance(tolerances, dict) or any(d not in tolerances for d in dts):
-        raise bad_param("tolerances", tolerances, "a mapping with a relative-L2-error tolerance for every dtype in "
-                        + ", ".join(dts))
     weights = _weights(pretrained)
-    if images and not Path(images).is_dir():
-        raise bad_param("images", images, "a folder of images (jpg/png), or empty for seeded random tensors")
+    if images and not _image_files(images):
+        raise bad_param("images", images, "a folder holding images (jpg/png/webp), or empty for seeded tensors")
     if auto_cast not in ("none", "matmult", "all"):
         raise bad_param("auto_cast", auto_cast, "one of none, matmult, all")
     b, reason = resolve(backend)
@@ -110,15 +103,48 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
         steps = _parse_runs(runs, b)
         batches = [s[2] for s in steps]
         dts = list(dict.fromkeys(s[1] for s in steps))
+        ms = list(dict.fromkeys(s[0] for s in steps))
+    tolerances = _tolerances(tolerances, dts)
     options = {"compiler_args": [a for a in str(compiler_args).split() if a], "auto_cast": auto_cast,
                "auto_cast_type": auto_cast_type}
     cfg = Config(b, reason, model, weights, image_size, ms, dts, cores, list(dict.fromkeys(batches)), warmup, iters,
-                 dict(tolerances), Path(artifact_dir) if artifact_dir else artifacts.default_dir(), seed, images,
+                 tolerances, Path(artifact_dir) if artifact_dir else artifacts.default_dir(), seed, images,
                  cpu_reference_max_batch, options)
     cfg.steps = steps
     if model in TINY_MODELS:
         cfg.notes.append(f"{model} is a small test configuration, not a real SigLIP size.")
     return cfg
+
+
+def _tolerances(tolerances, dts: list[str]) -> dict:
+    """A number of at least 0 for every dtype that runs (plain papermill passes the mapping as YAML text)."""
+    allowed = "a mapping with a relative-L2-error tolerance (a number >= 0) for every dtype that runs: " + ", ".join(dts)
+    value = tolerances
+    if isinstance(value, str):
+        import yaml
+
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise bad_param("tolerances", tolerances, allowed) from None
+    if not isinstance(value, dict):
+        raise bad_param("tolerances", tolerances, allowed)
+    out = {}
+    for k, v in value.items():
+        try:  # YAML reads 2e-2 (no dot) as text
+            out[str(k)] = float(v) if not isinstance(v, bool) else None
+        except (TypeError, ValueError):
+            out[str(k)] = None
+    if any(out.get(d) is None or out[d] < 0 for d in dts):
+        raise bad_param("tolerances", tolerances, allowed)
+    return out
+
+
+def _image_files(folder: str) -> list[Path]:
+    p = Path(folder)
+    if not p.is_dir():
+        return []
+    return sorted(f for f in p.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
 
 
 def _parse_runs(runs, b) -> list[tuple[str, str, int]]:
@@ -160,9 +186,13 @@ def _weights(pretrained: str) -> dict:
 
 
 def build(cfg: Config):
+    from workbook.errors import ParameterError
     from workbook.models import build_tower
 
-    return build_tower(cfg.model, seed=cfg.seed, **cfg.weights)
+    try:
+        return build_tower(cfg.model, seed=cfg.seed, **cfg.weights)
+    except ParameterError as e:  # this notebook takes a checkpoint path through `pretrained`
+        raise ParameterError(str(e).replace("Parameter checkpoint=", "Parameter pretrained=", 1)) from None
 
 
 def start_record(cfg: Config, tower, rec) -> None:
@@ -204,9 +234,7 @@ def inputs(cfg: Config, n: int) -> torch.Tensor:
 
     tf = open_clip.image_transform(cfg.image_size, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3,
                                    interpolation="bicubic", resize_mode="squash")
-    files = sorted(p for p in Path(cfg.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
-    if not files:
-        raise bad_param("images", cfg.images, "a folder holding jpg/png/webp images")
+    files = _image_files(cfg.images)
     xs = [tf(Image.open(f).convert("RGB")) for f in files[:n]]
     while len(xs) < n:
         xs += xs[: n - len(xs)]
