@@ -38,3 +38,13 @@ def outputs_dir() -> Path:
 
 def lib_dir() -> Path:
     return _PKG
+
+
+def shown(path) -> str:
+    """A path as results and reports show it: relative to the repository root when inside it (results are
+    shared between machines, so they carry no machine paths where avoidable)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(repo_root()))
+    except ValueError:
+        return str(p)

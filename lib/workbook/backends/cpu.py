@@ -30,7 +30,9 @@ def inductor_cache(cache) -> dict:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(d)
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-    return {"inductor_cache": str(d)}
+    from workbook.paths import shown
+
+    return {"inductor_cache": shown(d)}
 
 
 class CPUBackend(Backend):

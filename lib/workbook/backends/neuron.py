@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from workbook.backends.base import Backend, Prepared
+from workbook.paths import shown
 from workbook.errors import WorkbookError, bad_param
 
 SYSFS_ENV = "WORKBOOK_NEURON_SYSFS"
@@ -322,7 +323,7 @@ class NeuronBackend(Backend):
             d = Path(cache.dir)
         else:
             d = Path(tempfile.mkdtemp(prefix="workbook-neuron-"))
-            notes.append(f"no artifact cache given: traced into {d}, which later runs will not look in")
+            notes.append(f"no artifact cache given: traced into {shown(d)}, which later runs will not look in")
         model_pt = d / "model.pt"
         hit = cache is not None and cache.exists() and model_pt.is_file()
         if hit:
@@ -330,10 +331,10 @@ class NeuronBackend(Backend):
             differs = [k for k, v in want.items() if meta.get(k) != v]
             if differs:
                 hit = False
-                notes.append(f"the cached artifact in {d} was made with other {', '.join(differs)} "
+                notes.append(f"the cached artifact in {shown(d)} was made with other {', '.join(differs)} "
                              f"({', '.join(f'{k}={meta.get(k)!r}' for k in differs)}): traced again")
             else:
-                notes.append(f"loaded the traced model cached in {d} (traced in {meta.get('compile_s') or 0:.1f} s "
+                notes.append(f"loaded the traced model cached in {shown(d)} (traced in {meta.get('compile_s') or 0:.1f} s "
                              "when it was made; not traced in this run)")
         compile_s = None
         if not hit:
