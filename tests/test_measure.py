@@ -27,9 +27,9 @@ def test_percentile_does_not_reorder_input_and_rejects_empty():
 def test_summarize_fields():
     samples = [5.0, 1.0, 4.0, 2.0, 3.0]
     t = measure.summarize(samples, warmup=7)
-    assert t == Timing(median_ms=3.0, p10_ms=pytest.approx(1.4), p90_ms=pytest.approx(4.6), min_ms=1.0,
-                       iters=5, warmup=7)
-    assert t.as_dict("x_") == {"x_median_ms": 3.0, "x_p10_ms": t.p10_ms, "x_p90_ms": t.p90_ms,
+    assert t == Timing(median_ms=3.0, p10_ms=pytest.approx(1.4), p90_ms=pytest.approx(4.6),
+                       p99_ms=pytest.approx(4.96), min_ms=1.0, iters=5, warmup=7)
+    assert t.as_dict("x_") == {"x_median_ms": 3.0, "x_p10_ms": t.p10_ms, "x_p90_ms": t.p90_ms, "x_p99_ms": t.p99_ms,
                                "x_min_ms": 1.0, "x_iters": 5, "x_warmup": 7}
     assert set(t.as_dict()) == {"median_ms", "p10_ms", "p90_ms", "min_ms", "iters", "warmup"}
 

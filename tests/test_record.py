@@ -5,7 +5,6 @@ import os
 import stat
 
 import numpy as np
-import pytest
 import torch
 
 from workbook import record

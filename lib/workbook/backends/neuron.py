@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -45,9 +44,6 @@ from workbook.backends.base import Backend, Prepared
 from workbook.paths import shown
 from workbook.errors import WorkbookError, bad_param
 
-SYSFS_ENV = "WORKBOOK_NEURON_SYSFS"
-DEFAULT_SYSFS = "/sys/devices/virtual/neuron_device"
-VISIBLE_ENV = "NEURON_RT_VISIBLE_CORES"
 
 INSTALL_HINT = ("the Neuron SDK is not installed: on a Trainium/Inferentia instance install torch-neuronx and "
                 "neuronx-cc from AWS's Neuron pip repository (see README)")
@@ -59,80 +55,15 @@ AUTO_CAST = ("none", "matmult", "all")
 AUTO_CAST_TYPES = ("bf16", "fp16", "tf32", "fp8_e4m3")
 OPTION_KEYS = ("compiler_args", "auto_cast", "auto_cast_type", "inline_weights_to_neff", "timeout_s")
 DEFAULT_TIMEOUT_S = 3600
-MB = 2**20
 STDERR_TAIL_LINES = 20
 
 # NEURON_RT_VISIBLE_CORES as it was when this process first loaded a model (the runtime reads it once).
 _RUNTIME_CORES: str | None = None
 
 
-# ----------------------------------------------------------------------------------------------- sysfs
-def sysfs_root() -> Path:
-    """The neuron_device sysfs folder (``WORKBOOK_NEURON_SYSFS`` overrides the real one)."""
-    return Path(os.environ.get(SYSFS_ENV, DEFAULT_SYSFS))
-
-
-def _numbered(folder: Path, prefix: str) -> list[tuple[int, Path]]:
-    pat = re.compile(rf"{re.escape(prefix)}(\d+)")
-    try:
-        children = list(folder.iterdir())
-    except OSError:
-        return []
-    found = [(int(m.group(1)), p) for p in children if (m := pat.fullmatch(p.name)) and p.is_dir()]
-    return sorted(found)
-
-
-def discover_cores(root: Path | str | None = None) -> list[tuple[int, int]]:
-    """Every ``(device, core)`` with a ``neuron<D>/neuron_core<C>`` folder, in the runtime's order
-    (device-major), so list position = global NeuronCore index."""
-    root = Path(root) if root is not None else sysfs_root()
-    return [(d, c) for d, dp in _numbered(root, "neuron") for c, _ in _numbered(dp, "neuron_core")]
-
-
-def parse_visible_cores(value: str) -> list[int]:
-    """The global core indices in a ``NEURON_RT_VISIBLE_CORES`` value: ``"3"``, ``"4-5"`` (inclusive) or a
-    comma list of those (``"0,2-3"``). Raises a ParameterError for anything else."""
-    out: list[int] = []
-    text = str(value).strip()
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise bad_param(VISIBLE_ENV, value, 'a core index ("3"), an inclusive range ("4-5") or a comma list '
-                                                'of those ("0,2-3")')
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        out.extend(range(lo, hi + 1))
-    return sorted(set(out))
-
-
-def _read_bytes(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def read_core_memory(root: Path | str, device: int, core: int) -> dict:
-    """Device memory of one NeuronCore from sysfs: ``{"core": "nd<D>:nc<C>", "<cat>_mb": current,
-    "<cat>_peak_mb": peak, ..., "total_mb": sum of the current values}`` for every category folder under
-    ``neuron<D>/neuron_core<C>/stats/memory_usage/device_mem``. A missing or unreadable file is left out."""
-    base = Path(root) / f"neuron{device}" / f"neuron_core{core}" / "stats" / "memory_usage" / "device_mem"
-    out: dict = {"core": f"nd{device}:nc{core}"}
-    total = None
-    cats = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    for cat in cats:
-        cur = _read_bytes(cat / "total")
-        peak = _read_bytes(cat / "peak")
-        if cur is not None:
-            out[f"{cat.name}_mb"] = cur / MB
-            total = (total or 0) + cur
-        if peak is not None:
-            out[f"{cat.name}_peak_mb"] = peak / MB
-    if total is not None:
-        out["total_mb"] = total / MB
-    return out
-
+from workbook.backends.neuron_sysfs import (  # noqa: F401 - re-exported for callers and tests
+    DEFAULT_SYSFS, MB, SYSFS_ENV, VISIBLE_ENV, discover_cores, parse_visible_cores, read_core_memory, sysfs_root,
+)
 
 # --------------------------------------------------------------------------------------------- the SDK
 def import_sdk():

@@ -255,7 +255,7 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
     from workbook.models import images, use_interpolation
 
     dev, dt = cfg.device.device, DTYPES[cfg.tower_dtype]
-    net = tower.model.to(dev, dt).eval()
+    tower.model.to(dev, dt).eval()
     per_call = {(r["resolution"], r["implementation"]): r["interp_median_ms"]
                 for r in interp_rows if r["dtype"] == cfg.tower_dtype}
     speed, fid = [], []

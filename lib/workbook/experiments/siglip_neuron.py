@@ -308,7 +308,7 @@ def run_matrix(cfg: Config, tower, pool: torch.Tensor, ref: torch.Tensor, cpu_ro
         rec.add("runs", row)
         rec.add("error_histogram", {"mode": mode, "dtype": dtype, "batch": bs, **error_histogram(out[:n], ref[:n])})
         rows.append(row)
-        del prep
+        prep = None  # free this configuration's compiled model before the next one
     return rows
 
 
