@@ -31,7 +31,7 @@ def test_summarize_fields():
                        p99_ms=pytest.approx(4.96), min_ms=1.0, iters=5, warmup=7)
     assert t.as_dict("x_") == {"x_median_ms": 3.0, "x_p10_ms": t.p10_ms, "x_p90_ms": t.p90_ms, "x_p99_ms": t.p99_ms,
                                "x_min_ms": 1.0, "x_iters": 5, "x_warmup": 7}
-    assert set(t.as_dict()) == {"median_ms", "p10_ms", "p90_ms", "min_ms", "iters", "warmup"}
+    assert set(t.as_dict()) == {"median_ms", "p10_ms", "p90_ms", "p99_ms", "min_ms", "iters", "warmup"}
 
 
 def test_summarize_even_count_median_is_mean_of_middle_two():
