@@ -342,3 +342,16 @@ def test_show_table_folds_long_tables():
     folded = show.table(rows, fold=24)
     assert folded.data.startswith("<details><summary>table of 30 rows") and "0.3333" in folded.data
     assert len(show.table(rows[:5], fold=24).data) == 5  # short tables stay plain
+
+
+def test_compare_uses_declared_keys_to_line_up_backends(tmp_path):
+    a = _results({"backend": "cpu"}, {"runs": [{"backend": "cpu", "mode": "eager", "dtype": "float32", "batch": 1,
+                                                "ms": 100.0}]})
+    b = _results({"backend": "cuda"}, {"runs": [{"backend": "cuda", "mode": "compile", "dtype": "float32", "batch": 1,
+                                                 "ms": 2.0}]})
+    for d in (a, b):
+        d["keys"] = {"runs": ["dtype", "batch"]}
+    lines = compare.compare(_write(tmp_path / "A", a), _write(tmp_path / "B", b)).splitlines()
+    i = next(i for i, l in enumerate(lines) if l.startswith("  backend=cpu, mode=eager"))
+    assert lines[i + 1].strip() == "B: backend=cuda, mode=compile"
+    assert lines[i + 2].split() == ["ms", "100", "2", "0.02"]

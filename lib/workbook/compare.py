@@ -21,7 +21,9 @@ def _is_measure(v) -> bool:
     return v is None or isinstance(v, float)
 
 
-def _key(row: dict) -> tuple:
+def _key(row: dict, columns: list[str] | None = None) -> tuple:
+    if columns:
+        return tuple((k, str(row.get(k))) for k in columns)
     return tuple(sorted((k, str(v)) for k, v in row.items() if not _is_measure(v)))
 
 
@@ -56,19 +58,24 @@ def compare(dir_a: Path, dir_b: Path) -> str:
             out.append(f"  {k:40} {_fmt(a.get('headline', {}).get(k)):>12} {_fmt(b.get('headline', {}).get(k)):>12}")
     for table in sorted(set(a.get("tables", {})) | set(b.get("tables", {}))):
         out += ["", f"table {table} (A | B | B/A)"]
+        cols = a.get("keys", {}).get(table) or b.get("keys", {}).get(table)
         rows_b: dict[tuple, list[dict]] = {}
         for r in b.get("tables", {}).get(table, []):
-            rows_b.setdefault(_key(r), []).append(r)
+            rows_b.setdefault(_key(r, cols), []).append(r)
         n_b = sum(len(v) for v in rows_b.values())
         matched = 0
         for ra in a.get("tables", {}).get(table, []):
-            same = rows_b.get(_key(ra))
+            same = rows_b.get(_key(ra, cols))
             if not same:
                 continue
             rb = same.pop(0)  # repeated configurations pair up in order
             matched += 1
             label = ", ".join(f"{k}={v}" for k, v in ra.items() if not _is_measure(v))
             out.append(f"  {label}")
+            if cols:
+                other = ", ".join(f"{k}={v}" for k, v in rb.items() if not _is_measure(v) and ra.get(k) != v)
+                if other:
+                    out.append(f"    B: {other}")
             for k, va in ra.items():
                 vb = rb.get(k)
                 if isinstance(va, float) and _is_num(vb):

@@ -93,6 +93,12 @@ class Recorder:
         self.data["tables"].setdefault(table, []).append(dict(row))
         self._save()
 
+    def keys(self, table: str, columns: list[str]) -> None:
+        """The columns that identify a row of ``table`` when two runs are compared (default: every text or
+        integer field). Declaring fewer lines up runs that differ in the rest, e.g. two backends."""
+        self.data.setdefault("keys", {})[table] = list(columns)
+        self._save()
+
     def headline(self, **figures) -> None:
         """The few figures that `workbook list` and the index show for this run."""
         self.data["headline"].update(figures)

@@ -197,6 +197,8 @@ def build(cfg: Config):
 
 def start_record(cfg: Config, tower, rec) -> None:
     d = cfg.backend.describe()
+    for table in ("runs", "cpu_reference", "error_histogram"):
+        rec.keys(table, ["dtype", "batch"])  # so `workbook compare` lines up runs on different backends
     rec.set(backend=cfg.backend.name, backend_reason=cfg.backend_reason, backend_info=d, model=cfg.model,
             timm_model=tower.timm_name, weights=tower.weights, tower_params=tower.params, image_size=cfg.image_size)
     if d.get("standin"):
