@@ -383,7 +383,7 @@ def test_e2e_describe(e2e):
     d = {r["parameter"]: r["value"] for r in e2e["described"]}
     assert d["backend"].startswith("cpu (requested")
     assert "SigLIP-Tiny → vit_so400m_patch14_siglip_224" in d["model"] and "112 px" in d["model"]
-    assert d["modes × dtypes"] == "eager × float32, bfloat16"
+    assert d["runs (mode:dtype:batch)"] == "eager:float32:1, eager:float32:2, eager:bfloat16:1, eager:bfloat16:2"
     assert d["cores"] == f"{e2e['cfg'].cores} CPU threads"
     assert d["batch sizes"] == "1, 2" and d["warm-up / timed iterations"] == "1 / 3"
 

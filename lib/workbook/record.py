@@ -128,8 +128,10 @@ class Recorder:
 
 def start(notebook: str, params: dict) -> Recorder:
     """Create the recorder for this notebook run and say where its results go."""
+    from workbook.paths import shown
+
     rec = Recorder(notebook, params)
-    print(f"results: {rec.path}")
+    print(f"results: {shown(rec.path)}")
     return rec
 
 

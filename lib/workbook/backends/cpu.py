@@ -5,9 +5,12 @@ end to end on a laptop or a CI machine.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import tempfile
 import time
+from pathlib import Path
 
 from workbook.backends.base import Backend, Prepared
 
@@ -19,6 +22,12 @@ def torch_dtype(name: str):
 
     return {"float32": torch.float32, "tfloat32": torch.float32, "bfloat16": torch.bfloat16,
             "float16": torch.float16}[name]
+
+
+def _shown(p) -> str:
+    from workbook.paths import shown
+
+    return shown(p)
 
 
 def inductor_cache(cache) -> dict:
@@ -33,6 +42,38 @@ def inductor_cache(cache) -> dict:
     from workbook.paths import shown
 
     return {"inductor_cache": shown(d)}
+
+
+@contextlib.contextmanager
+def compile_log(cache):
+    """Send torch.compile's own chatter (autotuning tables, rejected kernel choices) to ``compile.log`` in the
+    artifact folder instead of the notebook: a report shows results, the log keeps the details."""
+    import logging
+    import sys
+
+    import torch
+
+    path = (cache.dir if cache is not None else Path(tempfile.mkdtemp())) / "compile.log"
+    cfg = torch._inductor.config
+    saved = {k: getattr(cfg, k) for k in ("autotune_num_choices_displayed", "max_autotune_report_choices_stats")
+             if hasattr(cfg, k)}
+    for k in saved:
+        setattr(cfg, k, 0 if k == "autotune_num_choices_displayed" else False)
+    logger = logging.getLogger("torch._inductor")
+    handler = logging.FileHandler(path)
+    old_propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with open(path, "a") as f, contextlib.redirect_stderr(f):
+            yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.propagate = old_propagate
+        for k, v in saved.items():
+            setattr(cfg, k, v)
+        sys.stderr.flush()
 
 
 class CPUBackend(Backend):
@@ -69,9 +110,10 @@ class CPUBackend(Backend):
             torch._dynamo.reset()  # each configuration compiles afresh (or from the on-disk cache)
             fn = torch.compile(model)
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), compile_log(cache) as log:
                 fn(x)
             prep.compile_s = time.perf_counter() - t0
+            prep.notes.append(f"compile log: {_shown(log)}")
             prep.cache = "hit" if had else ("miss" if cache is not None else "none")
             if cache is not None and not had:
                 cache.commit(compile_s=prep.compile_s)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from workbook.backends.base import Backend, Prepared
-from workbook.backends.cpu import inductor_cache, torch_dtype
+from workbook.backends.cpu import _shown, compile_log, inductor_cache, torch_dtype
 
 COMPILE_MODES = {"compile": "default", "compile-cudagraphs": "reduce-overhead", "compile-max-autotune": "max-autotune"}
 
@@ -70,12 +70,13 @@ class CUDABackend(Backend):
             x = self.to_input(example, dtype)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            with torch.inference_mode():
+            with torch.inference_mode(), compile_log(cache) as log:
                 prep.fn(x)
                 if mode == "compile-cudagraphs":
                     prep.fn(x)  # CUDA graphs are recorded on the second call
-            self.synchronize()
+                self.synchronize()
             prep.compile_s = time.perf_counter() - t0
+            prep.notes.append(f"compile log: {_shown(log)}")
             if cache is not None and not had:
                 cache.commit(compile_s=prep.compile_s, mode=mode)
         return prep

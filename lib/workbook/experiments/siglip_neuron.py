@@ -18,6 +18,7 @@ from tqdm import tqdm
 from workbook import artifacts, measure, metrics
 from workbook.backends import Backend, resolve
 from workbook.errors import bad_param
+from workbook.paths import shown
 
 ALL_DTYPES = ("float32", "tfloat32", "bfloat16", "float16")
 ACCURACY_IMAGES = 8  # rows of each output compared with the CPU reference
@@ -218,11 +219,11 @@ def describe(cfg: Config, tower) -> list[dict]:
         ("backend", f"{cfg.backend.name} ({cfg.backend_reason})"),
         ("model", f"{cfg.model} → {tower.timm_name}, {tower.params / 1e6:.1f} M parameters, {cfg.image_size} px"),
         ("weights", tower.weights),
-        ("modes × dtypes", f"{', '.join(cfg.modes)} × {', '.join(cfg.dtypes)}"),
+        ("runs (mode:dtype:batch)", ", ".join(f"{m}:{d}:{b}" for m, d, b in cfg.steps)),
         ("cores", f"{cfg.cores} {cfg.backend.unit}"),
         ("batch sizes", ", ".join(map(str, cfg.batch_sizes))),
         ("warm-up / timed iterations", f"{cfg.warmup} / {cfg.iters}"),
-        ("artifact cache", str(cfg.artifact_dir)),
+        ("artifact cache", shown(cfg.artifact_dir)),
     )]
 
 
