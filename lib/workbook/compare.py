@@ -17,8 +17,9 @@ def _is_num(v) -> bool:
 
 
 def _is_measure(v) -> bool:
-    """Floats (and nulls: a NaN metric is stored as null) are measurements; text, integers, flags describe."""
-    return v is None or isinstance(v, float)
+    """Floats (and nulls: a NaN metric is stored as null) are measurements; text, integers, flags describe.
+    Lists and mappings (histograms, say) are neither: they are left out of the side-by-side view."""
+    return v is None or isinstance(v, (float, list, dict))
 
 
 def _key(row: dict, columns: list[str] | None = None) -> tuple:
