@@ -67,14 +67,20 @@ def test_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path)
     out = tmp_path / "out.ipynb"
     r = _papermill(["notebooks/pos_interp.ipynb", str(out), "-p", param, value], ROOT, tmp_path)
     assert r.returncode != 0
-    nb = json.loads(out.read_text())
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    first = next(i for i, c in enumerate(code) if "parameters" not in c["metadata"].get("tags", [])
-                 and "injected-parameters" not in c["metadata"].get("tags", []))
-    errors = [o for o in code[first]["outputs"] if o["output_type"] == "error"]
-    assert errors and errors[0]["ename"] == "ParameterError" and expected in errors[0]["evalue"]
-    assert all(not c["outputs"] for c in code[first + 1:])  # nothing after the first cell ran
+    error = _first_cell_error(out)
+    assert error["ename"] == "ParameterError" and expected in error["evalue"]
     assert not (tmp_path / "outputs").exists()  # and nothing was recorded
+
+
+def _first_cell_error(out: Path) -> dict:
+    """The error output of the first cell after the parameters, checking that no later cell ran."""
+    code = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+    first = next(i for i, c in enumerate(code)
+                 if not {"parameters", "injected-parameters"} & set(c["metadata"].get("tags", [])))
+    errors = [o for o in code[first]["outputs"] if o["output_type"] == "error"]
+    assert errors, "the first cell after the parameters did not fail"
+    assert all(not c["outputs"] for c in code[first + 1:])  # nothing after the first cell ran
+    return errors[0]
 
 
 def test_failed_run_through_the_cli_has_report_and_exit_code(tmp_path):
@@ -160,13 +166,8 @@ def test_siglip_bad_parameter_stops_in_the_first_cell(param, value, expected, tm
     params = {**TINY, param: value}
     r = _papermill(["notebooks/siglip_neuron.ipynb", str(out)] + _p(params), ROOT, tmp_path)
     assert r.returncode != 0
-    code = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
-    first = next(i for i, c in enumerate(code) if not {"parameters", "injected-parameters"}
-                 & set(c["metadata"].get("tags", [])))
-    errors = [o for o in code[first]["outputs"] if o["output_type"] == "error"]
-    assert errors and errors[0]["ename"] in ("ParameterError", "BackendUnavailable"), errors
-    assert expected in errors[0]["evalue"]
-    assert all(not c["outputs"] for c in code[first + 1:])
+    error = _first_cell_error(out)
+    assert error["ename"] in ("ParameterError", "BackendUnavailable") and expected in error["evalue"]
 
 
 def test_siglip_neuron_path_through_the_standin(tmp_path, monkeypatch):
