@@ -10,7 +10,6 @@ change and the corner-alignment change measured apart. The notebook narrates; th
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +18,7 @@ from tqdm import tqdm
 from workbook import interp, measure, metrics
 from workbook.device import DeviceChoice, resolve_device
 from workbook.errors import bad_param
+from workbook.params import as_list
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,42 +62,25 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
 
-def _as_list(name: str, value) -> list:
-    """Lists may arrive as strings from plain papermill (``-p resolutions "[224, 384]"`` or ``224,384``)."""
-    from workbook.params import Param, coerce
-
-    return coerce(Param(name, "list", None, ""), value)
-
-
 def _int_list(name: str, value, allowed: str, minimum: int) -> list[int]:
-    values = _as_list(name, value)
+    values = as_list(name, value)
     if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values):
         raise bad_param(name, value, allowed)
     return list(dict.fromkeys(values))
 
 
 def _str_list(name: str, value, known) -> list[str]:
-    values = [str(v) for v in _as_list(name, value)]
+    values = [str(v) for v in as_list(name, value)]
     if not values or any(v not in known for v in values):
         raise bad_param(name, value, "a non-empty list from " + ", ".join(known))
     return list(dict.fromkeys(values))
-
-
-def _patch_of(model: str) -> int:
-    from workbook.models import resolve_model
-
-    timm_name = resolve_model(model)
-    m = re.search(r"patch(\d+)", timm_name)
-    if not m:
-        raise bad_param("model", model, "a SigLIP tower whose timm name gives its patch size (e.g. *_patch14_*)")
-    return int(m.group(1))
 
 
 def configure(*, device: str, implementations, reference: str, candidate: str, resolutions, tower_resolutions,
               dtypes, tower_dtype: str, batch_sizes, model: str, depth: int, pretrained: str, checkpoint: str,
               iterations: int, warmup: int, seed: int) -> Config:
     """Check every parameter and return the run's configuration; a bad one raises one clear sentence."""
-    impls = interp.check_names([str(v) for v in _as_list("implementations", implementations)], "implementations")
+    impls = interp.check_names([str(v) for v in as_list("implementations", implementations)], "implementations")
     for name, value in (("reference", reference), ("candidate", candidate)):
         if not isinstance(value, str) or value not in interp.IMPLEMENTATIONS:
             raise bad_param(name, value, "one of " + ", ".join(interp.IMPLEMENTATIONS))
@@ -110,7 +93,9 @@ def configure(*, device: str, implementations, reference: str, candidate: str, r
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise bad_param(name, v, f"an integer of at least {lo}")
     batches = _int_list("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1", 1)
-    patch = _patch_of(model)
+    from workbook.models import patch_size
+
+    patch = patch_size(model)
     px = f"a non-empty list of integer image sizes in pixels, each at least one patch ({patch} px for {model})"
     res = _int_list("resolutions", resolutions, px, patch)
     tres = _int_list("tower_resolutions", tower_resolutions, px, patch)

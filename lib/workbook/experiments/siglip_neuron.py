@@ -18,6 +18,7 @@ from tqdm import tqdm
 from workbook import artifacts, measure, metrics
 from workbook.backends import Backend, resolve
 from workbook.errors import bad_param
+from workbook.params import as_list
 from workbook.paths import shown
 
 ALL_DTYPES = ("float32", "tfloat32", "bfloat16", "float16")
@@ -47,12 +48,6 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
 
-def _list(name, value) -> list:
-    from workbook.params import Param, coerce
-
-    return coerce(Param(name, "list", None, ""), value)
-
-
 def _int(name, value, lo, allowed=None):
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise bad_param(name, value, allowed or f"an integer of at least {lo}")
@@ -64,22 +59,21 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
               cpu_reference_max_batch: int, compiler_args: str, auto_cast: str, auto_cast_type: str,
               runs=()) -> Config:
     """Check every parameter (the cheap ones first) and choose the backend; one clear sentence on error."""
-    from workbook.models import resolve_model
+    from workbook.models import patch_size
     from workbook.models.siglip import TINY_MODELS
 
-    resolve_model(model)  # unknown names raise with the closest names
-    patch = _patch(model)
+    patch = patch_size(model)  # unknown names raise with the closest names
     _int("image_size", image_size, patch, f"a multiple of the patch size ({patch} px for {model})")
     if image_size % patch:
         raise bad_param("image_size", image_size, f"a multiple of the patch size ({patch} px for {model}), "
                         f"e.g. {image_size // patch * patch} or {(image_size // patch + 1) * patch}")
-    batches = _list("batch_sizes", batch_sizes)
+    batches = as_list("batch_sizes", batch_sizes)
     if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in batches):
         raise bad_param("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1")
     _int("warmup", warmup, 0)
     _int("iters", iters, 1)
     _int("cpu_reference_max_batch", cpu_reference_max_batch, 0)
-    dts = [str(d) for d in _list("dtypes", dtypes)]
+    dts = [str(d) for d in as_list("dtypes", dtypes)]
     for d in dts:
         if d not in ALL_DTYPES:
             raise bad_param("dtypes", dtypes, "a list from " + ", ".join(ALL_DTYPES))
@@ -89,7 +83,7 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
     if auto_cast not in ("none", "matmult", "all"):
         raise bad_param("auto_cast", auto_cast, "one of none, matmult, all")
     b, reason = resolve(backend)
-    ms = [str(m) for m in _list("modes", modes)]
+    ms = [str(m) for m in as_list("modes", modes)]
     if not ms:
         raise bad_param("modes", modes, "a non-empty list from " + ", ".join(b.modes))
     for m in ms:
@@ -152,25 +146,13 @@ def _parse_runs(runs, b) -> list[tuple[str, str, int]]:
     """``["compile-cudagraphs:bfloat16:1", ...]``: explicit configurations instead of modes × dtypes × batch sizes."""
     allowed = f"a list of mode:dtype:batch triples with modes {', '.join(b.modes)} and dtypes {', '.join(b.dtypes)}"
     out = []
-    for item in _list("runs", runs):
+    for item in as_list("runs", runs):
         parts = str(item).split(":")
         if len(parts) != 3 or parts[0] not in b.modes or parts[1] not in b.dtypes or not parts[2].isdigit() \
                 or int(parts[2]) < 1:
             raise bad_param("runs", runs, allowed)
         out.append((parts[0], parts[1], int(parts[2])))
     return out
-
-
-def _patch(model: str) -> int:
-    import re
-
-    from workbook.models import resolve_model
-    from workbook.models.siglip import TINY_MODELS
-
-    if model in TINY_MODELS:
-        return int(re.search(r"patch(\d+)", TINY_MODELS[model][0]).group(1))
-    m = re.search(r"patch(\d+)", resolve_model(model))
-    return int(m.group(1)) if m else 16
 
 
 def _weights(pretrained: str) -> dict:

@@ -7,9 +7,10 @@ from workbook.models.siglip import (
     build_tower,
     images,
     load_pos_table,
+    patch_size,
     pos_table,
     resolve_model,
     use_interpolation,
 )
 
-__all__ = ["Tower", "build_tower", "images", "load_pos_table", "pos_table", "resolve_model", "use_interpolation"]
+__all__ = ["Tower", "build_tower", "images", "load_pos_table", "patch_size", "pos_table", "resolve_model", "use_interpolation"]

@@ -74,6 +74,14 @@ def resolve_model(name: str) -> str:
                     + (f"; closest open_clip names: {', '.join(close)}" if close else ""))
 
 
+def patch_size(model: str) -> int:
+    """The patch size of ``model``'s tower, read from its timm name (``*_patch14_*``) without building it."""
+    m = re.search(r"patch(\d+)", resolve_model(model))
+    if not m:
+        raise bad_param("model", model, "a SigLIP tower whose timm name gives its patch size (e.g. *_patch14_*)")
+    return int(m.group(1))
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Flat state dict from a .safetensors or torch file: unwrapped, without a DDP "module." prefix."""
     if not path or not os.path.isfile(path):
