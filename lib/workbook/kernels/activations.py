@@ -1,0 +1,55 @@
+"""GELU (tanh approximation, SigLIP's ``gelu_pytorch_tanh``) and its derivative for Triton epilogues.
+
+Written as ``x * sigmoid(2u)`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``: equal to ``0.5 x (1 + tanh u)``
+but with no libdevice ``tanh`` (absent in the interpreter) and no ``1 + tanh`` cancellation. The same
+approximation as the reference matters: tanh and erf GELU differ by up to 4.7e-4 (research/triton.md 5.5).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+SQRT_2_OVER_PI = 0.7978845608028654
+COEF = 0.044715
+
+
+@triton.jit
+def gelu_tanh(x):
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    return x * tl.sigmoid(2.0 * u)
+
+
+@triton.jit
+def gelu_tanh_grad(x):
+    """d/dx of x * sigmoid(2u): s + x * 2 s (1 - s) du/dx."""
+    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+    s = tl.sigmoid(2.0 * u)
+    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+    return s + 2.0 * x * s * (1.0 - s) * du
+
+
+@triton.jit
+def round_bf16(x):
+    """Round fp32 to the nearest bf16 (ties to even), kept in fp32: the interpreter's cast truncates."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + (0x7FFF + ((bits >> 16) & 1))
+    bits = bits & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def to_out(x, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 value prepared for a store in the output dtype (rounded to nearest under the interpreter)."""
+    if INTERPRET and OUT_BF16:
+        x = round_bf16(x)
+    return x
+
+
+@triton.jit
+def round_like_store(x, out_ptr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
+    """The fp32 value a store to ``out_ptr`` would keep: used to round a pre-activation as eager does."""
+    if OUT_BF16 and INTERPRET:
+        x = round_bf16(x)
+    else:
+        x = x.to(out_ptr.dtype.element_ty).to(tl.float32)
+    return x
