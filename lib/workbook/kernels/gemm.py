@@ -79,6 +79,15 @@ def _gemm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, aux_ptr, M, N, K,
         a_ptrs += BK * s_ak
         b_ptrs += BK * s_bk
 
+    _epilogue(acc, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, s_cm, s_cn, s_xm, s_xn,
+              HAS_BIAS, EPILOGUE, STORE_AUX, OUT_BF16, INTERPRET)
+
+
+@triton.jit
+def _epilogue(acc, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, s_cm, s_cn, s_xm, s_xn,
+              HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, STORE_AUX: tl.constexpr,
+              OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr):
+    """Bias, the activation epilogue on the fp32 accumulator, and the single rounding at the store."""
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
@@ -97,6 +106,63 @@ def _gemm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, aux_ptr, M, N, K,
         acc = acc * gelu_tanh_grad(pre)
     c_ptrs = c_ptr + offs_m[:, None] * s_cm + offs_n[None, :] * s_cn
     tl.store(c_ptrs, to_out(acc, OUT_BF16, INTERPRET).to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def _tma_blocks(nargs):
+    nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
+    nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]]
+
+
+def _tma_cfg(bm, bn, bk, warps, stages):
+    return triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=warps, num_stages=stages,
+                         pre_hook=_tma_blocks)
+
+
+_TMA_CONFIGS = [_tma_cfg(128, 256, 64, 8, 3), _tma_cfg(256, 128, 64, 8, 3), _tma_cfg(128, 256, 64, 8, 4),
+                _tma_cfg(128, 128, 64, 8, 4), _tma_cfg(128, 128, 64, 4, 4), _tma_cfg(128, 256, 128, 8, 2),
+                _tma_cfg(64, 256, 64, 4, 4)]
+
+
+@triton.autotune(configs=_TMA_CONFIGS, key=["M", "N", "K", "EPILOGUE", "STORE_AUX"])
+@triton.jit
+def _gemm_tma_kernel(a_desc, b_desc, bias_ptr, c_ptr, aux_ptr, M, N, K, s_cm, s_cn, s_xm, s_xn,
+                     HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, STORE_AUX: tl.constexpr,
+                     OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """The same GEMM with TMA tile loads (Hopper and newer; b is the ``[N, K]`` weight, K contiguous)."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BN)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % group) % size_m)
+    pid_n = (pid % group) // size_m
+    off_m = pid_m * BM
+    off_n = pid_n * BN
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BK)):
+        a = a_desc.load([off_m, k * BK])
+        b = b_desc.load([off_n, k * BK])
+        acc = tl.dot(a, b.T, acc)
+    offs_m = off_m + tl.arange(0, BM)
+    offs_n = off_n + tl.arange(0, BN)
+    _epilogue(acc, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, s_cm, s_cn, s_xm, s_xn,
+              HAS_BIAS, EPILOGUE, STORE_AUX, OUT_BF16, INTERPRET)
+
+
+def _use_tma(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """TMA needs a Hopper-class GPU, 16-bit operands, row-major a and a K-contiguous weight, 16-byte strides."""
+    if INTERPRET or not TMA_ENABLED or a.device.type != "cuda" or a.dtype == torch.float32:
+        return False
+    if torch.cuda.get_device_capability(a.device)[0] < 9:
+        return False
+    w = b.t()
+    return (a.stride(1) == 1 and w.stride(1) == 1 and (a.stride(0) * a.element_size()) % 16 == 0
+            and (w.stride(0) * w.element_size()) % 16 == 0)
+
+
+TMA_ENABLED = True  # switched off by callers that want the pointer kernel on Hopper (for comparison)
 
 
 def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
@@ -123,12 +189,19 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, 
     else:
         aux = None
     aux_arg = aux if aux is not None else c
+    flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=bool(store_aux and epilogue != "gelu_grad"),
+                 OUT_BF16=c.dtype == torch.bfloat16, INTERPRET=INTERPRET)
     grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
+    if _use_tma(a, b):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        _gemm_tma_kernel[grid](TensorDescriptor.from_tensor(a, [1, 1]), TensorDescriptor.from_tensor(b.t(), [1, 1]),
+                               bias if bias is not None else c, c, aux_arg, M, N, K, c.stride(0), c.stride(1),
+                               aux_arg.stride(0), aux_arg.stride(1), **flags)
+        return c, (aux if epilogue != "gelu_grad" else None)
     _gemm_kernel[grid](
         a, b, bias if bias is not None else c, c, aux_arg, M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
         aux_arg.stride(0), aux_arg.stride(1),
-        HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=bool(store_aux and epilogue != "gelu_grad"),
-        IEEE=a.dtype == torch.float32, OUT_BF16=c.dtype == torch.bfloat16, INTERPRET=INTERPRET,
-    )
+        IEEE=a.dtype == torch.float32, **flags)
     return c, (aux if epilogue != "gelu_grad" else None)

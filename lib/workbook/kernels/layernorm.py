@@ -19,24 +19,26 @@ MAX_HIDDEN = 16384  # one row must fit a program's registers
 
 
 @triton.jit
-def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, N, s_x, s_y, eps,
+def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, s_x, s_y, eps,
                    STORE_STATS: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+                   BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    m = cols < N
-    x = tl.load(x_ptr + row * s_x + cols, mask=m, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / N
-    xc = tl.where(m, x - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / N
+    mc = cols < N
+    m = (rows[:, None] < M) & mc[None, :]
+    x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    xc = tl.where(m, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / N
     rstd = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    y = xc * rstd * w + b
-    tl.store(y_ptr + row * s_y + cols, to_out(y, OUT_BF16, INTERPRET).to(y_ptr.dtype.element_ty), mask=m)
+    w = tl.load(w_ptr + cols, mask=mc, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=mc, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(y_ptr + rows[:, None] * s_y + cols[None, :], to_out(y, OUT_BF16, INTERPRET).to(y_ptr.dtype.element_ty),
+             mask=m)
     if STORE_STATS:
-        tl.store(mean_ptr + row, mean)
-        tl.store(rstd_ptr + row, rstd)
+        tl.store(mean_ptr + rows, mean, mask=rows < M)
+        tl.store(rstd_ptr + rows, rstd, mask=rows < M)
 
 
 @triton.jit
@@ -86,9 +88,10 @@ def ln_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     y = torch.empty_like(x2)
     mean = torch.empty(M, device=x.device, dtype=torch.float32) if stats else y
     rstd = torch.empty(M, device=x.device, dtype=torch.float32) if stats else y
-    _ln_fwd_kernel[(M,)](x2, weight, bias, y, mean, rstd, N, x2.stride(0), y.stride(0), eps,
-                         STORE_STATS=stats, OUT_BF16=y.dtype == torch.bfloat16, INTERPRET=INTERPRET,
-                         BLOCK=block, num_warps=warps)
+    rows = max(1, min(4, 4096 // block))  # several short rows per program keep the loads wide
+    _ln_fwd_kernel[(triton.cdiv(M, rows),)](x2, weight, bias, y, mean, rstd, M, N, x2.stride(0), y.stride(0), eps,
+                                            STORE_STATS=stats, OUT_BF16=y.dtype == torch.bfloat16,
+                                            INTERPRET=INTERPRET, BLOCK=block, ROWS=rows, num_warps=warps)
     return y.view(x.shape), (mean if stats else None), (rstd if stats else None)
 
 

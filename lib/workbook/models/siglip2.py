@@ -70,11 +70,13 @@ def hf_model(cfg, *, seed: int = 0, dtype=torch.float32, device="cpu", attn: str
 
 @dataclass(frozen=True)
 class FusedOptions:
-    """How the fused model computes: ``recompute_norm`` (LayerNorm outputs recomputed in backward) and
-    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS)."""
+    """How the fused model computes: ``recompute_norm`` (LayerNorm outputs recomputed in backward),
+    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS) and ``dgrad_gemm`` (GELU' fused into fc2's
+    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
 
     recompute_norm: bool = True
     qkv_triton: bool = False
+    dgrad_gemm: bool = False
 
 
 class _Attention(nn.Module):
@@ -111,19 +113,19 @@ class FusedEncoderLayer(nn.Module):
         self.mlp = _MLP(cfg)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        from workbook.kernels.mlp import ln_linear, ln_mlp, qkv_weights
+        from workbook.kernels.mlp import ln_linear, ln_mlp, qkv_weights, split_heads
 
         a, ln1, ln2, opt = self.self_attn, self.layer_norm1, self.layer_norm2, self.options
         b, s, d = x.shape
         w, bias = qkv_weights(a.q_proj, a.k_proj, a.v_proj)
         qkv = ln_linear(x, ln1.weight, ln1.bias, self.eps, w, bias,
                         recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton)
-        q, k, v = qkv.view(b, s, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = split_heads(qkv, a.num_heads)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.head_dim ** -0.5)
         x = x + a.out_proj(o.transpose(1, 2).reshape(b, s, d))
         m = self.mlp
         return x + ln_mlp(x, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
-                          recompute_norm=opt.recompute_norm)
+                          recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm)
 
 
 class _Encoder(nn.Module):
