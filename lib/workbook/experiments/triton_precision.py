@@ -526,3 +526,19 @@ def model_check(cfg: Config) -> list[dict]:
         hf.zero_grad()
         fz.zero_grad()
     return rows
+
+
+def headline(rec, summary: list[dict], claim: list[dict], stack: list[dict]) -> None:
+    """The few figures `workbook list` and the index show."""
+    fails = [f"{s['kernel']}/{s['dtype']}" for s in summary if s["failed"]]
+    figures = {"precision_verdict": "all pass (2x rule)" if not fails else "FAIL: " + ", ".join(fails)}
+    for r in claim:
+        if r["dtype"] == "bfloat16" and r["impl"].startswith("eager"):
+            figures["fc1_gelu_bf16_mean_ulp_eager"] = r["mean_ulp"]
+        if r["dtype"] == "bfloat16" and r["impl"].startswith("triton, GELU"):
+            figures["fc1_gelu_bf16_mean_ulp_triton"] = r["mean_ulp"]
+    for r in stack_ratios(stack) if stack else []:
+        if r["variant"] == "fused":
+            figures[f"stack_b{r['batch']}_fwd_bwd_speedup"] = r["fwd_bwd_speedup"]
+            figures[f"stack_b{r['batch']}_peak_memory_ratio"] = r["peak_memory_ratio"]
+    rec.headline(**figures)
