@@ -41,7 +41,16 @@ _GPU_CONFIGS = [
 _INTERP_CONFIG = _cfg(32, 64, 32, 4, 1, group=4)
 
 
-@triton.autotune(configs=configs(_GPU_CONFIGS, _INTERP_CONFIG), key=["M", "N", "K", "EPILOGUE", "STORE_AUX"])
+def _prune(configs, named_args, **kwargs):
+    """fp32 (IEEE dot, CUDA cores): only the small tiles; large ones spill and take long to compile."""
+    if named_args["a_ptr"].dtype == torch.float32:
+        small = [c for c in configs if c.kwargs["BM"] * c.kwargs["BN"] <= 128 * 64]
+        return small or configs
+    return configs
+
+
+@triton.autotune(configs=configs(_GPU_CONFIGS, _INTERP_CONFIG), key=["M", "N", "K", "EPILOGUE", "STORE_AUX"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _gemm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, aux_ptr, M, N, K,
                  s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_xm, s_xn,
