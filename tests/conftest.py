@@ -7,8 +7,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-import nbformat
-import pytest
+import torch
+
+# The Triton kernels run under the interpreter on a machine without CUDA; Triton reads this at import, so it
+# must be set before any test module imports workbook.kernels (conftest is imported first).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import nbformat  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Runs made by tests (nbmake's notebook runs included: the kernels inherit this) never land in outputs/.

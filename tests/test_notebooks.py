@@ -203,3 +203,43 @@ def test_siglip_neuron_path_through_the_standin(tmp_path, monkeypatch):
     second = runner.run("siglip_neuron", cli=cli, force=True)
     rows2 = json.loads((second.run_dir / "results.json").read_text())["tables"]["runs"]
     assert rows2[0]["cache"] == "hit" and rows2[0]["compile_s"] is None
+
+
+# ---- triton_precision -------------------------------------------------------------------------------------
+TP_CHEAP = {"kernels": "[layernorm, linear_gelu]", "dtypes": "[float32, bfloat16]", "tokens": "16",
+            "claim_shape": "[32, 24, 40]"}
+
+
+def test_triton_precision_plain_papermill(tmp_path):
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/triton_precision.ipynb", str(out)] + _p(TP_CHEAP), ROOT, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(next((tmp_path / "outputs" / "triton_precision").glob("adhoc-*/results.json")).read_text())
+    assert res["status"] == "complete" and res["device"] == "cpu"
+    assert res["headline"]["precision_verdict"] == "all pass (2x rule)"
+    assert res["headline"]["fc1_gelu_bf16_mean_ulp_triton"] < res["headline"]["fc1_gelu_bf16_mean_ulp_eager"]
+    assert {m["what"] for m in res["not_measured"]} == {"per-kernel speed", "so400m stack speed and memory"}
+    assert all(r["worst_grad_max_abs_diff"] < 1e-4 for r in res["tables"]["model_check"])
+
+
+@pytest.mark.parametrize("param,value,expected", [
+    ("kernels", "[layernorm, softmax]", "Parameter kernels="),
+    ("dtypes", "[float64]", "a list from float32, bfloat16, float16"),
+    ("hidden", "20000", "at most 16384"),
+    ("heads", "5", "a multiple of heads (5)"),
+    ("heads", "4", "head size that is a multiple of 8"),
+    ("tokens", "0", "Parameter tokens="),
+    ("claim_shape", "[4, 8]", "three positive integers"),
+    ("stack_config", "huge", "one of so400m, tiny"),
+    ("stack_variants", "[flash]", "Parameter stack_variants="),
+    ("device", "cuda", "torch sees no CUDA GPU"),
+])
+def test_triton_precision_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
+    out = tmp_path / "out.ipynb"
+    params = {**TP_CHEAP, param: value}
+    if (param, value) == ("heads", "4"):
+        params["kernels"] = "[block]"  # the head-size rule concerns the encoder-layer case only
+    r = _papermill(["notebooks/triton_precision.ipynb", str(out)] + _p(params), ROOT, tmp_path)
+    assert r.returncode != 0
+    error = _first_cell_error(out)
+    assert error["ename"] == "ParameterError" and expected in error["evalue"], error
