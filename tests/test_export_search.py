@@ -1,0 +1,466 @@
+"""The export-configuration search: candidate and pruning rules on hand-worked examples, tries in their own
+processes (crash, signal, hang), the state file surviving SIGKILL of the search, and the Neuron commands.
+
+Runs anywhere (no accelerator): tries are tiny Python scripts that the generic CommandValidator runs.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from workbook import export_search as es
+from workbook.errors import ParameterError, WorkbookError
+
+PY = sys.executable
+CANDS = {"tps": [8, 4, 2], "batches": [8, 4, 1], "seqs": [4096, 2048, 1024]}  # = es.candidates(8, 2, 8, 8192, [1, 4, 8])
+
+# A fake try: notes its start and end in a side file, then is valid iff batch * seq <= tp * 4096.
+FAKE = textwrap.dedent("""
+    import os, sys, time
+    tp, b, s, side, pause = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+    def note(what):
+        fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{what} {tp} {b} {s}\\n".encode())
+        os.close(fd)
+    note("start")
+    print(f"trying tp={tp} batch={b} seq={s}", flush=True)
+    time.sleep(pause)
+    note("done")
+    sys.exit(0 if b * s <= tp * 4096 else 1)
+""")
+# Hand-worked with the rule above, largest first: tp 8: (8,8,4096) valid, (8,4,4096) valid, (8,1,4096) valid;
+# tp 4: (4,8,4096) fails, (4,8,2048) valid, (4,4,4096) valid, (4,1,4096) valid;
+# tp 2: (2,8,4096) (2,8,2048) fail, (2,8,1024) valid, (2,4,4096) fails, (2,4,2048) valid, (2,1,4096) valid.
+EXPECTED_TRIES = [(8, 8, 4096), (8, 4, 4096), (8, 1, 4096), (4, 8, 4096), (4, 8, 2048), (4, 4, 4096), (4, 1, 4096),
+                  (2, 8, 4096), (2, 8, 2048), (2, 8, 1024), (2, 4, 4096), (2, 4, 2048), (2, 1, 4096)]
+
+
+def _oracle(tp, b, s):
+    return "valid" if b * s <= tp * 4096 else "failed"
+
+
+def _fake_validator(tmp_path, pause=0.2):
+    script = tmp_path / "fake_try.py"
+    script.write_text(FAKE)
+    side = tmp_path / "side.txt"
+    return es.CommandValidator(f"{{python}} -S {script} {{tp}} {{batch}} {{seq}} {side} {pause}"), side
+
+
+def _statuses(state):
+    return {(r["tp"], r["batch"], r["seq"]): r["status"] for r in es.summary(state)}
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _procs_with_token(token):
+    needle, found = f"{es.TOKEN_ENV}={token}".encode(), []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (d / "environ").read_bytes().split(b"\0") and _alive(d.name):
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+def _quiet(*_):
+    pass
+
+
+# ---------------------------------------------------------------- candidates
+
+def test_candidates_hand_worked():
+    c = es.candidates(32, 2, 32, 32768)
+    assert c == {"tps": [32, 16, 8, 4, 2], "batches": [128, 64, 32, 16, 8, 4, 1],
+                 "seqs": [16384, 8192, 4096, 2048, 1024]}
+    # 24 heads: 16 and 32 do not divide them; 6, 12 and 24 do (multiples of 2 cores, at most 32)
+    assert es.candidates(32, 2, 24, 32768)["tps"] == [24, 12, 8, 6, 4, 2]
+    # tp equal to every core is a candidate ("not above" the total); 8 cores per device allow only 8, 16, 32
+    assert es.candidates(32, 8, 32, 4096, batch_sizes=[4, 1])["tps"] == [32, 16, 8]
+    # max positions 4096: strictly below -> 2048 and 1024; a non-power max keeps the powers below it
+    assert es.candidates(2, 2, 2, 4096)["seqs"] == [2048, 1024]
+    assert es.candidates(2, 2, 2, 5000, min_seq=512)["seqs"] == [4096, 2048, 1024, 512]
+    assert es.candidates(4, 1, 8, 2048, batch_sizes=(2, 16, 1)) == {"tps": [4, 2], "batches": [16, 2, 1], "seqs": [1024]}
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(total_cores=1), "total_cores"),
+    (dict(total_cores=True), "total_cores"),
+    (dict(cores_per_device=0), "cores_per_device"),
+    (dict(cores_per_device=64), "cores_per_device"),
+    (dict(num_heads=7), "num_heads"),        # no even tp divides 7
+    (dict(max_positions=1024), "max_positions"),  # nothing strictly below 1024 and at least 1024
+    (dict(batch_sizes=[]), "batch_sizes"),
+    (dict(batch_sizes=[4, 4]), "batch_sizes"),
+    (dict(batch_sizes=[0, 1]), "batch_sizes"),
+    (dict(min_seq=1000), "min_seq"),
+])
+def test_candidates_bad_input_names_the_parameter(kwargs, name):
+    args = dict(total_cores=32, cores_per_device=2, num_heads=32, max_positions=32768) | kwargs
+    with pytest.raises(ParameterError) as e:
+        es.candidates(**args)
+    msg = str(e.value)
+    assert msg.startswith(f"Parameter {name}=") and "not allowed" in msg and msg.count("\n") == 0
+
+
+# ---------------------------------------------------------------- pruning rules
+
+def test_valid_implies_shorter_sequences():
+    c = es.candidates(32, 2, 32, 32768)
+    rows = {r[:3]: r[3:] for r in es.plan(c, {(8, 4, 4096): "valid"})}
+    for s in (2048, 1024):
+        status, reason = rows[(8, 4, s)]
+        assert status == "valid-by-rule" and "(8, 4, 4096)" in reason
+    assert rows[(8, 4, 4096)] == ("valid", "tested")
+    # longer sequences are not implied by anything: still to try
+    assert rows[(8, 4, 16384)][0] == rows[(8, 4, 8192)][0] == "pending"
+    # nothing leaks to another tp or batch size
+    assert rows[(16, 4, 2048)][0] == rows[(8, 1, 2048)][0] == "pending"
+    assert len(rows) == 5 * 7 * 5
+
+
+def test_resume_skips_batches_above_the_largest_valid_one():
+    c = es.candidates(32, 2, 32, 32768)
+    results = [{"tp": 8, "batch": 16, "seq": 8192, "status": "valid"},
+               {"tp": 8, "batch": 32, "seq": 1024, "status": "failed"}]
+    rows = {r[:3]: r[3:] for r in es.plan(c, results)}
+    for b in (32, 64, 128):
+        for s in c["seqs"]:
+            if (b, s) == (32, 1024):
+                assert rows[(8, b, s)] == ("failed", "tested")  # a result is never overridden by a rule
+                continue
+            status, reason = rows[(8, b, s)]
+            assert status == "skipped-by-rule" and "largest valid batch size is 16" in reason
+    assert [rows[(8, 16, s)][0] for s in c["seqs"]] == ["pending", "valid", "valid-by-rule", "valid-by-rule",
+                                                        "valid-by-rule"]
+    assert all(rows[(8, b, s)][0] == "pending" for b in (8, 4, 1) for s in c["seqs"])
+    assert all(rows[(16, 128, s)][0] == "pending" for s in c["seqs"])  # other tps untouched
+
+
+def test_plan_order_drives_a_hand_worked_search():
+    """Following plan() (first pending, then re-plan) tries exactly the hand-worked sequence, largest first."""
+    results, tried = {}, []
+    while pending := [r for r in es.plan(CANDS, results) if r[3] == "pending"]:
+        key = pending[0][:3]
+        tried.append(key)
+        results[key] = _oracle(*key)
+    assert tried == EXPECTED_TRIES
+    final = {r[:3]: r[3] for r in es.plan(CANDS, results)}
+    assert all((st in es.VALID) == (_oracle(*k) == "valid") for k, st in final.items())
+    assert Counter(final.values()) == {"valid": 9, "failed": 4, "valid-by-rule": 14}
+
+
+# ---------------------------------------------------------------- reading results
+
+def _hand_state():
+    attempts = [{"tp": t, "batch": b, "seq": s, "status": _oracle(t, b, s), "seconds": 1.0} for t, b, s in EXPECTED_TRIES]
+    return {"candidates": CANDS, "attempts": attempts}
+
+
+def test_optimal_is_the_per_tp_pareto_front():
+    opt = [(r["tp"], r["batch"], r["seq"]) for r in es.optimal(_hand_state())]
+    # tp 8: (8, 4096) beats everything; tp 4: (8, 2048) and (4, 4096); tp 2: (8, 1024), (4, 2048), (1, 4096)
+    assert opt == [(8, 8, 4096), (4, 8, 2048), (4, 4, 4096), (2, 8, 1024), (2, 4, 2048), (2, 1, 4096)]
+
+
+def test_grid_and_summary():
+    state = _hand_state()
+    g = es.grid(state, 2)
+    assert g["batches"] == [1, 4, 8] and g["seqs"] == [1024, 2048, 4096]
+    assert g["status"] == [["valid-by-rule", "valid-by-rule", "valid"],
+                           ["valid-by-rule", "valid", "failed"],
+                           ["valid", "failed", "failed"]]
+    with pytest.raises(ParameterError, match="Parameter tp=16"):
+        es.grid(state, 16)
+    rows = es.summary(state)
+    assert len(rows) == 27 and set(rows[0]) >= {"tp", "batch", "seq", "status"}
+    assert [r["seconds"] for r in rows if r["status"] == "valid-by-rule"] == [None] * 14
+
+
+def test_model_name(tmp_path):
+    assert es.model_name("mistralai/Mistral-7B-v0.1") == "mistralai--Mistral-7B-v0.1"
+    local = tmp_path / "checkpoints" / "my-model"
+    local.mkdir(parents=True)
+    assert es.model_name(str(local) + "/") == "my-model"
+    assert es.model_name("./some/where/tiny llama") == "tiny_llama"
+    assert es.state_path(tmp_path, "org/name") == tmp_path / "org--name.json"
+    with pytest.raises(ParameterError, match="Parameter model="):
+        es.model_name("  ")
+
+
+# ---------------------------------------------------------------- validators
+
+def test_neuron_validator_commands(tmp_path):
+    v = es.NeuronValidator("inf2")
+    export, load = v.command("mistralai/Mistral-7B-v0.1", 8, 4, 4096, tmp_path)
+    out = str(tmp_path / "export")
+    assert export == ["optimum-cli", "export", "neuron", "-m", "mistralai/Mistral-7B-v0.1", "--batch_size", "4",
+                      "--sequence_length", "4096", "--tensor_parallel_size", "8", "--task", "text-generation", out,
+                      "--instance_type", "inf2"]
+    assert load == [sys.executable, "-m", "workbook.export_search", "load-neuron", out]
+    assert es.NeuronValidator(load=False).command("m", 2, 1, 1024, tmp_path) == [export[:4] + ["m", "--batch_size", "1",
+        "--sequence_length", "1024", "--tensor_parallel_size", "2", "--task", "text-generation", out]]
+    assert "compile only" in es.NeuronValidator(load=False).describe()
+    (tmp_path / "export").mkdir()
+    v.cleanup(tmp_path)
+    assert not (tmp_path / "export").exists()
+    with pytest.raises(ParameterError, match="Parameter instance_type='trn9'"):
+        es.NeuronValidator("trn9")
+
+
+def test_load_neuron_says_what_is_missing(tmp_path):
+    try:  # optimum-neuron is not installed on the dev machine; the message must say what is missing
+        import optimum.neuron  # noqa: F401
+        pytest.skip("optimum-neuron is installed here")
+    except ImportError:
+        pass
+    p = subprocess.run([PY, "-m", "workbook.export_search", "load-neuron", str(tmp_path)], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2
+    assert "optimum-neuron" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_command_and_torch_validators(tmp_path):
+    v = es.CommandValidator("{python} -c pass {tp}", ["echo", "{model}", "{batch}x{seq}", "{workdir}"])
+    assert v.command("m", 4, 2, 1024, tmp_path) == [[sys.executable, "-c", "pass", "4"],
+                                                   ["echo", "m", "2x1024", str(tmp_path)]]
+    with pytest.raises(ParameterError, match="Parameter template="):
+        es.CommandValidator("echo {nope}")
+    t = es.TorchValidator(lambda m, tp, b, s, w: ["torchrun", f"--nproc-per-node={tp}", "worker.py", m, str(b), str(s)],
+                          description="torchrun + one forward")
+    assert t.command("m", 2, 4, 2048, tmp_path) == ["torchrun", "--nproc-per-node=2", "worker.py", "m", "4", "2048"]
+    assert t.describe() == "torch: torchrun + one forward"
+
+
+# ---------------------------------------------------------------- tries in their own processes
+
+HUNG = textwrap.dedent("""
+    import os, subprocess, sys, time
+    tp, b, s, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    print(f"try {tp} {b} {s}", flush=True)
+    if (b, s) == (4, 2048):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open(out, "w").write(str(child.pid))
+        print("hanging now", flush=True)
+        time.sleep(60)
+    if (b, s) == (4, 1024):
+        print("bad configuration: out of memory", flush=True)
+        sys.exit(3)
+    if (b, s) == (1, 2048):
+        os.kill(os.getpid(), 9)
+""")
+
+
+def test_hang_crash_and_signal_are_recorded_and_the_search_goes_on(tmp_path):
+    script, child_file = tmp_path / "try.py", tmp_path / "child.pid"
+    script.write_text(HUNG)
+    v = es.CommandValidator(f"{{python}} -S {script} {{tp}} {{batch}} {{seq}} {child_file}")
+    cands = {"tps": [2], "batches": [4, 1], "seqs": [2048, 1024]}
+    t0 = time.monotonic()
+    state = es.search("org/hangs", v, cands, tmp_path / "state", timeout_s=1.5, log=_quiet)
+    assert time.monotonic() - t0 < 20
+    by = {(a["tp"], a["batch"], a["seq"]): a for a in state["attempts"]}
+    hung, failed, killed = by[(2, 4, 2048)], by[(2, 4, 1024)], by[(2, 1, 2048)]
+    assert hung["status"] == "timeout" and 1.4 < hung["seconds"] < 6 and "hanging now" in hung["log_tail"]
+    assert "timeout_s=1.5" in hung["detail"]
+    assert not _alive(int(child_file.read_text()))  # the hung try's child went with its process group
+    assert failed["status"] == "failed" and failed["exit_code"] == 3
+    assert "bad configuration: out of memory" in failed["log_tail"] and "[failed: step 1 exited with code 3]" in failed["log_tail"]
+    assert killed["status"] == "crashed" and "SIGKILL" in killed["detail"] and killed["exit_code"] == -9
+    assert by[(2, 1, 1024)]["status"] == "valid"  # after a crash (2, 1, 1024) is still tried, and passes
+    assert state["complete"] and json.loads((tmp_path / "state" / "org--hangs.json").read_text())["complete"]
+    assert Path(hung["log"]).read_text().startswith("$ ")
+
+
+def test_multi_step_try_needs_every_step(tmp_path):
+    v = es.CommandValidator("{python} -S -c 'print(\"export ok\")'",
+                            "{python} -S -c 'import sys; sys.exit({tp} != 4)'")
+    state = es.search("m", v, {"tps": [4, 2], "batches": [1], "seqs": [1024]}, tmp_path, timeout_s=30, log=_quiet)
+    by = {a["tp"]: a for a in state["attempts"]}
+    assert by[4]["status"] == "valid" and len(by[4]["steps"]) == 2
+    assert by[2]["status"] == "failed" and by[2]["detail"] == "step 2 exited with code 1"
+    assert "export ok" in by[2]["log_tail"]
+
+
+# ---------------------------------------------------------------- the state file
+
+def test_resume_tests_nothing_twice_and_refuses_another_validator(tmp_path):
+    v, side = _fake_validator(tmp_path, pause=0)
+    lines = []
+    first = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=lines.append)
+    assert [(a["tp"], a["batch"], a["seq"]) for a in first["attempts"]] == EXPECTED_TRIES
+    assert _statuses(first) == {r[:3]: r[3] for r in es.plan(CANDS, {k: _oracle(*k) for k in EXPECTED_TRIES})}
+    again = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=lines.append)
+    assert side.read_text().count("start") == len(EXPECTED_TRIES)  # nothing ran the second time
+    assert again["attempts"] == first["attempts"] and len(again["sessions"]) == 2
+    assert again["rules_version"] == es.RULES_VERSION and again["candidates"] == CANDS
+    assert again["seconds_total"] >= first["seconds_total"] > 0
+    assert any("resuming" in ln for ln in lines)
+    with pytest.raises(WorkbookError, match="validator 'cmd'"):
+        es.search("org/m", es.NeuronValidator(), CANDS, tmp_path / "s", timeout_s=30, log=_quiet)
+
+
+def test_one_search_per_state_file_and_stale_temp_files_go(tmp_path):
+    v, _ = _fake_validator(tmp_path, pause=0)
+    (tmp_path / ".m.json.abc.tmp").write_text('{"trunc')
+    with open(tmp_path / ".m.json.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(WorkbookError, match="Another search is running"):
+            es.search("m", v, CANDS, tmp_path, timeout_s=30, log=_quiet)
+    es.search("m", v, {"tps": [2], "batches": [1], "seqs": [1024]}, tmp_path, timeout_s=30, log=_quiet)
+    assert not (tmp_path / ".m.json.abc.tmp").exists()
+
+
+def test_interrupted_try_is_retried_its_leftovers_killed_and_capped(tmp_path):
+    v, side = _fake_validator(tmp_path, pause=0)
+    cands = {"tps": [2], "batches": [1], "seqs": [2048, 1024]}
+    token = uuid.uuid4().hex
+    leftover = subprocess.Popen([PY, "-S", "-c", "import time; time.sleep(60)"], env={**os.environ, es.TOKEN_ENV: token},
+                                start_new_session=True)
+    try:
+        path = tmp_path / "m.json"
+        running = {"tp": 2, "batch": 1, "seq": 2048, "started": "t", "token": token, "pid": 1}
+        es.write_json_durable(path, {"model": "m", "model_name": "m", "validator_name": "cmd", "attempts": [],
+                                     "running": running, "interruptions": [], "sessions": [], "seconds_total": 1.0})
+        state = es.search("m", v, cands, tmp_path, timeout_s=30, log=_quiet)
+        assert leftover.wait(timeout=10) == -signal.SIGKILL  # found by its token and stopped
+        assert state["interruptions"][0]["leftover_processes_killed"] == 1
+        assert [(a["seq"], a["status"]) for a in state["attempts"]] == [(2048, "valid")]  # tried again once
+        assert state["plan"][1]["status"] == "valid-by-rule"
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
+    # the search killed a second time during the same try: recorded as crashed, not run again
+    (tmp_path / "n.json").write_text(json.dumps({
+        "model": "n", "model_name": "n", "validator_name": "cmd", "attempts": [], "seconds_total": 0.0,
+        "running": {**running, "token": uuid.uuid4().hex}, "sessions": [],
+        "interruptions": [{"tp": 2, "batch": 1, "seq": 2048, "started": "t0", "noticed": "t1"}]}))
+    before = side.read_text().count("start 2 1 2048")
+    state = es.search("n", v, cands, tmp_path, timeout_s=30, log=_quiet)
+    first = state["attempts"][0]
+    assert (first["seq"], first["status"]) == (2048, "crashed") and "killed 2 times" in first["detail"]
+    assert side.read_text().count("start 2 1 2048") == before and "start 2 1 1024" in side.read_text()
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from workbook.export_search import write_json_durable
+    p, i = Path(sys.argv[1]), 0
+    while True:
+        write_json_durable(p, {"i": i, "pad": ["x" * 200] * 3000})
+        i += 1
+""")
+
+
+def test_killed_writers_never_leave_a_truncated_file(tmp_path):
+    """Six processes rewrite their file in a loop and are killed at staggered moments; a plain (truncate then
+    write) writer leaves a broken file about half the time at each kill, so this catches it almost surely."""
+    paths = [tmp_path / f"state{i}.json" for i in range(6)]
+    procs = [subprocess.Popen([PY, "-c", WRITER, str(p)]) for p in paths]
+    t_end = time.monotonic() + 30
+    while not all(p.exists() for p in paths) and time.monotonic() < t_end:
+        time.sleep(0.05)
+    for proc in procs:
+        time.sleep(0.137)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for p in paths:
+        data = json.loads(p.read_text())  # a complete document, whenever the kill landed
+        assert data["i"] >= 0 and len(data["pad"]) == 3000 and data["pad"][-1] == "x" * 200
+
+
+# ---------------------------------------------------------------- SIGKILL of the whole search
+
+def _cli(tmp_path, validator_template, state_dir):
+    return [PY, "-m", "workbook.export_search", "run", "--model", "org/fake", "--validator", "cmd",
+            "--template", validator_template, "--state-dir", str(state_dir), "--total-cores", "8",
+            "--cores-per-device", "2", "--heads", "8", "--max-positions", "8192", "--batch-sizes", "1,4,8",
+            "--timeout", "30"]
+
+
+def _read_state(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _kill_when(proc, path, ready, limit=30.0):
+    """SIGKILL the search once ``ready(state)`` holds (or at once when ``ready`` is None); return the state
+    file as it was after the kill."""
+    t_end = time.monotonic() + limit
+    while ready is not None:
+        st = _read_state(path)
+        if st is not None and ready(st):
+            break
+        assert proc.poll() is None, "the search ended before the moment chosen to kill it"
+        assert time.monotonic() < t_end
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return _read_state(path)
+
+
+def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
+    # the uninterrupted reference, in process
+    (tmp_path / "ref").mkdir()
+    ref_v, _ = _fake_validator(tmp_path / "ref", pause=0)
+    reference = es.search("org/fake", ref_v, CANDS, tmp_path / "ref" / "state", timeout_s=30, log=_quiet)
+
+    run = tmp_path / "run"
+    run.mkdir()
+    v, side = _fake_validator(run, pause=0.3)
+    cmd = _cli(tmp_path, shlex.join(v.steps[0]), run / "state")
+    path = run / "state" / "org--fake.json"
+    assert es.candidates(8, 2, 8, 8192, [1, 4, 8]) == CANDS
+
+    kills = [
+        (0.3, None),  # right after start: before or during the first try
+        (0, lambda st: len(st["attempts"]) >= 2 and st["running"] is not None),  # during a try, >= 2 done
+        (0, lambda st: len(st["attempts"]) >= 6 and st["running"] is not None),  # during a later try
+    ]
+    kept = []
+    for wait, ready in kills:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(wait)
+        st = _kill_when(proc, path, ready)
+        if st is not None:
+            kept.extend(st["attempts"])
+            if ready is not None:
+                assert st["running"] is not None  # really killed in the middle of a try
+                time.sleep(0.1)  # the try sleeps 0.3 s: it must die with the search, not linger until resume
+                assert _procs_with_token(st["running"]["token"]) == []
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    final = json.loads(path.read_text())
+
+    assert final["complete"] and len(final["sessions"]) >= 3
+    assert all(a in final["attempts"] for a in kept)  # no finished result lost (same record, same timestamps)
+    keys = [(a["tp"], a["batch"], a["seq"]) for a in final["attempts"]]
+    assert sorted(keys) == sorted(EXPECTED_TRIES) and len(set(keys)) == len(keys)
+    log = side.read_text().split("\n")
+    done = Counter(tuple(map(int, ln.split()[1:])) for ln in log if ln.startswith("done"))
+    assert done == Counter(EXPECTED_TRIES)  # every try finished exactly once: none repeated
+    starts = sum(ln.startswith("start") for ln in log)
+    assert len(EXPECTED_TRIES) <= starts <= len(EXPECTED_TRIES) + len(final["interruptions"])
+    assert len(final["interruptions"]) >= 2  # the two kills during a try were noticed on resume
+    assert _statuses(final) == _statuses(reference)
+    assert "optimal: tp=8 batch=8 seq=4096" in p.stdout
