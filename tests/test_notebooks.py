@@ -243,3 +243,54 @@ def test_triton_precision_bad_parameter_stops_in_the_first_cell(param, value, ex
     assert r.returncode != 0
     error = _first_cell_error(out)
     assert error["ename"] == "ParameterError" and expected in error["evalue"], error
+
+
+# ---- export_search ----------------------------------------------------------------------------------------
+ES_CHEAP = {"batch_sizes": "[1]", "min_seq": "2048", "validator": "cpu"}
+
+
+def test_export_search_runs_and_resumes_without_repeating(tmp_path):
+    state = tmp_path / "state"
+    params = {**ES_CHEAP, "state_dir": str(state)}
+    for i in range(2):
+        out = tmp_path / f"out{i}.ipynb"
+        r = _papermill(["notebooks/export_search.ipynb", str(out)] + _p(params), ROOT, tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+    runs = sorted((tmp_path / "outputs" / "export_search").glob("adhoc-*/results.json"))
+    assert len(runs) == 2
+    first, second = (json.loads(p.read_text()) for p in runs)
+    assert first["validator"] == "cpu" and first["tables"]["configurations"][0]["status"] == "valid"
+    saved = json.loads(next(state.glob("*.json")).read_text())
+    assert len(saved["attempts"]) == 1  # the second run read the state and tried nothing again
+    assert second["headline"]["tested"] == 1 and second["tables"]["configurations"] == first["tables"]["configurations"]
+
+
+def test_export_search_rejects_a_model_that_is_not_a_causal_lm(tmp_path):
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path / "vit")
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/export_search.ipynb", str(out)] + _p({**ES_CHEAP, "model": str(tmp_path / "vit")}),
+                   ROOT, tmp_path)
+    assert r.returncode != 0
+    error = _first_cell_error(out)
+    assert error["ename"] == "ParameterError" and "Parameter model=" in error["evalue"]
+
+
+@pytest.mark.parametrize("param,value,expected", [
+    ("validator", "neuron", "optimum-cli (optimum-neuron) is not installed"),
+    ("validator", "cuda", "torch sees no CUDA GPU"),
+    ("validator", "tpu", "one of auto, neuron, cuda, cpu"),
+    ("total_cores", "1", "Parameter total_cores="),
+    ("batch_sizes", "[0, 4]", "Parameter batch_sizes="),
+    ("memory_budget_gb", "0", "a positive number of GB per device"),
+    ("instance_type", "p5", "empty or one of trn1, inf2, trn2"),
+    ("model", "/nonexistent/mistral", "Parameter model="),
+])
+def test_export_search_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/export_search.ipynb", str(out)] + _p({**ES_CHEAP, param: value}), ROOT, tmp_path)
+    assert r.returncode != 0
+    error = _first_cell_error(out)
+    assert error["ename"] == "ParameterError" and expected in error["evalue"], error
