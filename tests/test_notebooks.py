@@ -294,3 +294,64 @@ def test_export_search_bad_parameter_stops_in_the_first_cell(param, value, expec
     assert r.returncode != 0
     error = _first_cell_error(out)
     assert error["ename"] == "ParameterError" and expected in error["evalue"], error
+
+
+# ---- mistral_tp -------------------------------------------------------------------------------------------
+TP_TINY = {"max_tokens": "4", "backend": "cpu"}
+
+
+def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path):
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p(TP_TINY), ROOT, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(next((tmp_path / "outputs" / "mistral_tp").glob("adhoc-*/results.json")).read_text())
+    assert res["lead"].startswith("Numbers from: cpu tensor parallelism over 2 torchrun processes (gloo")
+    check = res["tables"]["correctness"][0]
+    assert check["tokens_identical"] is True and check["logits_max_abs_diff"] < 1e-4
+    g = res["tables"]["generations"][0]
+    assert g["completion_tokens"] == 4 and g["total_tokens"] == g["prompt_tokens"] + 4
+    assert {m["rank"] for m in res["tables"]["measurements"] if m["run"] == "tp=2"} == {0, 1}
+    assert res["fallbacks"] == []
+    html = next((tmp_path / "outputs" / "mistral_tp").glob("adhoc-*/report.html"), None)
+    assert html is None or "Numbers from" in html.read_text()
+
+
+def test_mistral_tp_neuron_path_through_the_standins(tmp_path, monkeypatch):
+    """With the stand-in SDKs on the path and a fake sysfs, auto picks neuron; the first line says stand-in."""
+    import os
+
+    root = tmp_path / "neuron_device"
+    for d in (0, 1):
+        for c in (0, 1):
+            (root / f"neuron{d}" / f"neuron_core{c}").mkdir(parents=True)
+    standins = str(ROOT / "tests" / "standins")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [standins, os.environ.get("PYTHONPATH")])),
+           "WORKBOOK_NEURON_SYSFS": str(root)}
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({"max_tokens": "4", "backend": "auto",
+                                                                  "sequence_length": "128"}), ROOT, tmp_path, env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(next((tmp_path / "outputs" / "mistral_tp").glob("adhoc-*/results.json")).read_text())
+    assert res["backend"] == "neuron"
+    assert "nxdi" in res["lead"] and "STAND-IN" in res["lead"]
+    assert res["tables"]["paths_tried"][0]["path"] == "nxdi" and res["tables"]["paths_tried"][0]["ok"] is True
+    assert res["tables"]["generations"][0]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("param,value,expected", [
+    ("tp_degree", "3", "a divisor of the model's 8 attention heads"),
+    ("tp_degree", "4", "at most the 2 devices"),
+    ("batch_size", "0", "Parameter batch_size="),
+    ("sequence_length", "100000", "at most the model's 4096 positions"),
+    ("top_p", "0", "a number in (0, 1]"),
+    ("dtype", "float64", "one of float32, float16, bfloat16"),
+    ("backend", "neuron", "no Neuron path can run"),
+    ("backend", "cuda", "torch sees no CUDA GPU"),
+    ("model", "/nonexistent/mistral", "Parameter model="),
+])
+def test_mistral_tp_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({**TP_TINY, param: value}), ROOT, tmp_path)
+    assert r.returncode != 0
+    error = _first_cell_error(out)
+    assert error["ename"] == "ParameterError" and expected in error["evalue"], error

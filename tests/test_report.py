@@ -355,3 +355,11 @@ def test_compare_uses_declared_keys_to_line_up_backends(tmp_path):
     i = next(i for i, l in enumerate(lines) if l.startswith("  backend=cpu, mode=eager"))
     assert lines[i + 1].strip() == "B: backend=cuda, mode=compile"
     assert lines[i + 2].split() == ["ms", "100", "2", "0.02"]
+
+
+def test_summary_lead_line_comes_first_after_the_title():
+    res = {"status": "complete", "lead": "Numbers from: cpu tensor parallelism (gloo), 2 ranks",
+           "fallbacks": ["x failed; y ran instead"], "not_measured": [], "notes": []}
+    h = report.summary_html(_run(), res)
+    assert '<p class="wb-lead"><b>Numbers from: cpu tensor parallelism (gloo), 2 ranks</b></p>' in h
+    assert h.index("wb-lead") < h.index("Fallback")

@@ -34,9 +34,11 @@ def summary_html(run: dict, results: dict | None) -> str:
     if run.get("duration_s") is not None:
         parts.append(f" · {run['duration_s']:.1f} s")
     parts.append(f" · {_esc(run.get('started_at', ''))}</p>")
+    res = results or {}
+    if res.get("lead"):  # the one line a run says before anything else (e.g. which path produced the numbers)
+        parts.append(f'<p class="wb-lead"><b>{_esc(res["lead"])}</b></p>')
     if run.get("error"):
         parts.append(f"<p><b>Error:</b> <code>{_esc(run['error'])}</code></p>")
-    res = results or {}
     for fb in res.get("fallbacks", []):
         parts.append(f'<p class="wb-warn"><b>Fallback:</b> {_esc(fb)}</p>')
     if res.get("status") == "running" and not failed:

@@ -1,0 +1,183 @@
+"""The mistral_tp experiment: load a Mistral causal LM tensor-parallel and generate, on Neuron, CUDA or CPU.
+
+Seed: a Mistral-7B-Instruct service that moved from manual ``torch_neuronx`` tracing to transformers-neuronx
+(``tp_degree`` across NeuronCores, ``amp``, ``batch_size``, ``context_length_estimate``, top_k/top_p/temperature
+sampling), with a fallback chain transformers-neuronx -> torch_neuronx -> CPU and a response
+``{text, prompt, model, usage}``. Its import named a class transformers-neuronx does not export publicly, so its
+fallback could fire unnoticed. Here every path tried is recorded with its error, a fallback happens only when
+asked for and is stated at the top, and the report's first line names the path that produced the numbers.
+
+Paths: ``neuron`` (transformers-neuronx ``MistralForSampling`` or NxDI ``NeuronMistralForCausalLM``,
+:mod:`workbook.backends.neuron_llm`); ``cuda``/``cpu`` (real tensor parallelism with torch.distributed over
+``tp_degree`` torchrun processes, NCCL or gloo, :mod:`workbook.tp`), with the tensor-parallel logits and greedy
+tokens checked against one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from workbook.device import cuda_available
+from workbook.errors import bad_param
+from workbook.params import as_list
+from workbook.paths import outputs_dir, shown
+
+BACKENDS = ("auto", "neuron", "cuda", "cpu")
+DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+NEURON_PATHS = ("nxdi", "transformers-neuronx")
+
+
+@dataclass
+class Config:
+    model: str
+    model_note: str
+    backend: str
+    backend_reason: str
+    tp_degree: int
+    batch_size: int
+    sequence_length: int
+    dtype: str
+    prompts: list[str]
+    max_tokens: int
+    top_k: int
+    top_p: float
+    temperature: float
+    seed: int
+    neuron_paths: list[str]
+    allow_fallback: bool
+    compare_single: bool
+    tp_notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _pos_int(name, v, low=1):
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise bad_param(name, v, f"an integer of at least {low}")
+    return v
+
+
+def _backend(requested: str, tp: int, paths: list[str]) -> tuple[str, str]:
+    from workbook.backends import neuron_llm
+
+    if requested not in BACKENDS:
+        raise bad_param("backend", requested, "one of " + ", ".join(BACKENDS))
+    if requested in ("neuron", "auto"):
+        why = []
+        for p in paths:
+            ok, reason = neuron_llm.available(p)
+            if ok:
+                return "neuron", f"{requested}: {reason}"
+            why.append(f"{p}: {reason}")
+        if requested == "neuron":
+            raise bad_param("backend", requested, "cuda or cpu here, since no Neuron path can run (" + "; ".join(why) + ")")
+    if requested == "cuda" and not cuda_available():
+        raise bad_param("backend", requested, "cpu or neuron here: torch sees no CUDA GPU")
+    if requested == "auto":
+        if cuda_available():
+            return "cuda", "auto: a CUDA GPU is visible and no Neuron SDK is"
+        return "cpu", "auto: no Neuron SDK and no CUDA GPU, so tensor parallelism runs over CPU processes (gloo)"
+    return requested, f"{requested}: asked for"
+
+
+def tiny_model() -> tuple[str, str]:
+    from workbook.models import mistral
+
+    path = outputs_dir() / "models" / "tiny-mistral"
+    if not (path / "config.json").exists():
+        mistral.create_tiny(path, seed=0)
+    return str(path), f"a tiny Mistral (seeded random weights) written to {shown(path)}, since no model was given"
+
+
+def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequence_length: int, dtype: str, prompts,
+              max_tokens: int, top_k: int, top_p: float, temperature: float, seed: int, neuron_paths,
+              allow_fallback: bool, compare_single: bool) -> Config:
+    """Check every parameter and the tensor-parallel rules before anything loads; one sentence on error."""
+    import psutil
+
+    from workbook.models import mistral
+
+    _pos_int("tp_degree", tp_degree)
+    _pos_int("batch_size", batch_size)
+    _pos_int("sequence_length", sequence_length)
+    _pos_int("max_tokens", max_tokens)
+    _pos_int("top_k", top_k, 0)
+    _pos_int("seed", seed, 0)
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise bad_param("top_p", top_p, "a number in (0, 1]")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise bad_param("temperature", temperature, "a positive number")
+    if dtype not in DTYPES:
+        raise bad_param("dtype", dtype, "one of " + ", ".join(DTYPES))
+    ps = [str(p) for p in as_list("prompts", prompts)]
+    if not ps or not all(ps):
+        raise bad_param("prompts", prompts, "a non-empty list of non-empty strings")
+    paths = [str(p) for p in as_list("neuron_paths", neuron_paths)]
+    if not paths or any(p not in NEURON_PATHS for p in paths):
+        raise bad_param("neuron_paths", neuron_paths, "a non-empty list from " + ", ".join(NEURON_PATHS))
+    note = ""
+    if not model:
+        model, note = tiny_model()
+    config = mistral.load_config(model)
+    if sequence_length > config.max_position_embeddings:
+        raise bad_param("sequence_length", sequence_length,
+                        f"at most the model's {config.max_position_embeddings} positions")
+    kind, why = _backend(backend, tp_degree, paths)
+    if kind == "cuda":
+        import torch
+
+        devices, per_device = torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory
+    elif kind == "cpu":
+        devices = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_device = psutil.virtual_memory().total // tp_degree  # the ranks share the host's memory
+    else:
+        devices, per_device = 10 ** 6, None  # the Neuron paths check cores themselves (sysfs)
+    check = mistral.check_tp(config, tp_degree, devices, per_device, batch_size, sequence_length, dtype)
+    batch = [ps[i % len(ps)] for i in range(batch_size)]
+    cfg = Config(model, note, kind, why, tp_degree, batch_size, sequence_length, dtype, batch, max_tokens, top_k,
+                 float(top_p), float(temperature), seed, paths, bool(allow_fallback), bool(compare_single),
+                 tp_notes=list(check.notes))
+    if note:
+        cfg.notes.append(note)
+    return cfg
+
+
+def greedy(cfg: Config) -> bool:
+    """Greedy unless sampling is asked for: top_k 1, or the neutral top_k 0 / top_p 1 / temperature 1."""
+    return cfg.top_k == 1 or (cfg.top_k == 0 and cfg.top_p >= 1.0 and cfg.temperature == 1.0)
+
+
+def run_torch(cfg: Config, nproc: int) -> dict:
+    from workbook.tp import launch
+
+    spec = {"model": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens, "dtype": cfg.dtype,
+            "device": cfg.backend, "tp_mechanism": "parallelize_module", "do_sample": not greedy(cfg),
+            "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed}
+    return launch(spec, nproc, timeout_s=1800)
+
+
+def run_neuron(cfg: Config) -> dict:
+    from workbook.backends import neuron_llm
+
+    spec = {"model_path": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens,
+            "batch_size": cfg.batch_size, "tp_degree": cfg.tp_degree, "amp": DTYPES[cfg.dtype],
+            "n_positions": cfg.sequence_length, "do_sample": not greedy(cfg), "top_k": max(cfg.top_k, 1),
+            "top_p": cfg.top_p, "temperature": cfg.temperature, "seed": cfg.seed}
+    return neuron_llm.run_chain(cfg.neuron_paths, spec, allow_fallback=cfg.allow_fallback)
+
+
+def torch_rows(res: dict, label: str) -> list[dict]:
+    """Measurements of one torchrun run, one row per rank."""
+    return [{"run": label, "rank": r["rank"], "world_size": res["world_size"], "backend": res["backend"],
+             "tp_mechanism": res.get("tp_mechanism"), "load_s": r["load_s"], "ttft_ms": res["ttft_ms"],
+             "decode_tokens_s_per_seq": res["decode_tokens_s_per_seq"],
+             "decode_tokens_s_total": res["decode_tokens_s_total"], "peak_memory_mib": r["peak_memory_mib"],
+             "memory_kind": r["memory_kind"], "param_mib_local": r["param_mib_local"]} for r in res["ranks"]]
+
+
+def correctness(tp_res: dict, one_res: dict) -> dict:
+    """Tensor-parallel logits against one process (max abs diff) and whether the greedy tokens are identical."""
+    from workbook.tp import logits_diff
+
+    return {"logits_max_abs_diff": logits_diff(tp_res["logits"], one_res["logits"]),
+            "tokens_identical": tp_res["generated_ids"] == one_res["generated_ids"],
+            "tp_degree": tp_res["world_size"]}
