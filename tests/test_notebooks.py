@@ -355,3 +355,18 @@ def test_mistral_tp_bad_parameter_stops_in_the_first_cell(param, value, expected
     assert r.returncode != 0
     error = _first_cell_error(out)
     assert error["ename"] == "ParameterError" and expected in error["evalue"], error
+
+
+def test_mistral_tp_config_only_shape_is_refused_where_it_does_not_fit(tmp_path):
+    """mistral-7b-shape writes only a config; on this machine tp 2 over 2 CPU cores must be refused by the memory
+    rule or accepted with a per-rank estimate, never silently shrunk."""
+    from workbook.models import mistral
+
+    p = mistral.create_config_only(tmp_path / "m", seed=1)
+    assert mistral.random_init_seed(p) == 1 and not list(p.glob("*.safetensors"))
+    out = tmp_path / "out.ipynb"
+    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({**TP_TINY, "model": str(p), "compile": "True"}),
+                   ROOT, tmp_path)
+    assert r.returncode != 0
+    error = _first_cell_error(out)
+    assert error["ename"] == "ParameterError" and "Parameter compile=True" in error["evalue"]

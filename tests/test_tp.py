@@ -212,3 +212,16 @@ def test_cuda_ranks_with_a_compiled_static_decode_match_one_gpu(tiny):
     assert many["backend"] == "nccl" and many["ranks"][0]["memory_kind"] == "cuda_max_memory_allocated"
     assert logits_diff(one["logits"], many["logits"]) < FP32_TOL
     assert many["generated_ids"] == one["generated_ids"]
+
+
+def test_config_only_folder_draws_the_same_seeded_weights_on_every_rank(tmp_path):
+    """A config-only model (mistral-7b-shape style) is initialised from its seed where it loads: two gloo ranks
+    and one process see the same weights, so their logits and greedy tokens agree."""
+    from workbook.models import mistral
+    from workbook.tp import launch, logits_diff
+
+    p = mistral.create_config_only(tmp_path / "m", seed=3)
+    spec = {"model": str(p), "prompts": ["hello"], "max_new_tokens": 3, "tp_mechanism": "parallelize_module"}
+    two, one = launch(spec, 2), launch(spec, 1)
+    assert two["tp_mechanism"] == "parallelize_module"
+    assert logits_diff(two["logits"], one["logits"]) < 1e-4 and two["generated_ids"] == one["generated_ids"]

@@ -46,6 +46,8 @@ class Config:
     neuron_paths: list[str]
     allow_fallback: bool
     compare_single: bool
+    cache: str = "dynamic"
+    compile: bool = False
     tp_notes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -88,9 +90,20 @@ def tiny_model() -> tuple[str, str]:
     return str(path), f"a tiny Mistral (seeded random weights) written to {shown(path)}, since no model was given"
 
 
+def shaped_model(name: str) -> tuple[str, str]:
+    """A config-only folder for a named shape (seeded random weights drawn on the loading device)."""
+    from workbook.models import mistral
+
+    path = outputs_dir() / "models" / name
+    if not (path / "config.json").exists():
+        mistral.create_config_only(path, seed=0, **getattr(mistral, mistral.SHAPES[name]))
+    return str(path), (f"{name}: the model's configuration with seeded random weights drawn on each device "
+                       f"(no weight files; written to {shown(path)})")
+
+
 def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequence_length: int, dtype: str, prompts,
               max_tokens: int, top_k: int, top_p: float, temperature: float, seed: int, neuron_paths,
-              allow_fallback: bool, compare_single: bool) -> Config:
+              allow_fallback: bool, compare_single: bool, cache: str = "dynamic", compile: bool = False) -> Config:
     """Check every parameter and the tensor-parallel rules before anything loads; one sentence on error."""
     import psutil
 
@@ -114,14 +127,20 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     paths = [str(p) for p in as_list("neuron_paths", neuron_paths)]
     if not paths or any(p not in NEURON_PATHS for p in paths):
         raise bad_param("neuron_paths", neuron_paths, "a non-empty list from " + ", ".join(NEURON_PATHS))
+    if cache not in ("dynamic", "static"):
+        raise bad_param("cache", cache, "dynamic or static")
     note = ""
     if not model:
         model, note = tiny_model()
+    elif model in mistral.SHAPES:
+        model, note = shaped_model(model)
     config = mistral.load_config(model)
     if sequence_length > config.max_position_embeddings:
         raise bad_param("sequence_length", sequence_length,
                         f"at most the model's {config.max_position_embeddings} positions")
     kind, why = _backend(backend, tp_degree, paths)
+    if compile and (kind != "cuda" or cache != "static"):
+        raise bad_param("compile", compile, "False here: a compiled decode step needs backend cuda and cache static")
     if kind == "cuda":
         import torch
 
@@ -135,7 +154,7 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     batch = [ps[i % len(ps)] for i in range(batch_size)]
     cfg = Config(model, note, kind, why, tp_degree, batch_size, sequence_length, dtype, batch, max_tokens, top_k,
                  float(top_p), float(temperature), seed, paths, bool(allow_fallback), bool(compare_single),
-                 tp_notes=list(check.notes))
+                 cache, bool(compile), tp_notes=list(check.notes))
     if note:
         cfg.notes.append(note)
     return cfg
@@ -151,7 +170,8 @@ def run_torch(cfg: Config, nproc: int) -> dict:
 
     spec = {"model": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens, "dtype": cfg.dtype,
             "device": cfg.backend, "tp_mechanism": "parallelize_module", "do_sample": not greedy(cfg),
-            "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed}
+            "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
+            "cache": cfg.cache, "compile": cfg.compile}
     return launch(spec, nproc, timeout_s=1800)
 
 

@@ -31,6 +31,8 @@ MISTRAL_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32
                   tie_word_embeddings=False)
 
 BYTE_MARKER = "workbook_byte_encoding.json"  # written beside a checkpoint that has no tokenizer
+RANDOM_MARKER = "workbook_random_init.json"  # a config-only folder: weights are seeded random, made where they run
+SHAPES = {"mistral-7b-shape": "MISTRAL_7B"}  # model names that stand for a config-only, random-weight folder
 BYTE_OFFSET = 3  # ids 0, 1, 2 are pad/unk, bos, eos
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -41,6 +43,29 @@ def mistral_config(**overrides):
     from transformers import MistralConfig
 
     return MistralConfig(**{**TINY, **overrides})
+
+
+def create_config_only(path, seed: int = 0, **overrides) -> Path:
+    """Write only ``config.json`` and two markers: the weights are drawn (seeded) on the device that loads them.
+
+    For model sizes where writing and reading random weight files would cost more than the experiment
+    (Mistral-7B shape: 14.5 GB in bf16); every rank draws the same weights from the same seed.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    mistral_config(**overrides).save_pretrained(path)
+    (path / RANDOM_MARKER).write_text(json.dumps({"seed": seed, "why": "config only: seeded random weights are "
+                                                  "initialised on the loading device"}) + "\n")
+    (path / BYTE_MARKER).write_text(json.dumps({
+        "encoding": "utf-8 bytes", "offset": BYTE_OFFSET, "seed": seed,
+        "why": "no tokenizer files offline: prompts are encoded byte by byte (id = byte + offset)"}) + "\n")
+    return path
+
+
+def random_init_seed(model) -> int | None:
+    """The seed of a config-only folder written by :func:`create_config_only`, else None."""
+    marker = Path(str(model)) / RANDOM_MARKER
+    return json.loads(marker.read_text())["seed"] if marker.is_file() else None
 
 
 def create_tiny(path, seed: int = 0, **overrides) -> Path:

@@ -46,8 +46,17 @@ def _full(t):
 
 
 def _load_plain(spec, dtype, device):
-    from transformers import AutoModelForCausalLM
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
+    from workbook.models.mistral import random_init_seed
+
+    seed = random_init_seed(spec["model"])
+    if seed is not None:  # config-only folder: draw the same seeded weights on every rank, on its device
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(spec["model"]), dtype=dtype)
+        return model.eval()
     return AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype).to(device).eval()
 
 
