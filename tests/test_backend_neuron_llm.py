@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from workbook.models import mistral
 import torch
 
 from workbook.backends import neuron, neuron_llm
@@ -48,7 +50,7 @@ def reference(ckpt):
     out = {}
     with torch.inference_mode():
         for p in PROMPTS:
-            ids = torch.tensor([[b % 512 for b in p.encode()]])
+            ids = torch.tensor([mistral.encode(p, 512)])  # the byte encoding every path shares
             new = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False,
                                  pad_token_id=2)[0, ids.shape[1]:].tolist()
             out[p] = new[: new.index(2) + 1] if 2 in new else new
@@ -122,7 +124,7 @@ def check_generations(result, reference, prompts, seen, ckpt):
         assert g["usage"] == {"prompt_tokens": len(g["prompt"].encode()), "completion_tokens": len(ref),
                               "total_tokens": len(g["prompt"].encode()) + len(ref)}
         assert g["finish_reason"] == ("stop" if ref[-1] == 2 else "length")
-        assert g["text"] == bytes(t % 256 for t in ref if t != 2).decode("latin-1")
+        assert g["text"] == mistral.decode([t for t in ref if t != 2])
         assert g["model"] == Path(ckpt).name
 
 
@@ -324,16 +326,16 @@ def test_standins_enforce_documented_signatures(sdk, ckpt, tmp_path):
 
 
 def test_prompt_encoding_tokenizer_or_bytes(tmp_path):
-    """AutoTokenizer when the model folder has tokenizer files; else bytes % vocab_size, latin-1 back."""
+    """AutoTokenizer when the model folder has tokenizer files; else the shared byte encoding (byte + 3)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     (tmp_path / "config.json").write_text(json.dumps({"vocab_size": 300, "eos_token_id": 2}))
     enc = neuron_llm._Encoder(str(tmp_path))
-    assert enc.kind == "bytes" and enc.encode("hé") == [104, 0xC3 % 300, 0xA9 % 300] and enc.pad_id == 2
-    assert enc.decode([104, 105, 256 + 33]) == "hi!"
-    assert enc.completion([104, 2, 105]) == ([104, 2], "h", "stop")
-    assert enc.completion([104, 105]) == ([104, 105], "hi", "length")
+    assert enc.kind == "bytes" and enc.encode("hé") == [104 + 3, 0xC3 + 3, 0xA9 + 3] and enc.pad_id == 2
+    assert enc.decode([104 + 3, 105 + 3, 33 + 3]) == "hi!"
+    assert enc.completion([104 + 3, 2, 105 + 3]) == ([104 + 3, 2], "h", "stop")
+    assert enc.completion([104 + 3, 105 + 3]) == ([104 + 3, 105 + 3], "hi", "length")
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3, "neuron": 4}
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

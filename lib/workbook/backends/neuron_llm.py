@@ -111,9 +111,8 @@ class LlmSpec:
 
 # --------------------------------------------------------------------------- prompt encoding (private)
 class _Encoder:
-    """``AutoTokenizer`` when the model folder has tokenizer files, else deterministic bytes: ids = UTF-8
-    bytes % vocab_size, decoded as latin-1 of (id % 256). (models/mistral.py has a similar helper; a merge
-    will dedupe.)"""
+    """``AutoTokenizer`` when the model folder has tokenizer files, else the byte-level encoding of
+    :mod:`workbook.models.mistral` (the same ids as the CUDA/CPU path), plus the EOS handling of a service."""
 
     def __init__(self, model_path: str):
         cfg = json.loads((Path(model_path) / "config.json").read_text())
@@ -136,12 +135,16 @@ class _Encoder:
     def encode(self, text: str) -> list[int]:
         if self.tok is not None:
             return list(self.tok(text)["input_ids"])
-        return [b % self.vocab_size for b in text.encode("utf-8")]
+        from workbook.models.mistral import encode
+
+        return encode(text, self.vocab_size)
 
     def decode(self, ids: list[int]) -> str:
         if self.tok is not None:
             return self.tok.decode(ids, skip_special_tokens=True)
-        return bytes(i % 256 for i in ids).decode("latin-1")
+        from workbook.models.mistral import decode
+
+        return decode(ids)
 
     def completion(self, new_ids: list[int]) -> tuple[list[int], str, str]:
         """(tokens counted, text, finish_reason): cut after the first EOS (counted, not in the text)."""

@@ -22,7 +22,7 @@ from workbook import export_search as es
 from workbook.device import cuda_available
 from workbook.errors import bad_param
 from workbook.params import as_list
-from workbook.paths import outputs_dir, shown
+from workbook.paths import outputs_dir
 
 VALIDATORS = ("auto", "neuron", "cuda", "cpu")
 STATUS_CODE = {"valid": 4, "valid-by-rule": 3, "pending": 2, "skipped-by-rule": 1, "failed": 0, "timeout": 0,
@@ -44,16 +44,6 @@ class Config:
     state_dir: Path
     instance_type: str
     notes: list[str] = field(default_factory=list)
-
-
-def tiny_model() -> tuple[str, str]:
-    """The default model: a tiny Mistral with seeded weights, written once under outputs/."""
-    from workbook.models import mistral
-
-    path = outputs_dir() / "models" / "tiny-mistral"
-    if not (path / "config.json").exists():
-        mistral.create_tiny(path, seed=0)
-    return str(path), f"a tiny Mistral (seeded random weights) written to {shown(path)}, since none was given"
 
 
 def _pick_validator(requested: str) -> tuple[str, str]:
@@ -89,8 +79,8 @@ def configure(*, model: str, validator: str, total_cores: int, cores_per_device:
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
         raise bad_param("timeout_s", timeout_s, "a positive number of seconds per attempt")
     note = ""
-    if not model:
-        model, note = tiny_model()
+    if not model or model in mistral.SHAPES:
+        model, note = mistral.workbook_model(model)
     config = mistral.load_config(model)  # not a causal LM, or missing: one sentence
     batches = as_list("batch_sizes", batch_sizes)
     cands = es.candidates(total_cores, cores_per_device, config.num_attention_heads, config.max_position_embeddings,

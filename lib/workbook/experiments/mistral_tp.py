@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from workbook.device import cuda_available
 from workbook.errors import bad_param
 from workbook.params import as_list
-from workbook.paths import outputs_dir, shown
 
 BACKENDS = ("auto", "neuron", "cuda", "cpu")
 DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
@@ -81,26 +80,6 @@ def _backend(requested: str, tp: int, paths: list[str]) -> tuple[str, str]:
     return requested, f"{requested}: asked for"
 
 
-def tiny_model() -> tuple[str, str]:
-    from workbook.models import mistral
-
-    path = outputs_dir() / "models" / "tiny-mistral"
-    if not (path / "config.json").exists():
-        mistral.create_tiny(path, seed=0)
-    return str(path), f"a tiny Mistral (seeded random weights) written to {shown(path)}, since no model was given"
-
-
-def shaped_model(name: str) -> tuple[str, str]:
-    """A config-only folder for a named shape (seeded random weights drawn on the loading device)."""
-    from workbook.models import mistral
-
-    path = outputs_dir() / "models" / name
-    if not (path / "config.json").exists():
-        mistral.create_config_only(path, seed=0, **getattr(mistral, mistral.SHAPES[name]))
-    return str(path), (f"{name}: the model's configuration with seeded random weights drawn on each device "
-                       f"(no weight files; written to {shown(path)})")
-
-
 def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequence_length: int, dtype: str, prompts,
               max_tokens: int, top_k: int, top_p: float, temperature: float, seed: int, neuron_paths,
               allow_fallback: bool, compare_single: bool, cache: str = "dynamic", compile: bool = False) -> Config:
@@ -130,10 +109,8 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     if cache not in ("dynamic", "static"):
         raise bad_param("cache", cache, "dynamic or static")
     note = ""
-    if not model:
-        model, note = tiny_model()
-    elif model in mistral.SHAPES:
-        model, note = shaped_model(model)
+    if not model or model in mistral.SHAPES:
+        model, note = mistral.workbook_model(model)
     config = mistral.load_config(model)
     if sequence_length > config.max_position_embeddings:
         raise bad_param("sequence_length", sequence_length,

@@ -62,6 +62,25 @@ def create_config_only(path, seed: int = 0, **overrides) -> Path:
     return path
 
 
+def workbook_model(name: str = "") -> tuple[str, str]:
+    """A model folder the notebooks make themselves, and the sentence saying so: "" is the tiny seeded Mistral
+    (weights written once), a name of :data:`SHAPES` a config-only folder (weights drawn where they load)."""
+    from workbook.paths import outputs_dir, shown
+
+    if name and name not in SHAPES:
+        raise bad_param("model", name, "a folder or hub id, empty for the tiny Mistral, or one of " + ", ".join(SHAPES))
+    path = outputs_dir() / "models" / (name or "tiny-mistral")
+    if not (path / "config.json").exists():
+        if name:
+            create_config_only(path, seed=0, **globals()[SHAPES[name]])
+        else:
+            create_tiny(path, seed=0)
+    if name:
+        return str(path), (f"{name}: the model's configuration with seeded random weights drawn on each device "
+                           f"(no weight files; written to {shown(path)})")
+    return str(path), f"a tiny Mistral (seeded random weights) written to {shown(path)}, since no model was given"
+
+
 def random_init_seed(model) -> int | None:
     """The seed of a config-only folder written by :func:`create_config_only`, else None."""
     marker = Path(str(model)) / RANDOM_MARKER
