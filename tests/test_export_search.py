@@ -337,7 +337,7 @@ def test_interrupted_try_is_retried_its_leftovers_killed_and_capped(tmp_path):
     try:
         path = tmp_path / "m.json"
         running = {"tp": 2, "batch": 1, "seq": 2048, "started": "t", "token": token, "pid": 1}
-        es.write_json_durable(path, {"model": "m", "model_name": "m", "validator_name": "cmd", "attempts": [],
+        es.write_json_atomic(path, {"model": "m", "model_name": "m", "validator_name": "cmd", "attempts": [],
                                      "running": running, "interruptions": [], "sessions": [], "seconds_total": 1.0})
         state = es.search("m", v, cands, tmp_path, timeout_s=30, log=_quiet)
         assert leftover.wait(timeout=10) == -signal.SIGKILL  # found by its token and stopped
@@ -362,10 +362,10 @@ def test_interrupted_try_is_retried_its_leftovers_killed_and_capped(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from workbook.export_search import write_json_durable
+    from workbook.record import write_json_atomic
     p, i = Path(sys.argv[1]), 0
     while True:
-        write_json_durable(p, {"i": i, "pad": ["x" * 200] * 3000})
+        write_json_atomic(p, {"i": i, "pad": ["x" * 200] * 3000})
         i += 1
 """)
 

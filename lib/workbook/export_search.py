@@ -52,7 +52,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -60,6 +59,7 @@ from typing import Callable
 
 from workbook.errors import WorkbookError, bad_param
 from workbook.provenance import now_iso
+from workbook.record import write_json_atomic
 
 try:  # POSIX only: one search per state file
     import fcntl
@@ -393,30 +393,6 @@ def state_path(out_dir, model: str) -> Path:
     return Path(out_dir) / f"{model_name(model)}.json"
 
 
-def write_json_durable(path: Path, data) -> None:
-    """Write JSON so that ``path`` always holds a complete file: temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 @contextlib.contextmanager
 def _exclusive(path: Path):
     """One search per state file; the lock goes away with the process, however it ends."""
@@ -516,7 +492,7 @@ def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: fl
             state["seconds_total"] = round(before + time.monotonic() - t0, 3)
             state["plan"] = _plan_rows(state)
             state["updated"] = now_iso()
-            write_json_durable(path, state)
+            write_json_atomic(path, state)
 
         _recover_interrupted(state, workroot, max_interruptions, log)
         save()

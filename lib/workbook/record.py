@@ -8,6 +8,7 @@ folder (``WORKBOOK_RUN_DIR``); under plain papermill or JupyterLab in ``outputs/
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -39,14 +40,29 @@ def _jsonable(x):
 
 
 def write_json_atomic(path: Path, data) -> None:
+    """Write JSON so that ``path`` always holds a complete file, even if the process is killed meanwhile:
+    temp file in the same folder, fsync, rename, fsync of the folder (a state file a search resumes from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(data), f, indent=1, sort_keys=False)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(data), f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def run_dir_for(notebook: str) -> Path:
