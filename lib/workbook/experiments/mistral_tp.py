@@ -57,7 +57,7 @@ def _pos_int(name, v, low=1):
     return v
 
 
-def _backend(requested: str, tp: int, paths: list[str]) -> tuple[str, str]:
+def _backend(requested: str, paths: list[str]) -> tuple[str, str]:
     from workbook.backends import neuron_llm
 
     if requested not in BACKENDS:
@@ -115,7 +115,7 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     if sequence_length > config.max_position_embeddings:
         raise bad_param("sequence_length", sequence_length,
                         f"at most the model's {config.max_position_embeddings} positions")
-    kind, why = _backend(backend, tp_degree, paths)
+    kind, why = _backend(backend, paths)
     if compile and (kind != "cuda" or cache != "static"):
         raise bad_param("compile", compile, "False here: a compiled decode step needs backend cuda and cache static")
     if kind == "cuda":
@@ -178,3 +178,52 @@ def correctness(tp_res: dict, one_res: dict) -> dict:
     return {"logits_max_abs_diff": logits_diff(tp_res["logits"], one_res["logits"]),
             "tokens_identical": tp_res["generated_ids"] == one_res["generated_ids"],
             "tp_degree": tp_res["world_size"]}
+
+
+def run(cfg: Config, rec) -> tuple[str, list[dict], list[dict]]:
+    """Load and generate on the chosen backend, recording paths tried, fallbacks and correctness in ``rec``.
+
+    Returns ``(lead, measurement rows, generations)``; ``lead`` names the path that produced the numbers and is
+    the report's first line.
+    """
+    if cfg.backend == "neuron":
+        res = run_neuron(cfg)
+        for a in res["attempts"]:
+            rec.add("paths_tried", a)
+        if res.get("fallback"):
+            rec.fallback(res["fallback"])
+        r = res["results"] or {}
+        rows = [{"run": res["path"], "load_s": r.get("load_s"), "compile_s": r.get("compile_s"),
+                 "ttft_ms": r.get("ttft_ms"), "decode_tokens_per_s": r.get("decode_tokens_per_s")}]
+        lead, generations = res["headline"], r.get("generations", [])
+    else:
+        tp_res = run_torch(cfg, cfg.tp_degree)
+        lead = (f"Numbers from: {cfg.backend} tensor parallelism over {cfg.tp_degree} torchrun processes "
+                f"({tp_res['backend']}, {tp_res['tp_mechanism']})")
+        for fb in tp_res.get("fallbacks", []):
+            rec.fallback(fb)
+        rec.add("paths_tried", {"path": f"{cfg.backend} torchrun tp={cfg.tp_degree}", "ok": True, "error": None})
+        rows = torch_rows(tp_res, f"tp={cfg.tp_degree}")
+        generations = tp_res["generations"]
+        if cfg.compare_single and cfg.tp_degree > 1:
+            one = run_torch(cfg, 1)
+            rows += torch_rows(one, "one process")
+            rec.add("correctness", correctness(tp_res, one))
+    rec.set(lead=lead)
+    for r in rows:
+        rec.add("measurements", r)
+    for g in generations:
+        rec.add("generations", {"prompt": g["prompt"], "text": g["text"], **g["usage"]})
+    return lead, rows, generations
+
+
+def headline(rec, cfg: Config, lead: str, rows: list[dict]) -> None:
+    """The path, time to first token, decode tokens/s and (when compared) the correctness check."""
+    head = {"path": lead}
+    m = [r for r in rows if str(r.get("run", "")).startswith("tp=") or cfg.backend == "neuron"]
+    if m:
+        head["ttft_ms"] = m[0].get("ttft_ms")
+        head["decode_tokens_s"] = m[0].get("decode_tokens_s_total", m[0].get("decode_tokens_per_s"))
+    if rec.table("correctness"):
+        head.update({k: rec.table("correctness")[0][k] for k in ("logits_max_abs_diff", "tokens_identical")})
+    rec.headline(**head)

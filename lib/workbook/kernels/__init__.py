@@ -5,5 +5,5 @@ in backward), fused QKV, Triton LayerNorm and an encoder assembled from them, me
 precision (against fp64) and speed (against transformers' sdpa model) by ``notebooks/triton_precision``.
 
 On a machine without a GPU the kernels run under the Triton interpreter: ``TRITON_INTERPRET=1`` must be
-set *before* this package is imported (``runtime.require`` says so when it is not).
+set *before* this package is imported (``runtime.unavailable_reason`` says so when it is not).
 """

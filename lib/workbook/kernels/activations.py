@@ -9,10 +9,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-SQRT_2_OVER_PI = 0.7978845608028654
-COEF = 0.044715
-
-
 @triton.jit
 def gelu_tanh(x):
     u = 0.7978845608028654 * (x + 0.044715 * x * x * x)

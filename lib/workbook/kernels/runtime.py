@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 
-from ..errors import WorkbookError
-
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 try:  # triton is an optional extra ('.[triton]'); the error below says how to get it
@@ -32,13 +30,6 @@ def unavailable_reason(device: str) -> str | None:
     if device == "cuda" and INTERPRET:
         return "TRITON_INTERPRET=1 is set, so kernels would run in the interpreter, not on the GPU"
     return None
-
-
-def require(device: str) -> None:
-    """Raise a WorkbookError saying what to do when the kernels cannot run on ``device``."""
-    why = unavailable_reason(device)
-    if why:
-        raise WorkbookError(f"Triton kernels cannot run on {device}: {why}.")
 
 
 def configs(gpu: list, interpreter):
