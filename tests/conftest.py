@@ -70,3 +70,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def neuron_tree(tmp_path):
+    """A fake sysfs ``neuron_device`` tree: 2 devices x 2 NeuronCores (folders only; tests add files)."""
+    root = tmp_path / "neuron_device"
+    for d in (0, 1):
+        for c in (0, 1):
+            (root / f"neuron{d}" / f"neuron_core{c}").mkdir(parents=True)
+    return root

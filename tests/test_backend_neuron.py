@@ -48,12 +48,9 @@ def clean(monkeypatch):
 
 
 @pytest.fixture
-def sysfs(tmp_path, monkeypatch):
+def sysfs(neuron_tree, monkeypatch):
     """A fake neuron_device tree: 2 devices x 2 cores, memory files on nd0:nc0 and nd1:nc1, and clutter."""
-    root = tmp_path / "neuron_device"
-    for d in (0, 1):
-        for c in (0, 1):
-            (root / f"neuron{d}" / f"neuron_core{c}").mkdir(parents=True)
+    root = neuron_tree
     (root / "neuron0" / "stats").mkdir()  # not a core
     (root / "power").mkdir()  # not a device
     (root / "neuron7").write_text("")  # a file, not a device folder

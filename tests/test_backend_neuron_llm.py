@@ -73,12 +73,9 @@ def clean(monkeypatch):
 
 
 @pytest.fixture
-def sysfs(tmp_path, monkeypatch):
+def sysfs(neuron_tree, monkeypatch):
     """A fake neuron_device tree with 2 devices x 2 NeuronCores."""
-    root = tmp_path / "neuron_device"
-    for d in (0, 1):
-        for c in (0, 1):
-            (root / f"neuron{d}" / f"neuron_core{c}").mkdir(parents=True)
+    root = neuron_tree
     monkeypatch.setenv(neuron.SYSFS_ENV, str(root))
     return root
 

@@ -316,14 +316,11 @@ def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path):
     assert html is None or "Numbers from" in html.read_text()
 
 
-def test_mistral_tp_neuron_path_through_the_standins(tmp_path, monkeypatch):
+def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
     """With the stand-in SDKs on the path and a fake sysfs, auto picks neuron; the first line says stand-in."""
     import os
 
-    root = tmp_path / "neuron_device"
-    for d in (0, 1):
-        for c in (0, 1):
-            (root / f"neuron{d}" / f"neuron_core{c}").mkdir(parents=True)
+    root = neuron_tree
     standins = str(ROOT / "tests" / "standins")
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [standins, os.environ.get("PYTHONPATH")])),
            "WORKBOOK_NEURON_SYSFS": str(root)}
