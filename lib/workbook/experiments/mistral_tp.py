@@ -165,10 +165,13 @@ def run_neuron(cfg: Config) -> dict:
 def torch_rows(res: dict, label: str) -> list[dict]:
     """Measurements of one torchrun run, one row per rank."""
     return [{"run": label, "rank": r["rank"], "world_size": res["world_size"], "backend": res["backend"],
-             "tp_mechanism": res.get("tp_mechanism"), "load_s": r["load_s"], "ttft_ms": res["ttft_ms"],
+             "tp_mechanism": res.get("tp_mechanism"), "load_s": r["load_s"],
+             "compile_s": res.get("warmup_generate_s") if res.get("compile") else None, "ttft_ms": res["ttft_ms"],
+             "decode_ms_per_step_p50": res.get("decode_ms_per_step_p50"),
              "decode_tokens_s_per_seq": res["decode_tokens_s_per_seq"],
              "decode_tokens_s_total": res["decode_tokens_s_total"], "peak_memory_mib": r["peak_memory_mib"],
-             "memory_kind": r["memory_kind"], "param_mib_local": r["param_mib_local"]} for r in res["ranks"]]
+             "memory_kind": r["memory_kind"], "param_mib_local": r["param_mib_local"],
+             "load_peak_mib": r.get("load_peak_mib")} for r in res["ranks"]]
 
 
 def correctness(tp_res: dict, one_res: dict) -> dict:
@@ -177,7 +180,10 @@ def correctness(tp_res: dict, one_res: dict) -> dict:
 
     return {"logits_max_abs_diff": logits_diff(tp_res["logits"], one_res["logits"]),
             "tokens_identical": tp_res["generated_ids"] == one_res["generated_ids"],
-            "tp_degree": tp_res["world_size"]}
+            "tp_degree": tp_res["world_size"],
+            "decode_speedup_over_one_process": (tp_res["decode_tokens_s_total"] / one_res["decode_tokens_s_total"]
+                                                if tp_res["decode_tokens_s_total"] and one_res["decode_tokens_s_total"]
+                                                else None)}
 
 
 def run(cfg: Config, rec) -> tuple[str, list[dict], list[dict]]:
@@ -225,5 +231,6 @@ def headline(rec, cfg: Config, lead: str, rows: list[dict]) -> None:
         head["ttft_ms"] = m[0].get("ttft_ms")
         head["decode_tokens_s"] = m[0].get("decode_tokens_s_total", m[0].get("decode_tokens_per_s"))
     if rec.table("correctness"):
-        head.update({k: rec.table("correctness")[0][k] for k in ("logits_max_abs_diff", "tokens_identical")})
+        head.update({k: rec.table("correctness")[0].get(k) for k in ("logits_max_abs_diff", "tokens_identical",
+                                                                      "decode_speedup_over_one_process")})
     rec.headline(**head)

@@ -254,6 +254,11 @@ def run(spec: dict, out: Path) -> None:
         model, facts = load(spec, rank, world, device)
         dist.barrier()
         load_s = time.perf_counter() - t0
+        load_peak_mib = None
+        if device.type == "cuda":  # loading holds the whole model before sharding: report it apart from serving
+            load_peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
         gen = torch.Generator().manual_seed(spec["seed"])
         fixed = torch.randint(BYTE_LO, model.config.vocab_size, (1, spec["fixed_forward_len"]), generator=gen)
         with torch.inference_mode():
@@ -270,7 +275,8 @@ def run(spec: dict, out: Path) -> None:
         first_s = time.perf_counter() - t1
         new, ttft_ms, steps_ms = generate(model, prompts, spec, device, spec["max_new_tokens"], step_fn)
         mem = _memory(model, device)
-        write_json_atomic(out / f"rank{rank}.json", {"rank": rank, "load_s": load_s, **mem})
+        write_json_atomic(out / f"rank{rank}.json", {"rank": rank, "load_s": load_s, "load_peak_mib": load_peak_mib,
+                                                     **mem})
         if rank == 0:
             torch.save(logits, out / "logits.pt")
             decode_s = sum(steps_ms) / 1e3
