@@ -203,13 +203,18 @@ def test_launch_rejects_bad_specs_before_starting(tiny, spec, name):
         launch({"model": tiny, **spec}, 1, timeout_s=5)
 
 
-@pytest.mark.gpu
-def test_cuda_ranks_with_a_compiled_static_decode_match_one_gpu(tiny):
-    n = min(2, torch.cuda.device_count())
-    spec = dict(model=tiny, prompts=PROMPTS, max_new_tokens=NEW, device="cuda")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_ranks_with_a_compiled_static_decode_match_one_eager_process(tiny, device):
+    """The compiled decode step (torch.compile over the sharded model, a static cache) against one eager process:
+    on the CPU through gloo, so the compiled path is exercised where CI runs, and over NCCL where GPUs are."""
+    n = min(2, torch.cuda.device_count()) if device == "cuda" else 2
+    spec = dict(model=tiny, prompts=PROMPTS, max_new_tokens=NEW, device=device)
     one = launch(spec, 1, timeout_s=300)
     many = launch({**spec, "cache": "static", "compile": True}, n, timeout_s=600)
-    assert many["backend"] == "nccl" and many["ranks"][0]["memory_kind"] == "cuda_max_memory_allocated"
+    assert many["compile"] and many["cache"] == "static" and many["world_size"] == n
+    if device == "cuda":
+        assert many["backend"] == "nccl" and many["ranks"][0]["memory_kind"] == "cuda_max_memory_allocated"
+        assert all(r["load_peak_mib"] is not None for r in many["ranks"])
     assert logits_diff(one["logits"], many["logits"]) < FP32_TOL
     assert many["generated_ids"] == one["generated_ids"]
 

@@ -69,8 +69,6 @@ def _validate(spec: dict, nproc: int) -> dict:
         raise bad_param("top_p", s["top_p"], "a number in (0, 1]")
     if s["temperature"] <= 0:
         raise bad_param("temperature", s["temperature"], "a positive number (use do_sample=False for greedy)")
-    if s["compile"] and s["device"] != "cuda":
-        raise bad_param("compile", s["compile"], "False on the CPU (the compiled decode step is for CUDA)")
     if s["compile"] and s["cache"] != "static":
         raise bad_param("compile", s["compile"], "False unless cache='static' (a compiled step needs fixed shapes)")
     if s["device"] == "cuda":

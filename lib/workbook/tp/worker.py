@@ -186,7 +186,7 @@ def generate(model, prompt_ids, spec, device, max_new, step_fn=None):
     else:
         cache = DynamicCache(config=model.config)
     gen = torch.Generator(device=device).manual_seed(spec["seed"]) if spec["do_sample"] else None
-    step = step_fn or model
+    step = model if step_fn is None else step_fn
     with torch.inference_mode():
         _sync(device)
         t0 = time.perf_counter()
