@@ -29,6 +29,14 @@ PAD_ID = 0
 BYTE_LO = 3  # fixed-forward ids avoid pad/bos/eos
 
 
+_T0 = time.perf_counter()
+
+
+def _progress(msg: str) -> None:
+    """One timestamped line per stage into torchrun's log: the tail a timeout or crash reports shows the stage."""
+    print(f"[rank {os.environ.get('RANK', 0)} +{time.perf_counter() - _T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+
 def _rank_env() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
@@ -254,6 +262,7 @@ def run(spec: dict, out: Path) -> None:
         model, facts = load(spec, rank, world, device)
         dist.barrier()
         load_s = time.perf_counter() - t0
+        _progress(f"loaded and sharded over {world} ranks in {load_s:.1f} s")
         load_peak_mib = None
         if device.type == "cuda":  # loading holds the whole model before sharding: report it apart from serving
             load_peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
@@ -263,6 +272,8 @@ def run(spec: dict, out: Path) -> None:
         fixed = torch.randint(BYTE_LO, model.config.vocab_size, (1, spec["fixed_forward_len"]), generator=gen)
         with torch.inference_mode():
             logits = _full(model(input_ids=fixed.to(device)).logits).float().cpu()
+        _progress("fixed forward done" + ("; the decode step compiles during the first warm-up generation"
+                                          if spec["compile"] else ""))
         step_fn = None
         if spec["compile"]:
             step_fn = torch.compile(model, mode="reduce-overhead", fullgraph=False)
@@ -270,10 +281,13 @@ def run(spec: dict, out: Path) -> None:
         t1 = time.perf_counter()
         # A static cache's shapes depend on max_new_tokens: warm up with the same length so nothing recompiles.
         warm_new = spec["max_new_tokens"] if spec["cache"] == "static" else min(spec["max_new_tokens"], 3)
-        for _ in range(spec["warmup"]):
+        for i in range(spec["warmup"]):
             generate(model, prompts, spec, device, warm_new, step_fn)
+            _progress(f"warm-up generation {i + 1}/{spec['warmup']} done ({warm_new} tokens"
+                      f"{', compiled step' if step_fn is not None else ''})")
         first_s = time.perf_counter() - t1
         new, ttft_ms, steps_ms = generate(model, prompts, spec, device, spec["max_new_tokens"], step_fn)
+        _progress(f"timed generation done: {len(steps_ms)} decode steps, {sum(steps_ms) / 1e3:.2f} s")
         mem = _memory(model, device)
         write_json_atomic(out / f"rank{rank}.json", {"rank": rank, "load_s": load_s, "load_peak_mib": load_peak_mib,
                                                      **mem})
