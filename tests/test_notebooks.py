@@ -287,6 +287,7 @@ def test_export_search_rejects_a_model_that_is_not_a_causal_lm(tmp_path):
     ("memory_budget_gb", "0", "a positive number of GB per device"),
     ("instance_type", "p5", "empty or one of trn1, inf2, trn2"),
     ("model", "/nonexistent/mistral", "Parameter model="),
+    ("tp_mechanism", "megatron", "one of parallelize_module, local_shards, tp_plan, auto"),
 ])
 def test_export_search_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
     out = tmp_path / "out.ipynb"
@@ -300,12 +301,14 @@ def test_export_search_bad_parameter_stops_in_the_first_cell(param, value, expec
 TP_TINY = {"max_tokens": "4", "backend": "cpu"}
 
 
-def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("mechanism", ["parallelize_module", "local_shards"])
+def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path, mechanism):
     out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p(TP_TINY), ROOT, tmp_path)
+    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({**TP_TINY, "tp_mechanism": mechanism}), ROOT,
+                   tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(next((tmp_path / "outputs" / "mistral_tp").glob("adhoc-*/results.json")).read_text())
-    assert res["lead"].startswith("Numbers from: cpu tensor parallelism over 2 torchrun processes (gloo")
+    assert res["lead"] == f"Numbers from: cpu tensor parallelism over 2 torchrun processes (gloo, {mechanism})"
     check = res["tables"]["correctness"][0]
     assert check["tokens_identical"] is True and check["logits_max_abs_diff"] < 1e-4
     g = res["tables"]["generations"][0]
@@ -345,6 +348,7 @@ def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
     ("backend", "neuron", "no Neuron path can run"),
     ("backend", "cuda", "torch sees no CUDA GPU"),
     ("model", "/nonexistent/mistral", "Parameter model="),
+    ("tp_mechanism", "megatron", "one of parallelize_module, local_shards, tp_plan, auto"),
 ])
 def test_mistral_tp_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
     out = tmp_path / "out.ipynb"

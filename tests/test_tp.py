@@ -67,15 +67,20 @@ def test_generations_have_the_response_shape_and_usage(runs, tiny):
         assert gen["usage"] == {"prompt_tokens": n_prompt, "completion_tokens": NEW, "total_tokens": n_prompt + NEW}
 
 
-def test_replicated_kv_heads_match_a_single_process(tmp_path):
+@pytest.mark.parametrize("mechanism", ["auto", "local_shards"])
+def test_replicated_kv_heads_match_a_single_process(tmp_path, mechanism):
     """4 query heads, 1 KV head, tp 2: each rank keeps the one KV head; compared with an in-process model."""
     from transformers import AutoModelForCausalLM
 
     path = str(mistral.create_tiny(tmp_path / "mqa", seed=1, num_attention_heads=4, num_key_value_heads=1))
-    res = launch(dict(model=path, prompts=PROMPTS, max_new_tokens=NEW, warmup=0), 2, timeout_s=180)
-    assert res["tp_mechanism"] == "parallelize_module" and res["kv_heads_per_rank"] == 1
-    assert any("replicated" in n for n in res["notes"])
-    assert any("cannot replicate" in f for f in res["fallbacks"])
+    res = launch(dict(model=path, prompts=PROMPTS, max_new_tokens=NEW, warmup=0, tp_mechanism=mechanism), 2,
+                 timeout_s=180)
+    assert res["kv_heads_per_rank"] == 1 and any("replicated" in n for n in res["notes"])
+    if mechanism == "auto":
+        assert res["tp_mechanism"] == "parallelize_module"
+        assert any("cannot replicate" in f for f in res["fallbacks"])
+    else:
+        assert res["tp_mechanism"] == "local_shards" and res["fallbacks"] == []
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     with torch.inference_mode():
         ref = model(input_ids=torch.tensor(res["fixed_forward"]["input_ids"])).logits
@@ -203,15 +208,19 @@ def test_launch_rejects_bad_specs_before_starting(tiny, spec, name):
         launch({"model": tiny, **spec}, 1, timeout_s=5)
 
 
+@pytest.mark.parametrize("mechanism", ["parallelize_module", "local_shards"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_ranks_with_a_compiled_static_decode_match_one_eager_process(tiny, device):
-    """The compiled decode step (torch.compile over the sharded model, a static cache) against one eager process:
-    on the CPU through gloo, so the compiled path is exercised where CI runs, and over NCCL where GPUs are."""
+def test_ranks_with_a_compiled_static_decode_match_one_eager_process(tiny, device, mechanism):
+    """The compiled decode step (torch.compile over the sharded model, a static cache) against one eager process,
+    with torch's DTensor styles and with the plain-tensor styles: on the CPU through gloo, so the compiled path is
+    exercised where CI runs, and over NCCL where GPUs are."""
     n = min(2, torch.cuda.device_count()) if device == "cuda" else 2
     spec = dict(model=tiny, prompts=PROMPTS, max_new_tokens=NEW, device=device)
     one = launch(spec, 1, timeout_s=300)
-    many = launch({**spec, "cache": "static", "compile": True}, n, timeout_s=600)
+    many = launch({**spec, "cache": "static", "compile": True, "tp_mechanism": mechanism}, n, timeout_s=600)
     assert many["compile"] and many["cache"] == "static" and many["world_size"] == n
+    assert many["tp_mechanism"] == (mechanism if n > 1 else "none (one process)")
+    assert all(r["decode_weight_gb_s"] > 0 for r in many["ranks"])
     if device == "cuda":
         assert many["backend"] == "nccl" and many["ranks"][0]["memory_kind"] == "cuda_max_memory_allocated"
         assert all(r["load_peak_mib"] is not None for r in many["ranks"])

@@ -24,6 +24,7 @@ from workbook.params import as_list
 BACKENDS = ("auto", "neuron", "cuda", "cpu")
 DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 NEURON_PATHS = ("nxdi", "transformers-neuronx")
+TP_MECHANISMS = ("parallelize_module", "local_shards", "tp_plan", "auto")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Config:
     compare_single: bool
     cache: str = "dynamic"
     compile: bool = False
+    tp_mechanism: str = "parallelize_module"
     tp_notes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -82,7 +84,8 @@ def _backend(requested: str, paths: list[str]) -> tuple[str, str]:
 
 def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequence_length: int, dtype: str, prompts,
               max_tokens: int, top_k: int, top_p: float, temperature: float, seed: int, neuron_paths,
-              allow_fallback: bool, compare_single: bool, cache: str = "dynamic", compile: bool = False) -> Config:
+              allow_fallback: bool, compare_single: bool, cache: str = "dynamic", compile: bool = False,
+              tp_mechanism: str = "parallelize_module") -> Config:
     """Check every parameter and the tensor-parallel rules before anything loads; one sentence on error."""
     import psutil
 
@@ -108,6 +111,8 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
         raise bad_param("neuron_paths", neuron_paths, "a non-empty list from " + ", ".join(NEURON_PATHS))
     if cache not in ("dynamic", "static"):
         raise bad_param("cache", cache, "dynamic or static")
+    if tp_mechanism not in TP_MECHANISMS:
+        raise bad_param("tp_mechanism", tp_mechanism, "one of " + ", ".join(TP_MECHANISMS))
     note = ""
     if not model or model in mistral.SHAPES:
         model, note = mistral.workbook_model(model)
@@ -131,7 +136,7 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     batch = [ps[i % len(ps)] for i in range(batch_size)]
     cfg = Config(model, note, kind, why, tp_degree, batch_size, sequence_length, dtype, batch, max_tokens, top_k,
                  float(top_p), float(temperature), seed, paths, bool(allow_fallback), bool(compare_single),
-                 cache, bool(compile), tp_notes=list(check.notes))
+                 cache, bool(compile), tp_mechanism, tp_notes=list(check.notes))
     if note:
         cfg.notes.append(note)
     return cfg
@@ -146,7 +151,7 @@ def run_torch(cfg: Config, nproc: int) -> dict:
     from workbook.tp import launch
 
     spec = {"model": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens, "dtype": cfg.dtype,
-            "device": cfg.backend, "tp_mechanism": "parallelize_module", "do_sample": not greedy(cfg),
+            "device": cfg.backend, "tp_mechanism": cfg.tp_mechanism, "do_sample": not greedy(cfg),
             "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
             "cache": cfg.cache, "compile": cfg.compile}
     return launch(spec, nproc, timeout_s=1800)
@@ -171,6 +176,7 @@ def torch_rows(res: dict, label: str) -> list[dict]:
              "decode_tokens_s_per_seq": res["decode_tokens_s_per_seq"],
              "decode_tokens_s_total": res["decode_tokens_s_total"], "peak_memory_mib": r["peak_memory_mib"],
              "memory_kind": r["memory_kind"], "param_mib_local": r["param_mib_local"],
+             "decode_weight_gb_s": r.get("decode_weight_gb_s"),
              "load_peak_mib": r.get("load_peak_mib")} for r in res["ranks"]]
 
 

@@ -27,7 +27,10 @@ SPEC_DEFAULTS = {
     "max_new_tokens": 16,
     "dtype": "float32",
     "device": "cpu",  # cpu (gloo) or cuda (nccl, one GPU per rank)
-    "tp_mechanism": "auto",  # auto: transformers' tp_plan, else parallelize_module (recorded); or force one
+    # auto: transformers' tp_plan, else parallelize_module (recorded); or force one. local_shards:
+    # parallelize_module with plain-tensor styles and a functional all-reduce (workbook.tp.styles), the fast
+    # path for a compiled decode step.
+    "tp_mechanism": "auto",
     "do_sample": False,
     "temperature": 1.0,
     "top_k": 0,
@@ -40,7 +43,7 @@ SPEC_DEFAULTS = {
     "hang_s": 0,  # test hook: the worker sleeps this long before starting
 }
 CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "device": ("cpu", "cuda"),
-           "tp_mechanism": ("auto", "tp_plan", "parallelize_module"), "cache": ("dynamic", "static")}
+           "tp_mechanism": ("auto", "tp_plan", "parallelize_module", "local_shards"), "cache": ("dynamic", "static")}
 LOG_TAIL_LINES = 40
 
 

@@ -8,7 +8,8 @@ Sharding: transformers' own plan (``DistributedConfig(tp_plan="auto")``) is trie
 ``auto``; if it fails (it needs ``accelerate``; it cannot replicate KV heads) the worker falls back to
 ``torch.distributed.tensor.parallel.parallelize_module`` and the result says which ran and why — never a silent
 fallback. ``parallelize_module`` uses ColwiseParallel for q/k/v/gate/up and RowwiseParallel for o/down, so each
-attention block sees only its rank's heads. transformers 5.23's ``MistralAttention`` infers head counts from
+attention block sees only its rank's heads; ``local_shards`` runs ``parallelize_module`` with the plain-tensor
+styles of :mod:`workbook.tp.styles` (the fast path for a compiled decode step). transformers 5.23's ``MistralAttention`` infers head counts from
 tensor shapes (``view(..., -1, head_dim)``) and only keeps ``num_key_value_groups``, which an even split leaves
 unchanged; when KV heads are replicated (tp > KV heads) each rank keeps the one KV head its query heads use and
 ``num_key_value_groups`` is set to the query heads per rank.
@@ -18,6 +19,7 @@ Decode is a plain loop with a KV cache (dynamic, or static for CUDA graphs/compi
 """
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import resource
@@ -27,6 +29,7 @@ from pathlib import Path
 
 PAD_ID = 0
 BYTE_LO = 3  # fixed-forward ids avoid pad/bos/eos
+END_STACK_DUMP_S = 120  # a rank still winding down this long after its results are written prints its stacks
 
 
 _T0 = time.perf_counter()
@@ -97,10 +100,18 @@ def _replicate_kv(attn, rank, world, heads, kv, head_dim):
         setattr(attn, name, new)
 
 
-def _parallelize(model, rank, world, device):
-    """Shard every decoder layer over a 1-D mesh with ``parallelize_module``; returns the per-rank head counts."""
+def _parallelize(model, rank, world, device, local=False):
+    """Shard every decoder layer over a 1-D mesh with ``parallelize_module``; returns the per-rank head counts.
+
+    ``local``: the plain-tensor styles of :mod:`workbook.tp.styles` instead of torch's DTensor styles."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    if local:
+        from workbook.tp.styles import LocalColwiseParallel as ColwiseParallel
+        from workbook.tp.styles import LocalRowwiseParallel as RowwiseParallel
+    else:
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
     cfg = model.config
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -154,8 +165,12 @@ def load(spec, rank, world, device):
             raise RuntimeError(f"tp_mechanism='tp_plan' was asked for but {why}")
         facts["fallbacks"].append(f"{why}; used torch parallelize_module instead")
     model = _load_plain(spec, dtype, device)
-    q, k = _parallelize(model, rank, world, device)
-    facts.update(tp_mechanism="parallelize_module", heads_per_rank=q, kv_heads_per_rank=k)
+    local = asked == "local_shards"
+    q, k = _parallelize(model, rank, world, device, local=local)
+    facts.update(tp_mechanism="local_shards" if local else "parallelize_module", heads_per_rank=q,
+                 kv_heads_per_rank=k)
+    if device.type == "cuda":  # the full model was built before sharding: give the dropped slices back
+        torch.cuda.empty_cache()
     return model, facts
 
 
@@ -239,6 +254,21 @@ def _memory(model, device) -> dict:
     return row
 
 
+def weight_bytes_per_step(model) -> int:
+    """Bytes of this rank's weights one decode step reads: every local parameter but the input embedding, which
+    is a row lookup (unless the output head shares it)."""
+    seen, total = set(), 0
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    skip = set() if head is not None and head.weight is emb.weight else {id(emb.weight)}
+    for p in model.parameters():
+        if id(p) in seen or id(p) in skip:
+            continue
+        seen.add(id(p))
+        t = p.to_local() if hasattr(p, "to_local") else p
+        total += t.numel() * t.element_size()
+    return total
+
+
 def run(spec: dict, out: Path) -> None:
     import statistics
 
@@ -254,7 +284,10 @@ def run(spec: dict, out: Path) -> None:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":  # bound to its GPU from the start: barriers and NCCL never guess the device
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
     from transformers import AutoModelForCausalLM  # noqa: F401 - imported before the clock starts: load_s is loading
 
     try:
@@ -289,8 +322,13 @@ def run(spec: dict, out: Path) -> None:
         new, ttft_ms, steps_ms = generate(model, prompts, spec, device, spec["max_new_tokens"], step_fn)
         _progress(f"timed generation done: {len(steps_ms)} decode steps, {sum(steps_ms) / 1e3:.2f} s")
         mem = _memory(model, device)
-        write_json_atomic(out / f"rank{rank}.json", {"rank": rank, "load_s": load_s, "load_peak_mib": load_peak_mib,
-                                                     **mem})
+        step_p50_s = statistics.median(steps_ms) / 1e3 if steps_ms else None
+        wbytes = weight_bytes_per_step(model)
+        write_json_atomic(out / f"rank{rank}.json", {
+            "rank": rank, "load_s": load_s, "load_peak_mib": load_peak_mib, **mem,
+            "weight_gb_read_per_step": wbytes / 1e9,
+            # weights only (the KV cache read is small at these lengths): a floor on the bandwidth achieved
+            "decode_weight_gb_s": wbytes / 1e9 / step_p50_s if step_p50_s else None})
         if rank == 0:
             torch.save(logits, out / "logits.pt")
             decode_s = sum(steps_ms) / 1e3
@@ -307,9 +345,15 @@ def run(spec: dict, out: Path) -> None:
                 "generated_ids": new, "fixed_forward": {"input_ids": fixed.tolist(), "logits_file": "logits.pt",
                                                         "logits_shape": list(logits.shape)},
                 "versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+        _sync(device)
+        _progress("results written; waiting for every rank")
+        # should the wind-down hang, the launcher's log tail shows every thread's stack, not silence
+        faulthandler.dump_traceback_later(END_STACK_DUMP_S, exit=False)
         dist.barrier()
     finally:
         dist.destroy_process_group()
+        faulthandler.cancel_dump_traceback_later()
+        _progress("process group closed")
 
 
 def main(argv=None) -> int:
