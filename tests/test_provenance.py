@@ -112,12 +112,20 @@ def test_git_info_outside_a_repository(wb_root, no_outer_git, monkeypatch):
     assert provenance.git_info() == {"commit": "abc123", "dirty": False, "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
 
 
+def test_git_commit_from_the_environment_wins_over_a_stale_checkout(monkeypatch):
+    """A copied tree may carry an old .git; the commit its caller names is the one recorded."""
+    monkeypatch.setenv("WORKBOOK_GIT_COMMIT", "def456")
+    monkeypatch.setenv("WORKBOOK_GIT_DIRTY", "1")
+    assert provenance.git_info() == {"commit": "def456", "dirty": True, "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
+
+
 def _git(repo, *args):
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false",
                     *args], cwd=repo, check=True, capture_output=True)
 
 
 def test_git_info_commit_and_dirty(tmp_path, monkeypatch, no_outer_git):
+    monkeypatch.delenv("WORKBOOK_GIT_COMMIT", raising=False)
     repo = tmp_path / "repo"
     repo.mkdir()
     monkeypatch.setenv("WORKBOOK_ROOT", str(repo))

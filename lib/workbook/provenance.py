@@ -38,13 +38,16 @@ def _run(cmd: list[str], cwd=None, timeout: float = 10.0) -> str | None:
 
 
 def git_info() -> dict:
+    """The commit the code came from. ``WORKBOOK_GIT_COMMIT`` wins when set: a copy of the tree shipped to another
+    machine may carry no ``.git``, or a stale one that names an older commit."""
+    env = os.environ.get("WORKBOOK_GIT_COMMIT")
+    if env:
+        return {"commit": env, "dirty": os.environ.get("WORKBOOK_GIT_DIRTY", "").lower() in ("1", "true"),
+                "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
     root = repo_root()
     commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
     if commit is None:
-        # a copy of the tree without .git (a remote machine, a container): the caller may say what it is
-        env = os.environ.get("WORKBOOK_GIT_COMMIT")
-        return {"commit": env, "dirty": os.environ.get("WORKBOOK_GIT_DIRTY", "").lower() in ("1", "true") if env
-                else None, "branch": None, "source": "WORKBOOK_GIT_COMMIT" if env else None}
+        return {"commit": None, "dirty": None, "branch": None, "source": None}
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return {
         "commit": commit,
