@@ -20,16 +20,18 @@ Decode is a plain loop with a KV cache (dynamic, or static for CUDA graphs/compi
 from __future__ import annotations
 
 import faulthandler
+import gc
 import json
 import os
 import resource
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 PAD_ID = 0
 BYTE_LO = 3  # fixed-forward ids avoid pad/bos/eos
-END_STACK_DUMP_S = 120  # a rank still winding down this long after its results are written prints its stacks
+END_STACK_DUMP_S = 60  # a rank still winding down this long after its results are written prints its stacks
 
 
 _T0 = time.perf_counter()
@@ -298,8 +300,12 @@ def run(spec: dict, out: Path) -> None:
         device = torch.device("cpu")
     if device.type == "cuda":  # bound to its GPU from the start: barriers and NCCL never guess the device
         dist.init_process_group("nccl", device_id=device)
+        # The closing barrier goes through gloo on the host: after the decode step's all-reduces were captured in
+        # CUDA graphs, an NCCL barrier at the end of the run hung on two H200s.
+        host_group = dist.new_group(backend="gloo")
     else:
         dist.init_process_group("gloo")
+        host_group = None
     from transformers import AutoModelForCausalLM  # noqa: F401 - imported before the clock starts: load_s is loading
 
     try:
@@ -361,8 +367,15 @@ def run(spec: dict, out: Path) -> None:
         _progress("results written; waiting for every rank")
         # should the wind-down hang, the launcher's log tail shows every thread's stack, not silence
         faulthandler.dump_traceback_later(END_STACK_DUMP_S, exit=False)
-        dist.barrier()
+        dist.monitored_barrier(group=host_group, timeout=timedelta(seconds=END_STACK_DUMP_S))
+        _progress("every rank done; releasing compiled graphs")
+        # CUDA graphs that hold NCCL kernels go before the communicator they use
+        del step_fn, model
+        torch.compiler.reset()
+        gc.collect()
+        _sync(device)
     finally:
+        _progress("closing the process group")
         dist.destroy_process_group()
         faulthandler.cancel_dump_traceback_later()
         _progress("process group closed")
