@@ -183,10 +183,10 @@ def torch_rows(res: dict, label: str) -> list[dict]:
 def correctness(tp_res: dict, one_res: dict) -> dict:
     """Tensor-parallel logits against one process and the greedy tokens, with what is needed to read them.
 
-    In fp32 the logits agree within 1e-4 (the tests' bound) and the tokens are identical. In bf16 each rank rounds its partial sums
-    before the all-reduce adds them, so the logits differ at bf16's resolution (read ``logits_max_rel_diff``
-    against the logits' scale) and a greedy decode over near-tied random-weight logits may part ways; where it
-    does, ``first_differing_token`` says after how many identical tokens."""
+    In fp32 the logits agree within 1e-4 (the tests' bound) and the tokens are identical. In bf16 each rank
+    rounds its partial sums before the all-reduce adds them, so the logits differ at bf16's resolution (read
+    ``logits_max_rel_diff`` against the logits' scale) and a greedy decode over near-tied random-weight logits
+    may part ways; where it does, ``first_differing_token`` says after how many identical tokens."""
     from workbook.tp import logits_diff
 
     a, b = tp_res["logits"].float(), one_res["logits"].float()

@@ -9,10 +9,10 @@ Sharding: transformers' own plan (``DistributedConfig(tp_plan="auto")``) is trie
 ``torch.distributed.tensor.parallel.parallelize_module`` and the result says which ran and why — never a silent
 fallback. ``parallelize_module`` uses ColwiseParallel for q/k/v/gate/up and RowwiseParallel for o/down, so each
 attention block sees only its rank's heads; ``local_shards`` runs ``parallelize_module`` with the plain-tensor
-styles of :mod:`workbook.tp.styles` (the fast path for a compiled decode step). transformers 5.23's ``MistralAttention`` infers head counts from
-tensor shapes (``view(..., -1, head_dim)``) and only keeps ``num_key_value_groups``, which an even split leaves
-unchanged; when KV heads are replicated (tp > KV heads) each rank keeps the one KV head its query heads use and
-``num_key_value_groups`` is set to the query heads per rank.
+styles of :mod:`workbook.tp.styles` (the fast path for a compiled decode step). transformers 5.23's
+``MistralAttention`` infers head counts from tensor shapes (``view(..., -1, head_dim)``) and only keeps
+``num_key_value_groups``, which an even split leaves unchanged; when KV heads are replicated (tp > KV heads) each
+rank keeps the one KV head its query heads use and ``num_key_value_groups`` is set to the query heads per rank.
 
 Decode is a plain loop with a KV cache (dynamic, or static for CUDA graphs/compile), run for exactly
 ``max_new_tokens`` (no stop at EOS) so that timings compare; greedy unless ``do_sample``.
