@@ -202,7 +202,8 @@ def test_tiny_checkpoint_has_weights_and_the_encoding_marker(tiny):
 
 @pytest.mark.parametrize("spec, name", [
     (dict(modle="x"), "modle"), (dict(tp_mechanism="magic"), "tp_mechanism"), (dict(compile=True), "compile"),
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(top_p=1.5), "top_p"), (dict(device="tpu"), "device")])
+    (dict(max_new_tokens=0), "max_new_tokens"), (dict(top_p=1.5), "top_p"), (dict(device="tpu"), "device"),
+    (dict(allreduce="symm_mem"), "allreduce"), (dict(allreduce="mpi"), "allreduce")])
 def test_launch_rejects_bad_specs_before_starting(tiny, spec, name):
     with pytest.raises(ParameterError, match=rf"Parameter {name}="):
         launch({"model": tiny, **spec}, 1, timeout_s=5)
@@ -226,6 +227,20 @@ def test_ranks_with_a_compiled_static_decode_match_one_eager_process(tiny, devic
         assert all(r["load_peak_mib"] is not None for r in many["ranks"])
     assert logits_diff(one["logits"], many["logits"]) < FP32_TOL
     assert many["generated_ids"] == one["generated_ids"]
+
+
+@pytest.mark.gpu
+def test_symmetric_memory_all_reduce_in_the_compiled_step_matches_one_process(tiny):
+    """Two GPUs: the compiled step's all-reduces lowered to symm_mem's one-shot kernel give one process's answer."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    spec = dict(model=tiny, prompts=PROMPTS, max_new_tokens=NEW, device="cuda")
+    one = launch(spec, 1, timeout_s=300)
+    two = launch({**spec, "cache": "static", "compile": True, "tp_mechanism": "local_shards",
+                  "allreduce": "symm_mem"}, 2, timeout_s=600)
+    assert two["allreduce"] == "symm_mem" and two["world_size"] == 2
+    assert logits_diff(one["logits"], two["logits"]) < FP32_TOL
+    assert two["generated_ids"] == one["generated_ids"]
 
 
 def test_config_only_folder_draws_the_same_seeded_weights_on_every_rank(tmp_path):

@@ -49,6 +49,7 @@ class Config:
     cache: str = "dynamic"
     compile: bool = False
     tp_mechanism: str = "parallelize_module"
+    allreduce: str = "nccl"
     tp_notes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -85,7 +86,7 @@ def _backend(requested: str, paths: list[str]) -> tuple[str, str]:
 def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequence_length: int, dtype: str, prompts,
               max_tokens: int, top_k: int, top_p: float, temperature: float, seed: int, neuron_paths,
               allow_fallback: bool, compare_single: bool, cache: str = "dynamic", compile: bool = False,
-              tp_mechanism: str = "parallelize_module") -> Config:
+              tp_mechanism: str = "parallelize_module", allreduce: str = "nccl") -> Config:
     """Check every parameter and the tensor-parallel rules before anything loads; one sentence on error."""
     import psutil
 
@@ -123,6 +124,10 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     kind, why = _backend(backend, paths)
     if compile and (kind != "cuda" or cache != "static"):
         raise bad_param("compile", compile, "False here: a compiled decode step needs backend cuda and cache static")
+    if allreduce not in ("nccl", "symm_mem"):
+        raise bad_param("allreduce", allreduce, "nccl or symm_mem")
+    if allreduce == "symm_mem" and not (kind == "cuda" and compile and tp_degree > 1):
+        raise bad_param("allreduce", allreduce, "nccl here: symm_mem needs backend cuda, compile True and tp_degree > 1")
     if kind == "cuda":
         import torch
 
@@ -136,7 +141,7 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     batch = [ps[i % len(ps)] for i in range(batch_size)]
     cfg = Config(model, note, kind, why, tp_degree, batch_size, sequence_length, dtype, batch, max_tokens, top_k,
                  float(top_p), float(temperature), seed, paths, bool(allow_fallback), bool(compare_single),
-                 cache, bool(compile), tp_mechanism, tp_notes=list(check.notes))
+                 cache, bool(compile), tp_mechanism, allreduce, tp_notes=list(check.notes))
     if note:
         cfg.notes.append(note)
     return cfg
@@ -153,7 +158,7 @@ def run_torch(cfg: Config, nproc: int) -> dict:
     spec = {"model": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens, "dtype": cfg.dtype,
             "device": cfg.backend, "tp_mechanism": cfg.tp_mechanism, "do_sample": not greedy(cfg),
             "temperature": cfg.temperature, "top_k": cfg.top_k, "top_p": cfg.top_p, "seed": cfg.seed,
-            "cache": cfg.cache, "compile": cfg.compile}
+            "cache": cfg.cache, "compile": cfg.compile, "allreduce": cfg.allreduce if nproc > 1 else "nccl"}
     return launch(spec, nproc, timeout_s=1800)
 
 

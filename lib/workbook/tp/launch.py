@@ -38,12 +38,15 @@ SPEC_DEFAULTS = {
     "seed": 0,
     "cache": "dynamic",  # dynamic or static (fixed shapes, for compile / CUDA graphs)
     "compile": False,  # torch.compile the decode step (CUDA only)
+    # inside the compiled step: nccl, or symm_mem (inductor lowers the small all-reduces of a decode step to
+    # torch's symmetric-memory one-shot all-reduce over NVLink peer access; cuda, compile and tp > 1 only)
+    "allreduce": "nccl",
     "warmup": 1,  # untimed short generations before the timed one
     "fixed_forward_len": 16,  # tokens in the fixed forward whose logits are returned
     "hang_s": 0,  # test hook: the worker sleeps this long before starting
 }
 CHOICES = {"dtype": ("float32", "bfloat16", "float16"), "device": ("cpu", "cuda"),
-           "tp_mechanism": ("auto", "tp_plan", "parallelize_module", "local_shards"), "cache": ("dynamic", "static")}
+           "tp_mechanism": ("auto", "tp_plan", "parallelize_module", "local_shards"), "cache": ("dynamic", "static"), "allreduce": ("nccl", "symm_mem")}
 LOG_TAIL_LINES = 40
 
 
@@ -74,6 +77,9 @@ def _validate(spec: dict, nproc: int) -> dict:
         raise bad_param("temperature", s["temperature"], "a positive number (use do_sample=False for greedy)")
     if s["compile"] and s["cache"] != "static":
         raise bad_param("compile", s["compile"], "False unless cache='static' (a compiled step needs fixed shapes)")
+    if s["allreduce"] == "symm_mem" and not (s["device"] == "cuda" and s["compile"] and nproc > 1):
+        raise bad_param("allreduce", "symm_mem", "nccl unless device='cuda', compile=True and more than one rank "
+                        "(the symmetric-memory all-reduce is chosen by the compiler for CUDA tensors)")
     if s["device"] == "cuda":
         import torch
 
