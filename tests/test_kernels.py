@@ -16,9 +16,10 @@ import torch.nn.functional as F
 pytest.importorskip("triton", reason="triton is an optional extra ('.[triton]')")
 
 from workbook.kernels import runtime  # noqa: E402
-from workbook.kernels.gemm import gemm  # noqa: E402
+from workbook.kernels.gemm import gemm, gemm_gelu_backward  # noqa: E402
+from workbook.kernels.heads import ln_qkv_heads, ln_qkv_heads_reference, pack_heads  # noqa: E402
 from workbook.kernels.layernorm import (MAX_HIDDEN, layer_norm, layer_norm_reference, ln_backward,  # noqa: E402
-                                       ln_forward)
+                                       ln_backward_residual, ln_forward)
 from workbook.kernels.mlp import (linear_gelu, linear_gelu_reference, ln_linear, ln_mlp, mlp,  # noqa: E402
                                   mlp_reference, qkv, qkv_reference, qkv_weights)
 
@@ -174,6 +175,40 @@ def test_gemm_gelu_grad_epilogue(dtype, M, K, N):
     check_rule("dpre", c, gelu_grad_ref(dout @ w2, pre), ref, dtype)
 
 
+def check_gelu_backward(dpre, act, db, dout, w2, pre, dtype):
+    """gemm_gelu_backward's three outputs against fp64, beside eager (2x rule; fp32: a few ulp, since eager is
+    within about one rounding there and GELU' in sigmoid form is a few ulp off)."""
+    ref = gelu_grad_ref(dout.double() @ w2.double(), pre.double())
+    eager = gelu_grad_ref(dout @ w2, pre)
+    act_ref = F.gelu(pre.double(), approximate="tanh")
+    if dtype == torch.float32:
+        for name, t, r in (("dpre", dpre, ref), ("act", act, act_ref), ("db", db, ref.sum(0))):
+            err = (t.double() - r).abs().max().item()
+            assert err <= 16 * torch.finfo(dtype).eps * r.abs().max().item(), (name, err)
+    else:
+        check_rule("dpre", dpre, eager, ref, dtype)
+        check_rule("act", act, F.gelu(pre, approximate="tanh"), act_ref, dtype)
+        check_rule("db", db.to(dtype), eager.sum(0), ref.sum(0), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M,K,N", [(70, 40, 24), (9, 72, 100)])
+@pytest.mark.parametrize("kmajor", [False, True], ids=["w2", "w2-kmajor"])
+def test_gemm_gelu_backward(dtype, M, K, N, kmajor):
+    """dpre, the recomputed activation and fc1's bias gradient (column sums over row bands, 70 rows = two
+    full 32-row bands and a part) from one GEMM, each within the 2x rule of eager against fp64."""
+    dout = rand(M, K, dtype=dtype, seed=7)
+    w2 = rand(K, N, dtype=dtype, scale=N ** -0.5, seed=8)
+    if kmajor:
+        w2 = w2.t().contiguous().t()
+    pre = rand(M, N, dtype=dtype, scale=1.5, seed=9)
+    dpre, act, db = gemm_gelu_backward(dout, w2, pre)
+    assert dpre.dtype == act.dtype == dtype and db.dtype == torch.float32 and db.shape == (N,)
+    check_gelu_backward(dpre, act, db, dout, w2, pre, dtype)
+    with pytest.raises(ValueError, match="pre"):
+        gemm_gelu_backward(dout, w2, pre[:-1])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gelu_rounded_reproduces_eager_and_gelu_beats_it(dtype):
     """``gelu_rounded`` rounds the pre-activation as eager does and so has eager's error; ``gelu`` (GELU on the
@@ -316,6 +351,23 @@ def test_layer_norm_hidden_limit():
         ln_backward(big, big, wb, torch.zeros(2, device=DEVICE), torch.ones(2, device=DEVICE))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ln_backward_residual_adds_and_sums_the_residual_gradient(dtype):
+    M, N = 70, 72  # more than one 64-row program
+    x = rand(M, N, dtype=dtype, scale=2.0, seed=25)
+    w, b = ln_params(N, dtype, seed=26)
+    dy = rand(M, N, dtype=dtype, seed=27)
+    dres = rand(M, N, dtype=dtype, seed=28)
+    _, mean, rstd = ln_forward(x, w, b, EPS)
+    dx0, dw0, db0 = ln_backward(dy, x, w, mean, rstd)
+    dx, dw, db, ds = ln_backward_residual(dy, x, w, mean, rstd, dres)
+    assert torch.equal(dw, dw0) and torch.equal(db, db0) and ds.dtype == torch.float32
+    # dx = dres + the LayerNorm gradient, rounded once (not twice, as a separate add would)
+    exact = (dx0.double() + dres.double())
+    assert (dx.double() - exact).abs().max().item() <= 2 * torch.finfo(dtype).eps * exact.abs().max().item()
+    assert (ds.double() - dres.double().sum(0)).abs().max().item() <= 1e-5 * dres.double().abs().sum(0).max().item()
+
+
 # ------------------------------------------------------------------------------------------- fused MLP
 T, D, I = 37, 72, 100  # tokens, hidden, intermediate: odd sizes that exercise every mask
 
@@ -390,6 +442,19 @@ def test_ln_mlp(dtype, recompute_norm):
     check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_reference, inputs, dout, dtype)
 
 
+def ln_mlp_residual_reference(x, ln_w, ln_b, eps, w1, b1, w2, b2):
+    return x + ln_mlp_reference(x, ln_w, ln_b, eps, w1, b1, w2, b2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ln_mlp_residual(dtype):
+    """``x + mlp(layer_norm(x))`` as one node: the residual's gradient and fc2's bias gradient come from the
+    LayerNorm backward pass."""
+    inputs, dout = ln_mlp_inputs(dtype, shape=(2, 37, D))
+    fn = lambda *a: ln_mlp(*a, residual=True)  # noqa: E731
+    check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_residual_reference, inputs, dout, dtype)
+
+
 def ln_linear_reference(x, ln_w, ln_b, eps, w, b):
     return F.linear(F.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps), w, b)
 
@@ -462,6 +527,43 @@ def test_qkv_weights_concatenates_and_is_differentiable():
     assert b is None and w.shape == (3 * D, D)
 
 
+# ------------------------------------------------------------------- heads: LN + QKV + split, pack_heads
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_pack_heads_copies_exactly_and_sums_in_fp32(layout, dtype):
+    B, H, S, Dh = 2, 3, 5, 24
+    g = [rand(B, S, H, Dh, dtype=dtype, seed=100 + i) for i in range(3)]
+    heads = [t.transpose(1, 2) for t in g]  # [B, H, S, D] views in cuDNN's [B, S, H, D] memory order
+    if layout == "bhsd":
+        heads = [t.contiguous() for t in heads]
+    packed, sums = pack_heads(*heads)
+    expect = torch.cat([t.reshape(B * S, H * Dh) for t in g], -1)
+    assert packed.dtype == dtype and torch.equal(packed, expect)
+    assert sums.dtype == torch.float32
+    assert (sums.double() - expect.double().sum(0)).abs().max().item() < 1e-5 * expect.abs().sum(0).max().item()
+    packed2, none = pack_heads(*heads, bias_grad=False)
+    assert none is None and torch.equal(packed2, packed)
+    with pytest.raises(ValueError, match=r"\[B, H, S, D\]"):
+        pack_heads(heads[0], heads[1], heads[2][:, :, :-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("recompute_norm,triton_gemm", [(True, False), (False, False), (True, True)],
+                         ids=["recompute", "store", "triton-gemm"])
+def test_ln_qkv_heads(dtype, recompute_norm, triton_gemm):
+    H = 3
+    x = rand(2, 9, D, dtype=dtype, scale=2.0, seed=110)
+    ln_w, ln_b = ln_params(D, dtype, seed=111)
+    w, b = linear_params(3 * D, D, dtype, seed=113)
+    dout = rand(2, H, 9, 3 * (D // H), dtype=dtype, seed=115)  # q, k, v concatenated on the last dim
+    fn = lambda *a: ln_qkv_heads(*a, recompute_norm=recompute_norm, triton_gemm=triton_gemm)  # noqa: E731
+    tri = check_fwd_bwd(["qkv", "dx", "dln_w", "dln_b", None, "dw", "db", None], fn, ln_qkv_heads_reference,
+                        [x, ln_w, ln_b, EPS, w, b, H], dout, dtype)
+    assert tri[1].shape == x.shape
+    with pytest.raises(ValueError, match="3 x heads"):
+        ln_qkv_heads(x, ln_w, ln_b, EPS, w[:-1], b, H)
+
+
 # ------------------------------------------------------------------------ GPU: so400m sizes, bf16/fp32
 TOKENS, HIDDEN, MLP_DIM = 4096, 1152, 4304
 GPU_DTYPES = [torch.bfloat16, torch.float32]
@@ -513,3 +615,37 @@ def test_gpu_gelu_epilogue_ulp():
     fused = ((gemm(a, w.t(), b, epilogue="gelu")[0].double() - ref).abs() / u).mean().item()
     rounded = ((gemm(a, w.t(), b, epilogue="gelu_rounded")[0].double() - ref).abs() / u).mean().item()
     assert fused < 0.8 * eager and rounded == pytest.approx(eager, rel=0.05)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_gpu_gemm_gelu_backward_and_ln_mlp_residual(dtype):
+    d = rand(TOKENS, HIDDEN, dtype=dtype, seed=120, device="cuda")
+    w2 = rand(HIDDEN, MLP_DIM, dtype=dtype, scale=MLP_DIM ** -0.5, seed=121, device="cuda")
+    pre = rand(TOKENS, MLP_DIM, dtype=dtype, scale=1.5, seed=122, device="cuda")
+    for b in (w2, w2.t().contiguous().t()):  # both TMA operand layouts on Hopper
+        check_gelu_backward(*gemm_gelu_backward(d, b, pre), d, b, pre, dtype)
+    inputs, dout = ln_mlp_inputs(dtype, shape=(TOKENS, HIDDEN), device="cuda", hidden=HIDDEN, inter=MLP_DIM)
+    for dgrad in (False, True):
+        fn = lambda *a: ln_mlp(*a, residual=True, dgrad_gemm=dgrad)  # noqa: E731
+        check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_residual_reference, inputs, dout, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_gpu_ln_qkv_heads_through_sdpa(dtype):
+    """so400m widths, the gradients SDPA (cuDNN on Hopper) hands back, packed by pack_heads."""
+    H = 16
+    x = rand(16, 256, HIDDEN, dtype=dtype, scale=2.0, seed=130, device="cuda")
+    ln_w, ln_b = ln_params(HIDDEN, dtype, seed=131, device="cuda")
+    w, b = linear_params(3 * HIDDEN, HIDDEN, dtype, seed=133, device="cuda")
+    dout = rand(16, 256, HIDDEN, dtype=dtype, seed=135, device="cuda")
+
+    def attn(fn):
+        def f(*a):
+            q, k, v = fn(*a)
+            return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(16, 256, HIDDEN)
+        return f
+
+    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db", None], attn(ln_qkv_heads),
+                  attn(ln_qkv_heads_reference), [x, ln_w, ln_b, EPS, w, b, H], dout, dtype)

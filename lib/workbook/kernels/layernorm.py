@@ -1,10 +1,12 @@
 """LayerNorm forward and backward in Triton with fp32 statistics.
 
-Forward: one program per row, mean and variance in fp32, ``mean``/``rstd`` saved in fp32 (Liger saves
-them in the input dtype, so bf16 statistics get rounded; FlashAttention and the Triton tutorial keep
-fp32, as here). Backward: a fixed grid of programs walks the rows, writes ``dx`` and accumulates the
-weight/bias gradients in fp32 registers; the per-program partial sums are added on the host. No atomics,
-so the result is deterministic.
+Forward: a few rows per program (autotuned), mean and variance in fp32, ``mean``/``rstd`` saved in fp32
+(Liger saves them in the input dtype, so bf16 statistics get rounded; FlashAttention and the Triton
+tutorial keep fp32, as here). Backward: each program takes a block of 64 rows, writes ``dx`` and
+accumulates the weight/bias gradients in fp32 registers; the per-program partial sums are added on the
+host. No atomics, so the result is deterministic. :func:`ln_backward_residual` also adds the gradient of a
+residual connection around the normalised branch into ``dx`` and sums it (FlashAttention's ``dresidual``),
+which saves the separate add autograd would do and the bias reduction of the branch's last layer.
 """
 from __future__ import annotations
 
@@ -13,11 +15,30 @@ import triton
 import triton.language as tl
 
 from .activations import to_out
-from .runtime import INTERPRET, sm_count
+from .runtime import INTERPRET, configs
 
 MAX_HIDDEN = 16384  # one row must fit a program's registers
 
 
+def _rows_cfg(rows, warps):
+    return triton.Config({"ROWS": rows}, num_warps=warps)
+
+
+# several short rows per program keep more loads in flight; which count wins depends on the GPU and N
+_FWD_CONFIGS = [_rows_cfg(r, w) for r in (1, 2, 4, 8) for w in (4, 8)]
+_BWD_CONFIGS = [_rows_cfg(r, w) for r in (1, 2, 4) for w in (4, 8)]
+_INTERP_CONFIG = _rows_cfg(2, 4)
+ROW_BLOCK = 64  # rows per backward program (a multiple of every ROWS): partial weight/bias sums per 64 rows
+
+
+def _prune(configs, named_args, **kwargs):
+    """Tiles of at most 8192 values: wide rows (up to MAX_HIDDEN) take one row at a time."""
+    fit = [c for c in configs if c.kwargs["ROWS"] * kwargs["BLOCK"] <= 8192]
+    return fit or [min(configs, key=lambda c: c.kwargs["ROWS"])]
+
+
+@triton.autotune(configs=configs(_FWD_CONFIGS, _INTERP_CONFIG), key=["N", "STORE_STATS"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, s_x, s_y, eps,
                    STORE_STATS: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
@@ -41,38 +62,53 @@ def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, s_x, s_
         tl.store(rstd_ptr + rows, rstd, mask=rows < M)
 
 
+@triton.autotune(configs=configs(_BWD_CONFIGS, _INTERP_CONFIG), key=["N", "HAS_DRES"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, M, N,
-                   s_dy, s_x, s_dx, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
+def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dres_ptr, dx_ptr, dw_ptr, db_ptr, ds_ptr, M, N,
+                   s_dy, s_x, s_r, s_dx, HAS_DRES: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
+                   BLOCK: tl.constexpr, RB: tl.constexpr, ROWS: tl.constexpr):
+    """Each program takes ROW_BLOCK consecutive rows, ROWS at a time; ``dx`` (plus the residual's gradient
+    ``dres`` when given) is written, and the weight/bias gradients (and ``dres``'s column sums) accumulate in
+    fp32 registers, stored once per program."""
     pid = tl.program_id(0)
-    progs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK)
-    m = cols < N
-    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    mc = cols < N
+    w = tl.load(w_ptr + cols, mask=mc, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK,), dtype=tl.float32)
     db = tl.zeros((BLOCK,), dtype=tl.float32)
-    for row in range(pid, M, progs):
-        x = tl.load(x_ptr + row * s_x + cols, mask=m, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + row * s_dy + cols, mask=m, other=0.0).to(tl.float32)
-        mean = tl.load(mean_ptr + row)
-        rstd = tl.load(rstd_ptr + row)
-        xhat = tl.where(m, (x - mean) * rstd, 0.0)
-        wdy = w * dy
-        c1 = tl.sum(xhat * wdy, axis=0) / N
-        c2 = tl.sum(wdy, axis=0) / N
-        dx = (wdy - (xhat * c1 + c2)) * rstd
-        tl.store(dx_ptr + row * s_dx + cols, to_out(dx, OUT_BF16, INTERPRET).to(dx_ptr.dtype.element_ty), mask=m)
-        dw += dy * xhat
-        db += dy
-    tl.store(dw_ptr + pid * N + cols, dw, mask=m)
-    tl.store(db_ptr + pid * N + cols, db, mask=m)
+    ds = tl.zeros((BLOCK,), dtype=tl.float32)
+    for r0 in range(pid * RB, min(pid * RB + RB, M), ROWS):
+        rows = r0 + tl.arange(0, ROWS)
+        mr = rows < M
+        m = mr[:, None] & mc[None, :]
+        x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows[:, None] * s_dy + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=mr, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=mr, other=0.0)
+        xhat = tl.where(m, (x - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = w[None, :] * dy
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DRES:
+            r = tl.load(dres_ptr + rows[:, None] * s_r + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            dx += r
+            ds += tl.sum(r, axis=0)
+        tl.store(dx_ptr + rows[:, None] * s_dx + cols[None, :],
+                 to_out(dx, OUT_BF16, INTERPRET).to(dx_ptr.dtype.element_ty), mask=m)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+    tl.store(dw_ptr + pid * N + cols, dw, mask=mc)
+    tl.store(db_ptr + pid * N + cols, db, mask=mc)
+    if HAS_DRES:
+        tl.store(ds_ptr + pid * N + cols, ds, mask=mc)
 
 
-def _block(n: int) -> tuple[int, int]:
+def _block(n: int) -> int:
     if n > MAX_HIDDEN:
         raise ValueError(f"the Triton LayerNorm supports hidden sizes up to {MAX_HIDDEN}, got {n}")
-    block = triton.next_power_of_2(n)
-    return block, min(max(block // 256, 1), 8)
+    return triton.next_power_of_2(n)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -84,31 +120,45 @@ def ln_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     """``(y, mean, rstd)`` for rows of ``x`` (last dimension normalised); mean/rstd fp32, None if not stats."""
     x2 = _rows(x)
     M, N = x2.shape
-    block, warps = _block(N)
+    block = _block(N)
     y = torch.empty_like(x2)
     mean = torch.empty(M, device=x.device, dtype=torch.float32) if stats else y
     rstd = torch.empty(M, device=x.device, dtype=torch.float32) if stats else y
-    rows = max(1, min(4, 4096 // block))  # several short rows per program keep the loads wide
-    _ln_fwd_kernel[(triton.cdiv(M, rows),)](x2, weight, bias, y, mean, rstd, M, N, x2.stride(0), y.stride(0), eps,
-                                            STORE_STATS=stats, OUT_BF16=y.dtype == torch.bfloat16,
-                                            INTERPRET=INTERPRET, BLOCK=block, ROWS=rows, num_warps=warps)
+    _ln_fwd_kernel[lambda meta: (triton.cdiv(M, meta["ROWS"]),)](
+        x2, weight, bias, y, mean, rstd, M, N, x2.stride(0), y.stride(0), eps, STORE_STATS=stats,
+        OUT_BF16=y.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block)
     return y.view(x.shape), (mean if stats else None), (rstd if stats else None)
+
+
+def _ln_bwd(dy, x, weight, mean, rstd, dres):
+    x2 = _rows(x)
+    dy2 = _rows(dy)
+    r2 = _rows(dres) if dres is not None else dy2
+    M, N = x2.shape
+    block = _block(N)
+    progs = triton.cdiv(M, ROW_BLOCK)
+    dx = torch.empty_like(x2)
+    part = torch.empty((3 if dres is not None else 2, progs, N), device=x.device, dtype=torch.float32)
+    _ln_bwd_kernel[(progs,)](dy2, x2, weight, mean, rstd, r2, dx, part[0], part[1], part[-1], M, N, dy2.stride(0),
+                             x2.stride(0), r2.stride(0), dx.stride(0), HAS_DRES=dres is not None,
+                             OUT_BF16=dx.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block, RB=ROW_BLOCK)
+    sums = part.sum(1)
+    return dx.view(x.shape), sums[0].to(weight.dtype), sums[1].to(weight.dtype), sums[2] if dres is not None else None
 
 
 def ln_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor):
     """``(dx, dweight, dbias)`` of LayerNorm; weight/bias grads summed in fp32, returned in weight's dtype."""
-    x2 = _rows(x)
-    dy2 = _rows(dy)
-    M, N = x2.shape
-    block, warps = _block(N)
-    progs = max(1, min(M, sm_count(x.device) * 8))
-    dx = torch.empty_like(x2)
-    dw = torch.empty((progs, N), device=x.device, dtype=torch.float32)
-    db = torch.empty((progs, N), device=x.device, dtype=torch.float32)
-    _ln_bwd_kernel[(progs,)](dy2, x2, weight, mean, rstd, dx, dw, db, M, N, dy2.stride(0), x2.stride(0),
-                             dx.stride(0), OUT_BF16=dx.dtype == torch.bfloat16, INTERPRET=INTERPRET,
-                             BLOCK=block, num_warps=warps)
-    return dx.view(x.shape), dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
+    return _ln_bwd(dy, x, weight, mean, rstd, None)[:3]
+
+
+def ln_backward_residual(dy, x, weight, mean, rstd, dres):
+    """LayerNorm's backward for ``out = x + f(layer_norm(x))``: ``dx = dres + LN'(dy)`` in the same pass.
+
+    ``dres`` is the gradient reaching ``out`` (it passes the residual unchanged). Returns
+    ``(dx, dweight, dbias, dres_sum)`` where ``dres_sum`` is ``dres.sum(0)`` in fp32: the bias gradient of
+    the last linear layer of ``f``, which would otherwise be one more pass over ``dres``.
+    """
+    return _ln_bwd(dy, x, weight, mean, rstd, dres)
 
 
 class LayerNormFn(torch.autograd.Function):

@@ -14,6 +14,7 @@ What is fused, and what is recomputed instead of stored (the memory the seed rep
   is not stored either. This is recomputation inside one fused operation, not activation checkpointing
   (no forward is re-run); ``recompute_norm=False`` stores it and is reported as its own variant.
 - ``qkv``: the three projections as one GEMM over concatenated weights.
+- ``ln_mlp(..., residual=True)``: the encoder layer's whole second half, ``x + mlp(layer_norm(x))``.
 
 Each public function has a plain-PyTorch ``*_reference`` beside it, computing exactly what eager
 transformers computes.
@@ -26,33 +27,29 @@ import triton
 import triton.language as tl
 
 from .activations import gelu_tanh, gelu_tanh_grad, to_out
-from .gemm import gemm
-from .layernorm import ln_backward, ln_forward
+from .gemm import gemm, gemm_gelu_backward
+from .layernorm import ln_backward, ln_backward_residual, ln_forward
 from .runtime import INTERPRET
 
 
 @triton.jit
-def _gelu_kernel(pre_ptr, dact_ptr, out_ptr, n, GRAD: tl.constexpr, OUT_BF16: tl.constexpr,
-                 INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
+def _gelu_grad_kernel(pre_ptr, dact_ptr, out_ptr, n, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
+                      BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     pre = tl.load(pre_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    if GRAD:
-        out = tl.load(dact_ptr + offs, mask=m, other=0.0).to(tl.float32) * gelu_tanh_grad(pre)
-    else:
-        out = gelu_tanh(pre)
+    out = tl.load(dact_ptr + offs, mask=m, other=0.0).to(tl.float32) * gelu_tanh_grad(pre)
     tl.store(out_ptr + offs, to_out(out, OUT_BF16, INTERPRET).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _gelu_elementwise(pre: torch.Tensor, dact: torch.Tensor | None = None) -> torch.Tensor:
-    """GELU(pre), or dact * GELU'(pre) when dact is given (the recomputation in backward)."""
-    pre = pre.contiguous()
+def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor) -> torch.Tensor:
+    """``dact * GELU'(pre)`` in one pass (fc1+GELU's backward when no fc2 GEMM follows it)."""
+    pre, dact = pre.contiguous(), dact.contiguous()
     out = torch.empty_like(pre)
     n = pre.numel()
     block = 1024
-    _gelu_kernel[(triton.cdiv(n, block),)](pre, dact.contiguous() if dact is not None else pre, out, n,
-                                           GRAD=dact is not None, OUT_BF16=pre.dtype == torch.bfloat16,
-                                           INTERPRET=INTERPRET, BLOCK=block)
+    _gelu_grad_kernel[(triton.cdiv(n, block),)](pre, dact, out, n, OUT_BF16=pre.dtype == torch.bfloat16,
+                                                INTERPRET=INTERPRET, BLOCK=block)
     return out
 
 
@@ -69,8 +66,9 @@ def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, OUT_BF16: tl.const
 
 def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor):
     """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's bias
-    gradient ``sum(dpre, 0)`` in fp32. (Column sums inside the kernel were slower on an H100: 1.17 ms
-    against 0.75 + 0.22 ms for this pass plus a torch reduction at 65536 x 4304.)"""
+    gradient ``sum(dpre, 0)`` in fp32. (Column sums inside the pass were slower, on an H100 and again on an
+    H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
+    65536 x 4304.)"""
     dact, pre = dact.contiguous(), pre.contiguous()
     dpre, act = torch.empty_like(pre), torch.empty_like(pre)
     n = pre.numel()
@@ -102,7 +100,7 @@ class LinearGeluFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dact):
         x2, weight, pre = ctx.saved_tensors
-        dpre = _gelu_elementwise(pre, _flat(dact))
+        dpre = _gelu_grad(pre, _flat(dact))
         dx = (dpre @ weight).view(*dact.shape[:-1], weight.shape[1])
         dw = dpre.t() @ x2
         db = dpre.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
@@ -128,7 +126,7 @@ def _norm(ctx, x2, y, mean, rstd, ln_w, ln_b):
 
 class MLPFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm):
+    def forward(ctx, x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual):
         x2 = _flat(x)
         has_ln = ln_w is not None
         if has_ln:
@@ -138,9 +136,12 @@ class MLPFn(torch.autograd.Function):
         act, pre = gemm(y, w1.t(), b1, epilogue="gelu", store_aux=True)
         out = F.linear(act, w2, b2)
         del act  # not saved: recomputed from ``pre`` in backward
+        if residual:
+            out += x2
         keep_y = None if (has_ln and recompute_norm) else y
         ctx.save_for_backward(x2, keep_y, mean, rstd, ln_w, ln_b, w1, w2, pre)
         ctx.eps, ctx.has_ln, ctx.has_b, ctx.dgrad_gemm = eps, has_ln, (b1 is not None, b2 is not None), dgrad_gemm
+        ctx.residual = residual
         return out.view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
@@ -148,25 +149,28 @@ class MLPFn(torch.autograd.Function):
         x2, y, mean, rstd, ln_w, ln_b, w1, w2, pre = ctx.saved_tensors
         d2 = _flat(dout)
         y = _norm(ctx, x2, y, mean, rstd, ln_w, ln_b)
-        if ctx.dgrad_gemm:  # GELU' fused into fc2's data-gradient GEMM (Triton epilogue)
-            act = _gelu_elementwise(pre)  # recomputed, not stored
-            dpre, _ = gemm(d2, w2, epilogue="gelu_grad", aux=pre)
-            db1 = dpre.sum(0, dtype=torch.float32)
+        if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
+            dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
         else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
             dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre)
         dw2 = d2.t() @ act
         del act
-        db2 = d2.sum(0, dtype=torch.float32).to(w2.dtype) if ctx.has_b[1] else None
         dw1 = dpre.t() @ y
         db1 = db1.to(w1.dtype) if ctx.has_b[0] else None
         dy = dpre @ w1
         del dpre
-        dln_w = dln_b = None
-        if ctx.has_ln:
+        dln_w = dln_b = db2 = None
+        if ctx.has_ln and ctx.residual:  # dx = dout + LN'(dy), and fc2's bias grad, in the LayerNorm pass
+            dx, dln_w, dln_b, db2 = ln_backward_residual(dy, x2, ln_w, mean, rstd, d2)
+        elif ctx.has_ln:
             dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
         else:
-            dx = dy
-        return (dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw1, db1, dw2, db2, None, None)
+            dx = dy + d2 if ctx.residual else dy
+        if ctx.has_b[1]:
+            db2 = (db2 if db2 is not None else d2.sum(0, dtype=torch.float32)).to(w2.dtype)
+        else:
+            db2 = None
+        return (dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None)
 
 
 def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
@@ -176,16 +180,19 @@ def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
     GELU', the activation recompute and fc1's bias gradient share one Triton pass (faster on H100/H200,
     where the plain Triton GEMM trails cuBLAS).
     """
-    return MLPFn.apply(x, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm)
+    return MLPFn.apply(x, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, False)
 
 
 def mlp_reference(x, w1, b1, w2, b2):
     return F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
 
 
-def ln_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True, dgrad_gemm: bool = False):
-    """``mlp(layer_norm(x))`` as one autograd node (the second half of an encoder layer, before the residual)."""
-    return MLPFn.apply(x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm)
+def ln_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True, dgrad_gemm: bool = False,
+           residual: bool = False):
+    """``mlp(layer_norm(x))`` as one autograd node (the second half of an encoder layer); with ``residual``
+    ``x + mlp(layer_norm(x))``, whose backward adds the residual's gradient and sums fc2's bias gradient in
+    the LayerNorm backward pass instead of two more passes over memory."""
+    return MLPFn.apply(x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual)
 
 
 # ------------------------------------------------------------------------------ LayerNorm + linear (QKV)
@@ -213,34 +220,6 @@ class LNLinearFn(torch.autograd.Function):
 def ln_linear(x, ln_w, ln_b, eps, weight, bias, *, recompute_norm: bool = True, triton_gemm: bool = False):
     """``linear(layer_norm(x))`` as one autograd node; ``triton_gemm`` runs the projection in the Triton GEMM."""
     return LNLinearFn.apply(x, ln_w, ln_b, eps, weight, bias, recompute_norm, triton_gemm)
-
-
-class SplitHeadsFn(torch.autograd.Function):
-    """``[B, S, 3*H*D]`` -> q, k, v as ``[B, H, S, D]`` views; backward writes the three gradients into one
-    ``[B, S, 3, H, D]`` buffer (autograd's unbind/permute would stack them, then copy to contiguous)."""
-
-    @staticmethod
-    def forward(ctx, qkv, heads):
-        b, s, n = qkv.shape
-        ctx.heads = heads
-        q, k, v = qkv.view(b, s, 3, heads, n // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
-
-    @staticmethod
-    def backward(ctx, dq, dk, dv):
-        b, h, s, d = dq.shape
-        out = torch.empty((b, s, 3, h, d), device=dq.device, dtype=dq.dtype)
-        for i, g in enumerate((dq, dk, dv)):
-            if g is None:
-                out[:, :, i].zero_()
-            else:
-                out[:, :, i].copy_(g.transpose(1, 2))
-        return out.view(b, s, 3 * h * d), None
-
-
-def split_heads(qkv: torch.Tensor, heads: int):
-    """q, k, v ``[B, H, S, D]`` from a fused QKV projection output ``[B, S, 3*H*D]``."""
-    return SplitHeadsFn.apply(qkv, heads)
 
 
 def qkv_weights(q, k, v):

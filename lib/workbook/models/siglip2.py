@@ -5,8 +5,9 @@ the same outputs and gradients as the model people use. :class:`FusedSiglip2Visi
 names as transformers' ``Siglip2VisionModel`` (so ``load_state_dict`` takes its weights unchanged, with or
 without the older ``vision_model.`` prefix) and differs only in how each block computes:
 
-- LayerNorm + fused QKV projection in one autograd node, then attention through torch SDPA;
-- LayerNorm + fused MLP (GELU on the fp32 accumulator, activation recomputed in backward);
+- LayerNorm + fused QKV projection + head split in one autograd node, then attention through torch SDPA;
+- LayerNorm + fused MLP + residual in one node (GELU on the fp32 accumulator, activation recomputed in
+  backward, the residual's gradient and fc2's bias gradient taken in the LayerNorm backward pass);
 - the NaFlex position table resized once per distinct patch grid in the batch rather than once per image
   (transformers loops over the images and writes each one into a slice), and the attention mask built
   once per forward and dropped when no patch is padding.
@@ -113,19 +114,19 @@ class FusedEncoderLayer(nn.Module):
         self.mlp = _MLP(cfg)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        from workbook.kernels.mlp import ln_linear, ln_mlp, qkv_weights, split_heads
+        from workbook.kernels.heads import ln_qkv_heads
+        from workbook.kernels.mlp import ln_mlp, qkv_weights
 
         a, ln1, ln2, opt = self.self_attn, self.layer_norm1, self.layer_norm2, self.options
         b, s, d = x.shape
         w, bias = qkv_weights(a.q_proj, a.k_proj, a.v_proj)
-        qkv = ln_linear(x, ln1.weight, ln1.bias, self.eps, w, bias,
-                        recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton)
-        q, k, v = split_heads(qkv, a.num_heads)
+        q, k, v = ln_qkv_heads(x, ln1.weight, ln1.bias, self.eps, w, bias, a.num_heads,
+                               recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.head_dim ** -0.5)
         x = x + a.out_proj(o.transpose(1, 2).reshape(b, s, d))
         m = self.mlp
-        return x + ln_mlp(x, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
-                          recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm)
+        return ln_mlp(x, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
+                      recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm, residual=True)
 
 
 class _Encoder(nn.Module):

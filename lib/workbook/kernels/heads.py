@@ -1,0 +1,128 @@
+"""LayerNorm + fused QKV projection + head split as one autograd node, around torch SDPA.
+
+Why it exists: SDPA takes q, k, v as ``[B, H, S, D]`` while the fused projection writes ``[B, S, 3*H*D]``.
+The forward split is free (views), but backward must put dq, dk and dv back into one ``[B*S, 3*H*D]``
+gradient for the projection's two GEMMs. autograd's unbind/permute backward stacks and copies (in
+transformers' tower that is most of the 38 ms of device copies per so400m training step at batch 256 on an
+H200), and three strided ``copy_`` calls into one buffer still cost 17 ms there. :func:`pack_heads` is one
+Triton pass that writes the three head gradients into the projection's layout and sums the bias gradient
+in fp32 on the way (fixed per-program partial sums, so it is deterministic), which also saves the separate
+reduction over that gradient.
+
+The LayerNorm output is recomputed in backward from the block input and its fp32 statistics unless
+``recompute_norm=False`` (see :mod:`workbook.kernels.mlp`).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from .gemm import gemm
+from .layernorm import ln_backward, ln_forward
+from .runtime import sm_count
+
+
+@triton.jit
+def _pack_kernel(q_ptr, k_ptr, v_ptr, out_ptr, sum_ptr, M, HD, s_q, s_k, s_v, s_out,
+                 COLSUM: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """Rows of three ``[M, HD]`` matrices side by side into ``[M, 3*HD]``; column sums per program in fp32."""
+    pid = tl.program_id(0)
+    progs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK)
+    mc = cols < HD
+    acc_q = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc_k = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc_v = tl.zeros((BLOCK,), dtype=tl.float32)
+    for rb in range(pid, tl.cdiv(M, ROWS), progs):
+        rows = rb * ROWS + tl.arange(0, ROWS)
+        m = (rows[:, None] < M) & mc[None, :]
+        dst = out_ptr + rows[:, None] * s_out + cols[None, :]
+        g = tl.load(q_ptr + rows[:, None] * s_q + cols[None, :], mask=m, other=0.0)
+        tl.store(dst, g, mask=m)
+        acc_q += tl.sum(g.to(tl.float32), axis=0)
+        g = tl.load(k_ptr + rows[:, None] * s_k + cols[None, :], mask=m, other=0.0)
+        tl.store(dst + HD, g, mask=m)
+        acc_k += tl.sum(g.to(tl.float32), axis=0)
+        g = tl.load(v_ptr + rows[:, None] * s_v + cols[None, :], mask=m, other=0.0)
+        tl.store(dst + 2 * HD, g, mask=m)
+        acc_v += tl.sum(g.to(tl.float32), axis=0)
+    if COLSUM:
+        base = sum_ptr + pid * 3 * HD + cols
+        tl.store(base, acc_q, mask=mc)
+        tl.store(base + HD, acc_k, mask=mc)
+        tl.store(base + 2 * HD, acc_v, mask=mc)
+
+
+def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_grad: bool = True):
+    """``[B*S, 3*H*D]`` from three ``[B, H, S, D]`` tensors, and their column sums in fp32.
+
+    Returns ``(packed, sums)``; ``sums`` (the QKV bias gradient, ``[3*H*D]`` fp32) is None without
+    ``bias_grad``. Values are copied exactly (the dtype is kept). cuDNN's SDPA backward returns its gradients
+    in ``[B, S, H, D]`` memory order, where each is a plain ``[B*S, H*D]`` matrix and the pass reads it in
+    wide vector loads; any other layout is first made so (one more copy).
+    """
+    if not (dq.shape == dk.shape == dv.shape) or dq.dim() != 4:
+        raise ValueError(f"pack_heads needs three [B, H, S, D] tensors of one shape, got "
+                         f"{tuple(dq.shape)}, {tuple(dk.shape)}, {tuple(dv.shape)}")
+    B, H, S, D = dq.shape
+    M, HD = B * S, H * D
+    gs = []
+    for g in (dq, dk, dv):
+        g = g.transpose(1, 2).reshape(M, HD)  # a view for [B, S, H, D] memory order, else a copy
+        gs.append(g if g.stride(1) == 1 else g.contiguous())
+    out = torch.empty((M, 3 * HD), device=dq.device, dtype=dq.dtype)
+    block = triton.next_power_of_2(HD)
+    rows = max(1, min(8, 8192 // block))
+    progs = max(1, min(triton.cdiv(M, rows), sm_count(dq.device) * 4))
+    sums = torch.empty((progs, 3 * HD), device=dq.device, dtype=torch.float32) if bias_grad else out
+    _pack_kernel[(progs,)](*gs, out, sums, M, HD, *(g.stride(0) for g in gs), out.stride(0), COLSUM=bias_grad,
+                           BLOCK=block, ROWS=rows, num_warps=8 if block >= 1024 else 4)
+    return out, (sums.sum(0) if bias_grad else None)
+
+
+class LNQKVHeadsFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm):
+        b, s, n = x.shape
+        x2 = x.reshape(b * s, n)
+        y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
+        out = gemm(y, weight.t(), bias)[0] if triton_gemm else F.linear(y, weight, bias)
+        ctx.save_for_backward(x2, None if recompute_norm else y, mean, rstd, ln_w, ln_b, weight)
+        ctx.eps, ctx.has_bias = eps, bias is not None
+        d = weight.shape[0] // (3 * heads)
+        q, k, v = out.view(b, s, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
+        d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
+        if y is None:
+            y = ln_forward(x2, ln_w, ln_b, ctx.eps, stats=False)[0]
+        dw = d2.t() @ y
+        dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
+        b, h, s, _ = dq.shape
+        db = None if db is None else db.to(weight.dtype)
+        return dx.view(b, s, -1), dln_w, dln_b, None, dw, db, None, None, None
+
+
+def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm: bool = True,
+                 triton_gemm: bool = False):
+    """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)`` for x ``[B, S, hidden]`` and the
+    ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node;
+    ``triton_gemm`` runs the projection in the Triton GEMM instead of cuBLAS."""
+    if x.dim() != 3:
+        raise ValueError(f"ln_qkv_heads needs x as [batch, seq, hidden], got {tuple(x.shape)}")
+    if weight.shape[0] % (3 * heads):
+        raise ValueError(f"weight's {weight.shape[0]} rows are not 3 x heads ({heads}) x head_dim")
+    return LNQKVHeadsFn.apply(x.contiguous(), ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm)
+
+
+def ln_qkv_heads_reference(x, ln_w, ln_b, eps, weight, bias, heads: int):
+    """What transformers computes: LayerNorm, the q/k/v projections, ``view`` + ``transpose`` into heads."""
+    b, s, n = x.shape
+    y = F.layer_norm(x, (n,), ln_w, ln_b, eps)
+    ws, bs = weight.chunk(3, 0), (bias.chunk(3, 0) if bias is not None else (None,) * 3)
+    return tuple(F.linear(y, w, bb).view(b, s, heads, -1).transpose(1, 2) for w, bb in zip(ws, bs))
