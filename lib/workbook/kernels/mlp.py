@@ -176,9 +176,11 @@ class MLPFn(torch.autograd.Function):
 def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
     """SigLIP-2 MLP ``fc2(gelu_tanh(fc1(x)))`` with the fused fc1 epilogue and the recomputing backward.
 
-    ``dgrad_gemm`` fuses GELU' into fc2's data-gradient GEMM in Triton; by default that GEMM is cuBLAS and
-    GELU', the activation recompute and fc1's bias gradient share one Triton pass (faster on H100/H200,
-    where the plain Triton GEMM trails cuBLAS).
+    ``dgrad_gemm`` fuses GELU', the activation recompute and fc1's bias gradient into fc2's data-gradient
+    GEMM in Triton (:func:`gemm_gelu_backward`); by default that GEMM is cuBLAS and the three share one Triton
+    pass. The default is faster: on an H200 at 65536 x 1152 -> 4304, 1.65 ms against 2.35-2.47 ms for the
+    fused GEMM, whose epilogue (a load, two stores and column sums) is not hidden behind the main loop, though
+    the same GEMM with no epilogue matches cuBLAS (1.05 ms).
     """
     return MLPFn.apply(x, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, False)
 
