@@ -5,9 +5,9 @@ What is fused, and what is recomputed instead of stored (the memory the seed rep
 - ``linear_gelu``: fc1 + bias + GELU(tanh) in one GEMM, the GELU applied to the fp32 accumulator. It
   stores the pre-activation (needed for GELU') and not the activation.
 - ``mlp``: fc1+GELU, then fc2 (cuBLAS). Backward recomputes the activation from the stored pre-activation
-  for fc2's weight gradient and fuses GELU' into fc2's data-gradient GEMM (Triton ``gelu_grad``
-  epilogue). Only the pre-activation is kept between forward and backward: eager also keeps the
-  activation, one more tokens x 4304 tensor per layer.
+  for fc2's weight gradient, in the same Triton pass as GELU' and fc1's bias gradient (or, with
+  ``dgrad_gemm``, in the epilogue of fc2's data-gradient GEMM). Only the pre-activation is kept between
+  forward and backward: eager also keeps the activation, one more tokens x 4304 tensor per layer.
 - ``ln_linear`` / ``ln_mlp``: the LayerNorm in front of the QKV projection / the MLP, fused into the same
   autograd node. With ``recompute_norm`` (the default) the normalised activations are recomputed in
   backward from the block input (FlashAttention's ``layer_norm_linear_fn`` design), so the LayerNorm output
@@ -159,17 +159,16 @@ class MLPFn(torch.autograd.Function):
         db1 = db1.to(w1.dtype) if ctx.has_b[0] else None
         dy = dpre @ w1
         del dpre
-        dln_w = dln_b = db2 = None
+        dln_w = dln_b = db2_f32 = None
         if ctx.has_ln and ctx.residual:  # dx = dout + LN'(dy), and fc2's bias grad, in the LayerNorm pass
-            dx, dln_w, dln_b, db2 = ln_backward_residual(dy, x2, ln_w, mean, rstd, d2)
+            dx, dln_w, dln_b, db2_f32 = ln_backward_residual(dy, x2, ln_w, mean, rstd, d2)
         elif ctx.has_ln:
             dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
         else:
             dx = dy + d2 if ctx.residual else dy
+        db2 = None
         if ctx.has_b[1]:
-            db2 = (db2 if db2 is not None else d2.sum(0, dtype=torch.float32)).to(w2.dtype)
-        else:
-            db2 = None
+            db2 = (d2.sum(0, dtype=torch.float32) if db2_f32 is None else db2_f32).to(w2.dtype)
         return (dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None)
 
 
