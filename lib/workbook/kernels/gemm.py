@@ -48,7 +48,7 @@ _GPU_CONFIGS = [
     _cfg(64, 64, 32, 4, 4),  # small problems and fp32 (IEEE dot runs on CUDA cores)
 ]
 _INTERP_CONFIG = _cfg(32, 64, 32, 4, 1, group=4)
-_KEY = ["M", "N", "K", "EPILOGUE", "STORE_AUX", "STORE_ACT"]
+_KEY = ["M", "N", "K", "EPILOGUE", "STORE_AUX", "STORE_ACT", "COLSUM"]
 
 
 def _prune(configs, named_args, **kwargs):
