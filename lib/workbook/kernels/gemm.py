@@ -218,11 +218,11 @@ def _check(a, b):
         raise ValueError(f"gemm operands differ in dtype: {a.dtype} and {b.dtype}")
 
 
-def _launch(a, b, bias, c, aux, act, sums, epilogue, store_aux):
+def _launch(a, b, bias, c, aux, act, sums, epilogue):
     M, K = a.shape
     N = b.shape[1]
     aux_arg = aux if aux is not None else c
-    flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=bool(store_aux and epilogue != "gelu_grad"),
+    flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=aux is not None and epilogue != "gelu_grad",
                  STORE_ACT=act is not None, COLSUM=sums is not None, OUT_BF16=c.dtype == torch.bfloat16,
                  INTERPRET=INTERPRET)
     ptrs = (bias if bias is not None else c, c, aux_arg, act if act is not None else c, sums if sums is not None else c)
@@ -262,7 +262,7 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, 
         aux = torch.empty((M, N), device=a.device, dtype=a.dtype)
     else:
         aux = None
-    _launch(a, b, bias, c, aux, None, None, epilogue, store_aux)
+    _launch(a, b, bias, c, aux, None, None, epilogue)
     return c, (aux if epilogue != "gelu_grad" else None)
 
 
@@ -282,5 +282,5 @@ def gemm_gelu_backward(dout: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor):
     dpre = torch.empty_like(pre)
     act = torch.empty_like(pre)
     sums = torch.empty((triton.cdiv(M, SUM_ROWS), N), device=pre.device, dtype=torch.float32)
-    _launch(dout, w2, None, dpre, pre, act, sums, "gelu_grad", False)
+    _launch(dout, w2, None, dpre, pre, act, sums, "gelu_grad")
     return dpre, act, sums.sum(0)

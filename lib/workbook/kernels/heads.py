@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .gemm import gemm
-from .layernorm import ln_backward, ln_forward
+from .layernorm import ln_backward, ln_forward, ln_output
 from .runtime import sm_count
 
 
@@ -99,9 +99,7 @@ class LNQKVHeadsFn(torch.autograd.Function):
     def backward(ctx, dq, dk, dv):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
-        if y is None:
-            y = ln_forward(x2, ln_w, ln_b, ctx.eps, stats=False)[0]
-        dw = d2.t() @ y
+        dw = d2.t() @ ln_output(x2, y, ln_w, ln_b, ctx.eps)
         dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
         b, h, s, _ = dq.shape
         db = None if db is None else db.to(weight.dtype)

@@ -131,6 +131,11 @@ def ln_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     return y.view(x.shape), (mean if stats else None), (rstd if stats else None)
 
 
+def ln_output(x: torch.Tensor, stored: torch.Tensor | None, weight, bias, eps: float) -> torch.Tensor:
+    """The LayerNorm output a fused node's backward needs: the one it stored, or recomputed from its input."""
+    return stored if stored is not None else ln_forward(x, weight, bias, eps, stats=False)[0]
+
+
 def _ln_bwd(dy, x, weight, mean, rstd, dres):
     x2 = _rows(x)
     dy2 = _rows(dy)

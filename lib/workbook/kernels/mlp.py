@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .activations import gelu_tanh, gelu_tanh_grad, to_out
 from .gemm import gemm, gemm_gelu_backward
-from .layernorm import ln_backward, ln_backward_residual, ln_forward
+from .layernorm import ln_backward, ln_backward_residual, ln_forward, ln_output
 from .runtime import INTERPRET
 
 
@@ -117,13 +117,6 @@ def linear_gelu_reference(x, weight, bias=None):
 
 
 # ------------------------------------------------------------------------- (LayerNorm +) fc1 + GELU + fc2
-def _norm(ctx, x2, y, mean, rstd, ln_w, ln_b):
-    """The LayerNorm output for backward: stored, or recomputed from the block input and fp32 statistics."""
-    if y is not None:
-        return y
-    return ln_forward(x2, ln_w, ln_b, ctx.eps, stats=False)[0]
-
-
 class MLPFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual):
@@ -148,7 +141,7 @@ class MLPFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, w1, w2, pre = ctx.saved_tensors
         d2 = _flat(dout)
-        y = _norm(ctx, x2, y, mean, rstd, ln_w, ln_b)
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
         else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
@@ -211,7 +204,7 @@ class LNLinearFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         d2 = _flat(dout)
-        y = _norm(ctx, x2, y, mean, rstd, ln_w, ln_b)
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
         dw = d2.t() @ y
         db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
         dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
