@@ -20,8 +20,9 @@ from workbook.kernels.gemm import gemm, gemm_gelu_backward  # noqa: E402
 from workbook.kernels.heads import ln_qkv_heads, ln_qkv_heads_reference, pack_heads  # noqa: E402
 from workbook.kernels.layernorm import (MAX_HIDDEN, layer_norm, layer_norm_reference, ln_backward,  # noqa: E402
                                        ln_backward_residual, ln_forward)
-from workbook.kernels.mlp import (linear_gelu, linear_gelu_reference, ln_linear, ln_mlp, mlp,  # noqa: E402
-                                  mlp_reference, qkv, qkv_reference, qkv_weights)
+from workbook.kernels.mlp import (linear_gelu, linear_gelu_reference, linear_residual,  # noqa: E402
+                                  linear_residual_reference, ln_linear, ln_mlp, mlp, mlp_reference, qkv,
+                                  qkv_reference, qkv_weights)
 
 # Where the small tests run: the interpreter on a CPU, or the GPU when there is one (conftest sets the
 # interpreter only without CUDA).
@@ -173,6 +174,35 @@ def test_gemm_gelu_grad_epilogue(dtype, M, K, N):
     assert aux is None and c.shape == (M, N) and c.dtype == dtype
     ref = gelu_grad_ref(dout.double() @ w2.double(), pre.double())
     check_rule("dpre", c, gelu_grad_ref(dout @ w2, pre), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("M,K,N", [(37, 24, 40), (9, 100, 72)])
+def test_gemm_residual_epilogue(dtype, M, K, N):
+    """``res + a @ W.T + b`` with the residual added to the fp32 accumulator: within the 2x rule of eager."""
+    a = rand(M, K, dtype=dtype, seed=10)
+    w, b = linear_params(N, K, dtype, seed=11)
+    res = rand(M, N, dtype=dtype, scale=3.0, seed=12)
+    c, aux = gemm(a, w.t(), b, epilogue="residual", aux=res)
+    assert aux is None and c.shape == (M, N) and c.dtype == dtype
+    ref = res.double() + F.linear(a.double(), w.double(), b.double())
+    check_rule("c", c, linear_residual_reference(a, w, b, res), ref, dtype)
+    with pytest.raises(ValueError, match="needs aux, the \\[M, N\\] residual"):
+        gemm(a, w.t(), b, epilogue="residual")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_linear_residual(dtype):
+    x = rand(2, 9, D, dtype=dtype, seed=13)
+    w, b = linear_params(D, D, dtype, seed=14)
+    res = rand(2, 9, D, dtype=dtype, scale=2.0, seed=15)
+    dout = rand(2, 9, D, dtype=dtype, seed=16)
+    check_fwd_bwd(["out", "dx", "dw", "db", "dres"], linear_residual, linear_residual_reference, [x, w, b, res],
+                  dout, dtype)
+    # a bias that needs no gradient gets none computed (the encoder takes out_proj's elsewhere)
+    xs, ws = x.requires_grad_(), w.requires_grad_()
+    linear_residual(xs, ws, b, res).backward(dout)
+    assert b.grad is None and ws.grad is not None
 
 
 def check_gelu_backward(dpre, act, db, dout, w2, pre, dtype):
@@ -447,11 +477,12 @@ def ln_mlp_residual_reference(x, ln_w, ln_b, eps, w1, b1, w2, b2):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_ln_mlp_residual(dtype):
+@pytest.mark.parametrize("residual_gemm", [False, True], ids=["cublas-add", "triton-epilogue"])
+def test_ln_mlp_residual(dtype, residual_gemm):
     """``x + mlp(layer_norm(x))`` as one node: the residual's gradient and fc2's bias gradient come from the
-    LayerNorm backward pass."""
+    LayerNorm backward pass; the residual is added after fc2 or in its GEMM's epilogue."""
     inputs, dout = ln_mlp_inputs(dtype, shape=(2, 37, D))
-    fn = lambda *a: ln_mlp(*a, residual=True)  # noqa: E731
+    fn = lambda *a: ln_mlp(*a, residual=True, residual_gemm=residual_gemm)  # noqa: E731
     check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_residual_reference, inputs, dout, dtype)
 
 
@@ -471,13 +502,26 @@ def test_ln_linear(dtype, triton_gemm):
                   [x, ln_w, ln_b, EPS, w, b], dout, dtype)
 
 
+def same_but_bias_grad(a, b, dtype, bias_at=6):
+    """Every output bit-identical, except the linear layer's bias gradient: recomputing, it comes out of the
+    weight-gradient GEMM (bias column) rather than a reduction, so only its summation order differs."""
+    for i, (p, q) in enumerate(zip(a, b)):
+        if p is None or q is None:
+            assert p is None and q is None
+        elif i == bias_at:
+            ulp = torch.finfo(dtype).eps * q.abs().max().item()
+            torch.testing.assert_close(p, q, rtol=torch.finfo(dtype).eps, atol=ulp)
+        else:
+            assert torch.equal(p, q), f"output {i} differs"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_recompute_norm_gives_identical_gradients(dtype):
     """Recomputing the LayerNorm output in backward gives the stored one's bits: same outputs, same grads."""
     inputs, dout = ln_mlp_inputs(dtype)
     a = run(lambda *t: ln_mlp(*t, recompute_norm=True), inputs, dout)
     b = run(lambda *t: ln_mlp(*t, recompute_norm=False), inputs, dout)
-    assert all((p is None and q is None) or torch.equal(p, q) for p, q in zip(a, b))
+    same_but_bias_grad(a, b, dtype)
 
     x, ln_w, ln_b = inputs[:3]
     w, bias = linear_params(3 * D, D, dtype, seed=66)
@@ -486,7 +530,7 @@ def test_recompute_norm_gives_identical_gradients(dtype):
     for triton_gemm in (False, True):
         a = run(lambda *t: ln_linear(*t, recompute_norm=True, triton_gemm=triton_gemm), args, d)
         b = run(lambda *t: ln_linear(*t, recompute_norm=False, triton_gemm=triton_gemm), args, d)
-        assert all((p is None and q is None) or torch.equal(p, q) for p, q in zip(a, b))
+        same_but_bias_grad(a, b, dtype)
 
 
 def qkv_split_reference(x, w, b):
@@ -562,6 +606,33 @@ def test_ln_qkv_heads(dtype, recompute_norm, triton_gemm):
     assert tri[1].shape == x.shape
     with pytest.raises(ValueError, match="3 x heads"):
         ln_qkv_heads(x, ln_w, ln_b, EPS, w[:-1], b, H)
+
+
+def attention_half(qkv_fn):
+    """``x + out_proj(SDPA(q, k, v))`` around a q/k/v function (the first half of an encoder layer)."""
+    def f(x, ln_w, ln_b, eps, w, b, heads, wo, bo):
+        B, S, n = x.shape
+        if qkv_fn is ln_qkv_heads:  # the fused node passes x through and owns out_proj's bias gradient
+            q, k, v, res = ln_qkv_heads(x, ln_w, ln_b, eps, w, b, heads, residual_bias=bo)
+            bo = bo.detach()
+        else:
+            (q, k, v), res = qkv_fn(x, ln_w, ln_b, eps, w, b, heads), x
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, S, n)
+        return res + F.linear(o, wo, bo)
+    return f
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_ln_qkv_heads_residual(dtype):
+    """The residual's gradient added to dx in LN1's backward and out_proj's bias gradient taken there."""
+    H = 3
+    x = rand(2, 9, D, dtype=dtype, scale=2.0, seed=116)
+    ln_w, ln_b = ln_params(D, dtype, seed=117)
+    w, b = linear_params(3 * D, D, dtype, seed=118)
+    wo, bo = linear_params(D, D, dtype, seed=119)
+    dout = rand(2, 9, D, dtype=dtype, seed=120)
+    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db", None, "dwo", "dbo"], attention_half(ln_qkv_heads),
+                  attention_half(ln_qkv_heads_reference), [x, ln_w, ln_b, EPS, w, b, H, wo, bo], dout, dtype)
 
 
 # ------------------------------------------------------------------------ GPU: so400m sizes, bf16/fp32

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .gemm import gemm
-from .layernorm import ln_backward, ln_forward, ln_output
+from .layernorm import linear_grads, ln_backward, ln_backward_residual, ln_forward
 from .runtime import sm_count
 
 
@@ -84,38 +84,55 @@ def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_gra
 
 class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm):
+    def forward(ctx, x, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm, res_bias):
         b, s, n = x.shape
         x2 = x.reshape(b * s, n)
         y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
         out = gemm(y, weight.t(), bias)[0] if triton_gemm else F.linear(y, weight, bias)
         ctx.save_for_backward(x2, None if recompute_norm else y, mean, rstd, ln_w, ln_b, weight)
-        ctx.eps, ctx.has_bias = eps, bias is not None
+        ctx.eps, ctx.has_bias, ctx.residual = eps, bias is not None, res_bias is not None
         d = weight.shape[0] // (3 * heads)
         q, k, v = out.view(b, s, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        return q, k, v
+        return (q, k, v, x) if ctx.residual else (q, k, v)
 
     @staticmethod
-    def backward(ctx, dq, dk, dv):
+    def backward(ctx, dq, dk, dv, dres=None):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
-        d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
-        dw = d2.t() @ ln_output(x2, y, ln_w, ln_b, ctx.eps)
-        dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
+        # the bias gradient comes from the weight-gradient GEMM when y is recomputed, else from the pack
+        d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias and y is not None)
+        dw, db_gemm = linear_grads(d2, x2, y, ln_w, ln_b, ctx.eps, ctx.has_bias and y is None)
+        db = db_gemm if db is None else db.to(weight.dtype)
+        dy = d2 @ weight
+        del d2
         b, h, s, _ = dq.shape
-        db = None if db is None else db.to(weight.dtype)
-        return dx.view(b, s, -1), dln_w, dln_b, None, dw, db, None, None, None
+        dres_sum = None
+        if ctx.residual:  # dx = dres + LN'(dy); dres's column sum is the residual branch's output bias grad
+            dx, dln_w, dln_b, dres_sum = ln_backward_residual(dy, x2, ln_w, mean, rstd, dres.reshape(x2.shape))
+            dres_sum = dres_sum.to(weight.dtype)
+        else:
+            dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
+        return dx.view(b, s, -1), dln_w, dln_b, None, dw, db, None, None, None, dres_sum
 
 
 def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm: bool = True,
-                 triton_gemm: bool = False):
+                 triton_gemm: bool = False, residual_bias: torch.Tensor | None = None):
     """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)`` for x ``[B, S, hidden]`` and the
     ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node;
-    ``triton_gemm`` runs the projection in the Triton GEMM instead of cuBLAS."""
+    ``triton_gemm`` runs the projection in the Triton GEMM instead of cuBLAS.
+
+    With ``residual_bias`` (the bias of the attention's output projection) it returns ``(q, k, v, res)``:
+    ``res`` is x passed through for the residual connection ``res + out_proj(attention)``. Its gradient then
+    reaches this node's backward, which adds it to dx inside the LayerNorm backward pass (no separate
+    accumulation of x's two gradients) and returns its column sum as ``residual_bias``'s gradient; the
+    caller must therefore add that bias without recording its gradient (``F.linear(o, w, b.detach())``),
+    or it would be counted twice.
+    """
     if x.dim() != 3:
         raise ValueError(f"ln_qkv_heads needs x as [batch, seq, hidden], got {tuple(x.shape)}")
     if weight.shape[0] % (3 * heads):
         raise ValueError(f"weight's {weight.shape[0]} rows are not 3 x heads ({heads}) x head_dim")
-    return LNQKVHeadsFn.apply(x.contiguous(), ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm)
+    return LNQKVHeadsFn.apply(x.contiguous(), ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm,
+                              residual_bias)
 
 
 def ln_qkv_heads_reference(x, ln_w, ln_b, eps, weight, bias, heads: int):

@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .activations import gelu_tanh, gelu_tanh_grad, to_out
 from .gemm import gemm, gemm_gelu_backward
-from .layernorm import ln_backward, ln_backward_residual, ln_forward, ln_output
+from .layernorm import linear_grads, ln_backward, ln_backward_residual, ln_forward, ln_output
 from .runtime import INTERPRET
 
 
@@ -64,18 +64,19 @@ def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, OUT_BF16: tl.const
     tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
-def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor):
+def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, bias_grad: bool = True):
     """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's bias
-    gradient ``sum(dpre, 0)`` in fp32. (Column sums inside the pass were slower, on an H100 and again on an
-    H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
-    65536 x 4304.)"""
+    gradient ``sum(dpre, 0)`` in fp32 (None without ``bias_grad``: the fused MLP takes it from the weight
+    gradient's GEMM, see :func:`workbook.kernels.layernorm.linear_grads`). (Column sums inside the pass were
+    slower, on an H100 and again on an H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this
+    flat pass plus a torch reduction at 65536 x 4304.)"""
     dact, pre = dact.contiguous(), pre.contiguous()
     dpre, act = torch.empty_like(pre), torch.empty_like(pre)
     n = pre.numel()
     block = 256 if INTERPRET else 2048
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, OUT_BF16=pre.dtype == torch.bfloat16,
                                                INTERPRET=INTERPRET, BLOCK=block, num_warps=8)
-    return dpre, act, dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32)
+    return dpre, act, (dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32) if bias_grad else None)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ def linear_gelu_reference(x, weight, bias=None):
 # ------------------------------------------------------------------------- (LayerNorm +) fc1 + GELU + fc2
 class MLPFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual):
+    def forward(ctx, x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual, residual_gemm):
         x2 = _flat(x)
         has_ln = ln_w is not None
         if has_ln:
@@ -127,10 +128,13 @@ class MLPFn(torch.autograd.Function):
         else:
             y, mean, rstd = x2, None, None
         act, pre = gemm(y, w1.t(), b1, epilogue="gelu", store_aux=True)
-        out = F.linear(act, w2, b2)
+        if residual and residual_gemm:  # x + fc2(act) in the Triton GEMM's epilogue
+            out = gemm(act, w2.t(), b2, epilogue="residual", aux=x2)[0]
+        else:
+            out = F.linear(act, w2, b2)
+            if residual:
+                out += x2
         del act  # not saved: recomputed from ``pre`` in backward
-        if residual:
-            out += x2
         keep_y = None if (has_ln and recompute_norm) else y
         ctx.save_for_backward(x2, keep_y, mean, rstd, ln_w, ln_b, w1, w2, pre)
         ctx.eps, ctx.has_ln, ctx.has_b, ctx.dgrad_gemm = eps, has_ln, (b1 is not None, b2 is not None), dgrad_gemm
@@ -141,15 +145,19 @@ class MLPFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, w1, w2, pre = ctx.saved_tensors
         d2 = _flat(dout)
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
+        # with a recomputed LayerNorm output, fc1's bias gradient comes out of its weight-gradient GEMM
+        db1_in_gemm = ctx.has_ln and y is None and ctx.has_b[0] and not ctx.dgrad_gemm
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
-        else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
-            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre)
+        else:  # cuBLAS data gradient, then one Triton pass for GELU' and the recomputed activation
+            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, bias_grad=ctx.has_b[0] and not db1_in_gemm)
         dw2 = d2.t() @ act
         del act
-        dw1 = dpre.t() @ y
-        db1 = db1.to(w1.dtype) if ctx.has_b[0] else None
+        if db1_in_gemm:
+            dw1, db1 = linear_grads(dpre, x2, None, ln_w, ln_b, ctx.eps, True)
+        else:
+            dw1 = dpre.t() @ ln_output(x2, y, ln_w, ln_b, ctx.eps)
+            db1 = db1.to(w1.dtype) if ctx.has_b[0] else None
         dy = dpre @ w1
         del dpre
         dln_w = dln_b = db2_f32 = None
@@ -162,7 +170,8 @@ class MLPFn(torch.autograd.Function):
         db2 = None
         if ctx.has_b[1]:
             db2 = (d2.sum(0, dtype=torch.float32) if db2_f32 is None else db2_f32).to(w2.dtype)
-        return (dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None)
+        return (dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None,
+                None)
 
 
 def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
@@ -174,7 +183,7 @@ def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
     fused GEMM, whose epilogue (a load, two stores and column sums) is not hidden behind the main loop, though
     the same GEMM with no epilogue matches cuBLAS (1.05 ms).
     """
-    return MLPFn.apply(x, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, False)
+    return MLPFn.apply(x, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, False, False)
 
 
 def mlp_reference(x, w1, b1, w2, b2):
@@ -182,11 +191,12 @@ def mlp_reference(x, w1, b1, w2, b2):
 
 
 def ln_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True, dgrad_gemm: bool = False,
-           residual: bool = False):
+           residual: bool = False, residual_gemm: bool = False):
     """``mlp(layer_norm(x))`` as one autograd node (the second half of an encoder layer); with ``residual``
     ``x + mlp(layer_norm(x))``, whose backward adds the residual's gradient and sums fc2's bias gradient in
-    the LayerNorm backward pass instead of two more passes over memory."""
-    return MLPFn.apply(x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual)
+    the LayerNorm backward pass instead of two more passes over memory. ``residual_gemm`` adds the residual
+    in fc2's GEMM (Triton, ``residual`` epilogue) rather than after cuBLAS's."""
+    return MLPFn.apply(x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual, residual_gemm)
 
 
 # ------------------------------------------------------------------------------ LayerNorm + linear (QKV)
@@ -204,9 +214,7 @@ class LNLinearFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         d2 = _flat(dout)
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
-        dw = d2.t() @ y
-        db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
+        dw, db = linear_grads(d2, x2, y, ln_w, ln_b, ctx.eps, ctx.has_bias)
         dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
         return dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw, db, None, None
 
@@ -248,3 +256,32 @@ class _GemmFn(torch.autograd.Function):
         x2, weight = ctx.saved_tensors
         db = d.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
         return d @ weight, d.t() @ x2, db
+
+
+class LinearResidualFn(torch.autograd.Function):
+    """``res + linear(x, weight, bias)`` in the Triton GEMM's residual epilogue (backward through cuBLAS)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, res):
+        x2 = _flat(x)
+        ctx.save_for_backward(x2, weight)
+        out = gemm(x2, weight.t(), bias, epilogue="residual", aux=_flat(res))[0]
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, dout):
+        x2, weight = ctx.saved_tensors
+        d2 = _flat(dout)
+        dx = (d2 @ weight).view(*dout.shape[:-1], weight.shape[1])
+        db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.needs_input_grad[2] else None
+        return dx, d2.t() @ x2, db, dout
+
+
+def linear_residual(x, weight, bias, res):
+    """``res + F.linear(x, weight, bias)`` with one rounding; no bias gradient is computed for a bias that does
+    not require one (the encoder's out_proj, whose bias gradient LN1's backward takes, see ``ln_qkv_heads``)."""
+    return LinearResidualFn.apply(x, weight, bias, res)
+
+
+def linear_residual_reference(x, weight, bias, res):
+    return res + F.linear(x, weight, bias)

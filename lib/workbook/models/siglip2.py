@@ -6,6 +6,7 @@ names as transformers' ``Siglip2VisionModel`` (so ``load_state_dict`` takes its 
 without the older ``vision_model.`` prefix) and differs only in how each block computes:
 
 - LayerNorm + fused QKV projection + head split in one autograd node, then attention through torch SDPA;
+  that node's backward also takes the attention residual's gradient and out_proj's bias gradient;
 - LayerNorm + fused MLP + residual in one node (GELU on the fp32 accumulator, activation recomputed in
   backward, the residual's gradient and fc2's bias gradient taken in the LayerNorm backward pass);
 - the NaFlex position table resized once per distinct patch grid in the batch rather than once per image
@@ -72,12 +73,15 @@ def hf_model(cfg, *, seed: int = 0, dtype=torch.float32, device="cpu", attn: str
 @dataclass(frozen=True)
 class FusedOptions:
     """How the fused model computes: ``recompute_norm`` (LayerNorm outputs recomputed in backward),
-    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS) and ``dgrad_gemm`` (GELU' fused into fc2's
-    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
+    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS), ``dgrad_gemm`` (GELU' fused into fc2's
+    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass) and ``residual_gemm``
+    (out_proj and fc2 in the Triton GEMM with the residual added in its epilogue, rather than cuBLAS + an
+    add)."""
 
     recompute_norm: bool = True
     qkv_triton: bool = False
     dgrad_gemm: bool = False
+    residual_gemm: bool = False
 
 
 class _Attention(nn.Module):
@@ -115,18 +119,26 @@ class FusedEncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         from workbook.kernels.heads import ln_qkv_heads
-        from workbook.kernels.mlp import ln_mlp, qkv_weights
+        from workbook.kernels.mlp import linear_residual, ln_mlp, qkv_weights
 
         a, ln1, ln2, opt = self.self_attn, self.layer_norm1, self.layer_norm2, self.options
         b, s, d = x.shape
         w, bias = qkv_weights(a.q_proj, a.k_proj, a.v_proj)
-        q, k, v = ln_qkv_heads(x, ln1.weight, ln1.bias, self.eps, w, bias, a.num_heads,
-                               recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton)
+        out_w, out_b = a.out_proj.weight, a.out_proj.bias
+        q, k, v, x = ln_qkv_heads(x, ln1.weight, ln1.bias, self.eps, w, bias, a.num_heads,
+                                  recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton,
+                                  residual_bias=out_b)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.head_dim ** -0.5)
-        x = x + a.out_proj(o.transpose(1, 2).reshape(b, s, d))
+        # out_proj's bias gradient is the residual gradient's column sum, taken in LN1's backward (ln_qkv_heads)
+        o = o.transpose(1, 2).reshape(b, s, d)
+        if opt.residual_gemm:
+            x = linear_residual(o, out_w, out_b.detach(), x)
+        else:
+            x = x + F.linear(o, out_w, out_b.detach())
         m = self.mlp
         return ln_mlp(x, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
-                      recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm, residual=True)
+                      recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm, residual=True,
+                      residual_gemm=opt.residual_gemm)
 
 
 class _Encoder(nn.Module):
