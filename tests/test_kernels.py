@@ -18,11 +18,10 @@ pytest.importorskip("triton", reason="triton is an optional extra ('.[triton]')"
 from workbook.kernels import runtime  # noqa: E402
 from workbook.kernels.gemm import gemm, gemm_gelu_backward  # noqa: E402
 from workbook.kernels.heads import ln_qkv_heads, ln_qkv_heads_reference, pack_heads  # noqa: E402
-from workbook.kernels.layernorm import (MAX_HIDDEN, layer_norm, layer_norm_reference, ln_backward,  # noqa: E402
-                                       ln_backward_residual, ln_forward)
-from workbook.kernels.mlp import (linear_gelu, linear_gelu_reference, linear_residual,  # noqa: E402
-                                  linear_residual_reference, ln_linear, ln_mlp, mlp, mlp_reference, qkv,
-                                  qkv_reference, qkv_weights)
+from workbook.kernels.layernorm import (MAX_HIDDEN, add_ln_forward, layer_norm, layer_norm_reference,  # noqa: E402
+                                       ln_backward, ln_backward_residual, ln_forward)
+from workbook.kernels.mlp import (add_ln_mlp, add_ln_mlp_reference, linear_gelu, linear_gelu_reference,  # noqa: E402
+                                  ln_linear, ln_mlp, mlp, mlp_reference, qkv, qkv_reference, qkv_weights)
 
 # Where the small tests run: the interpreter on a CPU, or the GPU when there is one (conftest sets the
 # interpreter only without CUDA).
@@ -174,35 +173,6 @@ def test_gemm_gelu_grad_epilogue(dtype, M, K, N):
     assert aux is None and c.shape == (M, N) and c.dtype == dtype
     ref = gelu_grad_ref(dout.double() @ w2.double(), pre.double())
     check_rule("dpre", c, gelu_grad_ref(dout @ w2, pre), ref, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("M,K,N", [(37, 24, 40), (9, 100, 72)])
-def test_gemm_residual_epilogue(dtype, M, K, N):
-    """``res + a @ W.T + b`` with the residual added to the fp32 accumulator: within the 2x rule of eager."""
-    a = rand(M, K, dtype=dtype, seed=10)
-    w, b = linear_params(N, K, dtype, seed=11)
-    res = rand(M, N, dtype=dtype, scale=3.0, seed=12)
-    c, aux = gemm(a, w.t(), b, epilogue="residual", aux=res)
-    assert aux is None and c.shape == (M, N) and c.dtype == dtype
-    ref = res.double() + F.linear(a.double(), w.double(), b.double())
-    check_rule("c", c, linear_residual_reference(a, w, b, res), ref, dtype)
-    with pytest.raises(ValueError, match="needs aux, the \\[M, N\\] residual"):
-        gemm(a, w.t(), b, epilogue="residual")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_linear_residual(dtype):
-    x = rand(2, 9, D, dtype=dtype, seed=13)
-    w, b = linear_params(D, D, dtype, seed=14)
-    res = rand(2, 9, D, dtype=dtype, scale=2.0, seed=15)
-    dout = rand(2, 9, D, dtype=dtype, seed=16)
-    check_fwd_bwd(["out", "dx", "dw", "db", "dres"], linear_residual, linear_residual_reference, [x, w, b, res],
-                  dout, dtype)
-    # a bias that needs no gradient gets none computed (the encoder takes out_proj's elsewhere)
-    xs, ws = x.requires_grad_(), w.requires_grad_()
-    linear_residual(xs, ws, b, res).backward(dout)
-    assert b.grad is None and ws.grad is not None
 
 
 def check_gelu_backward(dpre, act, db, dout, w2, pre, dtype):
@@ -477,12 +447,11 @@ def ln_mlp_residual_reference(x, ln_w, ln_b, eps, w1, b1, w2, b2):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("residual_gemm", [False, True], ids=["cublas-add", "triton-epilogue"])
-def test_ln_mlp_residual(dtype, residual_gemm):
+def test_ln_mlp_residual(dtype):
     """``x + mlp(layer_norm(x))`` as one node: the residual's gradient and fc2's bias gradient come from the
-    LayerNorm backward pass; the residual is added after fc2 or in its GEMM's epilogue."""
+    LayerNorm backward pass."""
     inputs, dout = ln_mlp_inputs(dtype, shape=(2, 37, D))
-    fn = lambda *a: ln_mlp(*a, residual=True, residual_gemm=residual_gemm)  # noqa: E731
+    fn = lambda *a: ln_mlp(*a, residual=True)  # noqa: E731
     check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_residual_reference, inputs, dout, dtype)
 
 
@@ -502,26 +471,13 @@ def test_ln_linear(dtype, triton_gemm):
                   [x, ln_w, ln_b, EPS, w, b], dout, dtype)
 
 
-def same_but_bias_grad(a, b, dtype, bias_at=6):
-    """Every output bit-identical, except the linear layer's bias gradient: recomputing, it comes out of the
-    weight-gradient GEMM (bias column) rather than a reduction, so only its summation order differs."""
-    for i, (p, q) in enumerate(zip(a, b)):
-        if p is None or q is None:
-            assert p is None and q is None
-        elif i == bias_at:
-            ulp = torch.finfo(dtype).eps * q.abs().max().item()
-            torch.testing.assert_close(p, q, rtol=torch.finfo(dtype).eps, atol=ulp)
-        else:
-            assert torch.equal(p, q), f"output {i} differs"
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_recompute_norm_gives_identical_gradients(dtype):
     """Recomputing the LayerNorm output in backward gives the stored one's bits: same outputs, same grads."""
     inputs, dout = ln_mlp_inputs(dtype)
     a = run(lambda *t: ln_mlp(*t, recompute_norm=True), inputs, dout)
     b = run(lambda *t: ln_mlp(*t, recompute_norm=False), inputs, dout)
-    same_but_bias_grad(a, b, dtype)
+    assert all((p is None and q is None) or torch.equal(p, q) for p, q in zip(a, b))
 
     x, ln_w, ln_b = inputs[:3]
     w, bias = linear_params(3 * D, D, dtype, seed=66)
@@ -530,7 +486,7 @@ def test_recompute_norm_gives_identical_gradients(dtype):
     for triton_gemm in (False, True):
         a = run(lambda *t: ln_linear(*t, recompute_norm=True, triton_gemm=triton_gemm), args, d)
         b = run(lambda *t: ln_linear(*t, recompute_norm=False, triton_gemm=triton_gemm), args, d)
-        same_but_bias_grad(a, b, dtype)
+        assert all((p is None and q is None) or torch.equal(p, q) for p, q in zip(a, b))
 
 
 def qkv_split_reference(x, w, b):
@@ -608,31 +564,68 @@ def test_ln_qkv_heads(dtype, recompute_norm, triton_gemm):
         ln_qkv_heads(x, ln_w, ln_b, EPS, w[:-1], b, H)
 
 
-def attention_half(qkv_fn):
-    """``x + out_proj(SDPA(q, k, v))`` around a q/k/v function (the first half of an encoder layer)."""
-    def f(x, ln_w, ln_b, eps, w, b, heads, wo, bo):
-        B, S, n = x.shape
-        if qkv_fn is ln_qkv_heads:  # the fused node passes x through and owns out_proj's bias gradient
-            q, k, v, res = ln_qkv_heads(x, ln_w, ln_b, eps, w, b, heads, residual_bias=bo)
-            bo = bo.detach()
-        else:
-            (q, k, v), res = qkv_fn(x, ln_w, ln_b, eps, w, b, heads), x
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, S, n)
-        return res + F.linear(o, wo, bo)
-    return f
+def attention_half(x, branch, ln_w, ln_b, eps, w, b, heads, wo, bo):
+    """``h + out_proj(SDPA(q, k, v))`` for ``h = x + branch`` on the fused node (the first half of an encoder
+    layer): the node adds branch in its LayerNorm pass, passes h through and owns out_proj's bias gradient."""
+    B, S, n = x.shape
+    q, k, v, res = ln_qkv_heads(x, ln_w, ln_b, eps, w, b, heads, residual_bias=bo, branch=branch)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, S, n)
+    return res + F.linear(o, wo, bo.detach())
+
+
+def attention_half_reference(x, branch, ln_w, ln_b, eps, w, b, heads, wo, bo):
+    h = x + branch if branch is not None else x
+    q, k, v = ln_qkv_heads_reference(h, ln_w, ln_b, eps, w, b, heads)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(*x.shape)
+    return h + F.linear(o, wo, bo)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_ln_qkv_heads_residual(dtype):
-    """The residual's gradient added to dx in LN1's backward and out_proj's bias gradient taken there."""
+@pytest.mark.parametrize("with_branch", [False, True], ids=["x", "x+branch"])
+def test_ln_qkv_heads_residual(dtype, with_branch):
+    """The residual's gradient added to dx in LN1's backward, out_proj's bias gradient taken there, and (with
+    a branch) the previous block's residual add done in the LayerNorm pass."""
     H = 3
     x = rand(2, 9, D, dtype=dtype, scale=2.0, seed=116)
+    branch = rand(2, 9, D, dtype=dtype, seed=121) if with_branch else None
     ln_w, ln_b = ln_params(D, dtype, seed=117)
     w, b = linear_params(3 * D, D, dtype, seed=118)
     wo, bo = linear_params(D, D, dtype, seed=119)
     dout = rand(2, 9, D, dtype=dtype, seed=120)
-    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db", None, "dwo", "dbo"], attention_half(ln_qkv_heads),
-                  attention_half(ln_qkv_heads_reference), [x, ln_w, ln_b, EPS, w, b, H, wo, bo], dout, dtype)
+    names = ["out", "dx", "dbranch" if with_branch else None, "dln_w", "dln_b", None, "dw", "db", None, "dwo", "dbo"]
+    tri = check_fwd_bwd(names, attention_half, attention_half_reference,
+                        [x, branch, ln_w, ln_b, EPS, w, b, H, wo, bo], dout, dtype)
+    if with_branch:  # x and branch reach the sum alike: one gradient
+        assert torch.equal(tri[1], tri[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_add_ln_forward(dtype):
+    """h = x + a rounded as eager's add, and LayerNorm of that h: both within the 2x rule of eager."""
+    x = rand(37, D, dtype=dtype, scale=2.0, shift=0.3, seed=122)
+    a = rand(37, D, dtype=dtype, seed=123)
+    ln_w, ln_b = ln_params(D, dtype, seed=124)
+    h, y, mean, rstd = add_ln_forward(x, a, ln_w, ln_b, EPS)
+    assert torch.equal(h, x + a)
+    y_plain, mean_plain, rstd_plain = ln_forward(x + a, ln_w, ln_b, EPS)
+    assert torch.equal(y, y_plain) and torch.equal(mean, mean_plain) and torch.equal(rstd, rstd_plain)
+    with pytest.raises(ValueError, match="added before the LayerNorm"):
+        add_ln_forward(x, a[:-1], ln_w, ln_b, EPS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("recompute_norm", [True, False], ids=["recompute", "store"])
+def test_add_ln_mlp(dtype, recompute_norm):
+    """``(h, mlp(layer_norm(h)))`` for h = x + branch, consumed as a sum (as the next layer does) and as two
+    separate outputs with different gradients (fc2's bias gradient then is not dres's column sum)."""
+    inputs, dout = ln_mlp_inputs(dtype, shape=(2, 37, D))
+    branch = rand(2, 37, D, dtype=dtype, seed=125)
+    args = [inputs[0], branch] + inputs[1:]
+    fn = lambda *a: add_ln_mlp(*a, recompute_norm=recompute_norm)  # noqa: E731
+    names = ["out", "dx", "dbranch", "dln_w", "dln_b", None, "dw1", "db1", "dw2", "db2"]
+    check_fwd_bwd(names, lambda *a: sum(fn(*a)), lambda *a: sum(add_ln_mlp_reference(*a)), args, dout, dtype)
+    dh = rand(2, 37, D, dtype=dtype, seed=126)  # out = cat(h, mlp): h and the MLP output get their own gradients
+    check_fwd_bwd(names, fn, add_ln_mlp_reference, args, torch.cat([dh, dout], -1), dtype)
 
 
 # ------------------------------------------------------------------------ GPU: so400m sizes, bf16/fp32

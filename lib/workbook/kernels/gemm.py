@@ -7,8 +7,6 @@ output dtype:
 - ``gelu``: GELU(tanh) on the fp32 accumulator, optionally storing the pre-activation for backward;
 - ``gelu_rounded``: the control that rounds the pre-activation to the output dtype first, as eager
   ``F.gelu(F.linear(...))`` does (it must reproduce eager's error statistics);
-- ``residual``: add ``aux`` (the residual stream, ``[M, N]``) to the fp32 accumulator, so
-  ``x + linear(h)`` is one GEMM and one rounding instead of a GEMM and a pass over memory;
 - ``gelu_grad``: multiply the accumulator (dL/d activation) by GELU'(pre-activation) read from ``aux``,
   which is the backward of fc1's activation fused into fc2's data-gradient GEMM. :func:`gemm_gelu_backward`
   also writes the recomputed activation GELU(pre) (fc2's weight gradient needs it) and fc1's bias gradient
@@ -30,7 +28,7 @@ import triton.language as tl
 from .activations import gelu_tanh, gelu_tanh_grad, round_like_store, to_out
 from .runtime import INTERPRET, configs, sm_count
 
-EPILOGUES = ("none", "gelu", "gelu_rounded", "gelu_grad", "residual")
+EPILOGUES = ("none", "gelu", "gelu_rounded", "gelu_grad")
 SUM_ROWS = 32  # column sums are written per SUM_ROWS-row band, whatever tile height autotuning picks
 _SUM_ROWS = tl.constexpr(SUM_ROWS)
 
@@ -125,8 +123,6 @@ def _epilogue(acc, off_m, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_pt
         if STORE_AUX:
             tl.store(aux_ptr + aux_off, acc.to(aux_ptr.dtype.element_ty), mask=mask)
         acc = gelu_tanh(acc)
-    elif EPILOGUE == "residual":
-        acc += tl.load(aux_ptr + aux_off, mask=mask, other=0.0).to(tl.float32)
     elif EPILOGUE == "gelu_grad":
         pre = tl.load(aux_ptr + aux_off, mask=mask, other=0.0).to(tl.float32)
         if STORE_ACT:  # the activation fc2's weight gradient needs, recomputed where pre is already loaded
@@ -226,7 +222,7 @@ def _launch(a, b, bias, c, aux, act, sums, epilogue):
     M, K = a.shape
     N = b.shape[1]
     aux_arg = aux if aux is not None else c
-    flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=aux is not None and epilogue in ("gelu", "gelu_rounded"),
+    flags = dict(HAS_BIAS=bias is not None, EPILOGUE=epilogue, STORE_AUX=aux is not None and epilogue != "gelu_grad",
                  STORE_ACT=act is not None, COLSUM=sums is not None, OUT_BF16=c.dtype == torch.bfloat16,
                  INTERPRET=INTERPRET)
     ptrs = (bias if bias is not None else c, c, aux_arg, act if act is not None else c, sums if sums is not None else c)
@@ -252,25 +248,22 @@ def gemm(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, *, 
     """``epilogue(a @ b + bias)`` for a ``[M, K]`` and b ``[K, N]`` (any strides; pass ``weight.t()``).
 
     Returns ``(c, aux)``: with ``epilogue="gelu"`` and ``store_aux`` the pre-activation is returned as aux;
-    with ``"gelu_grad"`` ``aux`` must be the pre-activation ``[M, N]``, with ``"residual"`` the ``[M, N]``
-    tensor to add (aux is then returned as None).
+    with ``"gelu_grad"`` ``aux`` must be the pre-activation ``[M, N]``.
     """
     if epilogue not in EPILOGUES:
         raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
     _check(a, b)
     M, N = a.shape[0], b.shape[1]
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)
-    if epilogue in ("gelu_grad", "residual"):
+    if epilogue == "gelu_grad":
         if aux is None or aux.shape != (M, N):
-            raise ValueError(f"epilogue {epilogue!r} needs aux, the [M, N] "
-                             f"{'pre-activation' if epilogue == 'gelu_grad' else 'residual'}")
-        aux = aux if aux.stride(-1) == 1 else aux.contiguous()
+            raise ValueError("epilogue 'gelu_grad' needs aux, the [M, N] pre-activation")
     elif store_aux:
         aux = torch.empty((M, N), device=a.device, dtype=a.dtype)
     else:
         aux = None
     _launch(a, b, bias, c, aux, None, None, epilogue)
-    return c, (aux if epilogue in ("gelu", "gelu_rounded") else None)
+    return c, (aux if epilogue != "gelu_grad" else None)
 
 
 def gemm_gelu_backward(dout: torch.Tensor, w2: torch.Tensor, pre: torch.Tensor):

@@ -10,7 +10,11 @@ in fp32 on the way (fixed per-program partial sums, so it is deterministic), whi
 reduction over that gradient.
 
 The LayerNorm output is recomputed in backward from the block input and its fp32 statistics unless
-``recompute_norm=False`` (see :mod:`workbook.kernels.mlp`).
+``recompute_norm=False`` (see :mod:`workbook.kernels.mlp`). The node also owns the attention half's
+residual connection (see :func:`ln_qkv_heads`): the previous block's residual add happens in its LayerNorm
+pass, and the residual's gradient and out_proj's bias gradient are taken in its LayerNorm backward pass,
+so neither residual add of an encoder layer, nor the sum of the two gradients reaching a block's input,
+costs a pass over memory of its own.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .gemm import gemm
-from .layernorm import linear_grads, ln_backward, ln_backward_residual, ln_forward
+from .layernorm import add_ln_forward, ln_backward, ln_backward_residual, ln_forward, ln_output
 from .runtime import sm_count
 
 
@@ -84,55 +88,64 @@ def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_gra
 
 class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm, res_bias):
+    def forward(ctx, x, branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm, res_bias):
         b, s, n = x.shape
         x2 = x.reshape(b * s, n)
-        y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
+        if branch is not None:  # the previous block's deferred residual add, in this LayerNorm's pass
+            x2, y, mean, rstd = add_ln_forward(x2, branch.reshape(b * s, n), ln_w, ln_b, eps)
+        else:
+            y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
         out = gemm(y, weight.t(), bias)[0] if triton_gemm else F.linear(y, weight, bias)
         ctx.save_for_backward(x2, None if recompute_norm else y, mean, rstd, ln_w, ln_b, weight)
-        ctx.eps, ctx.has_bias, ctx.residual = eps, bias is not None, res_bias is not None
+        ctx.eps, ctx.has_bias, ctx.has_branch = eps, bias is not None, branch is not None
+        ctx.residual = res_bias is not None
         d = weight.shape[0] // (3 * heads)
         q, k, v = out.view(b, s, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        return (q, k, v, x) if ctx.residual else (q, k, v)
+        if not ctx.residual:
+            return q, k, v
+        return q, k, v, (x2.view(b, s, n) if branch is not None else x)
 
     @staticmethod
     def backward(ctx, dq, dk, dv, dres=None):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
-        # the bias gradient comes from the weight-gradient GEMM when y is recomputed, else from the pack
-        d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias and y is not None)
-        dw, db_gemm = linear_grads(d2, x2, y, ln_w, ln_b, ctx.eps, ctx.has_bias and y is None)
-        db = db_gemm if db is None else db.to(weight.dtype)
+        d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
+        dw = d2.t() @ ln_output(x2, y, ln_w, ln_b, ctx.eps)
         dy = d2 @ weight
         del d2
         b, h, s, _ = dq.shape
+        db = None if db is None else db.to(weight.dtype)
         dres_sum = None
         if ctx.residual:  # dx = dres + LN'(dy); dres's column sum is the residual branch's output bias grad
             dx, dln_w, dln_b, dres_sum = ln_backward_residual(dy, x2, ln_w, mean, rstd, dres.reshape(x2.shape))
             dres_sum = dres_sum.to(weight.dtype)
         else:
             dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
-        return dx.view(b, s, -1), dln_w, dln_b, None, dw, db, None, None, None, dres_sum
+        dx = dx.view(b, s, -1)
+        return (dx, dx if ctx.has_branch else None, dln_w, dln_b, None, dw, db, None, None, None, dres_sum)
 
 
 def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm: bool = True,
-                 triton_gemm: bool = False, residual_bias: torch.Tensor | None = None):
+                 triton_gemm: bool = False, residual_bias: torch.Tensor | None = None,
+                 branch: torch.Tensor | None = None):
     """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)`` for x ``[B, S, hidden]`` and the
     ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node;
     ``triton_gemm`` runs the projection in the Triton GEMM instead of cuBLAS.
 
-    With ``residual_bias`` (the bias of the attention's output projection) it returns ``(q, k, v, res)``:
-    ``res`` is x passed through for the residual connection ``res + out_proj(attention)``. Its gradient then
-    reaches this node's backward, which adds it to dx inside the LayerNorm backward pass (no separate
-    accumulation of x's two gradients) and returns its column sum as ``residual_bias``'s gradient; the
-    caller must therefore add that bias without recording its gradient (``F.linear(o, w, b.detach())``),
-    or it would be counted twice.
+    With ``branch`` the input is ``x + branch``, added in the LayerNorm pass (the previous block's residual
+    add, deferred by :func:`workbook.kernels.mlp.add_ln_mlp`). With ``residual_bias`` (the bias of the
+    attention's output projection) it returns ``(q, k, v, res)``: ``res`` is the input (x, or x + branch)
+    for the residual connection ``res + out_proj(attention)``. Its gradient then reaches this node's
+    backward, which adds it to dx inside the LayerNorm backward pass (no separate accumulation of the
+    input's two gradients) and returns its column sum as ``residual_bias``'s gradient; the caller must
+    therefore add that bias without recording its gradient (``F.linear(o, w, b.detach())``), or it would be
+    counted twice.
     """
     if x.dim() != 3:
         raise ValueError(f"ln_qkv_heads needs x as [batch, seq, hidden], got {tuple(x.shape)}")
     if weight.shape[0] % (3 * heads):
         raise ValueError(f"weight's {weight.shape[0]} rows are not 3 x heads ({heads}) x head_dim")
-    return LNQKVHeadsFn.apply(x.contiguous(), ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm,
-                              residual_bias)
+    return LNQKVHeadsFn.apply(x.contiguous(), branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm,
+                              triton_gemm, residual_bias)
 
 
 def ln_qkv_heads_reference(x, ln_w, ln_b, eps, weight, bias, heads: int):

@@ -1,5 +1,8 @@
 """LayerNorm forward and backward in Triton with fp32 statistics.
 
+:func:`add_ln_forward` also takes the residual add in front of a pre-norm block (``h = x + add``, then
+LayerNorm of h), writing h beside the output.
+
 Forward: a few rows per program (autotuned), mean and variance in fp32, ``mean``/``rstd`` saved in fp32
 (Liger saves them in the input dtype, so bf16 statistics get rounded; FlashAttention and the Triton
 tutorial keep fp32, as here). Backward: each program takes a block of 64 rows, writes ``dx`` and
@@ -38,18 +41,23 @@ def _prune(configs, named_args, **kwargs):
     return fit or [min(configs, key=lambda c: c.kwargs["ROWS"])]
 
 
-@triton.autotune(configs=configs(_FWD_CONFIGS, _INTERP_CONFIG), key=["M", "N", "STORE_STATS"],
+@triton.autotune(configs=configs(_FWD_CONFIGS, _INTERP_CONFIG), key=["M", "N", "STORE_STATS", "HAS_ADD"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, N_OUT, s_x, s_y, eps,
-                   STORE_STATS: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
-                   BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """``N_OUT > N``: columns ``N..N_OUT-1`` of y get a one then zeros (the bias column, see ln_output)."""
+def _ln_fwd_kernel(x_ptr, a_ptr, h_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, s_x, s_a, s_h, s_y, eps,
+                   HAS_ADD: tl.constexpr, STORE_STATS: tl.constexpr, OUT_BF16: tl.constexpr,
+                   INTERPRET: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """``HAS_ADD``: normalise ``h = x + a`` (rounded to the dtype, as eager's add is) and store h too."""
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     mc = cols < N
     m = (rows[:, None] < M) & mc[None, :]
     x = tl.load(x_ptr + rows[:, None] * s_x + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_ADD:
+        x += tl.load(a_ptr + rows[:, None] * s_a + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        h = to_out(x, OUT_BF16, INTERPRET).to(h_ptr.dtype.element_ty)
+        tl.store(h_ptr + rows[:, None] * s_h + cols[None, :], h, mask=m)
+        x = h.to(tl.float32)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(m, x - mean[:, None], 0.0)
     var = tl.sum(xc * xc, axis=1) / N
@@ -57,9 +65,8 @@ def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, N_OUT, 
     w = tl.load(w_ptr + cols, mask=mc, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=mc, other=0.0).to(tl.float32)
     y = xc * rstd[:, None] * w[None, :] + b[None, :]
-    y = tl.where(cols[None, :] < N, y, tl.where(cols[None, :] == N, 1.0, 0.0))
     tl.store(y_ptr + rows[:, None] * s_y + cols[None, :], to_out(y, OUT_BF16, INTERPRET).to(y_ptr.dtype.element_ty),
-             mask=(rows[:, None] < M) & (cols[None, :] < N_OUT))
+             mask=m)
     if STORE_STATS:
         tl.store(mean_ptr + rows, mean, mask=rows < M)
         tl.store(rstd_ptr + rows, rstd, mask=rows < M)
@@ -119,50 +126,38 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def bias_columns(n: int) -> int:
-    """Width of a LayerNorm output with its bias column: ``n + 1`` rounded up to 8 (16-byte rows in 16-bit)."""
-    return (n + 8) // 8 * 8
-
-
-def ln_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, *, stats: bool = True,
-               bias_column: bool = False):
-    """``(y, mean, rstd)`` for rows of ``x`` (last dimension normalised); mean/rstd fp32, None if not stats.
-
-    With ``bias_column`` y is ``[rows, bias_columns(n)]``: the output, a column of ones, then zeros.
-    """
+def _fwd(x, add, weight, bias, eps, stats):
     x2 = _rows(x)
     M, N = x2.shape
-    n_out = bias_columns(N) if bias_column else N
-    block = _block(n_out)
-    y = torch.empty((M, n_out), device=x.device, dtype=x.dtype)
+    block = _block(N)
+    y = torch.empty_like(x2)
+    a2 = _rows(add) if add is not None else x2
+    if a2.shape != x2.shape:
+        raise ValueError(f"the tensor added before the LayerNorm has shape {tuple(add.shape)}, not {tuple(x.shape)}")
+    h = torch.empty_like(x2) if add is not None else y
     mean = torch.empty(M, device=x.device, dtype=torch.float32) if stats else y
     rstd = torch.empty(M, device=x.device, dtype=torch.float32) if stats else y
     _ln_fwd_kernel[lambda meta: (triton.cdiv(M, meta["ROWS"]),)](
-        x2, weight, bias, y, mean, rstd, M, N, n_out, x2.stride(0), y.stride(0), eps, STORE_STATS=stats,
-        OUT_BF16=y.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block)
-    return (y if bias_column else y.view(x.shape)), (mean if stats else None), (rstd if stats else None)
+        x2, a2, h, weight, bias, y, mean, rstd, M, N, x2.stride(0), a2.stride(0), h.stride(0), y.stride(0), eps,
+        HAS_ADD=add is not None, STORE_STATS=stats, OUT_BF16=y.dtype == torch.bfloat16, INTERPRET=INTERPRET,
+        BLOCK=block)
+    return h.view(x.shape), y.view(x.shape), (mean if stats else None), (rstd if stats else None)
+
+
+def ln_forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, *, stats: bool = True):
+    """``(y, mean, rstd)`` for rows of ``x`` (last dimension normalised); mean/rstd fp32, None if not stats."""
+    return _fwd(x, None, weight, bias, eps, stats)[1:]
+
+
+def add_ln_forward(x: torch.Tensor, add: torch.Tensor, weight, bias, eps: float):
+    """``(h, y, mean, rstd)`` with ``h = x + add`` and ``y = layer_norm(h)`` in one pass (FlashAttention's
+    ``residual`` + ``prenorm``): a pre-norm block's residual add costs no pass of its own."""
+    return _fwd(x, add, weight, bias, eps, True)
 
 
 def ln_output(x: torch.Tensor, stored: torch.Tensor | None, weight, bias, eps: float) -> torch.Tensor:
     """The LayerNorm output a fused node's backward needs: the one it stored, or recomputed from its input."""
     return stored if stored is not None else ln_forward(x, weight, bias, eps, stats=False)[0]
-
-
-def linear_grads(d: torch.Tensor, x: torch.Tensor, stored: torch.Tensor | None, ln_w, ln_b, eps: float,
-                 bias: bool):
-    """Weight and bias gradients ``(d.T @ y, d.sum(0))`` of a linear layer fed by ``y = layer_norm(x)``.
-
-    When y is recomputed (``stored`` is None) it is written with a column of ones after it, so the weight
-    gradient's GEMM also yields the bias gradient in its last column (fp32 accumulation, one rounding):
-    a 0.7 % wider GEMM instead of a separate reduction over ``d`` (a tokens x 4304 read for fc1). Returns
-    ``(dweight, dbias)``, dbias None without ``bias``; both in d's dtype.
-    """
-    if stored is not None or not bias:
-        y = ln_output(x, stored, ln_w, ln_b, eps)
-        return d.t() @ y.reshape(-1, y.shape[-1]), (d.sum(0, dtype=torch.float32).to(d.dtype) if bias else None)
-    n = x.shape[-1]
-    g = d.t() @ ln_forward(x, ln_w, ln_b, eps, stats=False, bias_column=True)[0]
-    return g[:, :n], g[:, n]
 
 
 def _ln_bwd(dy, x, weight, mean, rstd, dres):

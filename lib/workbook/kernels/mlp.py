@@ -28,7 +28,7 @@ import triton.language as tl
 
 from .activations import gelu_tanh, gelu_tanh_grad, to_out
 from .gemm import gemm, gemm_gelu_backward
-from .layernorm import linear_grads, ln_backward, ln_backward_residual, ln_forward, ln_output
+from .layernorm import add_ln_forward, ln_backward, ln_backward_residual, ln_forward, ln_output
 from .runtime import INTERPRET
 
 
@@ -64,19 +64,20 @@ def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, OUT_BF16: tl.const
     tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
-def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, bias_grad: bool = True):
+def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor):
     """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's bias
-    gradient ``sum(dpre, 0)`` in fp32 (None without ``bias_grad``: the fused MLP takes it from the weight
-    gradient's GEMM, see :func:`workbook.kernels.layernorm.linear_grads`). (Column sums inside the pass were
-    slower, on an H100 and again on an H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this
-    flat pass plus a torch reduction at 65536 x 4304.)"""
+    gradient ``sum(dpre, 0)`` in fp32. (Column sums inside the pass were slower, on an H100 and again on an
+    H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
+    65536 x 4304. Taking the bias gradient from fc1's weight-gradient GEMM through a column of ones appended
+    to its input was slower still on the H200: the 1160-wide output costs cuBLAS a tenth more, 1.18 against
+    0.96 ms.)"""
     dact, pre = dact.contiguous(), pre.contiguous()
     dpre, act = torch.empty_like(pre), torch.empty_like(pre)
     n = pre.numel()
     block = 256 if INTERPRET else 2048
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, OUT_BF16=pre.dtype == torch.bfloat16,
                                                INTERPRET=INTERPRET, BLOCK=block, num_warps=8)
-    return dpre, act, (dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32) if bias_grad else None)
+    return dpre, act, dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -119,59 +120,66 @@ def linear_gelu_reference(x, weight, bias=None):
 
 # ------------------------------------------------------------------------- (LayerNorm +) fc1 + GELU + fc2
 class MLPFn(torch.autograd.Function):
+    """``mode``: "plain" (``mlp(ln(x))``), "residual" (``x + mlp(ln(x))``) or "deferred" (``x + branch`` is
+    the input, added inside the LayerNorm pass, and ``(h, mlp(ln(h)))`` is returned unsummed)."""
+
     @staticmethod
-    def forward(ctx, x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual, residual_gemm):
+    def forward(ctx, x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, mode):
         x2 = _flat(x)
         has_ln = ln_w is not None
-        if has_ln:
+        if branch is not None:
+            x2, y, mean, rstd = add_ln_forward(x2, _flat(branch), ln_w, ln_b, eps)
+        elif has_ln:
             y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
         else:
             y, mean, rstd = x2, None, None
         act, pre = gemm(y, w1.t(), b1, epilogue="gelu", store_aux=True)
-        if residual and residual_gemm:  # x + fc2(act) in the Triton GEMM's epilogue
-            out = gemm(act, w2.t(), b2, epilogue="residual", aux=x2)[0]
-        else:
-            out = F.linear(act, w2, b2)
-            if residual:
-                out += x2
+        out = F.linear(act, w2, b2)
         del act  # not saved: recomputed from ``pre`` in backward
+        if mode == "residual":
+            out += x2
         keep_y = None if (has_ln and recompute_norm) else y
         ctx.save_for_backward(x2, keep_y, mean, rstd, ln_w, ln_b, w1, w2, pre)
         ctx.eps, ctx.has_ln, ctx.has_b, ctx.dgrad_gemm = eps, has_ln, (b1 is not None, b2 is not None), dgrad_gemm
-        ctx.residual = residual
-        return out.view(*x.shape[:-1], w2.shape[0])
+        ctx.mode, ctx.has_branch, ctx.shape = mode, branch is not None, x.shape
+        out = out.view(*x.shape[:-1], w2.shape[0])
+        return (x2.view(x.shape), out) if mode == "deferred" else out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx, *grads):
         x2, y, mean, rstd, ln_w, ln_b, w1, w2, pre = ctx.saved_tensors
+        dres = None
+        if ctx.mode == "deferred":  # grads of h (the stream) and of the MLP's output
+            dres, dout = (_flat(g) for g in grads)
+        else:
+            dout = grads[0]
         d2 = _flat(dout)
-        # with a recomputed LayerNorm output, fc1's bias gradient comes out of its weight-gradient GEMM
-        db1_in_gemm = ctx.has_ln and y is None and ctx.has_b[0] and not ctx.dgrad_gemm
+        if ctx.mode == "residual":
+            dres = d2
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
-        else:  # cuBLAS data gradient, then one Triton pass for GELU' and the recomputed activation
-            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, bias_grad=ctx.has_b[0] and not db1_in_gemm)
+        else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
+            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre)
         dw2 = d2.t() @ act
         del act
-        if db1_in_gemm:
-            dw1, db1 = linear_grads(dpre, x2, None, ln_w, ln_b, ctx.eps, True)
-        else:
-            dw1 = dpre.t() @ ln_output(x2, y, ln_w, ln_b, ctx.eps)
-            db1 = db1.to(w1.dtype) if ctx.has_b[0] else None
+        dw1 = dpre.t() @ y
+        db1 = db1.to(w1.dtype) if ctx.has_b[0] else None
         dy = dpre @ w1
         del dpre
-        dln_w = dln_b = db2_f32 = None
-        if ctx.has_ln and ctx.residual:  # dx = dout + LN'(dy), and fc2's bias grad, in the LayerNorm pass
-            dx, dln_w, dln_b, db2_f32 = ln_backward_residual(dy, x2, ln_w, mean, rstd, d2)
+        dln_w = dln_b = dres_sum = None
+        if ctx.has_ln and dres is not None:  # dx = dres + LN'(dy), and dres's column sum, in the LayerNorm pass
+            dx, dln_w, dln_b, dres_sum = ln_backward_residual(dy, x2, ln_w, mean, rstd, dres)
         elif ctx.has_ln:
             dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
         else:
-            dx = dy + d2 if ctx.residual else dy
+            dx = dy + dres if dres is not None else dy
         db2 = None
-        if ctx.has_b[1]:
-            db2 = (d2.sum(0, dtype=torch.float32) if db2_f32 is None else db2_f32).to(w2.dtype)
-        return (dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None,
-                None)
+        if ctx.has_b[1]:  # fc2's bias grad is dres's column sum when dres is the output's gradient itself
+            same = dres_sum is not None and dres.data_ptr() == d2.data_ptr() and dres.stride() == d2.stride()
+            db2 = (dres_sum if same else d2.sum(0, dtype=torch.float32)).to(w2.dtype)
+        dx = dx.view(ctx.shape)
+        return (dx, dx if ctx.has_branch else None, dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None)
 
 
 def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
@@ -183,7 +191,7 @@ def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
     fused GEMM, whose epilogue (a load, two stores and column sums) is not hidden behind the main loop, though
     the same GEMM with no epilogue matches cuBLAS (1.05 ms).
     """
-    return MLPFn.apply(x, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, False, False)
+    return MLPFn.apply(x, None, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, "plain")
 
 
 def mlp_reference(x, w1, b1, w2, b2):
@@ -191,12 +199,30 @@ def mlp_reference(x, w1, b1, w2, b2):
 
 
 def ln_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True, dgrad_gemm: bool = False,
-           residual: bool = False, residual_gemm: bool = False):
+           residual: bool = False):
     """``mlp(layer_norm(x))`` as one autograd node (the second half of an encoder layer); with ``residual``
     ``x + mlp(layer_norm(x))``, whose backward adds the residual's gradient and sums fc2's bias gradient in
-    the LayerNorm backward pass instead of two more passes over memory. ``residual_gemm`` adds the residual
-    in fc2's GEMM (Triton, ``residual`` epilogue) rather than after cuBLAS's."""
-    return MLPFn.apply(x, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, residual, residual_gemm)
+    the LayerNorm backward pass instead of two more passes over memory."""
+    return MLPFn.apply(x, None, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm,
+                       "residual" if residual else "plain")
+
+
+def add_ln_mlp(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True,
+               dgrad_gemm: bool = False):
+    """``(h, mlp(layer_norm(h)))`` for ``h = x + branch``, as one node, the sum left to the consumer.
+
+    The encoder layer's second half with both residual adds moved into LayerNorm passes: ``x + branch``
+    (the attention half) is added in this node's LayerNorm, and ``h + mlp(...)`` is left for the next
+    layer's LayerNorm (:func:`workbook.kernels.heads.ln_qkv_heads` takes it as ``branch``). Backward adds h's
+    gradient to dx in the LayerNorm backward pass and returns dx for both x and branch; when h's gradient
+    and the output's are one tensor (as when a sum consumes them) its column sum there is fc2's bias grad.
+    """
+    return MLPFn.apply(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, "deferred")
+
+
+def add_ln_mlp_reference(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2):
+    h = x + branch
+    return h, mlp_reference(F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps), w1, b1, w2, b2)
 
 
 # ------------------------------------------------------------------------------ LayerNorm + linear (QKV)
@@ -214,7 +240,9 @@ class LNLinearFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         d2 = _flat(dout)
-        dw, db = linear_grads(d2, x2, y, ln_w, ln_b, ctx.eps, ctx.has_bias)
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
+        dw = d2.t() @ y
+        db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
         dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
         return dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw, db, None, None
 
@@ -257,31 +285,3 @@ class _GemmFn(torch.autograd.Function):
         db = d.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
         return d @ weight, d.t() @ x2, db
 
-
-class LinearResidualFn(torch.autograd.Function):
-    """``res + linear(x, weight, bias)`` in the Triton GEMM's residual epilogue (backward through cuBLAS)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, res):
-        x2 = _flat(x)
-        ctx.save_for_backward(x2, weight)
-        out = gemm(x2, weight.t(), bias, epilogue="residual", aux=_flat(res))[0]
-        return out.view(*x.shape[:-1], weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, dout):
-        x2, weight = ctx.saved_tensors
-        d2 = _flat(dout)
-        dx = (d2 @ weight).view(*dout.shape[:-1], weight.shape[1])
-        db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.needs_input_grad[2] else None
-        return dx, d2.t() @ x2, db, dout
-
-
-def linear_residual(x, weight, bias, res):
-    """``res + F.linear(x, weight, bias)`` with one rounding; no bias gradient is computed for a bias that does
-    not require one (the encoder's out_proj, whose bias gradient LN1's backward takes, see ``ln_qkv_heads``)."""
-    return LinearResidualFn.apply(x, weight, bias, res)
-
-
-def linear_residual_reference(x, weight, bias, res):
-    return res + F.linear(x, weight, bias)

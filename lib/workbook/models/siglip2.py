@@ -7,8 +7,10 @@ without the older ``vision_model.`` prefix) and differs only in how each block c
 
 - LayerNorm + fused QKV projection + head split in one autograd node, then attention through torch SDPA;
   that node's backward also takes the attention residual's gradient and out_proj's bias gradient;
-- LayerNorm + fused MLP + residual in one node (GELU on the fp32 accumulator, activation recomputed in
-  backward, the residual's gradient and fc2's bias gradient taken in the LayerNorm backward pass);
+- LayerNorm + fused MLP in one node (GELU on the fp32 accumulator, activation recomputed in backward, the
+  residual's gradient and fc2's bias gradient taken in the LayerNorm backward pass);
+- both residual adds of a layer done inside the next LayerNorm's pass: the attention output is added in
+  LN2's, and the MLP output in the next layer's LN1 (each layer returns ``(h, mlp_out)`` unsummed);
 - the NaFlex position table resized once per distinct patch grid in the batch rather than once per image
   (transformers loops over the images and writes each one into a slice), and the attention mask built
   once per forward and dropped when no patch is padding.
@@ -73,15 +75,12 @@ def hf_model(cfg, *, seed: int = 0, dtype=torch.float32, device="cpu", attn: str
 @dataclass(frozen=True)
 class FusedOptions:
     """How the fused model computes: ``recompute_norm`` (LayerNorm outputs recomputed in backward),
-    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS), ``dgrad_gemm`` (GELU' fused into fc2's
-    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass) and ``residual_gemm``
-    (out_proj and fc2 in the Triton GEMM with the residual added in its epilogue, rather than cuBLAS + an
-    add)."""
+    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS) and ``dgrad_gemm`` (GELU' fused into fc2's
+    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
 
     recompute_norm: bool = True
     qkv_triton: bool = False
     dgrad_gemm: bool = False
-    residual_gemm: bool = False
 
 
 class _Attention(nn.Module):
@@ -118,8 +117,14 @@ class FusedEncoderLayer(nn.Module):
         self.mlp = _MLP(cfg)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h, f = self.forward_deferred(x, None, attn_mask)
+        return h + f
+
+    def forward_deferred(self, x: torch.Tensor, branch: torch.Tensor | None, attn_mask: torch.Tensor | None):
+        """The layer on input ``x + branch`` (branch: the previous layer's MLP output, not yet added), returning
+        ``(h, mlp_out)`` whose sum is the layer's output: both residual adds happen inside LayerNorm passes."""
         from workbook.kernels.heads import ln_qkv_heads
-        from workbook.kernels.mlp import linear_residual, ln_mlp, qkv_weights
+        from workbook.kernels.mlp import add_ln_mlp, qkv_weights
 
         a, ln1, ln2, opt = self.self_attn, self.layer_norm1, self.layer_norm2, self.options
         b, s, d = x.shape
@@ -127,18 +132,13 @@ class FusedEncoderLayer(nn.Module):
         out_w, out_b = a.out_proj.weight, a.out_proj.bias
         q, k, v, x = ln_qkv_heads(x, ln1.weight, ln1.bias, self.eps, w, bias, a.num_heads,
                                   recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton,
-                                  residual_bias=out_b)
+                                  residual_bias=out_b, branch=branch)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.head_dim ** -0.5)
         # out_proj's bias gradient is the residual gradient's column sum, taken in LN1's backward (ln_qkv_heads)
-        o = o.transpose(1, 2).reshape(b, s, d)
-        if opt.residual_gemm:
-            x = linear_residual(o, out_w, out_b.detach(), x)
-        else:
-            x = x + F.linear(o, out_w, out_b.detach())
+        attn = F.linear(o.transpose(1, 2).reshape(b, s, d), out_w, out_b.detach())
         m = self.mlp
-        return ln_mlp(x, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias,
-                      recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm, residual=True,
-                      residual_gemm=opt.residual_gemm)
+        return add_ln_mlp(x, attn, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight,
+                          m.fc2.bias, recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm)
 
 
 class _Encoder(nn.Module):
@@ -226,8 +226,11 @@ class FusedSiglip2Vision(nn.Module):
             if not bool(valid.all()):  # one check per forward; no mask at all lets SDPA pick its fastest kernel
                 attn_mask = valid[:, None, None, :]
                 key_padding = ~valid
+        branch = None  # each layer's MLP output, added in the next layer's LayerNorm pass
         for layer in self.encoder.layers:
-            x = layer(x, attn_mask)
+            x, branch = layer.forward_deferred(x, branch, attn_mask)
+        if branch is not None:
+            x = x + branch
         ln = self.post_layernorm
         x = layer_norm(x, ln.weight, ln.bias, ln.eps)
         pooled = self.head(x, key_padding) if self.head is not None else None
