@@ -548,20 +548,23 @@ def test_pack_heads_copies_exactly_and_sums_in_fp32(layout, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("recompute_norm,triton_gemm", [(True, False), (False, False), (True, True)],
-                         ids=["recompute", "store", "triton-gemm"])
-def test_ln_qkv_heads(dtype, recompute_norm, triton_gemm):
+@pytest.mark.parametrize("recompute_norm,projection", [(True, "planes"), (False, "planes"), (True, "concat"),
+                                                       (False, "concat"), (True, "triton")],
+                         ids=["planes-recompute", "planes-store", "concat-recompute", "concat-store", "triton"])
+def test_ln_qkv_heads(dtype, recompute_norm, projection):
     H = 3
     x = rand(2, 9, D, dtype=dtype, scale=2.0, seed=110)
     ln_w, ln_b = ln_params(D, dtype, seed=111)
     w, b = linear_params(3 * D, D, dtype, seed=113)
     dout = rand(2, H, 9, 3 * (D // H), dtype=dtype, seed=115)  # q, k, v concatenated on the last dim
-    fn = lambda *a: ln_qkv_heads(*a, recompute_norm=recompute_norm, triton_gemm=triton_gemm)  # noqa: E731
+    fn = lambda *a: ln_qkv_heads(*a, recompute_norm=recompute_norm, projection=projection)  # noqa: E731
     tri = check_fwd_bwd(["qkv", "dx", "dln_w", "dln_b", None, "dw", "db", None], fn, ln_qkv_heads_reference,
                         [x, ln_w, ln_b, EPS, w, b, H], dout, dtype)
     assert tri[1].shape == x.shape
     with pytest.raises(ValueError, match="3 x heads"):
         ln_qkv_heads(x, ln_w, ln_b, EPS, w[:-1], b, H)
+    with pytest.raises(ValueError, match="projection must be one of"):
+        ln_qkv_heads(x, ln_w, ln_b, EPS, w, b, H, projection="fused")
 
 
 def attention_half(x, branch, ln_w, ln_b, eps, w, b, heads, wo, bo):
@@ -697,8 +700,9 @@ def test_gpu_gemm_gelu_backward_and_ln_mlp_residual(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
-def test_gpu_ln_qkv_heads_through_sdpa(dtype):
-    """so400m widths, the gradients SDPA (cuDNN on Hopper) hands back, packed by pack_heads."""
+@pytest.mark.parametrize("projection", ["planes", "concat"])
+def test_gpu_ln_qkv_heads_through_sdpa(dtype, projection):
+    """so400m widths, the gradients SDPA (cuDNN on Hopper) hands back, used as views or packed by pack_heads."""
     H = 16
     x = rand(16, 256, HIDDEN, dtype=dtype, scale=2.0, seed=130, device="cuda")
     ln_w, ln_b = ln_params(HIDDEN, dtype, seed=131, device="cuda")
@@ -711,5 +715,6 @@ def test_gpu_ln_qkv_heads_through_sdpa(dtype):
             return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(16, 256, HIDDEN)
         return f
 
-    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db", None], attn(ln_qkv_heads),
+    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db", None],
+                  attn(lambda *a: ln_qkv_heads(*a, projection=projection)),
                   attn(ln_qkv_heads_reference), [x, ln_w, ln_b, EPS, w, b, H], dout, dtype)

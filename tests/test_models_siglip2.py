@@ -189,9 +189,12 @@ def test_fused_options_match_transformers():
     for a, b in zip(default[:3], stored[:3]):
         assert torch.equal(a, b)
     assert all(torch.equal(default[3][k], stored[3][k]) for k in default[3])
-    triton_qkv = from_hf(hf, FusedOptions(qkv_triton=True))
-    assert triton_qkv.encoder.layers[0].options.qkv_triton
-    assert_matches_hf(forward_backward(triton_qkv, px, mask, shapes, hf=False), ref, mask, TOL)
+    for projection in ("concat", "triton"):
+        other = from_hf(hf, FusedOptions(qkv=projection))
+        assert other.encoder.layers[0].options.qkv == projection
+        assert_matches_hf(forward_backward(other, px, mask, shapes, hf=False), ref, mask, TOL)
+    with pytest.raises(ParameterError, match="qkv"):
+        FusedOptions(qkv="fused")
 
 
 @kernels

@@ -86,21 +86,39 @@ def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_gra
     return out, (sums.sum(0) if bias_grad else None)
 
 
+PROJECTIONS = ("planes", "concat", "triton")
+
+
+def _project(y, weight, bias, heads, b, s, projection):
+    """q, k, v ``[B, H, S, D]`` views of the projection of y, computed as ``projection`` says."""
+    n3 = weight.shape[0]
+    hd, d = n3 // 3, n3 // (3 * heads)
+    if projection == "planes":  # three cuBLAS GEMMs into three contiguous planes: SDPA gets transformers' strides
+        out = torch.empty((3, y.shape[0], hd), device=y.device, dtype=y.dtype)
+        for i in range(3):
+            w = weight[i * hd:(i + 1) * hd].t()
+            if bias is None:
+                torch.mm(y, w, out=out[i])
+            else:
+                torch.addmm(bias[i * hd:(i + 1) * hd], y, w, out=out[i])
+        return tuple(out[i].view(b, s, heads, d).transpose(1, 2) for i in range(3))
+    out = gemm(y, weight.t(), bias)[0] if projection == "triton" else F.linear(y, weight, bias)
+    return out.view(b, s, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, triton_gemm, res_bias):
+    def forward(ctx, x, branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, projection, res_bias):
         b, s, n = x.shape
         x2 = x.reshape(b * s, n)
         if branch is not None:  # the previous block's deferred residual add, in this LayerNorm's pass
             x2, y, mean, rstd = add_ln_forward(x2, branch.reshape(b * s, n), ln_w, ln_b, eps)
         else:
             y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
-        out = gemm(y, weight.t(), bias)[0] if triton_gemm else F.linear(y, weight, bias)
+        q, k, v = _project(y, weight, bias, heads, b, s, projection)
         ctx.save_for_backward(x2, None if recompute_norm else y, mean, rstd, ln_w, ln_b, weight)
         ctx.eps, ctx.has_bias, ctx.has_branch = eps, bias is not None, branch is not None
-        ctx.residual = res_bias is not None
-        d = weight.shape[0] // (3 * heads)
-        q, k, v = out.view(b, s, 3, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        ctx.residual, ctx.projection = res_bias is not None, projection
         if not ctx.residual:
             return q, k, v
         return q, k, v, (x2.view(b, s, n) if branch is not None else x)
@@ -108,11 +126,24 @@ class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dq, dk, dv, dres=None):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
-        d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
-        dw = d2.t() @ ln_output(x2, y, ln_w, ln_b, ctx.eps)
-        dy = d2 @ weight
-        del d2
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
         b, h, s, _ = dq.shape
+        if ctx.projection == "planes":  # three GEMMs per gradient on the head gradients as SDPA returns them
+            gs = [g.transpose(1, 2).reshape(b * s, -1) for g in (dq, dk, dv)]  # views for [B, S, H, D] order
+            hd = gs[0].shape[1]
+            dw = torch.empty_like(weight)
+            for i, g in enumerate(gs):
+                torch.mm(g.t(), y, out=dw[i * hd:(i + 1) * hd])
+            db = torch.cat([g.sum(0, dtype=torch.float32) for g in gs]) if ctx.has_bias else None
+            dy = gs[0] @ weight[:hd]
+            dy.addmm_(gs[1], weight[hd:2 * hd])
+            dy.addmm_(gs[2], weight[2 * hd:])
+            del gs
+        else:  # one [B*S, 3*H*D] gradient (and the bias gradient) from pack_heads, then two GEMMs
+            d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
+            dw = d2.t() @ y
+            dy = d2 @ weight
+            del d2
         db = None if db is None else db.to(weight.dtype)
         dres_sum = None
         if ctx.residual:  # dx = dres + LN'(dy); dres's column sum is the residual branch's output bias grad
@@ -125,11 +156,15 @@ class LNQKVHeadsFn(torch.autograd.Function):
 
 
 def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm: bool = True,
-                 triton_gemm: bool = False, residual_bias: torch.Tensor | None = None,
+                 projection: str = "planes", residual_bias: torch.Tensor | None = None,
                  branch: torch.Tensor | None = None):
     """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)`` for x ``[B, S, hidden]`` and the
-    ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node;
-    ``triton_gemm`` runs the projection in the Triton GEMM instead of cuBLAS.
+    ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node.
+
+    ``projection``: "planes" (three cuBLAS GEMMs writing q, k and v each contiguous, as transformers'
+    separate projections do; backward runs three GEMMs per gradient straight on SDPA's head gradients),
+    "concat" (one cuBLAS GEMM over the concatenated weights, q/k/v interleaved views; backward through
+    :func:`pack_heads`) or "triton" (that one GEMM in Triton).
 
     With ``branch`` the input is ``x + branch``, added in the LayerNorm pass (the previous block's residual
     add, deferred by :func:`workbook.kernels.mlp.add_ln_mlp`). With ``residual_bias`` (the bias of the
@@ -144,8 +179,10 @@ def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm
         raise ValueError(f"ln_qkv_heads needs x as [batch, seq, hidden], got {tuple(x.shape)}")
     if weight.shape[0] % (3 * heads):
         raise ValueError(f"weight's {weight.shape[0]} rows are not 3 x heads ({heads}) x head_dim")
+    if projection not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     return LNQKVHeadsFn.apply(x.contiguous(), branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm,
-                              triton_gemm, residual_bias)
+                              projection, residual_bias)
 
 
 def ln_qkv_heads_reference(x, ln_w, ln_b, eps, weight, bias, heads: int):

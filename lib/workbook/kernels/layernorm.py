@@ -5,7 +5,7 @@ LayerNorm of h), writing h beside the output.
 
 Forward: a few rows per program (autotuned), mean and variance in fp32, ``mean``/``rstd`` saved in fp32
 (Liger saves them in the input dtype, so bf16 statistics get rounded; FlashAttention and the Triton
-tutorial keep fp32, as here). Backward: each program takes a block of 64 rows, writes ``dx`` and
+tutorial keep fp32, as here). Backward: each program takes a block of 64-256 rows (autotuned), writes ``dx`` and
 accumulates the weight/bias gradients in fp32 registers; the per-program partial sums are added on the
 host. No atomics, so the result is deterministic. :func:`ln_backward_residual` also adds the gradient of a
 residual connection around the normalised branch into ``dx`` and sums it (FlashAttention's ``dresidual``),
@@ -30,9 +30,12 @@ def _rows_cfg(rows, warps):
 # several short rows per program keep more loads in flight; which count wins depends on the GPU, M and N (M is in
 # the key: a config tuned on the precision study's 4096 rows is not reused on the stack's 65536)
 _FWD_CONFIGS = [_rows_cfg(r, w) for r in (1, 2, 4, 8) for w in (4, 8)]
-_BWD_CONFIGS = [_rows_cfg(r, w) for r in (1, 2, 4) for w in (4, 8)]
+ROW_BLOCKS = (64, 128, 256)  # rows per backward program (multiples of every ROWS), autotuned with ROWS and warps
+# on an H200 at 65536 x 1152 the best backward took 128-256 rows a program, 2-4 rows at a time, 2-4 warps
+_BWD_CONFIGS = [triton.Config({"ROWS": r, "RB": rb}, num_warps=w) for rb in ROW_BLOCKS for r in (1, 2, 4)
+                for w in (2, 4, 8)]
 _INTERP_CONFIG = _rows_cfg(2, 4)
-ROW_BLOCK = 64  # rows per backward program (a multiple of every ROWS): partial weight/bias sums per 64 rows
+_INTERP_BWD_CONFIG = triton.Config({"ROWS": 2, "RB": 64}, num_warps=4)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -72,13 +75,13 @@ def _ln_fwd_kernel(x_ptr, a_ptr, h_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
         tl.store(rstd_ptr + rows, rstd, mask=rows < M)
 
 
-@triton.autotune(configs=configs(_BWD_CONFIGS, _INTERP_CONFIG), key=["M", "N", "HAS_DRES"],
+@triton.autotune(configs=configs(_BWD_CONFIGS, _INTERP_BWD_CONFIG), key=["M", "N", "HAS_DRES"],
                  prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dres_ptr, dx_ptr, dw_ptr, db_ptr, ds_ptr, M, N,
                    s_dy, s_x, s_r, s_dx, HAS_DRES: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
                    BLOCK: tl.constexpr, RB: tl.constexpr, ROWS: tl.constexpr):
-    """Each program takes ROW_BLOCK consecutive rows, ROWS at a time; ``dx`` (plus the residual's gradient
+    """Each program takes RB consecutive rows, ROWS at a time; ``dx`` (plus the residual's gradient
     ``dres`` when given) is written, and the weight/bias gradients (and ``dres``'s column sums) accumulate in
     fp32 registers, stored once per program."""
     pid = tl.program_id(0)
@@ -166,13 +169,15 @@ def _ln_bwd(dy, x, weight, mean, rstd, dres):
     r2 = _rows(dres) if dres is not None else dy2
     M, N = x2.shape
     block = _block(N)
-    progs = triton.cdiv(M, ROW_BLOCK)
+    max_progs = triton.cdiv(M, min(ROW_BLOCKS))
     dx = torch.empty_like(x2)
-    part = torch.empty((3 if dres is not None else 2, progs, N), device=x.device, dtype=torch.float32)
-    _ln_bwd_kernel[(progs,)](dy2, x2, weight, mean, rstd, r2, dx, part[0], part[1], part[-1], M, N, dy2.stride(0),
-                             x2.stride(0), r2.stride(0), dx.stride(0), HAS_DRES=dres is not None,
-                             OUT_BF16=dx.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block, RB=ROW_BLOCK)
-    sums = part.sum(1)
+    part = torch.empty((3 if dres is not None else 2, max_progs, N), device=x.device, dtype=torch.float32)
+    _ln_bwd_kernel[lambda meta: (triton.cdiv(M, meta["RB"]),)](
+        dy2, x2, weight, mean, rstd, r2, dx, part[0], part[1], part[-1], M, N, dy2.stride(0), x2.stride(0),
+        r2.stride(0), dx.stride(0), HAS_DRES=dres is not None, OUT_BF16=dx.dtype == torch.bfloat16,
+        INTERPRET=INTERPRET, BLOCK=block)
+    # only the programs the chosen block size launched wrote partial sums
+    sums = part[:, :triton.cdiv(M, _ln_bwd_kernel.best_config.kwargs["RB"])].sum(1)
     return dx.view(x.shape), sums[0].to(weight.dtype), sums[1].to(weight.dtype), sums[2] if dres is not None else None
 
 

@@ -75,12 +75,19 @@ def hf_model(cfg, *, seed: int = 0, dtype=torch.float32, device="cpu", attn: str
 @dataclass(frozen=True)
 class FusedOptions:
     """How the fused model computes: ``recompute_norm`` (LayerNorm outputs recomputed in backward),
-    ``qkv_triton`` (QKV GEMM in Triton rather than cuBLAS) and ``dgrad_gemm`` (GELU' fused into fc2's
-    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
+    ``qkv`` (how the QKV projection runs: "planes", "concat" or "triton", see
+    :func:`workbook.kernels.heads.ln_qkv_heads`) and ``dgrad_gemm`` (GELU' fused into fc2's data-gradient
+    GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
 
     recompute_norm: bool = True
-    qkv_triton: bool = False
+    qkv: str = "planes"
     dgrad_gemm: bool = False
+
+    def __post_init__(self):
+        from workbook.kernels.heads import PROJECTIONS
+
+        if self.qkv not in PROJECTIONS:
+            raise bad_param("qkv", self.qkv, f"one of {', '.join(PROJECTIONS)}")
 
 
 class _Attention(nn.Module):
@@ -131,7 +138,7 @@ class FusedEncoderLayer(nn.Module):
         w, bias = qkv_weights(a.q_proj, a.k_proj, a.v_proj)
         out_w, out_b = a.out_proj.weight, a.out_proj.bias
         q, k, v, x = ln_qkv_heads(x, ln1.weight, ln1.bias, self.eps, w, bias, a.num_heads,
-                                  recompute_norm=opt.recompute_norm, triton_gemm=opt.qkv_triton,
+                                  recompute_norm=opt.recompute_norm, projection=opt.qkv,
                                   residual_bias=out_b, branch=branch)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.head_dim ** -0.5)
         # out_proj's bias gradient is the residual gradient's column sum, taken in LN1's backward (ln_qkv_heads)
