@@ -142,6 +142,8 @@ def _epilogue(acc, off_m, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_pt
 
 
 def _tma_blocks(nargs):
+    for out in ("c_desc", "x_desc"):
+        nargs[out].block_shape = [nargs["BM"], nargs["BN"]]
     nargs["a_desc"].block_shape = [nargs["BM"], nargs["BK"]]
     nargs["b_desc"].block_shape = [nargs["BN"], nargs["BK"]] if nargs["B_KMAJOR"] else [nargs["BK"], nargs["BN"]]
 
@@ -154,17 +156,21 @@ def _tma_cfg(bm, bn, bk, warps, stages, ctas=1, flatten=True):
 # one resident program per SM with big tiles, or two with 128 x 128 tiles (one's epilogue under the other's loop)
 _TMA_CONFIGS = [_tma_cfg(128, 256, 64, 8, 3), _tma_cfg(128, 256, 64, 8, 4), _tma_cfg(256, 128, 64, 8, 3),
                 _tma_cfg(128, 128, 64, 8, 4), _tma_cfg(128, 128, 64, 8, 3, ctas=2),
-                _tma_cfg(128, 128, 64, 4, 3, ctas=2), _tma_cfg(128, 256, 64, 8, 3, flatten=False)]
+                _tma_cfg(128, 128, 64, 4, 3, ctas=2), _tma_cfg(128, 256, 64, 8, 3, flatten=False),
+                _tma_cfg(128, 256, 64, 8, 2)]  # room in shared memory for the bulk-store epilogue's two tiles
 
 
-@triton.autotune(configs=_TMA_CONFIGS, key=_KEY + ["B_KMAJOR"])
+@triton.autotune(configs=_TMA_CONFIGS, key=_KEY + ["B_KMAJOR", "DESC_OUT"])
 @triton.jit
-def _gemm_tma_kernel(a_desc, b_desc, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr, M, N, K, s_cm, s_cn, s_xm, s_xn,
+def _gemm_tma_kernel(a_desc, b_desc, c_desc, x_desc, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr, M, N, K,
+                     s_cm, s_cn, s_xm, s_xn,
                      HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, STORE_AUX: tl.constexpr,
-                     STORE_ACT: tl.constexpr, COLSUM: tl.constexpr, B_KMAJOR: tl.constexpr,
+                     STORE_ACT: tl.constexpr, COLSUM: tl.constexpr, B_KMAJOR: tl.constexpr, DESC_OUT: tl.constexpr,
                      OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                      BK: tl.constexpr, GROUP_M: tl.constexpr, CTAS: tl.constexpr, FLATTEN: tl.constexpr):
-    """The persistent TMA GEMM (Hopper and newer). ``B_KMAJOR``: b is given as the ``[N, K]`` weight."""
+    """The persistent TMA GEMM (Hopper and newer). ``B_KMAJOR``: b is given as the ``[N, K]`` weight.
+    ``DESC_OUT`` (epilogues none/gelu): the outputs leave through TMA bulk stores, which are asynchronous, so
+    the next tile's main loop runs while they drain instead of after them."""
     start = tl.program_id(0)
     step = tl.num_programs(0)
     tiles = tl.cdiv(M, BM) * tl.cdiv(N, BN)
@@ -186,8 +192,17 @@ def _gemm_tma_kernel(a_desc, b_desc, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr,
         pid_m, pid_n = _tile(tile_out, M, N, BM, BN, GROUP_M)
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
-        _epilogue(acc, pid_m * BM, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr,
-                  s_cm, s_cn, s_xm, s_xn, HAS_BIAS, EPILOGUE, STORE_AUX, STORE_ACT, COLSUM, OUT_BF16, INTERPRET, BM)
+        if DESC_OUT:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+            if STORE_AUX:
+                x_desc.store([pid_m * BM, pid_n * BN], acc.to(c_ptr.dtype.element_ty))
+            if EPILOGUE == "gelu":
+                acc = gelu_tanh(acc)
+            c_desc.store([pid_m * BM, pid_n * BN], acc.to(c_ptr.dtype.element_ty))
+        else:
+            _epilogue(acc, pid_m * BM, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr, s_cm, s_cn,
+                      s_xm, s_xn, HAS_BIAS, EPILOGUE, STORE_AUX, STORE_ACT, COLSUM, OUT_BF16, INTERPRET, BM)
 
 
 def _aligned(t: torch.Tensor) -> bool:
@@ -209,6 +224,7 @@ def _tma_layout(a: torch.Tensor, b: torch.Tensor) -> bool | None:
 
 
 TMA_ENABLED = True  # switched off by callers that want the pointer kernel on Hopper (for comparison)
+DESC_OUT_ENABLED = True  # the TMA kernel's bulk-store epilogue (off: pointer stores, for comparison)
 
 
 def _check(a, b):
@@ -235,8 +251,12 @@ def _launch(a, b, bias, c, aux, act, sums, epilogue):
         def grid(meta):
             return (min(progs * meta["CTAS"], triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"])),)
         b_desc = TensorDescriptor.from_tensor(b.t() if kmajor else b, [1, 1])
-        _gemm_tma_kernel[grid](TensorDescriptor.from_tensor(a, [1, 1]), b_desc, *ptrs, M, N, K, *strides,
-                               B_KMAJOR=kmajor, **flags)
+        desc_out = (DESC_OUT_ENABLED and epilogue in ("none", "gelu") and _aligned(c)
+                    and (aux is None or _aligned(aux)))
+        c_desc = TensorDescriptor.from_tensor(c, [1, 1])
+        x_desc = TensorDescriptor.from_tensor(aux, [1, 1]) if aux is not None and desc_out else c_desc
+        _gemm_tma_kernel[grid](TensorDescriptor.from_tensor(a, [1, 1]), b_desc, c_desc, x_desc, *ptrs, M, N, K,
+                               *strides, B_KMAJOR=kmajor, DESC_OUT=desc_out, **flags)
         return
     grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
     _gemm_kernel[grid](a, b, *ptrs, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), *strides,

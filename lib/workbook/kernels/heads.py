@@ -156,7 +156,7 @@ class LNQKVHeadsFn(torch.autograd.Function):
 
 
 def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm: bool = True,
-                 projection: str = "planes", residual_bias: torch.Tensor | None = None,
+                 projection: str = "concat", residual_bias: torch.Tensor | None = None,
                  branch: torch.Tensor | None = None):
     """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)`` for x ``[B, S, hidden]`` and the
     ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node.

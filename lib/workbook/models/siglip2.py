@@ -80,7 +80,7 @@ class FusedOptions:
     GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
 
     recompute_norm: bool = True
-    qkv: str = "planes"
+    qkv: str = "concat"
     dgrad_gemm: bool = False
 
     def __post_init__(self):
