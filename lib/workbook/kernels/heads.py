@@ -164,7 +164,9 @@ def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm
     ``projection``: "planes" (three cuBLAS GEMMs writing q, k and v each contiguous, as transformers'
     separate projections do; backward runs three GEMMs per gradient straight on SDPA's head gradients),
     "concat" (one cuBLAS GEMM over the concatenated weights, q/k/v interleaved views; backward through
-    :func:`pack_heads`) or "triton" (that one GEMM in Triton).
+    :func:`pack_heads`) or "triton" (that one GEMM in Triton). On an H200 at batch 256 x 256 patches the
+    so400m step took 355.8 ms with "concat" and 357.6 ms with "planes", hence the default; the Triton GEMM
+    is slower than cuBLAS at this shape (see the notebook's kernel-speed table).
 
     With ``branch`` the input is ``x + branch``, added in the LayerNorm pass (the previous block's residual
     add, deferred by :func:`workbook.kernels.mlp.add_ln_mlp`). With ``residual_bias`` (the bias of the
