@@ -87,6 +87,20 @@ def assert_matches_hf(fused_res, hf_res, mask, tol, *, relative_grads=False):
 
 
 # -------------------------------------------------------------------------------- configs and checks
+def test_importing_the_model_does_not_import_the_kernels():
+    """The kernels read TRITON_INTERPRET once, at import; the CPU run sets it after choosing the device, so
+    importing the model (its default options included) or the experiment must not import them first."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, workbook.models.siglip2, workbook.experiments.triton_precision; "
+            "print('workbook.kernels.runtime' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_named_configs():
     cfg = config("tiny")
     for k, v in CONFIGS["tiny"].items():

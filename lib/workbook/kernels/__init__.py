@@ -7,3 +7,7 @@ precision (against fp64) and speed (against transformers' sdpa model) by ``noteb
 On a machine without a GPU the kernels run under the Triton interpreter: ``TRITON_INTERPRET=1`` must be
 set *before* this package is imported (``runtime.unavailable_reason`` says so when it is not).
 """
+
+# How the QKV projection may run (see heads.ln_qkv_heads). Here, not in heads.py, so that model options can be
+# checked without importing Triton: importing the kernels fixes TRITON_INTERPRET for the whole process.
+QKV_PROJECTIONS = ("planes", "concat", "triton")

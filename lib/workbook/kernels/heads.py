@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from . import QKV_PROJECTIONS
 from .gemm import gemm
 from .layernorm import add_ln_forward, ln_backward, ln_backward_residual, ln_forward, ln_output
 from .runtime import sm_count
@@ -84,9 +85,6 @@ def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_gra
     _pack_kernel[(progs,)](*gs, out, sums, M, HD, *(g.stride(0) for g in gs), out.stride(0), COLSUM=bias_grad,
                            BLOCK=block, ROWS=rows, num_warps=8 if block >= 1024 else 4)
     return out, (sums.sum(0) if bias_grad else None)
-
-
-PROJECTIONS = ("planes", "concat", "triton")
 
 
 def _project(y, weight, bias, heads, b, s, projection):
@@ -181,8 +179,8 @@ def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm
         raise ValueError(f"ln_qkv_heads needs x as [batch, seq, hidden], got {tuple(x.shape)}")
     if weight.shape[0] % (3 * heads):
         raise ValueError(f"weight's {weight.shape[0]} rows are not 3 x heads ({heads}) x head_dim")
-    if projection not in PROJECTIONS:
-        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+    if projection not in QKV_PROJECTIONS:
+        raise ValueError(f"projection must be one of {QKV_PROJECTIONS}, got {projection!r}")
     return LNQKVHeadsFn.apply(x.contiguous(), branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm,
                               projection, residual_bias)
 

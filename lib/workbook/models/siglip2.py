@@ -84,10 +84,10 @@ class FusedOptions:
     dgrad_gemm: bool = False
 
     def __post_init__(self):
-        from workbook.kernels.heads import PROJECTIONS
+        from workbook.kernels import QKV_PROJECTIONS  # the package alone: no Triton import (see there)
 
-        if self.qkv not in PROJECTIONS:
-            raise bad_param("qkv", self.qkv, f"one of {', '.join(PROJECTIONS)}")
+        if self.qkv not in QKV_PROJECTIONS:
+            raise bad_param("qkv", self.qkv, f"one of {', '.join(QKV_PROJECTIONS)}")
 
 
 class _Attention(nn.Module):
