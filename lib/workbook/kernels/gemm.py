@@ -105,6 +105,18 @@ def _gemm_kernel(a_ptr, b_ptr, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr, M, N,
 
 
 @triton.jit
+def _store_colsum(sum_ptr, sums, off_m, offs_n, M, N, BM: tl.constexpr):
+    """A tile's fp32 column sums (its share of a bias gradient) into its SUM_ROWS band of ``sum_ptr``; the
+    other bands a tall tile covers get zeros, so the bands' total is the same whatever BM autotuning picks."""
+    band = off_m // _SUM_ROWS
+    bands = tl.cdiv(M, _SUM_ROWS)
+    nm = offs_n < N
+    tl.store(sum_ptr + band * N + offs_n, sums, mask=nm)
+    for j in tl.static_range(1, BM // _SUM_ROWS):
+        tl.store(sum_ptr + (band + j) * N + offs_n, tl.zeros_like(offs_n).to(tl.float32), mask=nm & (band + j < bands))
+
+
+@triton.jit
 def _epilogue(acc, off_m, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr, s_cm, s_cn, s_xm, s_xn,
               HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, STORE_AUX: tl.constexpr, STORE_ACT: tl.constexpr,
               COLSUM: tl.constexpr, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr, BM: tl.constexpr,
@@ -129,14 +141,8 @@ def _epilogue(acc, off_m, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_pt
             tl.store(act_ptr + aux_off, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty),
                      mask=mask)
         acc = acc * gelu_tanh_grad(pre)
-        if COLSUM:  # this tile's share of the bias gradient in fp32; the other bands of a tall tile get zeros
-            band = off_m // _SUM_ROWS
-            bands = tl.cdiv(M, _SUM_ROWS)
-            nm = offs_n < N
-            tl.store(sum_ptr + band * N + offs_n, tl.sum(tl.where(mask, acc, 0.0), axis=0), mask=nm)
-            for j in tl.static_range(1, BM // _SUM_ROWS):
-                tl.store(sum_ptr + (band + j) * N + offs_n, tl.zeros_like(offs_n).to(tl.float32),
-                         mask=nm & (band + j < bands))
+        if COLSUM:
+            _store_colsum(sum_ptr, tl.sum(tl.where(mask, acc, 0.0), axis=0), off_m, offs_n, M, N, BM)
     c_ptrs = c_ptr + offs_m[:, None] * s_cm + offs_n[None, :] * s_cn
     tl.store(c_ptrs, to_out(acc, OUT_BF16, INTERPRET).to(c_ptr.dtype.element_ty), mask=mask)
 
@@ -154,36 +160,28 @@ def _tma_cfg(bm, bn, bk, warps, stages, ctas=1, flatten=True, split=1):
 
 
 @triton.jit
-def _desc_store(c_desc, x_desc, c_ptr, acc, off_m, off_n, STORE_AUX: tl.constexpr, EPILOGUE: tl.constexpr):
-    """One (sub)tile of the bulk-store epilogue: the pre-activation (when kept), then the output."""
-    if STORE_AUX:
-        x_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
-    if EPILOGUE == "gelu":
-        acc = gelu_tanh(acc)
-    c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
-
-
-@triton.jit
-def _desc_grad(c_desc, x_desc, t_desc, c_ptr, sum_ptr, acc, off_m, off_n, M, N, BM: tl.constexpr,
-               BNS: tl.constexpr):
-    """One (sub)tile of the bulk ``gelu_grad`` epilogue: pre-activation in through TMA, the recomputed
-    activation and ``acc * GELU'(pre)`` out through TMA, and this tile's fp32 column sums (fc1's bias grad).
-    Rows past M load as zeros, so their products are zero and the sums need no mask."""
-    pre = x_desc.load([off_m, off_n]).to(tl.float32)
-    t_desc.store([off_m, off_n], gelu_tanh(pre).to(c_ptr.dtype.element_ty))
-    acc = acc * gelu_tanh_grad(pre)
-    c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
-    offs_n = off_n + tl.arange(0, BNS)
-    nm = offs_n < N
-    band = off_m // _SUM_ROWS
-    bands = tl.cdiv(M, _SUM_ROWS)
-    tl.store(sum_ptr + band * N + offs_n, tl.sum(acc, axis=0), mask=nm)
-    for j in tl.static_range(1, BM // _SUM_ROWS):
-        tl.store(sum_ptr + (band + j) * N + offs_n, tl.zeros_like(offs_n).to(tl.float32), mask=nm & (band + j < bands))
+def _desc_tile(c_desc, x_desc, t_desc, c_ptr, sum_ptr, acc, off_m, off_n, M, N, STORE_AUX: tl.constexpr,
+               EPILOGUE: tl.constexpr, BM: tl.constexpr, BNS: tl.constexpr):
+    """One ``[BM, BNS]`` (sub)tile of the bulk epilogue. none/gelu: the pre-activation (when kept), then the
+    output. gelu_grad: the pre-activation in through TMA, the recomputed activation and ``acc * GELU'(pre)``
+    out, and the fp32 column sums (fc1's bias grad); rows past M load as zeros, so the sums need no mask."""
+    if EPILOGUE == "gelu_grad":
+        pre = x_desc.load([off_m, off_n]).to(tl.float32)
+        t_desc.store([off_m, off_n], gelu_tanh(pre).to(c_ptr.dtype.element_ty))
+        acc = acc * gelu_tanh_grad(pre)
+        c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
+        _store_colsum(sum_ptr, tl.sum(acc, axis=0), off_m, off_n + tl.arange(0, BNS), M, N, BM)
+    else:
+        if STORE_AUX:
+            x_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
+        if EPILOGUE == "gelu":
+            acc = gelu_tanh(acc)
+        c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
 
 
 # one resident program per SM with big tiles, or two with 128 x 128 tiles (one's epilogue under the other's loop)
-_TMA_CONFIGS = [_tma_cfg(128, 256, 64, 8, 3), _tma_cfg(128, 256, 64, 8, 4, split=2), _tma_cfg(128, 256, 64, 8, 3, split=2), _tma_cfg(128, 256, 64, 8, 4), _tma_cfg(256, 128, 64, 8, 3),
+_TMA_CONFIGS = [_tma_cfg(128, 256, 64, 8, 3), _tma_cfg(128, 256, 64, 8, 4), _tma_cfg(256, 128, 64, 8, 3),
+                _tma_cfg(128, 256, 64, 8, 4, split=2), _tma_cfg(128, 256, 64, 8, 3, split=2),
                 _tma_cfg(128, 128, 64, 8, 4), _tma_cfg(128, 128, 64, 8, 3, ctas=2),
                 _tma_cfg(128, 128, 64, 4, 3, ctas=2), _tma_cfg(128, 256, 64, 8, 3, flatten=False),
                 _tma_cfg(128, 256, 64, 8, 2)]  # room in shared memory for the bulk-store epilogue's two tiles
@@ -227,23 +225,18 @@ def _gemm_tma_kernel(a_desc, b_desc, c_desc, x_desc, t_desc, bias_ptr, c_ptr, au
         pid_m, pid_n = _tile(tile_out, M, N, BM, BN, GROUP_M)
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_n = pid_n * BN + tl.arange(0, BN)
-        if DESC_OUT and EPILOGUE == "gelu_grad":
-            if SPLIT == 2:
-                a0, a1 = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
-                _desc_grad(c_desc, x_desc, t_desc, c_ptr, sum_ptr, a0, pid_m * BM, pid_n * BN, M, N, BM, BN // 2)
-                _desc_grad(c_desc, x_desc, t_desc, c_ptr, sum_ptr, a1, pid_m * BM, pid_n * BN + BN // 2, M, N, BM,
-                           BN // 2)
-            else:
-                _desc_grad(c_desc, x_desc, t_desc, c_ptr, sum_ptr, acc, pid_m * BM, pid_n * BN, M, N, BM, BN)
-        elif DESC_OUT:
+        if DESC_OUT:
             if HAS_BIAS:
                 acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
             if SPLIT == 2:
                 a0, a1 = tl.split(tl.permute(tl.reshape(acc, (BM, 2, BN // 2)), (0, 2, 1)))
-                _desc_store(c_desc, x_desc, c_ptr, a0, pid_m * BM, pid_n * BN, STORE_AUX, EPILOGUE)
-                _desc_store(c_desc, x_desc, c_ptr, a1, pid_m * BM, pid_n * BN + BN // 2, STORE_AUX, EPILOGUE)
+                _desc_tile(c_desc, x_desc, t_desc, c_ptr, sum_ptr, a0, pid_m * BM, pid_n * BN, M, N, STORE_AUX,
+                           EPILOGUE, BM, BN // 2)
+                _desc_tile(c_desc, x_desc, t_desc, c_ptr, sum_ptr, a1, pid_m * BM, pid_n * BN + BN // 2, M, N,
+                           STORE_AUX, EPILOGUE, BM, BN // 2)
             else:
-                _desc_store(c_desc, x_desc, c_ptr, acc, pid_m * BM, pid_n * BN, STORE_AUX, EPILOGUE)
+                _desc_tile(c_desc, x_desc, t_desc, c_ptr, sum_ptr, acc, pid_m * BM, pid_n * BN, M, N, STORE_AUX,
+                           EPILOGUE, BM, BN)
         else:
             _epilogue(acc, pid_m * BM, offs_m, offs_n, M, N, bias_ptr, c_ptr, aux_ptr, act_ptr, sum_ptr, s_cm, s_cn,
                       s_xm, s_xn, HAS_BIAS, EPILOGUE, STORE_AUX, STORE_ACT, COLSUM, OUT_BF16, INTERPRET, BM)
@@ -302,8 +295,7 @@ def _launch(a, b, bias, c, aux, act, sums, epilogue):
         x_desc = TensorDescriptor.from_tensor(aux, [1, 1]) if aux is not None and desc_out else c_desc
         t_desc = TensorDescriptor.from_tensor(act, [1, 1]) if act is not None and desc_out else c_desc
         _gemm_tma_kernel[grid](TensorDescriptor.from_tensor(a, [1, 1]), b_desc, c_desc, x_desc, t_desc, *ptrs,
-                               M, N, K,
-                               *strides, B_KMAJOR=kmajor, DESC_OUT=desc_out, **flags)
+                               M, N, K, *strides, B_KMAJOR=kmajor, DESC_OUT=desc_out, **flags)
         return
     grid = lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)  # noqa: E731
     _gemm_kernel[grid](a, b, *ptrs, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1), *strides,
