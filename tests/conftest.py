@@ -32,12 +32,14 @@ def make_notebook(path, params_src: str, cells: list[str]) -> None:
     nbformat.write(nb, str(path))
 
 
-SMOKE_PARAMS = "n: int = 3  # how many\nfail: bool = False  # raise on purpose\nsizes: list = [1, 2]  # sizes\nlabel: str = 'a'  # a label"
+SMOKE_PARAMS = "n: int = 3  # how many\nfail: bool = False  # raise on purpose\nsizes: list = [1, 2]  # sizes\nlabel: str = 'a'  # a label\npause: float = 0.0  # seconds before each group of table g (resume tests)"
 SMOKE_CELLS = [
     "from workbook import record, plots\nfrom workbook.errors import bad_param\nplots.setup()\n"
     "if n < 0: raise bad_param('n', n, 'a count of at least 0')\n"
-    "rec = record.start('smoke', dict(n=n, fail=fail, sizes=sizes, label=label))",
+    "rec = record.start('smoke', dict(n=n, fail=fail, sizes=sizes, label=label, pause=pause))",
     "rec.add('t', {'label': label, 'n': n, 'x_ms': n * 1.5})\nrec.headline(x_ms=n * 1.5)\nif fail: rec.fallback('made up fallback')",
+    "import os, time\nfor s in sizes:\n    if rec.done_group('g', size=s) is None:\n        time.sleep(pause)\n"
+    "        rec.add_group('g', [{'size': s, 'pid': os.getpid()}], size=s)",
     "if fail: raise RuntimeError('planned failure')",
     "import plotly.graph_objects as go\ngo.Figure(go.Scatter(x=[1, 2], y=[n, 2 * n]))",
     "rec.finish()",

@@ -17,8 +17,8 @@ def test_merge_order_defaults_profile_file_cli(wb_root, tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text("n: 9\nsizes: [4]\n")
     vals, src = P.merge("smoke", defaults, profile="gpu", file=str(f), cli={"n": 11})
-    assert vals == {"n": 11, "fail": False, "sizes": [4], "label": "gpu"}
-    assert src == {"n": "-p", "fail": "default", "sizes": "file p.yaml", "label": "profile gpu"}
+    assert vals == {"n": 11, "fail": False, "sizes": [4], "label": "gpu", "pause": 0.0}
+    assert src == {"n": "-p", "fail": "default", "sizes": "file p.yaml", "label": "profile gpu", "pause": "default"}
 
 
 def test_file_may_be_sectioned_by_notebook(wb_root, tmp_path):

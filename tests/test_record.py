@@ -118,3 +118,54 @@ def test_write_json_atomic(tmp_path):
     assert path.read_text().endswith("\n")
     assert [p.name for p in path.parent.iterdir()] == ["x.json"]  # no temp files left
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def _prior_run(tmp_path, params, groups):
+    """An unfinished run's folder whose recorder completed ``groups`` (key dict -> rows) of table 'g'."""
+    prior = Recorder("nb", params, run_dir=tmp_path / "prior")
+    for key, rows in groups:
+        prior.add_group("g", rows, **key)
+    return prior
+
+
+def test_add_group_writes_rows_and_marks_them_complete(tmp_path, wb_root):
+    rec = Recorder("nb", {"n": 1}, run_dir=tmp_path / "run")
+    rec.add_group("g", [{"size": 1, "impl": "a", "ms": 1.0}, {"size": 1, "impl": "b", "ms": 2.0}], size=1)
+    rec.add("g", {"size": 2, "impl": "a", "ms": 3.0})  # a row outside any group: never resumed
+    d = _read(rec)
+    assert [r["ms"] for r in d["tables"]["g"]] == [1.0, 2.0, 3.0]
+    assert d["groups"]["g"] == [{"key": {"size": 1}, "rows": [0, 2]}]
+    assert rec.done_group("g", size=1) is None  # nothing is resumed without the runner's hand-over
+
+
+def test_done_group_hands_back_what_the_unfinished_run_completed(tmp_path, wb_root, monkeypatch):
+    params = {"n": 1, "sizes": [1, 2, 3]}
+    _prior_run(tmp_path, params, [({"size": 1, "impl": "x"}, [{"size": 1, "ms": 1.5}]),
+                                  ({"size": 2, "impl": "x"}, [{"size": 2, "ms": 2.5}, {"size": 2, "ms": 2.6}])])
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "prior"))
+    rec = Recorder("nb", params, run_dir=tmp_path / "run")
+    got = rec.done_group("g", impl="x", size=2)  # key order does not matter
+    assert got == [{"size": 2, "ms": 2.5, "resumed_from": "prior"}, {"size": 2, "ms": 2.6, "resumed_from": "prior"}]
+    assert rec.done_group("g", size=3, impl="x") is None  # never completed there: measure it
+    assert rec.done_group("g", size=1, impl="y") is None
+    rec.add_group("g", [{"size": 3, "ms": 3.5}], size=3, impl="x")
+    d = _read(rec)
+    assert d["resumed"] == {"from": "prior", "groups": {"g": 1}}
+    assert [r.get("resumed_from") for r in d["tables"]["g"]] == ["prior", "prior", None]
+    assert [g["rows"] for g in d["groups"]["g"]] == [[0, 2], [2, 3]]
+
+    # resuming the resumed run keeps the name of the run that measured each row
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "run"))
+    again = Recorder("nb", params, run_dir=tmp_path / "third")
+    assert again.done_group("g", size=2, impl="x")[0]["resumed_from"] == "prior"
+    assert again.done_group("g", size=3, impl="x") == [{"size": 3, "ms": 3.5, "resumed_from": "run"}]
+
+
+def test_prior_with_other_parameters_is_not_resumed(tmp_path, wb_root, monkeypatch):
+    _prior_run(tmp_path, {"n": 1}, [({"size": 1}, [{"size": 1, "ms": 1.5}])])
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "prior"))
+    rec = Recorder("nb", {"n": 2}, run_dir=tmp_path / "run")
+    assert rec.done_group("g", size=1) is None
+    assert "not resumed from prior: its recorded parameters differ" in _read(rec)["notes"]
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "missing"))
+    assert Recorder("nb", {"n": 1}, run_dir=tmp_path / "run2").done_group("g", size=1) is None

@@ -1,7 +1,11 @@
-"""The runner end to end on a tiny notebook: run folders, reuse, failures, list/index/compare, CLI exit codes."""
+"""The runner end to end on a tiny notebook: run folders, reuse, failures, resume, list/index/compare, CLI exit codes."""
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -60,9 +64,12 @@ def test_failing_cell_gives_report_status_and_exit_code(wb_root):
     res = json.loads((info.run_dir / "results.json").read_text())
     assert res["tables"]["t"]  # what finished before the failure is kept
     assert json.loads((ok.run_dir / "run.json").read_text())["status"] == "ok"  # earlier run untouched
-    # a failed run is never reused
+    # a failed run is never reused; it is resumed: its completed groups come back, marked as its own
     again = runner.run("smoke", cli={"fail": True})
     assert not again.reused and again.run_dir != info.run_dir
+    assert again.data["resumed_from"] == info.run_id
+    rows = json.loads((again.run_dir / "results.json").read_text())["tables"]["g"]
+    assert [r["resumed_from"] for r in rows] == [info.run_id] * 2
 
 
 def test_cli_exit_codes(wb_root, capsys):
@@ -87,3 +94,115 @@ def test_unknown_parameter_raises_before_anything_runs(wb_root):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "workbook.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "run-all" in out.stdout
+
+
+def _smoke_cli(*params):
+    """`workbook run smoke` in its own process group (so a test can kill the runner and its kernel)."""
+    args = [sys.executable, "-m", "workbook.cli", "run", "smoke"]
+    for k, v in params:
+        args += ["-p", k, v]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _wait_for_groups(wb_root, n, proc, timeout=180):
+    """The run folder once its results.json holds ``n`` completed groups of table g."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for res in (wb_root / "outputs" / "smoke").glob("*/results.json"):
+            try:
+                groups = json.loads(res.read_text()).get("groups", {}).get("g", [])
+            except ValueError:
+                continue
+            if len(groups) >= n:
+                return res.parent
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise AssertionError(f"no run completed {n} groups in {timeout} s")
+
+
+def _gone(pid, wait=15.0):
+    t0 = time.time()
+    while time.time() - t0 < wait:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+PARAMS = (("sizes", "[1, 2, 3]"), ("pause", "2.0"))
+
+
+def test_sigterm_is_recorded_and_the_next_run_resumes(wb_root):
+    proc = _smoke_cli(*PARAMS)
+    first = _wait_for_groups(wb_root, 1, proc)
+    proc.send_signal(signal.SIGTERM)  # what `timeout` or a scheduler sends to the runner alone
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert "terminated (SIGTERM)" in out and "run the same command to resume it" in out
+    run = json.loads((first / "run.json").read_text())
+    assert run["status"] == "interrupted" and "SIGTERM" in run["error"]
+    assert "Status: INTERRUPTED" in (first / "report.html").read_text()
+    res = json.loads((first / "results.json").read_text())
+    kernel_pid = res["tables"]["g"][0]["pid"]
+    assert _gone(kernel_pid), "the notebook's kernel outlived the terminated runner"
+    assert len(res["groups"]["g"]) == 1  # the kernel stopped: nothing more was measured
+
+    info = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0})
+    assert info.status == "ok" and info.data["resumed_from"] == first.name
+    res = json.loads((info.run_dir / "results.json").read_text())
+    rows = res["tables"]["g"]
+    assert [r["size"] for r in rows] == [1, 2, 3]
+    assert rows[0]["resumed_from"] == first.name and rows[0]["pid"] == kernel_pid  # measured by the first run
+    assert all("resumed_from" not in r for r in rows[1:]) and rows[1]["pid"] != kernel_pid
+    assert res["resumed"] == {"from": first.name, "groups": {"g": 1}}
+    head = (info.run_dir / "report.html").read_text()
+    assert "Resumed:" in head and f"1 of g measured by the unfinished run {first.name}" in head
+    # finished now: the same command reuses it, and --force measures everything again
+    assert runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0}).reused
+
+
+def test_a_run_killed_outright_is_resumed_losing_nothing(wb_root):
+    proc = _smoke_cli(*PARAMS)
+    first = _wait_for_groups(wb_root, 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, with no chance to record anything
+    proc.wait(timeout=30)
+    res = json.loads((first / "results.json").read_text())
+    assert _gone(res["tables"]["g"][0]["pid"])
+    assert json.loads((first / "run.json").read_text())["status"] == "running"  # as the kill left it
+    done = len(res["groups"]["g"])
+    info = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0})
+    rows = json.loads((info.run_dir / "results.json").read_text())["tables"]["g"]
+    assert [r["size"] for r in rows] == [1, 2, 3]
+    assert sum(r.get("resumed_from") == first.name for r in rows) == done >= 2
+    forced = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0}, force=True)
+    assert forced.data["resumed_from"] is None
+    assert all("resumed_from" not in r for r in json.loads((forced.run_dir / "results.json").read_text())["tables"]["g"])
+
+
+def _fake_run(wb_root, name, key, status, *, groups=True, machine=None, pid=None, host=None):
+    d = wb_root / "outputs" / "smoke" / name
+    d.mkdir(parents=True)
+    prov = {"hardware": {"gpus": [{"name": machine or "NVIDIA H200"}]}, "torch": {"version": "2.11", "cuda": "13.0"}}
+    (d / "run.json").write_text(json.dumps({"key": key, "status": status, "provenance": prov, "pid": pid,
+                                            "host": host or socket.gethostname()}))
+    (d / "results.json").write_text(json.dumps({"groups": {"g": [{"key": {"size": 1}, "rows": [0, 1]}]} if groups else {}}))
+    return d
+
+
+def test_which_unfinished_run_is_resumed(wb_root):
+    machine = ("NVIDIA H200", "2.11", "13.0")
+    assert runner.find_resumable("smoke", "k", machine) is None
+    _fake_run(wb_root, "1-interrupted", "k", "interrupted")
+    _fake_run(wb_root, "2-other-key", "other", "interrupted")
+    _fake_run(wb_root, "3-finished", "k", "ok")
+    _fake_run(wb_root, "4-no-groups", "k", "failed", groups=False)
+    _fake_run(wb_root, "5-other-gpu", "k", "failed", machine="NVIDIA H100 80GB HBM3")
+    _fake_run(wb_root, "6-running-here", "k", "running", pid=os.getpid())  # alive: a run in progress
+    assert runner.find_resumable("smoke", "k", machine).name == "1-interrupted"
+    _fake_run(wb_root, "7-killed", "k", "running", pid=2 ** 22 + 12345)  # no such process
+    assert runner.find_resumable("smoke", "k", machine).name == "7-killed"
+    _fake_run(wb_root, "8-elsewhere", "k", "running", pid=os.getpid(), host="another-host")
+    assert runner.find_resumable("smoke", "k", machine).name == "8-elsewhere"
+    assert runner.find_resumable("smoke", "k", ("NVIDIA H200", "2.12", "13.0")) is None  # other torch

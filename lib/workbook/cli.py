@@ -1,6 +1,7 @@
 """The ``workbook`` command: run notebooks, list runs, compare two runs.
 
     workbook run NOTEBOOK [-p NAME VALUE ...] [-f FILE.yaml] [--profile NAME] [--force]
+        (an identical finished run is reused; an identical unfinished one is resumed; --force does neither)
     workbook run-all [--profile NAME] [--force]
     workbook list
     workbook compare RUN_A RUN_B
@@ -24,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a parameter (YAML value: 2, 1e-3, true, [224, 384])")
     r.add_argument("-f", "--file", help="YAML file of parameters (flat, or one section per notebook)")
     r.add_argument("--profile", help="params/<profile>.yaml section for this notebook (e.g. gpu)")
-    r.add_argument("--force", action="store_true", help="run even if an identical finished run exists")
+    r.add_argument("--force", action="store_true",
+                   help="run even if an identical finished run exists, and measure everything again rather than "
+                        "resume an unfinished one")
     r.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     a = sub.add_parser("run-all", help="run every notebook with its defaults (plus --profile)")
     a.add_argument("--profile")
@@ -76,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbookError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except runner.Terminated:
+        print("terminated (SIGTERM): the run is recorded as interrupted; run the same command to resume it",
+              file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("interrupted: the run is recorded as such; run the same command to resume it", file=sys.stderr)
+        return 130
     return 0
 
 

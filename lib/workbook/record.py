@@ -5,6 +5,12 @@ such as ``latency_ms_p50``), a few headline figures, and the notes a reader must
 that happened, things that were not measured and why. The file is rewritten atomically after every
 change, so whatever finished survives a later failure. Under the runner the file lands in the run
 folder (``WORKBOOK_RUN_DIR``); under plain papermill or JupyterLab in ``outputs/<notebook>/adhoc-*``.
+
+Resume: long sections record their work in *groups* (:meth:`Recorder.add_group`: one configuration's rows,
+written together and marked complete). When the runner resumes an unfinished run with the same notebook
+source, parameters, lib, hardware and torch (``WORKBOOK_RESUME_FROM``), :meth:`Recorder.done_group` hands
+back that run's completed groups instead of measuring them again; the rows carry ``resumed_from`` and the
+report says at its top how many groups came from which run.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from workbook import provenance
 from workbook.paths import outputs_dir
 
 RUN_DIR_ENV = "WORKBOOK_RUN_DIR"
+RESUME_ENV = "WORKBOOK_RESUME_FROM"  # set by the runner: an unfinished run of the same key whose groups are reused
 
 
 def _jsonable(x):
@@ -94,6 +101,52 @@ class Recorder:
             "versions": {"python": prov["python"], **prov["torch"], "packages": prov["packages"]},
             "git": prov["git"],
         }
+        self._prior, self._prior_id = self._load_prior(dict(params))
+        self._save()
+
+    def _load_prior(self, params: dict):
+        """The unfinished run named by the runner, if its recorded parameters are this run's."""
+        src = os.environ.get(RESUME_ENV)
+        if not src or Path(src).resolve() == self.run_dir.resolve():
+            return None, None
+        try:
+            prior = json.loads((Path(src) / "results.json").read_text())
+        except (OSError, ValueError):
+            return None, None
+        if prior.get("params") != _jsonable(params):
+            self.data["notes"].append(f"not resumed from {Path(src).name}: its recorded parameters differ")
+            return None, None
+        return prior, Path(src).name
+
+    @staticmethod
+    def _group_key(key: dict) -> dict:
+        return _jsonable(dict(sorted(key.items())))
+
+    def done_group(self, table: str, **key) -> list[dict] | None:
+        """The rows of group ``key`` of ``table`` that the resumed run completed, recorded into this run
+        (marked ``resumed_from``); None when it must be measured here."""
+        if self._prior is None:
+            return None
+        want = self._group_key(key)
+        done = [g for g in self._prior.get("groups", {}).get(table, []) if g.get("key") == want]
+        if not done:
+            return None
+        start, end = done[-1]["rows"]
+        rows = [{**r, "resumed_from": r.get("resumed_from") or self._prior_id}  # the run that measured it
+                for r in self._prior.get("tables", {}).get(table, [])[start:end]]
+        res = self.data.setdefault("resumed", {"from": self._prior_id, "groups": {}})
+        res["groups"][table] = res["groups"].get(table, 0) + 1
+        self.add_group(table, rows, **key)
+        return rows
+
+    def add_group(self, table: str, rows: list[dict], **key) -> None:
+        """Append one configuration's rows in a single write and mark the group complete (what a resumed
+        run may reuse). A group killed half-way is never marked, so it is measured again."""
+        t = self.data["tables"].setdefault(table, [])
+        start = len(t)
+        t.extend(dict(r) for r in rows)
+        self.data.setdefault("groups", {}).setdefault(table, []).append(
+            {"key": self._group_key(key), "rows": [start, len(t)]})
         self._save()
 
     def _save(self) -> None:

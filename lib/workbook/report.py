@@ -41,6 +41,12 @@ def summary_html(run: dict, results: dict | None) -> str:
         parts.append(f"<p><b>Error:</b> <code>{_esc(run['error'])}</code></p>")
     for fb in res.get("fallbacks", []):
         parts.append(f'<p class="wb-warn"><b>Fallback:</b> {_esc(fb)}</p>')
+    if res.get("resumed", {}).get("groups"):
+        r = res["resumed"]
+        what = ", ".join(f"{n} of {t}" for t, n in r["groups"].items())
+        parts.append(f'<p class="wb-warn"><b>Resumed:</b> {_esc(what)} measured by the unfinished run '
+                     f'{_esc(r["from"])} (same notebook source, parameters, lib, hardware and torch), not by this '
+                     f'one; their rows say <code>resumed_from</code>.</p>')
     if res.get("status") == "running" and not failed:
         parts.append('<p class="wb-warn">The notebook never marked its results complete.</p>')
     for nm in res.get("not_measured", []):

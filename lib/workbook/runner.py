@@ -5,6 +5,12 @@ Each run lands in ``outputs/<notebook>/<run-id>/`` with the executed ``notebook.
 provenance). Runs never overwrite each other. A finished run with the same notebook source,
 parameters and lib version is reused unless forced. A failing notebook still gets its report, with
 the error on top, and a non-zero exit code.
+
+An unfinished run (killed, interrupted, timed out or failed) with the same key, on the same hardware and
+torch, is resumed: the new run folder gets every group of rows that run completed (see
+:mod:`workbook.record`) and measures only the rest; ``--force`` measures everything again. SIGTERM (a
+scheduler's or ``timeout``'s stop) is handled like Ctrl-C: the run is recorded as interrupted, its report is
+written and the notebook's kernel is shut down, so the next run can resume it.
 """
 from __future__ import annotations
 
@@ -12,7 +18,10 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +29,7 @@ from pathlib import Path
 
 from workbook import __version__, params as P, provenance, report
 from workbook.paths import lib_dir, outputs_dir, repo_root
-from workbook.record import RUN_DIR_ENV, write_json_atomic
+from workbook.record import RESUME_ENV, RUN_DIR_ENV, write_json_atomic
 
 PLOTLY_RENDERER = "plotly_mimetype+notebook"  # JupyterLab's renderer plus an offline HTML one
 
@@ -76,6 +85,47 @@ def find_reusable(notebook: str, key: str) -> Path | None:
     for d in sorted(nb_dir.iterdir(), reverse=True):
         run = read_run(d)
         if run and run.get("key") == key and run.get("status") == "ok" and (d / "results.json").exists():
+            return d
+    return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while a notebook ran (a time limit, a scheduler, ``timeout``)."""
+
+
+def _alive(run: dict) -> bool:
+    """Whether the process that wrote a 'running' run.json is still running (on this host)."""
+    pid = run.get("pid")
+    if run.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False  # another machine's run, or one recorded before pids were: treat as dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _machine(prov: dict) -> tuple:
+    """What must match for a run's measurements to be reused by another: the hardware and torch build."""
+    tv = prov.get("torch", {})
+    return (provenance.hardware_label(prov.get("hardware", {})), tv.get("version"), tv.get("cuda"))
+
+
+def find_resumable(notebook: str, key: str, machine: tuple) -> Path | None:
+    """The newest unfinished run with this key on this kind of machine that recorded some results."""
+    nb_dir = outputs_dir() / notebook
+    if not nb_dir.is_dir():
+        return None
+    for d in sorted(nb_dir.iterdir(), reverse=True):
+        run = read_run(d)
+        if not run or run.get("key") != key or run.get("status") == "ok":
+            continue
+        if run.get("status") == "running" and _alive(run):
+            continue  # a run in progress, not an abandoned one
+        res = _read_results(d)
+        if res and res.get("groups") and _machine(run.get("provenance", {})) == machine:
             return d
     return None
 
@@ -140,6 +190,8 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
                 f"version; --force to run again)\n  {prev / 'report.html'}")
             return RunInfo(name, prev.name, prev, "ok", reused=True, data=data)
 
+    prov = provenance.collect()
+    prior = None if force else find_resumable(name, key, _machine(prov))
     run_dir = new_run_dir(name, key)
     run_id = run_dir.name
     started = time.time()
@@ -148,23 +200,32 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
         "params": values, "param_sources": sources, "profile": profile, "param_file": param_file,
         "key": key, "notebook_hash": nb_hash, "lib_fingerprint": lib_fp, "workbook_version": __version__,
         "started_at": provenance.now_iso(), "ended_at": None, "duration_s": None,
-        "command": _command_line(), "provenance": provenance.collect(),
+        "command": _command_line(), "provenance": prov, "pid": os.getpid(), "host": socket.gethostname(),
+        "resumed_from": prior.name if prior else None,
     }
     write_json_atomic(run_dir / "run.json", data)
     log(f"{name}: running into {run_dir}")
+    env = {RUN_DIR_ENV: run_dir, "PLOTLY_RENDERER": PLOTLY_RENDERER, "WORKBOOK_ROOT": repo_root(),
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1", RESUME_ENV: prior or ""}
+    if prior:
+        log(f"{name}: resuming the unfinished run {prior.name}: what it completed is kept, the rest is measured "
+            "(--force measures everything again)")
 
     out_nb = run_dir / "notebook.ipynb"
     status, error = "ok", None
+    interrupt = None
     try:
         import papermill as pm
 
-        with _environment(**{RUN_DIR_ENV: run_dir, "PLOTLY_RENDERER": PLOTLY_RENDERER,
-                             "WORKBOOK_ROOT": repo_root(), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}):
+        with _environment(**env), _sigterm_interrupts():
             pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, cwd=str(repo_root()),
                                 kernel_name=_kernel_name(), progress_bar=False, log_output=True,
                                 execution_timeout=timeout)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+    except KeyboardInterrupt as exc:
+        interrupt = exc
+        status = "interrupted"
+        error = ("terminated by SIGTERM (a time limit or a scheduler); the next identical run resumes it"
+                 if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)")
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, reported, and turned into an exit code
         status, error = "failed", _error_text(exc)
 
@@ -180,9 +241,26 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     write_index()
     msg = f"{name}: {status} in {data['duration_s']:.1f} s"
     log(msg + (f" — {error}" if error else "") + f"\n  {run_dir / 'report.html'}")
-    if status == "interrupted":
-        raise KeyboardInterrupt
+    if interrupt is not None:
+        raise interrupt
     return RunInfo(name, run_id, run_dir, status, error=error, data=data)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Turn SIGTERM into :class:`Terminated` while a notebook runs (main thread only: elsewhere, no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _command_line() -> str:

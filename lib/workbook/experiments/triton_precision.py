@@ -311,23 +311,34 @@ def _timing(fn, cfg) -> float:
     return measure.time_fn(fn, device=cfg.device, warmup=cfg.warmup, iters=cfg.iterations).median_ms
 
 
-def speed_rows(cfg: Config, dtype_name: str = "bfloat16", progress=None) -> list[dict]:
-    """Each kernel vs eager and torch.compile across token counts: forward and forward+backward ms, peak MiB."""
+def speed_rows(cfg: Config, dtype_name: str = "bfloat16", progress=None, rec=None) -> list[dict]:
+    """Each kernel vs eager and torch.compile across token counts: forward and forward+backward ms, peak MiB.
+    With ``rec``, each (kernel, tokens) is recorded as one resumable group as soon as it is measured."""
     if cfg.device != "cuda":
         return []
     dt = DTYPES[dtype_name]
     rows = []
+    impls = ("triton", "eager", "torch.compile")
     for kernel in [k for k in cfg.kernels if k in SPEED_KERNELS]:
-        ins0, tri, eag = _kernel_case(cfg, kernel)
-        compiled = torch.compile(eag)
+        ins0 = None
         for tokens in cfg.speed_tokens:
+            done = rec.done_group("kernel_speed", kernel=kernel, tokens=tokens) if rec is not None else None
+            if done is not None:  # measured by the unfinished run this one resumes
+                rows.extend(done)
+                if progress:
+                    progress.update(len(impls))
+                continue
+            if ins0 is None:
+                ins0, tri, eag = _kernel_case(cfg, kernel)
+                compiled = torch.compile(eag)
+            group = []
             scale = {k: (tokens if v.shape[0] == cfg.tokens and k == "x" else None) for k, v in ins0.items()}
             g = torch.Generator(device="cuda").manual_seed(cfg.seed)
             ins = {}
             for k, v in ins0.items():
                 shape = (tokens, *v.shape[1:]) if scale[k] else v.shape
                 ins[k] = (torch.randn(shape, device="cuda", dtype=dt, generator=g) * float(v.std())).requires_grad_(True)
-            for impl, fn in (("triton", tri), ("eager", eag), ("torch.compile", compiled)):
+            for impl, fn in zip(impls, (tri, eag, compiled)):
                 fwd = lambda fn=fn: fn(*ins.values())  # noqa: E731
                 out = fwd()
                 dy = torch.randn_like(out)
@@ -346,16 +357,19 @@ def speed_rows(cfg: Config, dtype_name: str = "bfloat16", progress=None) -> list
                     base = torch.cuda.memory_allocated()
                     fb_ms = _timing(step, cfg)
                     peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                    rows.append({"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
-                                 "forward_ms": f_ms, "fwd_bwd_ms": fb_ms, "fwd_bwd_extra_peak_mib": peak})
+                    group.append({"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
+                                  "forward_ms": f_ms, "fwd_bwd_ms": fb_ms, "fwd_bwd_extra_peak_mib": peak})
                 except torch.OutOfMemoryError:
-                    rows.append({"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
-                                 "status": "out of memory"})
+                    group.append({"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
+                                  "status": "out of memory"})
                 if progress:
                     progress.update(1)
                 del out, dy
             del ins
             torch.cuda.empty_cache()
+            rows.extend(group)
+            if rec is not None:
+                rec.add_group("kernel_speed", group, kernel=kernel, tokens=tokens)
     return rows
 
 
@@ -403,7 +417,8 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
 
     A training step in bf16 on GPU (fp32 on the CPU interpreter, where only correctness means anything):
     forward of the NaFlex tower (embeddings, encoder, post-LayerNorm, pooling head), then backward of both
-    outputs. Out-of-memory is recorded as such and the next configuration goes on.
+    outputs. Out-of-memory is recorded as such and the next configuration goes on. Each (variant, batch) is
+    one resumable group of ``rec``: a resumed run takes the ones its predecessor finished.
     """
     from workbook.models import siglip2 as S
 
@@ -414,6 +429,12 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
     rows = []
     for batch in cfg.stack_batches:
         for variant in cfg.stack_variants:
+            done = rec.done_group("stack", variant=variant, batch=batch) if rec is not None else None
+            if done is not None:  # measured by the unfinished run this one resumes
+                rows.extend(done)
+                if progress:
+                    progress.update(1)
+                continue
             row = {"variant": variant, "batch": batch, "patches": mc.num_patches, "dtype": "bfloat16"}
             model = fwd = None
             try:
@@ -457,7 +478,7 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
                 torch.cuda.empty_cache()
             rows.append(row)
             if rec is not None:
-                rec.add("stack", row)
+                rec.add_group("stack", [row], variant=variant, batch=batch)
             if progress:
                 progress.update(1)
     return rows
