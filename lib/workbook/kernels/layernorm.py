@@ -10,6 +10,10 @@ accumulates the weight/bias gradients in fp32 registers; the per-program partial
 host. No atomics, so the result is deterministic. :func:`ln_backward_residual` also adds the gradient of a
 residual connection around the normalised branch into ``dx`` and sums it (FlashAttention's ``dresidual``),
 which saves the separate add autograd would do and the bias reduction of the branch's last layer.
+
+Rows are one power-of-two tile with the tail masked (1152 wide: a 2048 tile). Splitting the row into two
+power-of-two tiles instead (1024 + 128, no masked lanes) made the backward slower on an H200, 319 against 250 us
+at 65536 x 1152.
 """
 from __future__ import annotations
 
