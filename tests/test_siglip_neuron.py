@@ -530,3 +530,28 @@ def test_flat_memory_spreads_neuron_cores_into_columns():
     assert exp._flat_memory(mem) == {"host_peak_rss_mb": 10.0, "nd0_nc0_total_mb": 5.0, "nd0_nc0_peak_mb": 6,
                                      "nd0_nc1_total_mb": 7.0}
     assert exp._flat_memory({"cuda0_peak_allocated_mb": 1.0}) == {"cuda0_peak_allocated_mb": 1.0}
+
+
+def test_resumed_matrix_takes_finished_configurations(tmp_path, monkeypatch):
+    from workbook import record
+
+    cfg = exp.configure(**defaults(runs=["eager:float32:1", "eager:bfloat16:1"], warmup=0, iters=1))
+    tower = exp.build(cfg)
+    pool = exp.inputs(cfg, exp.ACCURACY_IMAGES)
+    first = Recorder("siglip_neuron", {"n": 1}, run_dir=tmp_path / "first")
+    ref, cpu_rows = exp.cpu_reference(cfg, tower, pool, first)
+    cfg_first = exp.configure(**defaults(runs=["eager:float32:1"], warmup=0, iters=1))  # killed after one
+    measured = exp.run_matrix(cfg_first, tower, pool, ref, cpu_rows, first)
+
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "first"))
+    rec = Recorder("siglip_neuron", {"n": 1}, run_dir=tmp_path / "second")
+    prepared = []
+    real = cfg.backend.prepare
+    monkeypatch.setattr(cfg.backend, "prepare", lambda *a, **k: prepared.append(k["dtype"]) or real(*a, **k))
+    rows = exp.run_matrix(cfg, tower, pool, ref, cpu_rows, rec)
+    assert prepared == ["bfloat16"]  # the float32 configuration came from the first run
+    assert rows[0]["resumed_from"] == "first" and rows[0]["latency_median_ms"] == measured[0]["latency_median_ms"]
+    assert "resumed_from" not in rows[1] and rows[1]["dtype"] == "bfloat16"
+    hist = rec.table("error_histogram")
+    assert [(h["dtype"], h.get("resumed_from")) for h in hist] == [("float32", "first"), ("bfloat16", None)]
+    assert {r["configuration"] for r in exp.histogram_rows(hist)} == {"eager float32 b1", "eager bfloat16 b1"}

@@ -256,7 +256,11 @@ def cpu_reference(cfg: Config, tower, pool: torch.Tensor, rec) -> tuple[torch.Te
 
 
 def run_matrix(cfg: Config, tower, pool: torch.Tensor, ref: torch.Tensor, cpu_rows: list[dict], rec) -> list[dict]:
-    """Every (mode, dtype, batch): prepare (compile or load), first inference, steady state, accuracy, memory."""
+    """Every (mode, dtype, batch): prepare (compile or load), first inference, steady state, accuracy, memory.
+
+    Each configuration is a resumable group of ``rec`` (its histogram written first, then its row): a run that
+    resumes an unfinished one takes the configurations that one finished instead of preparing them again.
+    """
     import psutil
 
     b = cfg.backend
@@ -265,6 +269,12 @@ def run_matrix(cfg: Config, tower, pool: torch.Tensor, ref: torch.Tensor, cpu_ro
     weights = artifacts.weights_digest(tower.model)
     rows = []
     for mode, dtype, bs in tqdm(cfg.steps, desc=f"{b.name} runs"):
+        key = dict(mode=mode, dtype=dtype, batch=bs)
+        done = rec.done_group("runs", **key)
+        if done is not None:  # finished by the unfinished run this one resumes (its histogram went in first)
+            rec.done_group("error_histogram", **key)
+            rows.extend(done)
+            continue
         example = _batch(pool, bs)
         parts = {"model": cfg.model, "weights": weights, "shape": list(example.shape), "dtype": dtype, "mode": mode,
                  "cores": cfg.cores, "options": cfg.options, "versions": _versions()}
@@ -290,8 +300,8 @@ def run_matrix(cfg: Config, tower, pool: torch.Tensor, ref: torch.Tensor, cpu_ro
                **acc, "tolerance_rel_l2": tol, "accuracy_pass": acc["rel_l2_err"] <= tol,
                "host_rss_mb": psutil.Process().memory_info().rss / 2**20, **_flat_memory(b.memory()),
                "notes": "; ".join(prep.notes)}
-        rec.add("runs", row)
-        rec.add("error_histogram", {"mode": mode, "dtype": dtype, "batch": bs, **error_histogram(out[:n], ref[:n])})
+        rec.add_group("error_histogram", [{**key, **error_histogram(out[:n], ref[:n])}], **key)
+        rec.add_group("runs", [row], **key)
         rows.append(row)
         prep = None  # free this configuration's compiled model before the next one
     return rows
