@@ -78,13 +78,20 @@ def read_run(run_dir: Path) -> dict | None:
         return None
 
 
-def find_reusable(notebook: str, key: str) -> Path | None:
+def _runs_with_key(notebook: str, key: str):
+    """``(folder, run.json)`` of this notebook's runs made with ``key``, newest first."""
     nb_dir = outputs_dir() / notebook
     if not nb_dir.is_dir():
-        return None
+        return
     for d in sorted(nb_dir.iterdir(), reverse=True):
         run = read_run(d)
-        if run and run.get("key") == key and run.get("status") == "ok" and (d / "results.json").exists():
+        if run and run.get("key") == key:
+            yield d, run
+
+
+def find_reusable(notebook: str, key: str) -> Path | None:
+    for d, run in _runs_with_key(notebook, key):
+        if run.get("status") == "ok" and (d / "results.json").exists():
             return d
     return None
 
@@ -103,7 +110,7 @@ def _alive(run: dict) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's process
     return True
 
 
@@ -115,15 +122,9 @@ def _machine(prov: dict) -> tuple:
 
 def find_resumable(notebook: str, key: str, machine: tuple) -> Path | None:
     """The newest unfinished run with this key on this kind of machine that recorded some results."""
-    nb_dir = outputs_dir() / notebook
-    if not nb_dir.is_dir():
-        return None
-    for d in sorted(nb_dir.iterdir(), reverse=True):
-        run = read_run(d)
-        if not run or run.get("key") != key or run.get("status") == "ok":
-            continue
-        if run.get("status") == "running" and _alive(run):
-            continue  # a run in progress, not an abandoned one
+    for d, run in _runs_with_key(notebook, key):
+        if run.get("status") == "ok" or (run.get("status") == "running" and _alive(run)):
+            continue  # finished (reused instead), or a run in progress rather than an abandoned one
         res = _read_results(d)
         if res and res.get("groups") and _machine(run.get("provenance", {})) == machine:
             return d

@@ -238,6 +238,22 @@ def precision_rows(cfg: Config, kernel: str, dtype_name: str) -> list[dict]:
     return rows
 
 
+def precision_study(cfg: Config, rec, progress=None) -> list[dict]:
+    """:func:`precision_rows` for every kernel and dtype, each (kernel, dtype) one resumable group of ``rec``
+    (a resumed run takes the ones its predecessor finished)."""
+    rows = []
+    for kernel in cfg.kernels:
+        for dtype_name in cfg.dtypes:
+            group = rec.done_group("precision", kernel=kernel, dtype=dtype_name)
+            if group is None:
+                group = precision_rows(cfg, kernel, dtype_name)
+                rec.add_group("precision", group, kernel=kernel, dtype=dtype_name)
+            rows += group
+            if progress:
+                progress.update(1)
+    return rows
+
+
 def precision_summary(rows: list[dict]) -> list[dict]:
     """One row per kernel x dtype: worst triton/eager max-error ratio, mean ULP of both on the output."""
     out = {}
