@@ -19,7 +19,7 @@ from workbook.kernels import runtime  # noqa: E402
 from workbook.kernels.gemm import gemm, gemm_gelu_backward  # noqa: E402
 from workbook.kernels.heads import ln_qkv_heads, ln_qkv_heads_reference, pack_heads  # noqa: E402
 from workbook.kernels.layernorm import (MAX_HIDDEN, add_ln_forward, layer_norm, layer_norm_reference,  # noqa: E402
-                                       ln_backward, ln_backward_residual, ln_forward)
+                                       ln_apply, ln_backward, ln_backward_residual, ln_forward, ln_output)
 from workbook.kernels.mlp import (add_ln_mlp, add_ln_mlp_reference, linear_gelu, linear_gelu_reference,  # noqa: E402
                                   ln_linear, ln_mlp, mlp, mlp_reference, qkv, qkv_reference, qkv_weights)
 
@@ -298,6 +298,22 @@ def test_ln_forward_statistics_are_fp32(dtype):
     assert ((rstd.double() - rstd64) / rstd64).abs().max().item() < 1e-6
     y2, m2, r2 = ln_forward(x, w, b, EPS, stats=False)
     assert m2 is None and r2 is None and torch.equal(y, y2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(37, 72), (5, 100), (3, 1152)], ids=lambda s: "x".join(map(str, s)))
+def test_ln_apply_reproduces_the_forward_output_bit_for_bit(dtype, shape):
+    """The backward's recompute from saved statistics must be the forward's output exactly, or gradients
+    taken with recompute_norm would differ from those with the output stored."""
+    x = rand(*shape, dtype=dtype, scale=3.0, shift=1.0, seed=23)
+    w, b = ln_params(shape[-1], dtype, seed=24)
+    y, mean, rstd = ln_forward(x, w, b, EPS)
+    assert torch.equal(ln_apply(x, w, b, mean, rstd), y)
+    assert torch.equal(ln_output(x, None, w, b, EPS, mean, rstd), y)
+    assert torch.equal(ln_output(x, None, w, b, EPS), y)  # without statistics: normalised again
+    wide = rand(shape[0], 2 * shape[1], dtype=dtype, scale=3.0, shift=1.0, seed=23)[:, ::2]  # strided rows
+    yw, mw, rw = ln_forward(wide, w, b, EPS)
+    assert torch.equal(ln_apply(wide, w, b, mw, rw), yw)
 
 
 @pytest.mark.parametrize("dtype,M", [(torch.bfloat16, 320), (torch.float32, 64)], ids=["bf16", "fp32"])
@@ -670,6 +686,15 @@ def test_gpu_layer_norm_and_qkv(dtype):
                dtype)
     check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db"], lambda *a: ln_linear(*a, triton_gemm=True),
                ln_linear_reference, [x, ln_w, ln_b, EPS, w, b], d, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
+def test_gpu_ln_apply_is_the_forward_output(dtype):
+    x = rand(TOKENS, HIDDEN, dtype=dtype, scale=2.0, shift=0.5, seed=99, device="cuda")
+    w, b = ln_params(HIDDEN, dtype, seed=100, device="cuda")
+    y, mean, rstd = ln_forward(x, w, b, EPS)
+    assert torch.equal(ln_apply(x, w, b, mean, rstd), y)
 
 
 @pytest.mark.gpu

@@ -15,6 +15,11 @@ residual connection (see :func:`ln_qkv_heads`): the previous block's residual ad
 pass, and the residual's gradient and out_proj's bias gradient are taken in its LayerNorm backward pass,
 so neither residual add of an encoder layer, nor the sum of the two gradients reaching a block's input,
 costs a pass over memory of its own.
+
+q, k and v stay interleaved views of the projection's output. Giving cuDNN each of them contiguous in
+``[B, H, S, D]`` order instead (a copy after the GEMM) was slower on an H200 at batch 256 x 256 patches, with o
+and its gradient in the layout out_proj reads and writes: attention forward+backward 1649 against 1518 us a
+layer, and packing its gradients from that order 873 against 276 us.
 """
 from __future__ import annotations
 
@@ -124,7 +129,7 @@ class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dq, dk, dv, dres=None):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps, mean, rstd)
         b, h, s, _ = dq.shape
         if ctx.projection == "planes":  # three GEMMs per gradient on the head gradients as SDPA returns them
             gs = [g.transpose(1, 2).reshape(b * s, -1) for g in (dq, dk, dv)]  # views for [B, S, H, D] order

@@ -10,7 +10,8 @@ What is fused, and what is recomputed instead of stored (the memory the seed rep
   forward and backward: eager also keeps the activation, one more tokens x 4304 tensor per layer.
 - ``ln_linear`` / ``ln_mlp``: the LayerNorm in front of the QKV projection / the MLP, fused into the same
   autograd node. With ``recompute_norm`` (the default) the normalised activations are recomputed in
-  backward from the block input (FlashAttention's ``layer_norm_linear_fn`` design), so the LayerNorm output
+  backward from the block input and the saved fp32 statistics (FlashAttention's ``layer_norm_linear_fn``
+  design), so the LayerNorm output
   is not stored either. This is recomputation inside one fused operation, not activation checkpointing
   (no forward is re-run); ``recompute_norm=False`` stores it and is reported as its own variant.
 - ``qkv``: the three projections as one GEMM over concatenated weights.
@@ -157,7 +158,7 @@ class MLPFn(torch.autograd.Function):
         d2 = _flat(dout)
         if ctx.mode == "residual":
             dres = d2
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps, mean, rstd)
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
         else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
@@ -242,7 +243,7 @@ class LNLinearFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         d2 = _flat(dout)
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps)
+        y = ln_output(x2, y, ln_w, ln_b, ctx.eps, mean, rstd)
         dw = d2.t() @ y
         db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
         dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
