@@ -374,3 +374,34 @@ def test_interp_speed_and_tower_runs(tower, rec, tmp_path):
     assert saved["interp_speed"] == irows
     assert saved["tower_speed"] == speed_rows
     assert saved["embedding_fidelity"] == fid
+
+
+def test_resumed_run_takes_finished_steps(tower, tmp_path, monkeypatch):
+    """A run killed after its first tower step resumes: the finished interpolation timings and tower step are
+    taken (marked ``resumed_from``), only the rest is measured."""
+    from workbook import record
+
+    first = Recorder("pos_interp", {}, run_dir=tmp_path / "first")
+    cfg_first = tiny_config(resolutions=[32], tower_resolutions=[48])  # the first run got this far
+    irows_first = P.interp_speed(cfg_first, tower, first)
+    speed_first, fid_first = P.tower_runs(cfg_first, tower, irows_first, first)
+
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "first"))
+    rec = Recorder("pos_interp", {}, run_dir=tmp_path / "second")
+    cfg = tiny_config(resolutions=[32], tower_resolutions=[48, 224])
+    timed = []
+    real = P.measure.time_interleaved
+    monkeypatch.setattr(P.measure, "time_interleaved", lambda fns, **k: timed.append(len(fns)) or real(fns, **k))
+    irows = P.interp_speed(cfg, tower, rec)
+    assert [(r["resolution"], r.get("resumed_from")) for r in irows if r["implementation"] == "gather4"] == [
+        (32, "first"), (48, "first"), (224, None)]
+    assert [r["interp_median_ms"] for r in irows[:2 * len(ALL)]] == [r["interp_median_ms"] for r in irows_first]
+    speed_rows, fid = P.tower_runs(cfg, tower, irows, rec)
+    assert len(timed) == 2  # the 224 px interpolation timing and the 224 px tower step, nothing else
+    assert [r["forward_median_ms"] for r in speed_rows[:len(ALL)]] == [r["forward_median_ms"] for r in speed_first]
+    assert {r.get("resumed_from") for r in speed_rows[:len(ALL)]} == {"first"}
+    assert {r.get("resumed_from") for r in speed_rows[len(ALL):]} == {None}
+    assert [r["cosine_min"] for r in fid[:len(ALL)]] == [r["cosine_min"] for r in fid_first]
+    assert {r["resolution"] for r in fid} == {48, 224} and len(fid) == 2 * len(ALL)
+    saved = load(tmp_path / "second" / "results.json")
+    assert saved["resumed"]["groups"] == {"interp_speed": 2, "tower_speed": 1, "embedding_fidelity": 1}

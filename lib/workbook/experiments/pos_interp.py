@@ -224,14 +224,17 @@ def interp_speed(cfg: Config, tower, rec) -> list[dict]:
     for dt in dict.fromkeys(cfg.dtypes + [cfg.tower_dtype]):
         tab = base.to(DTYPES[dt])
         for res in tqdm(grids, desc=f"interpolation speed {dt}"):
+            done = rec.done_group("interp_speed", dtype=dt, resolution=res)
+            if done is not None:  # timed by the unfinished run this one resumes
+                rows.extend(done)
+                continue
             g = _grid(cfg, res)
             fns = {name: (lambda name=name: interp.interpolate(name, tab, (g, g))) for name in cfg.implementations}
             times = measure.time_interleaved(fns, device=dev, warmup=max(cfg.warmup, 1), iters=cfg.iterations * 5)
-            for name, t in times.items():
-                row = {"resolution": res, "grid": g, "dtype": dt, "implementation": name,
-                       "native": g == tower.grid, **t.as_dict("interp_")}
-                rec.add("interp_speed", row)
-                rows.append(row)
+            group = [{"resolution": res, "grid": g, "dtype": dt, "implementation": name, "native": g == tower.grid,
+                      **t.as_dict("interp_")} for name, t in times.items()]
+            rec.add_group("interp_speed", group, dtype=dt, resolution=res)
+            rows.extend(group)
     return rows
 
 
@@ -250,6 +253,11 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
         with torch.inference_mode():
             measure.spin(lambda: use_interpolation(tower, cfg.reference).model(x0), device=dev, seconds=3.0)
     for res, b in tqdm(steps, desc="vision tower"):
+        done = rec.done_group("tower_speed", resolution=res, batch=b)
+        if done is not None:  # measured by the unfinished run this one resumes (its fidelity rows went in first)
+            speed.extend(done)
+            fid.extend(rec.done_group("embedding_fidelity", resolution=res, batch=b) or [])
+            continue
         g = _grid(cfg, res)
         x = images(b, g * tower.patch, seed=cfg.seed, device=dev, dtype=dt)  # the pixels a valid conv uses
         order = [cfg.reference] + [i for i in cfg.implementations if i != cfg.reference]
@@ -260,22 +268,26 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
             fns = {name: (lambda name=name: use_interpolation(tower, name).model(x)) for name in order}
             times = measure.time_interleaved(fns, device=dev, warmup=cfg.warmup, iters=cfg.iterations)
         ref_ms = times[cfg.reference].median_ms
+        step_speed = []
         for name, t in times.items():
             call = per_call.get((res, name))
-            row = {"resolution": res, "pixels": g * tower.patch, "grid": g, "batch": b, "dtype": cfg.tower_dtype,
-                   "implementation": name, "native": g == tower.grid, **t.as_dict("forward_"),
-                   "interp_ms": call, "interp_share_pct": 100 * call / t.median_ms if call else None,
-                   "saving_vs_reference_pct": 100 * (1 - t.median_ms / ref_ms)}
-            rec.add("tower_speed", row)
-            speed.append(row)
+            step_speed.append({"resolution": res, "pixels": g * tower.patch, "grid": g, "batch": b,
+                               "dtype": cfg.tower_dtype, "implementation": name, "native": g == tower.grid,
+                               **t.as_dict("forward_"), "interp_ms": call,
+                               "interp_share_pct": 100 * call / t.median_ms if call else None,
+                               "saving_vs_reference_pct": 100 * (1 - t.median_ms / ref_ms)})
         use_interpolation(tower, None)
+        step_fid = []
         for name in cfg.implementations:
             m = metrics.compare(embeds[name], embeds[cfg.reference])
-            row = {"resolution": res, "batch": b, "implementation": name, "native": g == tower.grid,
-                   "cosine_min": m["cosine_min"],
-                   "cosine_mean": m["cosine_mean"], "max_abs_diff": m["max_abs_diff"]}
-            rec.add("embedding_fidelity", row)
-            fid.append(row)
+            step_fid.append({"resolution": res, "batch": b, "implementation": name, "native": g == tower.grid,
+                             "cosine_min": m["cosine_min"], "cosine_mean": m["cosine_mean"],
+                             "max_abs_diff": m["max_abs_diff"]})
+        # fidelity first: a step counts as done (and is skipped on resume) once its speed group is written
+        rec.add_group("embedding_fidelity", step_fid, resolution=res, batch=b)
+        rec.add_group("tower_speed", step_speed, resolution=res, batch=b)
+        speed.extend(step_speed)
+        fid.extend(step_fid)
     return speed, fid
 
 
