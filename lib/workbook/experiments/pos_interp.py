@@ -256,7 +256,7 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
         done = rec.done_group("tower_speed", resolution=res, batch=b)
         if done is not None:  # measured by the unfinished run this one resumes (its fidelity rows went in first)
             speed.extend(done)
-            fid.extend(rec.done_group("embedding_fidelity", resolution=res, batch=b) or [])
+            fid.extend(rec.done_group("embedding_fidelity", resolution=res, batch=b))
             continue
         g = _grid(cfg, res)
         x = images(b, g * tower.patch, seed=cfg.seed, device=dev, dtype=dt)  # the pixels a valid conv uses
