@@ -63,6 +63,7 @@ def test_failing_cell_gives_report_status_and_exit_code(wb_root):
     assert "made up fallback" in head  # the fallback recorded before the failure is at the top too
     res = json.loads((info.run_dir / "results.json").read_text())
     assert res["tables"]["t"]  # what finished before the failure is kept
+    assert res["status"] == "failed" and "planned failure" in res["stopped"]
     assert json.loads((ok.run_dir / "run.json").read_text())["status"] == "ok"  # earlier run untouched
     # a failed run is never reused; it is resumed: its completed groups come back, marked as its own
     again = runner.run("smoke", cli={"fail": True})
@@ -145,6 +146,7 @@ def test_sigterm_is_recorded_and_the_next_run_resumes(wb_root):
     assert run["status"] == "interrupted" and "SIGTERM" in run["error"]
     assert "Status: INTERRUPTED" in (first / "report.html").read_text()
     res = json.loads((first / "results.json").read_text())
+    assert res["status"] == "interrupted" and "SIGTERM" in res["stopped"]  # not left saying "running"
     kernel_pid = res["tables"]["g"][0]["pid"]
     assert _gone(kernel_pid), "the notebook's kernel outlived the terminated runner"
     assert len(res["groups"]["g"]) == 1  # the kernel stopped: nothing more was measured

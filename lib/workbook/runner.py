@@ -233,6 +233,9 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     data.update(status=status, error=error, ended_at=provenance.now_iso(),
                 duration_s=round(time.time() - started, 2))
     results = _read_results(run_dir)
+    if status != "ok" and results and results.get("status") == "running":  # the kernel is gone: say why
+        results.update(status=status, stopped=error)
+        write_json_atomic(run_dir / "results.json", results)
     if out_nb.exists():
         try:
             report.render(out_nb, run_dir / "report.html", report.summary_html(data, results))
