@@ -129,7 +129,7 @@ class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dq, dk, dv, dres=None):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps, mean, rstd)
+        y = ln_output(x2, y, ln_w, ln_b, mean, rstd)
         b, h, s, _ = dq.shape
         if ctx.projection == "planes":  # three GEMMs per gradient on the head gradients as SDPA returns them
             gs = [g.transpose(1, 2).reshape(b * s, -1) for g in (dq, dk, dv)]  # views for [B, S, H, D] order

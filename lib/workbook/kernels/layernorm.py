@@ -208,15 +208,11 @@ def add_ln_forward(x: torch.Tensor, add: torch.Tensor, weight, bias, eps: float)
     return _fwd(x, add, weight, bias, eps, True)
 
 
-def ln_output(x: torch.Tensor, stored: torch.Tensor | None, weight, bias, eps: float, mean=None,
-              rstd=None) -> torch.Tensor:
-    """The LayerNorm output a fused node's backward needs: the one it stored, or recomputed from its input
-    (from the saved statistics through :func:`ln_apply` when given, else by normalising again)."""
-    if stored is not None:
-        return stored
-    if mean is not None and rstd is not None:
-        return ln_apply(x, weight, bias, mean, rstd)
-    return ln_forward(x, weight, bias, eps, stats=False)[0]
+def ln_output(x: torch.Tensor, stored: torch.Tensor | None, weight, bias, mean: torch.Tensor,
+              rstd: torch.Tensor) -> torch.Tensor:
+    """The LayerNorm output a fused node's backward needs: the one it stored, or (when it stored none)
+    recomputed from its input and the saved fp32 statistics by :func:`ln_apply`, bit for bit the forward's."""
+    return stored if stored is not None else ln_apply(x, weight, bias, mean, rstd)
 
 
 def _ln_bwd(dy, x, weight, mean, rstd, dres):

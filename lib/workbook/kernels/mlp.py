@@ -158,7 +158,7 @@ class MLPFn(torch.autograd.Function):
         d2 = _flat(dout)
         if ctx.mode == "residual":
             dres = d2
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps, mean, rstd)
+        y = ln_output(x2, y, ln_w, ln_b, mean, rstd)
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
         else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
@@ -243,7 +243,7 @@ class LNLinearFn(torch.autograd.Function):
     def backward(ctx, dout):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         d2 = _flat(dout)
-        y = ln_output(x2, y, ln_w, ln_b, ctx.eps, mean, rstd)
+        y = ln_output(x2, y, ln_w, ln_b, mean, rstd)
         dw = d2.t() @ y
         db = d2.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
         dx, dln_w, dln_b = ln_backward(d2 @ weight, x2, ln_w, mean, rstd)
