@@ -1,4 +1,5 @@
-"""The triton_precision experiment's resumable sections: groups a killed run finished are taken, not re-measured.
+"""The triton_precision experiment's resumable sections (groups a killed run finished are taken, not re-measured)
+and the stack's ratios and benchmark bar.
 
 The measuring itself needs a GPU (tests/test_notebooks.py runs the notebook on the CPU, where these sections
 say 'not measured'); here the GPU side is replaced by stand-ins that fail loudly if they are reached.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from workbook import record
@@ -81,3 +83,29 @@ def test_speed_rows_resumed_entirely_build_nothing(tmp_path, monkeypatch, wb_roo
                                                         for i in ("triton", "eager", "torch.compile")]
     assert all(r["resumed_from"] == "prior" for r in rows)
     assert record.load(rec.path)["tables"]["kernel_speed"] == rows
+
+
+def _step(variant, ms, p10, p90, gb, batch=256):
+    return {"variant": variant, "batch": batch, "status": "ok", "forward_ms": ms / 3, "backward_ms": 2 * ms / 3,
+            "fwd_bwd_ms": ms, "fwd_bwd_p10_ms": p10, "fwd_bwd_p90_ms": p90, "peak_gb": gb}
+
+
+def test_bar_check_gives_the_verdict_of_the_medians_and_the_spread(wb_root):
+    cfg = _cfg(stack_config="so400m")
+    rows = [_step("transformers-sdpa", 448.5, 440.7, 454.7, 65.6), _step("fused", 351.6, 345.5, 360.0, 43.6),
+            _step("transformers-sdpa", 939.3, 933.4, 963.2, 130.3, batch=512),
+            _step("fused", 704.4, 699.5, 714.0, 85.9, batch=512)]
+    ratios = exp.stack_ratios(rows)
+    r256 = next(r for r in ratios if r["batch"] == 256)
+    assert r256["fwd_bwd_speedup"] == pytest.approx(448.5 / 351.6)
+    assert (r256["fwd_bwd_speedup_low"], r256["fwd_bwd_speedup_high"]) == pytest.approx((440.7 / 360.0, 454.7 / 345.5))
+    speed, memory = exp.bar_check(ratios, cfg)  # batch 256 only
+    assert speed["measured"] == pytest.approx(1.2756, abs=1e-4)
+    assert speed["met"] == "no, the bar lies within the spread" and speed["spread"].startswith("1.22-1.32")
+    assert memory["met"] == "yes" and memory["measured"] == pytest.approx(43.6 / 65.6)
+    clear = exp.bar_check(exp.stack_ratios([_step("transformers-sdpa", 450, 445, 455, 60),
+                                            _step("fused", 300, 298, 302, 50)]), cfg)
+    assert clear[0]["met"] == "yes" and clear[1]["met"] == "no"  # 1.5x, 0.83x memory
+    no_spread = exp.bar_check(exp.stack_ratios([{k: v for k, v in r.items() if "_p" not in k} for r in rows]), cfg)
+    assert no_spread[0]["met"] == "no" and "spread" not in no_spread[0]
+    assert exp.bar_check(ratios, _cfg()) == []  # the bar is for the so400m stack only

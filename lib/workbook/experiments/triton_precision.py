@@ -508,11 +508,16 @@ def stack_ratios(rows: list[dict], baseline: str = "transformers-sdpa") -> list[
         if r["variant"] == baseline or r.get("status") != "ok" or r["batch"] not in base:
             continue
         b = base[r["batch"]]
-        out.append({"variant": r["variant"], "batch": r["batch"],
-                    "forward_speedup": b["forward_ms"] / r["forward_ms"],
-                    "backward_speedup": b["backward_ms"] / r["backward_ms"],
-                    "fwd_bwd_speedup": b["fwd_bwd_ms"] / r["fwd_bwd_ms"],
-                    "peak_memory_ratio": r["peak_gb"] / b["peak_gb"]})
+        row = {"variant": r["variant"], "batch": r["batch"],
+               "forward_speedup": b["forward_ms"] / r["forward_ms"],
+               "backward_speedup": b["backward_ms"] / r["backward_ms"],
+               "fwd_bwd_speedup": b["fwd_bwd_ms"] / r["fwd_bwd_ms"],
+               "peak_memory_ratio": r["peak_gb"] / b["peak_gb"]}
+        if all(k in x for x in (b, r) for k in ("fwd_bwd_p10_ms", "fwd_bwd_p90_ms")):
+            # how far the step-to-step spread moves the ratio: the slow tenth of one against the fast tenth of the other
+            row["fwd_bwd_speedup_low"] = b["fwd_bwd_p10_ms"] / r["fwd_bwd_p90_ms"]
+            row["fwd_bwd_speedup_high"] = b["fwd_bwd_p90_ms"] / r["fwd_bwd_p10_ms"]
+        out.append(row)
     return out
 
 
@@ -520,16 +525,25 @@ BAR = {"batch": 256, "fwd_bwd_speedup": 1.3, "peak_memory_ratio": 0.7}
 
 
 def bar_check(ratios: list[dict], cfg: Config) -> list[dict]:
-    """The issue's bar on H100/H200, so400m, batch 256 x 256, bf16: fwd+bwd >= 1.3x, peak <= 0.7x."""
+    """The issue's bar on H100/H200, so400m, batch 256 x 256, bf16: fwd+bwd >= 1.3x, peak <= 0.7x.
+
+    The verdict compares medians; the speed row also gives the ratio's spread over the steps measured, and
+    says when the bar falls inside it (a verdict that another machine, or another run, may turn)."""
     if cfg.stack_config != "so400m":
         return []
     out = []
     for r in ratios:
         if r["batch"] != BAR["batch"] or r["variant"] != "fused":
             continue
-        out.append({"check": "fwd+bwd speed-up vs transformers sdpa", "bar": f">= {BAR['fwd_bwd_speedup']}",
-                    "measured": r["fwd_bwd_speedup"],
-                    "met": "yes" if r["fwd_bwd_speedup"] >= BAR["fwd_bwd_speedup"] else "no"})
+        speed = {"check": "fwd+bwd speed-up vs transformers sdpa", "bar": f">= {BAR['fwd_bwd_speedup']}",
+                 "measured": r["fwd_bwd_speedup"],
+                 "met": "yes" if r["fwd_bwd_speedup"] >= BAR["fwd_bwd_speedup"] else "no"}
+        if "fwd_bwd_speedup_low" in r:
+            low, high = r["fwd_bwd_speedup_low"], r["fwd_bwd_speedup_high"]
+            speed["spread"] = f"{low:.2f}-{high:.2f} (p10-p90 of the steps)"
+            if low < BAR["fwd_bwd_speedup"] <= high:  # the verdict is the medians'; say when the spread spans the bar
+                speed["met"] += ", the bar lies within the spread"
+        out.append(speed)
         out.append({"check": "peak memory vs transformers sdpa", "bar": f"<= {BAR['peak_memory_ratio']}",
                     "measured": r["peak_memory_ratio"],
                     "met": "yes" if r["peak_memory_ratio"] <= BAR["peak_memory_ratio"] else "no"})
