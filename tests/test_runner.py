@@ -208,3 +208,11 @@ def test_which_unfinished_run_is_resumed(wb_root):
     _fake_run(wb_root, "8-elsewhere", "k", "running", pid=os.getpid(), host="another-host")
     assert runner.find_resumable("smoke", "k", machine).name == "8-elsewhere"
     assert runner.find_resumable("smoke", "k", ("NVIDIA H200", "2.12", "13.0")) is None  # other torch
+
+
+def test_resuming_a_run_said_to_be_running_elsewhere_says_so(wb_root):
+    here = socket.gethostname()
+    assert runner.resume_caveat({"status": "interrupted", "host": "another-host"}) == ""
+    assert runner.resume_caveat({"status": "running", "host": here}) == ""  # its process is checked: it is gone
+    note = runner.resume_caveat({"status": "running", "host": "another-host"})
+    assert "'another-host'" in note and "cannot check" in note and "both measure the rest" in note

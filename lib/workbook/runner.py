@@ -114,6 +114,18 @@ def _alive(run: dict) -> bool:
     return True
 
 
+def resume_caveat(prior: dict) -> str:
+    """What the resume message adds for a prior run that says 'running' on another machine.
+
+    Such a run is resumed (this machine cannot tell whether its process is gone: a killed device job, a
+    preempted instance), but when it is in fact still going both runs measure what it has not finished.
+    """
+    if prior.get("status") != "running" or prior.get("host") in (None, socket.gethostname()):
+        return ""
+    return (f"; it is recorded as still running on host {prior['host']!r}, which this machine cannot check: "
+            "if it is still going there, both measure the rest")
+
+
 def _machine(prov: dict) -> tuple:
     """What must match for a run's measurements to be reused by another: the hardware and torch build."""
     tv = prov.get("torch", {})
@@ -210,7 +222,7 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
            "PYDEVD_DISABLE_FILE_VALIDATION": "1", RESUME_ENV: prior or ""}
     if prior:
         log(f"{name}: resuming the unfinished run {prior.name}: what it completed is kept, the rest is measured "
-            "(--force measures everything again)")
+            "(--force measures everything again)" + resume_caveat(read_run(prior) or {}))
 
     out_nb = run_dir / "notebook.ipynb"
     status, error = "ok", None
