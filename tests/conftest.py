@@ -82,3 +82,64 @@ def neuron_tree(tmp_path):
         for c in (0, 1):
             (root / f"neuron{d}" / f"neuron_core{c}").mkdir(parents=True)
     return root
+
+
+class StandInNVML:
+    """TEST STAND-IN for pynvml: every read returns the next scripted value (the last one repeats)."""
+
+    class NVMLError(Exception):
+        pass
+
+    NVML_CLOCK_SM = 1
+
+    def __init__(self, clocks=(1980,), power_mw=(120_000,), reasons=(0,), energy_mj=(1000, 1000 + 2_400_000),
+                 limit_mw=700_000, fail_init=False, no_energy=False, old_reasons=False):
+        self.script = {"clock": list(clocks), "power": list(power_mw), "reasons": list(reasons),
+                       "energy": list(energy_mj)}
+        self.limit_mw, self.fail_init, self.no_energy = limit_mw, fail_init, no_energy
+        self.old_reasons = old_reasons
+        self.opened, self.shutdowns = [], 0
+
+    def _next(self, key):
+        seq = self.script[key]
+        return seq.pop(0) if len(seq) > 1 else seq[0]
+
+    def nvmlInit(self):
+        if self.fail_init:
+            raise self.NVMLError("Driver Not Loaded")
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        self.opened.append(i)
+        return ("gpu", i)
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        assert kind == self.NVML_CLOCK_SM
+        return self._next("clock")
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return self._next("power")
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
+        if self.old_reasons:
+            raise self.NVMLError("Function Not Found")  # an older driver: only the "throttle" name
+        return self._next("reasons")
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
+        return self._next("reasons")
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        return self.limit_mw
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):
+        if self.no_energy:
+            raise self.NVMLError("Not Supported")
+        return self._next("energy")
+
+
+@pytest.fixture
+def standin_nvml():
+    """The TEST STAND-IN for pynvml (class; build one with the scripted readings a test needs)."""
+    return StandInNVML

@@ -14,6 +14,7 @@ import torch
 from workbook import record
 from workbook.experiments import triton_precision as exp
 from workbook.record import Recorder
+from workbook.telemetry import Telemetry
 
 PARAMS = {"device": "cuda", "stack_batches": [256, 512]}
 
@@ -109,3 +110,54 @@ def test_bar_check_gives_the_verdict_of_the_medians_and_the_spread(wb_root):
     no_spread = exp.bar_check(exp.stack_ratios([{k: v for k, v in r.items() if "_p" not in k} for r in rows]), cfg)
     assert no_spread[0]["met"] == "no" and "spread" not in no_spread[0]
     assert exp.bar_check(ratios, _cfg()) == []  # the bar is for the so400m stack only
+
+
+def test_stack_rows_record_clock_power_and_energy_of_the_timed_steps(monkeypatch, wb_root, standin_nvml):
+    """A measured (not resumed) row carries the telemetry of its timed window; without NVML it says why."""
+    nvml = standin_nvml(clocks=(1640,), power_mw=(680_000,), reasons=(0x4,), energy_mj=(0, 4_800_000))
+    model = SimpleNamespace(zero_grad=lambda **kw: None)
+
+    def stack_step(variant, cfg_model, batch, device, dtype, seed):
+        return model, lambda: (torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True))
+
+    def timed_steps(fwd, mdl, iterations, f, b):  # the stand-in GPU takes 100 + 250 ms a step
+        f.extend([100.0] * iterations)
+        b.extend([250.0] * iterations)
+
+    monkeypatch.setattr(exp, "stack_step", stack_step)
+    monkeypatch.setattr(exp, "timed_steps", timed_steps)
+    for name in ("empty_cache", "reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 1e9)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 40e9)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(exp, "Telemetry", lambda i: Telemetry(i, period_s=0.001, nvml=nvml))
+    rows = exp.stack_rows(_cfg(stack_batches=[256], stack_variants=["fused"], iterations=4, warmup=1))
+    (row,) = rows
+    assert row["fwd_bwd_ms"] == 350.0 and row["peak_gb"] == 40.0
+    assert row["sm_clock_mhz"] == 1640 and row["power_w"] == 680 and row["power_capped_share"] == 1.0
+    assert row["energy_j_per_step"] == pytest.approx(4800 / 4) and row["power_limit_w"] == 700
+    assert row["clock_reasons"] == "sw power cap"
+
+    monkeypatch.setattr(exp, "Telemetry", lambda i: Telemetry(i, nvml=standin_nvml(fail_init=True)))
+    (row,) = exp.stack_rows(_cfg(stack_batches=[256], stack_variants=["fused"], iterations=2, warmup=1))
+    assert row["status"] == "ok" and "sm_clock_mhz" not in row
+    assert row["telemetry"] == "not measured: NVML could not be opened (Driver Not Loaded)"
+
+
+def test_ratios_and_the_power_note_give_energy_and_clock(wb_root):
+    def tele(row, mhz, watts, joules, capped):
+        return {**row, "sm_clock_mhz": mhz, "power_w": watts, "energy_j_per_step": joules,
+                "power_capped_share": capped, "power_limit_w": 700.0}
+
+    base = tele(_step("transformers-sdpa", 449.3, 440, 455, 65.6), 1795, 656, 295.0, 1.0)
+    fused = tele(_step("fused", 353.9, 350, 360, 43.6), 1645, 676, 239.0, 1.0)
+    (r,) = exp.stack_ratios([base, fused])
+    assert r["energy_ratio"] == pytest.approx(239 / 295) and r["sm_clock_ratio"] == pytest.approx(1645 / 1795)
+    note = exp.power_note([base, fused])
+    assert note.startswith("2 of 2 stack rows ran with the GPU at its power limit (700 W)")
+    assert "transformers-sdpa at batch 256: 1795 MHz, 656 W, 295 J a step" in note
+    assert "fused at batch 256: 1645 MHz, 676 W, 239 J a step" in note
+    # rows below the cap, or without telemetry, give no note and no energy ratio
+    assert exp.power_note([{**base, "power_capped_share": 0.2}, _step("fused", 353.9, 350, 360, 43.6)]) is None
+    assert "energy_ratio" not in exp.stack_ratios([base, _step("fused", 353.9, 350, 360, 43.6)])[0]

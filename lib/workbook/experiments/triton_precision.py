@@ -20,6 +20,7 @@ from workbook import measure, precision
 from workbook.device import resolve_device
 from workbook.errors import WorkbookError, bad_param
 from workbook.params import as_list
+from workbook.telemetry import Telemetry
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 KERNELS = ("layernorm", "linear_gelu", "mlp", "qkv", "block")
@@ -428,6 +429,22 @@ def stack_step(variant: str, cfg_model, batch: int, device: str, dtype, seed: in
     return model, (lambda: model(pv, mask, ss))
 
 
+def timed_steps(fwd, model, iterations: int, f: list, b: list) -> None:
+    """``iterations`` training steps, each synchronised, appending forward and backward ms (CUDA events)."""
+    for _ in range(iterations):
+        e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        e[0].record()
+        a, p = fwd()
+        e[1].record()
+        torch.autograd.backward([a, p], [torch.ones_like(a), torch.ones_like(p)])
+        e[2].record()
+        torch.cuda.synchronize()
+        f.append(e[0].elapsed_time(e[1]))
+        b.append(e[1].elapsed_time(e[2]))
+        del a, p
+        model.zero_grad(set_to_none=True)
+
+
 def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
     """Forward, backward, forward+backward ms and peak GB of the whole vision stack per variant and batch.
 
@@ -469,23 +486,15 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 f, b = [], []
-                for _ in range(cfg.iterations):
-                    e = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-                    e[0].record()
-                    a, p = fwd()
-                    e[1].record()
-                    torch.autograd.backward([a, p], [torch.ones_like(a), torch.ones_like(p)])
-                    e[2].record()
-                    torch.cuda.synchronize()
-                    f.append(e[0].elapsed_time(e[1]))
-                    b.append(e[1].elapsed_time(e[2]))
-                    del a, p
-                    model.zero_grad(set_to_none=True)
+                tm = Telemetry(torch.cuda.current_device())
+                with tm:
+                    timed_steps(fwd, model, cfg.iterations, f, b)
                 fb = [x + y for x, y in zip(f, b)]
                 row.update(status="ok", forward_ms=measure.percentile(f, 50), backward_ms=measure.percentile(b, 50),
                            fwd_bwd_ms=measure.percentile(fb, 50), fwd_bwd_p10_ms=measure.percentile(fb, 10),
                            fwd_bwd_p90_ms=measure.percentile(fb, 90), peak_gb=torch.cuda.max_memory_allocated() / 1e9,
                            weights_and_inputs_gb=params / 1e9, iterations=cfg.iterations)
+                row.update(tm.summary(cfg.iterations) or {"telemetry": f"not measured: {tm.unavailable}"})
             except torch.OutOfMemoryError:
                 row.update(status="out of memory",
                            note=f"out of memory at {torch.cuda.get_device_properties(0).total_memory / 1e9:.0f} GB")
@@ -501,7 +510,8 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
 
 
 def stack_ratios(rows: list[dict], baseline: str = "transformers-sdpa") -> list[dict]:
-    """Each variant against the baseline at the same batch: speed-up (>1 faster) and memory ratio (<1 less)."""
+    """Each variant against the baseline at the same batch: speed-up (>1 faster) and memory ratio (<1 less);
+    where both rows have GPU telemetry, energy per step and mean SM clock as ratios too (<1: less, lower)."""
     base = {r["batch"]: r for r in rows if r["variant"] == baseline and r.get("status") == "ok"}
     out = []
     for r in rows:
@@ -513,12 +523,35 @@ def stack_ratios(rows: list[dict], baseline: str = "transformers-sdpa") -> list[
                "backward_speedup": b["backward_ms"] / r["backward_ms"],
                "fwd_bwd_speedup": b["fwd_bwd_ms"] / r["fwd_bwd_ms"],
                "peak_memory_ratio": r["peak_gb"] / b["peak_gb"]}
+        if all("energy_j_per_step" in x for x in (b, r)):
+            # the GPU's board energy and mean SM clock over each side's timed steps (workbook.telemetry)
+            row["energy_ratio"] = r["energy_j_per_step"] / b["energy_j_per_step"]
+            row["sm_clock_ratio"] = r["sm_clock_mhz"] / b["sm_clock_mhz"]
         if all(k in x for x in (b, r) for k in ("fwd_bwd_p10_ms", "fwd_bwd_p90_ms")):
             # how far the step-to-step spread moves the ratio: the slow tenth of one against the fast tenth of the other
             row["fwd_bwd_speedup_low"] = b["fwd_bwd_p10_ms"] / r["fwd_bwd_p90_ms"]
             row["fwd_bwd_speedup_high"] = b["fwd_bwd_p90_ms"] / r["fwd_bwd_p10_ms"]
         out.append(row)
     return out
+
+
+def power_note(rows: list[dict]) -> str | None:
+    """One sentence for the report when stack rows ran with the GPU held at its power limit, else None.
+
+    At the cap the driver trades clock for power, so a step with fewer memory-bound gaps runs the same GEMMs
+    at a lower clock; the sentence gives each variant's mean SM clock and energy per step so a reader sees
+    whether a speed ratio is one of work or of clock."""
+    ok = [r for r in rows if r.get("status") == "ok" and "power_capped_share" in r]
+    capped = [r for r in ok if r["power_capped_share"] >= 0.5]
+    if not capped:
+        return None
+    limit = next((r["power_limit_w"] for r in capped if "power_limit_w" in r), None)
+    each = "; ".join(f"{r['variant']} at batch {r['batch']}: {r['sm_clock_mhz']:.0f} MHz, {r['power_w']:.0f} W, "
+                     f"{r['energy_j_per_step']:.0f} J a step" for r in capped)
+    return (f"{len(capped)} of {len(ok)} stack rows ran with the GPU at its power limit"
+            + (f" ({limit:.0f} W)" if limit else "") + " for at least half of their samples, so the driver lowered "
+            f"the SM clock and the clock, not only the work, sets their times (mean SM clock, mean power, energy "
+            f"per step: {each}).")
 
 
 BAR = {"batch": 256, "fwd_bwd_speedup": 1.3, "peak_memory_ratio": 0.7}
@@ -592,4 +625,6 @@ def headline(rec, summary: list[dict], claim: list[dict], stack: list[dict]) -> 
         if r["variant"] == "fused":
             figures[f"stack_b{r['batch']}_fwd_bwd_speedup"] = r["fwd_bwd_speedup"]
             figures[f"stack_b{r['batch']}_peak_memory_ratio"] = r["peak_memory_ratio"]
+            if "energy_ratio" in r:
+                figures[f"stack_b{r['batch']}_energy_ratio"] = r["energy_ratio"]
     rec.headline(**figures)

@@ -1,0 +1,93 @@
+"""workbook.telemetry: clock, power and energy of a measured window, through a stand-in NVML.
+
+This machine has no NVIDIA driver, so the real pynvml cannot open a device here (one test checks that this is
+reported as such). ``StandInNVML`` (tests/conftest.py, through the ``standin_nvml`` fixture) is a TEST STAND-IN
+for the few pynvml calls the module makes: it answers from scripted sequences, so the summary's arithmetic and
+the fallbacks are checked against known values.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from workbook import telemetry
+from workbook.telemetry import Telemetry
+
+
+def _window(nvml, seconds=0.15, **kw):
+    tm = Telemetry(0, period_s=0.005, nvml=nvml, **kw)
+    with tm:
+        time.sleep(seconds)
+    return tm
+
+
+def test_reason_names_decode_the_nvml_bits():
+    assert telemetry.reason_names(0) == []
+    assert telemetry.reason_names(0x4) == ["sw power cap"]
+    assert telemetry.reason_names(0x1 | 0x4 | 0x40) == ["idle", "sw power cap", "hw thermal slowdown"]
+    assert telemetry.reason_names(0x4 | 0x10000) == ["sw power cap", "0x10000"]  # a bit this module does not know
+
+
+def test_summary_gives_clock_power_energy_per_step_and_the_power_cap_share(standin_nvml):
+    # the first sample is at full clock, every later one at the power cap with a lower clock
+    nvml = standin_nvml(clocks=(1980, 1600), power_mw=(300_000, 690_000), reasons=(0, 0x4))
+    tm = _window(nvml)
+    s = tm.summary(steps=4)
+    n = s["telemetry_samples"]
+    assert n >= 5
+    assert s["sm_clock_mhz"] == pytest.approx((1980 + 1600 * (n - 1)) / n)
+    assert s["sm_clock_min_mhz"] == 1600
+    assert s["power_w"] == pytest.approx((300 + 690 * (n - 1)) / n)
+    assert s["power_max_w"] == 690
+    assert s["energy_j_per_step"] == pytest.approx(2400 / 4)  # from the counter: 2.4e6 mJ over 4 steps
+    assert s["energy_source"] == "NVML energy counter"
+    assert s["power_capped_share"] == pytest.approx((n - 1) / n)
+    assert s["clock_reasons"] == "sw power cap"
+    assert s["power_limit_w"] == 700
+    assert nvml.shutdowns == 1
+
+
+def test_energy_falls_back_to_power_samples_and_old_drivers_use_the_throttle_name(standin_nvml):
+    nvml = standin_nvml(power_mw=(500_000,), reasons=(0x1,), no_energy=True, old_reasons=True)
+    tm = _window(nvml, seconds=0.1)
+    s = tm.summary(steps=2)
+    assert s["energy_source"] == "power samples x time"
+    assert s["energy_j_per_step"] == pytest.approx(500 * tm.seconds / 2)
+    assert s["clock_reasons"] == "idle" and s["power_capped_share"] == 0
+
+
+def test_no_driver_gives_no_summary_and_says_why(standin_nvml):
+    tm = _window(standin_nvml(fail_init=True), seconds=0.0)
+    assert tm.summary() is None
+    assert tm.unavailable == "NVML could not be opened (Driver Not Loaded)"
+
+
+def test_without_the_package_the_reason_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml -> ImportError
+    tm = Telemetry(0)
+    with tm:
+        pass
+    assert tm.summary() is None
+    assert tm.unavailable == "the nvidia-ml-py package (pynvml) is not installed"
+
+
+def test_the_real_nvml_on_a_machine_without_a_driver_is_reported():
+    pytest.importorskip("pynvml")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    tm = _window(None, seconds=0.0)
+    assert tm.summary() is None and tm.unavailable.startswith("NVML could not be opened")
+
+
+def test_cuda_visible_devices_maps_the_cuda_index_to_nvml_numbering(monkeypatch, standin_nvml):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,1")
+    nvml = standin_nvml()
+    Telemetry(1, nvml=nvml)
+    Telemetry(0, nvml=nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5f3c")  # UUIDs: NVML's own order is the best guess left
+    Telemetry(0, nvml=nvml)
+    assert nvml.opened == [1, 3, 0]
