@@ -13,6 +13,7 @@ is ``None`` and :attr:`Telemetry.unavailable` says why in one sentence, for the 
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,6 @@ def reason_names(mask: int) -> list[str]:
 
 @dataclass
 class Sample:
-    t: float  # time.monotonic()
     sm_mhz: float
     power_w: float
     reasons: int
@@ -85,12 +85,9 @@ class Telemetry:
             self._handle = self.nvml.nvmlDeviceGetHandleByIndex(self._nvml_index())
         except self.nvml.NVMLError as e:
             self.unavailable = f"NVML could not be opened ({e})"
-            self._handle = None
 
     def _nvml_index(self) -> int:
         """NVML numbers GPUs in PCI order; CUDA_VISIBLE_DEVICES renumbers them for CUDA. Map through it."""
-        import os
-
         visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         if visible and all(v.strip().isdigit() for v in visible) and self.index < len(visible):
             return int(visible[self.index])
@@ -102,7 +99,7 @@ class Telemetry:
             reasons = n.nvmlDeviceGetCurrentClocksEventReasons(h)
         except (AttributeError, n.NVMLError):
             reasons = n.nvmlDeviceGetCurrentClocksThrottleReasons(h)
-        return Sample(time.monotonic(), float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
+        return Sample(float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
                       n.nvmlDeviceGetPowerUsage(h) / 1000.0, int(reasons))
 
     def _loop(self):

@@ -475,14 +475,7 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
                 torch.cuda.reset_peak_memory_stats()
                 model, fwd = stack_step(variant, mc, batch, cfg.device, dt, cfg.seed)
                 params = torch.cuda.memory_allocated()
-
-                def step():
-                    a, p = fwd()
-                    torch.autograd.backward([a, p], [torch.ones_like(a), torch.ones_like(p)])
-
-                for _ in range(max(1, cfg.warmup)):
-                    step()
-                    model.zero_grad(set_to_none=True)
+                timed_steps(fwd, model, max(1, cfg.warmup), [], [])  # warm-up: times thrown away
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 f, b = [], []
