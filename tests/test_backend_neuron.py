@@ -335,6 +335,30 @@ def test_bad_models_and_options_are_refused_before_compiling(standin, worker_run
     assert worker_runs == []
 
 
+def _siglip_neuron_params(tmp_path, **kw):
+    from workbook.params import notebook_parameters
+
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "siglip_neuron.ipynb"
+    p = {name: param.default for name, param in notebook_parameters(nb).items()}
+    p.update(model="SigLIP-Tiny", image_size=112, backend="neuron", modes=["trace"], cores=1, batch_sizes=[1],
+             artifact_dir=str(tmp_path / "artifacts"))
+    p.update(kw)
+    return p
+
+
+def test_siglip_neuron_first_cell_applies_the_backends_option_rules(standin, tmp_path):
+    """On the neuron backend the first cell runs the backend's own option checks; compiler_args that set
+    --auto-cast themselves replace the auto_cast parameters (said in a note) instead of conflicting at the trace."""
+    from workbook.experiments import siglip_neuron as exp
+
+    cfg = exp.configure(**_siglip_neuron_params(tmp_path, compiler_args="--model-type transformer --auto-cast none"))
+    assert cfg.backend.compiler_args(cfg.options) == ["--model-type", "transformer", "--auto-cast", "none"]
+    assert any("compiler_args sets --auto-cast itself" in n for n in cfg.notes)
+    cfg = exp.configure(**_siglip_neuron_params(tmp_path, auto_cast="all", auto_cast_type="fp16"))
+    assert cfg.backend.compiler_args(cfg.options)[-2:] == ["--auto-cast=all", "--auto-cast-type=fp16"]
+    assert not any("--auto-cast" in n for n in cfg.notes)
+
+
 # ------------------------------------------------------------------------------------ memory
 def test_memory_reads_sysfs(clean, sysfs, monkeypatch):
     b = NeuronBackend()

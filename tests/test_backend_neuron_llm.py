@@ -341,3 +341,17 @@ def test_prompt_encoding_tokenizer_or_bytes(tmp_path):
     enc = neuron_llm._Encoder(str(tmp_path))
     assert enc.kind == "AutoTokenizer" and enc.encode("hello neuron") == [3, 4]
     assert enc.completion([4, 3, 2, 4]) == ([4, 3, 2], "neuron hello", "stop")
+
+
+def test_mistral_tp_first_cell_counts_the_neuroncores(sdk, ckpt):
+    """On the neuron backend tp_degree is held against the visible NeuronCores before anything loads (4 here)."""
+    from workbook.experiments.mistral_tp import configure
+    from workbook.params import notebook_parameters
+    from workbook.paths import notebooks_dir
+
+    p = {n: q.default for n, q in notebook_parameters(notebooks_dir() / "mistral_tp.ipynb").items()}
+    p.update(model=ckpt, backend="neuron")
+    assert configure(**{**p, "tp_degree": 4}).backend == "neuron"
+    with pytest.raises(ParameterError) as e:
+        configure(**{**p, "tp_degree": 8})
+    assert str(e.value) == "Parameter tp_degree=8 is not allowed: at most the 4 NeuronCores available."

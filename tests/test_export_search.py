@@ -464,3 +464,91 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
     assert len(final["interruptions"]) >= 2  # the two kills during a try were noticed on resume
     assert _statuses(final) == _statuses(reference)
     assert "optimal: tp=8 batch=8 seq=4096" in p.stdout
+
+
+# ---- the notebook's first cell (workbook.experiments.export_search.configure) --------------------------------
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """The tiny Mistral: 8 attention heads, 4096 positions."""
+    from workbook.models import mistral
+
+    return str(mistral.create_tiny(tmp_path_factory.mktemp("lm") / "m", seed=0))
+
+
+def _es_params(model, state_dir, **kw):
+    from workbook.params import notebook_parameters
+    from workbook.paths import notebooks_dir
+
+    p = {n: q.default for n, q in notebook_parameters(notebooks_dir() / "export_search.ipynb").items()}
+    p.update(model=model, validator="cpu", batch_sizes=[1], min_seq=2048, state_dir=str(state_dir))
+    p.update(kw)
+    return p
+
+
+def _es_refusal(model, state_dir, **kw) -> str:
+    from workbook.experiments.export_search import configure
+
+    with pytest.raises(ParameterError) as e:
+        configure(**_es_params(model, state_dir, **kw))
+    msg = str(e.value)
+    assert msg.endswith(".") and "\n" not in msg
+    return msg
+
+
+CPUS = len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("kw, sentence", [
+    (dict(dtype="float64"), "Parameter dtype='float64' is not allowed: one of float32, bfloat16, float16."),
+    (dict(timeout_s=0), "Parameter timeout_s=0 is not allowed: a positive number of seconds per attempt."),
+    (dict(cores_per_device=0), "Parameter cores_per_device=0 is not allowed: a positive integer (NeuronCores per "
+                               "device, 2 on trn1/inf2)."),
+    (dict(min_seq=1000), "Parameter min_seq=1000 is not allowed: a positive power of two."),
+    (dict(min_seq=8192), "Parameter min_seq=8192 is not allowed: a power of two below the model's 4096 positions."),
+    (dict(total_cores=2, cores_per_device=3), "Parameter cores_per_device=3 is not allowed: at most total_cores=2."),
+    pytest.param(dict(total_cores=8), f"Parameter total_cores=8 is not allowed: at most the {CPUS} CPU cores this "
+                 "process may use, for the cpu validator (one process per rank).",
+                 marks=pytest.mark.skipif(CPUS >= 8, reason="tp 8 fits this machine's CPU cores"), id="more-than-cpus"),
+])
+def test_configure_refuses_with_one_sentence(tiny_lm, tmp_path, kw, sentence):
+    assert _es_refusal(tiny_lm, tmp_path / "state", **kw) == sentence
+
+
+def test_configure_names_total_cores_when_no_tp_divides_the_heads(tmp_path):
+    from workbook.models import mistral
+
+    odd = str(mistral.create_tiny(tmp_path / "odd", seed=0, num_attention_heads=3, num_key_value_heads=1,
+                                  hidden_size=48))
+    assert _es_refusal(odd, tmp_path / "state", total_cores=2) == (
+        "Parameter total_cores=2 is not allowed: a count that allows a tensor-parallel size (at least 2, a multiple "
+        "of cores_per_device=1) dividing the model's 3 attention heads.")
+
+
+def test_state_dir_that_is_a_file_is_refused(tiny_lm, tmp_path):
+    f = tmp_path / "state.json"
+    f.write_text("{}")
+    assert _es_refusal(tiny_lm, f) == \
+        f"Parameter state_dir={str(f)!r} is not allowed: a folder, or empty for the default (it is a file)."
+
+
+def test_state_made_with_other_settings_is_refused_in_the_first_cell(tiny_lm, tmp_path):
+    """A resumed search trusts every result in the file: results under another memory budget are not resumed."""
+    from workbook.experiments import export_search as exp
+
+    state = tmp_path / "state"
+    cfg = exp.configure(**_es_params(tiny_lm, state, memory_budget_gb=0.05))
+    v = exp.validator(cfg)
+    path = es.state_path(state, cfg.model)
+    state.mkdir()
+    es.write_json_atomic(path, {"model": cfg.model, "model_name": es.model_name(cfg.model), "validator_name": v.name,
+                                "validator": v.describe(), "attempts": [{"tp": 2, "batch": 1, "seq": 2048,
+                                                                         "status": "valid"}]})
+    exp.configure(**_es_params(tiny_lm, state, memory_budget_gb=0.05))  # the same settings resume
+    msg = _es_refusal(tiny_lm, state, memory_budget_gb=0.01)
+    assert msg.startswith(f"Parameter state_dir={str(state)!r} is not allowed: a folder without results made with "
+                          "other settings:") and "0.05 GB per device" in msg and "0.01 GB per device" in msg
+    msg = _es_refusal(tiny_lm, state, dtype="bfloat16")
+    assert "float32" in msg and "bfloat16" in msg
+    with pytest.raises(ParameterError, match="made with other settings"):  # and the search itself refuses it too
+        es.search(cfg.model, es.TorchValidator(lambda *a: [PY, "-c", "pass"], name=v.name, description="other"),
+                  {"tps": [2], "batches": [1], "seqs": [2048]}, state, 5, log=_quiet)

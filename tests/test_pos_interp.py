@@ -103,6 +103,9 @@ BAD = [
     # checked before the checkpoint is read, so the path need not exist
     pytest.param(dict(pretrained="webli", checkpoint="/no/such/ckpt.pt"), "pretrained", "webli",
                  ["empty when a checkpoint is given"], id="pretrained-and-checkpoint"),
+    pytest.param(dict(seed=-1), "seed", -1, ["an integer from 0 to 4294967295"], id="seed-negative"),
+    pytest.param(dict(seed="abc"), "seed", "abc", ["an integer from 0 to 4294967295"], id="seed-text"),
+    pytest.param(dict(seed=2 ** 32), "seed", 2 ** 32, ["an integer from 0 to 4294967295"], id="seed-too-large"),
 ]
 
 

@@ -222,9 +222,28 @@ def test_images_folder_that_does_not_exist(tmp_path):
     (dict(iters=0), "iters=0 is not allowed: an integer of at least 1"),
     (dict(cpu_reference_max_batch=-1), "cpu_reference_max_batch=-1 is not allowed: an integer of at least 0"),
     (dict(auto_cast="some"), "auto_cast='some' is not allowed: one of none, matmult, all"),
+    (dict(auto_cast_type="int3"), "auto_cast_type='int3' is not allowed: one of bf16, fp16, tf32, fp8_e4m3"),
+    (dict(seed=-1), "seed=-1 is not allowed: an integer from 0 to 4294967295"),
+    (dict(seed="abc"), "seed='abc' is not allowed: an integer from 0 to 4294967295"),
 ])
 def test_other_bad_numbers_and_choices(kw, text):
     assert text in bad(**kw)
+
+
+def test_artifact_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
+    f = tmp_path / "cache.txt"
+    f.write_text("not a folder")
+    msg = bad(artifact_dir=str(f))
+    assert msg == f"Parameter artifact_dir={str(f)!r} is not allowed: a folder, or empty for the default (it is a file)."
+
+
+def test_auto_cast_flags_in_compiler_args_are_not_merged_with_the_parameters():
+    """Off Neuron the options are only carried; --auto-cast in compiler_args drops the two parameters, never both."""
+    cfg = exp.configure(**defaults(compiler_args="--model-type transformer --auto-cast none"))
+    assert cfg.options == {"compiler_args": ["--model-type", "transformer", "--auto-cast", "none"]}
+    cfg = exp.configure(**defaults())
+    assert cfg.options == {"compiler_args": ["--model-type", "transformer"], "auto_cast": "matmult",
+                           "auto_cast_type": "bf16"}
 
 
 # --- runs: explicit mode:dtype:batch triples ------------------------------------------------------------------

@@ -161,3 +161,39 @@ def test_ratios_and_the_power_note_give_energy_and_clock(wb_root):
     # rows below the cap, or without telemetry, give no note and no energy ratio
     assert exp.power_note([{**base, "power_capped_share": 0.2}, _step("fused", 353.9, 350, 360, 43.6)]) is None
     assert "energy_ratio" not in exp.stack_ratios([base, _step("fused", 353.9, 350, 360, 43.6)])[0]
+
+
+# ---- configure: the first cell's checks of the parameters the notebook tests do not feed bad values -------
+def _params(**kw):
+    from workbook.params import notebook_parameters
+    from workbook.paths import notebooks_dir
+
+    p = {n: q.default for n, q in notebook_parameters(notebooks_dir() / "triton_precision.ipynb").items()}
+    p.update(device="cpu")
+    p.update(kw)
+    return p
+
+
+@pytest.mark.parametrize("kw, sentence", [
+    (dict(intermediate=0), "Parameter intermediate=0 is not allowed: a positive integer."),
+    (dict(iterations=0), "Parameter iterations=0 is not allowed: a positive integer."),
+    (dict(warmup=-1), "Parameter warmup=-1 is not allowed: an integer of at least 0."),
+    (dict(speed_tokens=[64, 0]), "Parameter speed_tokens=[64, 0] is not allowed: a list of positive integers."),
+    (dict(stack_batches="[256, -1]"), "Parameter stack_batches='[256, -1]' is not allowed: a list of positive "
+                                      "integers."),
+    (dict(seed=-3), "Parameter seed=-3 is not allowed: an integer from 0 to 4294967295."),
+    (dict(heads=5, kernels=["block"]), "Parameter heads=5 is not allowed: a divisor of hidden=72 giving a head size "
+                                       "that is a multiple of 8 for the block kernel (fused SDPA kernels need it; "
+                                       "72/5 = 14.4)."),
+])
+def test_configure_refuses_with_one_sentence(kw, sentence):
+    from workbook.errors import ParameterError
+
+    with pytest.raises(ParameterError) as e:
+        exp.configure(**_params(**kw))
+    assert str(e.value) == sentence
+
+
+def test_the_head_rule_applies_only_to_the_block_kernel():
+    cfg = exp.configure(**_params(heads=5, kernels=["layernorm", "mlp"]))
+    assert cfg.heads == 5 and cfg.kernels == ["layernorm", "mlp"]

@@ -409,16 +409,35 @@ def _exclusive(path: Path):
         yield
 
 
+def read_state(path: Path, validator: Validator) -> dict | None:
+    """The state file at ``path`` (None if there is none), refused when its results were made another way.
+
+    A resumed search trusts every result in the file, so the file must come from the same validator with the same
+    settings (``describe()``: e.g. the cuda/cpu validators' memory budget and dtype); otherwise a configuration
+    found valid under a larger budget would be kept as valid under a smaller one.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise WorkbookError(f"The state file {path} is not valid JSON ({e}); this search writes it atomically, "
+                            "so something else wrote it. Move it away to start over.") from None
+    if state.get("validator_name") != validator.name:
+        raise bad_param("state_dir", str(path.parent), f"a folder without results of another validator: {path.name} "
+                        f"holds results of validator {state.get('validator_name')!r}, not {validator.name!r}; use "
+                        "another state folder for this validator")
+    old, new = state.get("validator"), validator.describe()
+    if old is not None and old != new and state.get("attempts"):
+        raise bad_param("state_dir", str(path.parent), f"a folder without results made with other settings: "
+                        f"{path.name} holds results of {old!r}, not {new!r}; use another state folder (or move the "
+                        "file away) to search with these settings")
+    return state
+
+
 def _open_state(path: Path, model: str, validator: Validator, cands: dict, timeout_s: float, log) -> dict:
-    if path.exists():
-        try:
-            state = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise WorkbookError(f"The state file {path} is not valid JSON ({e}); this search writes it atomically, "
-                                "so something else wrote it. Move it away to start over.") from None
-        if state.get("validator_name") != validator.name:
-            raise WorkbookError(f"The state file {path} holds results of validator {state.get('validator_name')!r}, "
-                                f"not {validator.name!r}; use another state folder for this validator.")
+    state = read_state(path, validator)
+    if state is not None:
         if state.get("candidates") != cands:
             log(f"candidates changed since the last session; the {len(state['attempts'])} results are kept")
         log(f"resuming {path}: {len(state['attempts'])} tries already done")

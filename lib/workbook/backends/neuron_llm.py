@@ -283,7 +283,7 @@ def _import_sdk(path: str) -> dict:
     raise bad_param("path", path, f"one of {TNX}, {NXDI}")
 
 
-def _visible_cores() -> int:
+def visible_cores() -> int:
     """NeuronCores this process may use, read as the Neuron backend reads them (sysfs, NEURON_RT_VISIBLE_CORES)."""
     from workbook.backends.neuron import NeuronBackend, discover_cores
 
@@ -295,7 +295,7 @@ def _visible_cores() -> int:
 def _check_cores(tp_degree: int | None) -> int:
     from workbook.backends.neuron import NO_CORES
 
-    n = _visible_cores()
+    n = visible_cores()
     if n == 0:
         raise NeuronUnavailable(NO_CORES)
     if tp_degree is not None and tp_degree > n:

@@ -13,14 +13,16 @@ KV cache, under a per-device memory budget).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbook import checks
 from workbook import export_search as es
 from workbook.device import cuda_available
-from workbook.errors import bad_param
+from workbook.errors import ParameterError, bad_param
 from workbook.params import as_list
 from workbook.paths import outputs_dir
 
@@ -83,23 +85,42 @@ def configure(*, model: str, validator: str, total_cores: int, cores_per_device:
         model, note = mistral.workbook_model(model)
     config = mistral.load_config(model)  # not a causal LM, or missing: one sentence
     batches = as_list("batch_sizes", batch_sizes)
-    cands = es.candidates(total_cores, cores_per_device, config.num_attention_heads, config.max_position_embeddings,
-                          batches, min_seq)
-    if kind == "cuda":
-        import torch
+    state = checks.directory("state_dir", state_dir)
+    heads, positions = config.num_attention_heads, config.max_position_embeddings
+    if isinstance(min_seq, int) and not isinstance(min_seq, bool) and min_seq >= positions:
+        raise bad_param("min_seq", min_seq, f"a power of two below the model's {positions} positions")
+    try:
+        cands = es.candidates(total_cores, cores_per_device, heads, positions, batches, min_seq)
+    except ParameterError as e:
+        if not str(e).startswith("Parameter num_heads="):
+            raise
+        raise bad_param("total_cores", total_cores, f"a count that allows a tensor-parallel size (at least 2, a multiple "
+                        f"of cores_per_device={cores_per_device}) dividing the model's {heads} attention heads") from None
+    if kind in ("cuda", "cpu"):
+        if kind == "cuda":
+            import torch
 
-        if max(cands["tps"]) > torch.cuda.device_count():
-            raise bad_param("total_cores", total_cores, f"at most the {torch.cuda.device_count()} GPUs here "
-                            "for the cuda validator (one GPU per rank)")
-    cfg = Config(model, note, kind, why, cands, config.num_attention_heads, config.max_position_embeddings,
-                 float(memory_budget_gb), dtype, float(timeout_s),
-                 Path(state_dir) if state_dir else outputs_dir() / "export_search" / "state", instance_type)
+            n, what = torch.cuda.device_count(), "GPUs here for the cuda validator (one GPU per rank)"
+        else:
+            n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            what = "CPU cores this process may use, for the cpu validator (one process per rank)"
+        if max(cands["tps"]) > n:
+            raise bad_param("total_cores", total_cores, f"at most the {n} {what}")
+    cfg = Config(model, note, kind, why, cands, heads, positions, float(memory_budget_gb), dtype, float(timeout_s),
+                 state or outputs_dir() / "export_search" / "state", instance_type)
+    _refuse_other_state(cfg)
     if note:
         cfg.notes.append(note)
     if kind == "cpu":
         cfg.notes.append("cpu validator: every attempt is a gloo tensor-parallel load on CPU cores plus one forward; "
                          "the memory rule is the weights + KV cache estimate against memory_budget_gb per rank.")
     return cfg
+
+
+def _refuse_other_state(cfg: Config) -> None:
+    """A state file already in ``state_dir`` with results made by another validator, or by this one with other
+    settings, is refused here in the first cell rather than when the search opens it."""
+    es.read_state(es.state_path(cfg.state_dir, cfg.model), validator(cfg))
 
 
 def validator(cfg: Config) -> es.Validator:

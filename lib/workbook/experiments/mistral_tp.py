@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from workbook import checks
 from workbook.device import cuda_available
 from workbook.errors import bad_param
 from workbook.params import as_list
@@ -97,7 +98,10 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
     _pos_int("sequence_length", sequence_length)
     _pos_int("max_tokens", max_tokens)
     _pos_int("top_k", top_k, 0)
-    _pos_int("seed", seed, 0)
+    checks.seed(seed)
+    allow_fallback = checks.boolean("allow_fallback", allow_fallback)
+    compare_single = checks.boolean("compare_single", compare_single)
+    compile = checks.boolean("compile", compile)
     if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise bad_param("top_p", top_p, "a number in (0, 1]")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature <= 0:
@@ -132,19 +136,46 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
         import torch
 
         devices, per_device = torch.cuda.device_count(), torch.cuda.get_device_properties(0).total_memory
+        unit = "GPUs"
     elif kind == "cpu":
         devices = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         per_device = psutil.virtual_memory().total // tp_degree  # the ranks share the host's memory
-    else:
-        devices, per_device = 10 ** 6, None  # the Neuron paths check cores themselves (sysfs)
-    check = mistral.check_tp(config, tp_degree, devices, per_device, batch_size, sequence_length, dtype)
+        unit = "CPU cores"
+    else:  # NeuronCores as the Neuron paths will see them (sysfs, NEURON_RT_VISIBLE_CORES); memory per core unknown
+        from workbook.backends import neuron_llm
+
+        devices, per_device, unit = neuron_llm.visible_cores(), None, "NeuronCores"
+    check = mistral.check_tp(config, tp_degree, devices, per_device, batch_size, sequence_length, dtype,
+                             devices_are=unit)
+    if kind != "neuron" and tp_mechanism == "tp_plan" and check.kv_replicated:
+        raise bad_param("tp_mechanism", tp_mechanism,
+                        f"auto or parallelize_module at tp_degree={tp_degree}: transformers' tp_plan splits KV heads "
+                        f"and cannot replicate the model's {config.num_key_value_heads} KV heads over {tp_degree} ranks")
+    _check_lengths(model, config, ps, max_tokens, sequence_length)
     batch = [ps[i % len(ps)] for i in range(batch_size)]
     cfg = Config(model, note, kind, why, tp_degree, batch_size, sequence_length, dtype, batch, max_tokens, top_k,
-                 float(top_p), float(temperature), seed, paths, bool(allow_fallback), bool(compare_single),
-                 cache, bool(compile), tp_mechanism, allreduce, tp_notes=list(check.notes))
+                 float(top_p), float(temperature), seed, paths, allow_fallback, compare_single,
+                 cache, compile, tp_mechanism, allreduce, tp_notes=list(check.notes))
     if note:
         cfg.notes.append(note)
     return cfg
+
+
+def _check_lengths(model: str, config, prompts: list[str], max_tokens: int, sequence_length: int) -> None:
+    """Every prompt encodes to at least one token, and the longest one plus ``max_tokens`` fits
+    ``sequence_length`` (the positions the KV cache is budgeted or compiled for), with the tokenizer the run uses."""
+    from workbook.models import mistral
+
+    enc = mistral.encoder_for(model, config)
+    lengths = [len(enc.encode(p)) for p in prompts]
+    for p, n in zip(prompts, lengths):
+        if not n:
+            raise bad_param("prompts", p, "prompts that encode to at least one token")
+    longest = max(lengths)
+    if longest + max_tokens > sequence_length:
+        raise bad_param("sequence_length", sequence_length,
+                        f"at least the longest prompt ({longest} tokens, {enc.kind}) + max_tokens ({max_tokens}) = "
+                        f"{longest + max_tokens}, or fewer max_tokens")
 
 
 def greedy(cfg: Config) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from workbook import interp, measure, metrics
+from workbook import checks, interp, measure, metrics
 from workbook.device import DeviceChoice, resolve_device
 from workbook.errors import bad_param
 from workbook.params import as_list
@@ -92,6 +92,7 @@ def configure(*, device: str, implementations, reference: str, candidate: str, r
     for name, v, lo in (("iterations", iterations, 1), ("warmup", warmup, 0), ("depth", depth, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise bad_param(name, v, f"an integer of at least {lo}")
+    checks.seed(seed)
     batches = _int_list("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1", 1)
     from workbook.models import patch_size
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from workbook import artifacts, measure, metrics
+from workbook import artifacts, checks, measure, metrics
 from workbook.backends import Backend, resolve
 from workbook.errors import bad_param
 from workbook.params import as_list
@@ -80,8 +80,14 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
     weights = _weights(pretrained)
     if images and not _image_files(images):
         raise bad_param("images", images, "a folder holding images (jpg/png/webp), or empty for seeded tensors")
-    if auto_cast not in ("none", "matmult", "all"):
-        raise bad_param("auto_cast", auto_cast, "one of none, matmult, all")
+    from workbook.backends.neuron import AUTO_CAST, AUTO_CAST_TYPES
+
+    if auto_cast not in AUTO_CAST:
+        raise bad_param("auto_cast", auto_cast, "one of " + ", ".join(AUTO_CAST))
+    if auto_cast_type not in AUTO_CAST_TYPES:
+        raise bad_param("auto_cast_type", auto_cast_type, "one of " + ", ".join(AUTO_CAST_TYPES))
+    checks.seed(seed)
+    cache_dir = checks.directory("artifact_dir", artifact_dir)
     b, reason = resolve(backend)
     ms = [str(m) for m in as_list("modes", modes)]
     if not ms:
@@ -100,12 +106,19 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
         dts = list(dict.fromkeys(s[1] for s in steps))
         ms = list(dict.fromkeys(s[0] for s in steps))
     tolerances = _tolerances(tolerances, dts)
-    options = {"compiler_args": [a for a in str(compiler_args).split() if a], "auto_cast": auto_cast,
-               "auto_cast_type": auto_cast_type}
+    args = [a for a in str(compiler_args).split() if a]
+    options = {"compiler_args": args}
+    own_cast = any(a.startswith("--auto-cast") for a in args)
+    if not own_cast:  # compiler_args that set --auto-cast themselves win; the two are never merged
+        options.update(auto_cast=auto_cast, auto_cast_type=auto_cast_type)
+    if b.name == "neuron":
+        b.compiler_args(options)  # the backend's own option rules, here rather than at the first trace
     cfg = Config(b, reason, model, weights, image_size, ms, dts, cores, list(dict.fromkeys(batches)), warmup, iters,
-                 tolerances, Path(artifact_dir) if artifact_dir else artifacts.default_dir(), seed, images,
-                 cpu_reference_max_batch, options)
+                 tolerances, cache_dir or artifacts.default_dir(), seed, images, cpu_reference_max_batch, options)
     cfg.steps = steps
+    if own_cast and b.name == "neuron":
+        cfg.notes.append("compiler_args sets --auto-cast itself, so the auto_cast and auto_cast_type parameters "
+                         "are not passed to neuronx-cc.")
     if model in TINY_MODELS:
         cfg.notes.append(f"{model} is a small test configuration, not a real SigLIP size.")
     return cfg

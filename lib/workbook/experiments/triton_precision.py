@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from workbook import measure, precision
+from workbook import checks, measure, precision
 from workbook.device import resolve_device
 from workbook.errors import WorkbookError, bad_param
 from workbook.params import as_list
@@ -95,11 +95,10 @@ def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, interme
         raise bad_param("warmup", warmup, "an integer of at least 0")
     if hidden > MAX_HIDDEN:
         raise bad_param("hidden", hidden, f"at most {MAX_HIDDEN}: the Triton LayerNorm keeps one row in a program")
-    if hidden % heads:
-        raise bad_param("hidden", hidden, f"a multiple of heads ({heads}) for the encoder-layer kernel")
-    if (hidden // heads) % 8 and "block" in ks:
-        raise bad_param("heads", heads, f"a divisor of hidden giving a head size that is a multiple of 8 "
-                        f"(fused SDPA kernels need it; {hidden}/{heads} = {hidden / heads:g})")
+    if "block" in ks and (hidden % heads or (hidden // heads) % 8):  # only the encoder-layer case has heads
+        raise bad_param("heads", heads, f"a divisor of hidden={hidden} giving a head size that is a multiple of 8 "
+                        f"for the block kernel (fused SDPA kernels need it; {hidden}/{heads} = {hidden / heads:g})")
+    checks.seed(seed)
     claim = list(as_list("claim_shape", claim_shape))
     if len(claim) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in claim):
         raise bad_param("claim_shape", claim_shape, "three positive integers [tokens, in_features, out_features]")

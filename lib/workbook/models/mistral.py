@@ -231,7 +231,7 @@ def _gib(b: float) -> str:
 
 
 def check_tp(config, tp_degree: int, devices_available: int, bytes_per_device: int | None,
-             batch: int, seq: int, dtype="bfloat16") -> TPCheck:
+             batch: int, seq: int, dtype="bfloat16", *, devices_are: str = "devices (or CPU cores)") -> TPCheck:
     """Check that ``tp_degree`` ranks can hold ``config`` with a ``batch`` x ``seq`` KV cache; raise if not.
 
     Rules: tp divides the query heads; tp divides the KV heads, or is a multiple of them (each KV head is then
@@ -258,7 +258,7 @@ def check_tp(config, tp_degree: int, devices_available: int, bytes_per_device: i
         raise bad_param("tp_degree", tp_degree, f"a divisor or a multiple of the model's {kv} key/value heads "
                                                 f"(and a divisor of its {heads} attention heads)")
     if tp_degree > devices_available:
-        raise bad_param("tp_degree", tp_degree, f"at most the {devices_available} devices (or CPU cores) available")
+        raise bad_param("tp_degree", tp_degree, f"at most the {devices_available} {devices_are} available")
     nb = _bytes(dtype)
     p = param_count(config)
     kv_share = kv_per_rank / kv

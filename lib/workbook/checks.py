@@ -1,0 +1,62 @@
+"""Value checks that every notebook's first cell shares: integers, booleans, seeds and folders.
+
+Why it exists: plain papermill hands ``-p allow_fallback false`` to a notebook as the *string* "false"
+(papermill only turns ``True``/``False`` into booleans), and ``bool("false")`` is True; it hands
+``-p seed abc`` over as text that ``torch.manual_seed`` rejects with a traceback several cells later. These
+checks turn every such value into the one-sentence :func:`~workbook.errors.bad_param` error before anything
+runs, the same way in each notebook.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from workbook.errors import bad_param
+
+SEED_MAX = 2 ** 32 - 1  # numpy's and torch's generators both take it; numpy refuses larger
+
+
+def integer(name: str, value, low: int | None = None, high: int | None = None, allowed: str | None = None) -> int:
+    """``value`` as an int in ``[low, high]`` (bools refused: ``True`` is not a count)."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        if allowed is None:
+            allowed = ("an integer" + (f" from {low} to {high}" if low is not None and high is not None else
+                                       f" of at least {low}" if low is not None else
+                                       f" of at most {high}" if high is not None else ""))
+        raise bad_param(name, value, allowed)
+    return value
+
+
+def boolean(name: str, value) -> bool:
+    """``value`` as a bool; the text "true"/"false" (any case) is what plain papermill passes for ``-p X false``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise bad_param(name, value, "true or false")
+
+
+def seed(value, name: str = "seed") -> int:
+    """A generator seed: an integer from 0 to 2**32 - 1."""
+    return integer(name, value, 0, SEED_MAX, f"an integer from 0 to {SEED_MAX}")
+
+
+def directory(name: str, value: str) -> Path | None:
+    """A folder the run may create and write: empty gives None; an existing file (or a file where a parent
+    folder would go), or a folder this user cannot write into, is refused."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)):
+        raise bad_param(name, value, "a folder path (text), or empty for the default")
+    p = Path(value)
+    for part in (p, *p.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "it" if part == p else f"{str(part)!r}"
+                raise bad_param(name, value, f"a folder, or empty for the default ({where} is a file)")
+            if not os.access(part, os.W_OK | os.X_OK):
+                raise bad_param(name, value, f"a folder this user can write ({str(part)!r} is not writable)")
+            break
+    return p

@@ -1,0 +1,66 @@
+"""The shared first-cell value checks (``workbook.checks``): each bad value is one sentence naming it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from workbook import checks
+from workbook.errors import ParameterError
+
+
+def _msg(fn, *args) -> str:
+    with pytest.raises(ParameterError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert msg.endswith(".") and "\n" not in msg, msg
+    return msg
+
+
+def test_integer_bounds_and_types():
+    assert checks.integer("n", 3, 1, 5) == 3
+    assert _msg(checks.integer, "n", 0, 1) == "Parameter n=0 is not allowed: an integer of at least 1."
+    assert _msg(checks.integer, "n", 6, 1, 5) == "Parameter n=6 is not allowed: an integer from 1 to 5."
+    assert _msg(checks.integer, "n", 9, None, 5) == "Parameter n=9 is not allowed: an integer of at most 5."
+    assert "n=True" in _msg(checks.integer, "n", True, 0)  # a bool is not a count
+    assert "n=2.0" in _msg(checks.integer, "n", 2.0, 0)
+    assert "n='4'" in _msg(checks.integer, "n", "4", 0)
+
+
+@pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False), ("True", True),
+                                             (" FALSE ", False)])
+def test_boolean_reads_the_text_plain_papermill_passes(given, expected):
+    assert checks.boolean("allow_fallback", given) is expected
+
+
+@pytest.mark.parametrize("given", ["no", "0", 0, 1, None, "yes"])
+def test_boolean_refuses_anything_else(given):
+    assert _msg(checks.boolean, "allow_fallback", given) == \
+        f"Parameter allow_fallback={given!r} is not allowed: true or false."
+
+
+def test_seed_range():
+    assert checks.seed(0) == 0 and checks.seed(checks.SEED_MAX) == checks.SEED_MAX
+    for bad in (-1, checks.SEED_MAX + 1, "abc", 1.5, True):
+        assert _msg(checks.seed, bad) == f"Parameter seed={bad!r} is not allowed: an integer from 0 to 4294967295."
+
+
+def test_directory(tmp_path):
+    assert checks.directory("state_dir", "") is None
+    assert checks.directory("state_dir", str(tmp_path / "new" / "deeper")) == tmp_path / "new" / "deeper"
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    assert "(it is a file)" in _msg(checks.directory, "state_dir", str(f))
+    assert f"({str(f)!r} is a file)" in _msg(checks.directory, "state_dir", str(f / "below"))
+    assert "a folder path" in _msg(checks.directory, "state_dir", 3)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_directory_refuses_a_folder_it_cannot_write(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert "is not writable" in _msg(checks.directory, "artifact_dir", str(locked / "cache"))
+    finally:
+        locked.chmod(0o700)
