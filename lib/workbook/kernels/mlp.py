@@ -34,13 +34,16 @@ from .runtime import INTERPRET
 
 
 @triton.jit
-def _gelu_grad_kernel(pre_ptr, dact_ptr, out_ptr, n, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
-                      BLOCK: tl.constexpr):
+def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, STORE_ACT: tl.constexpr, OUT_BF16: tl.constexpr,
+                     INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
+    """``dpre = dact * GELU'(pre)``; with ``STORE_ACT`` also the recomputed ``act = GELU(pre)``."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     pre = tl.load(pre_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    out = tl.load(dact_ptr + offs, mask=m, other=0.0).to(tl.float32) * gelu_tanh_grad(pre)
-    tl.store(out_ptr + offs, to_out(out, OUT_BF16, INTERPRET).to(out_ptr.dtype.element_ty), mask=m)
+    dpre = tl.load(dact_ptr + offs, mask=m, other=0.0).to(tl.float32) * gelu_tanh_grad(pre)
+    tl.store(dpre_ptr + offs, to_out(dpre, OUT_BF16, INTERPRET).to(dpre_ptr.dtype.element_ty), mask=m)
+    if STORE_ACT:
+        tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
 def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor) -> torch.Tensor:
@@ -49,20 +52,9 @@ def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(pre)
     n = pre.numel()
     block = 1024
-    _gelu_grad_kernel[(triton.cdiv(n, block),)](pre, dact, out, n, OUT_BF16=pre.dtype == torch.bfloat16,
-                                                INTERPRET=INTERPRET, BLOCK=block)
+    _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, out, out, n, STORE_ACT=False,
+                                               OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block)
     return out
-
-
-@triton.jit
-def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr,
-                     BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < n
-    pre = tl.load(pre_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    dpre = tl.load(dact_ptr + offs, mask=m, other=0.0).to(tl.float32) * gelu_tanh_grad(pre)
-    tl.store(dpre_ptr + offs, to_out(dpre, OUT_BF16, INTERPRET).to(dpre_ptr.dtype.element_ty), mask=m)
-    tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
 def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor):
@@ -77,8 +69,9 @@ def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor):
     dpre, act = torch.empty_like(pre), torch.empty_like(pre)
     n = pre.numel()
     block = 256 if INTERPRET else 2048
-    _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, OUT_BF16=pre.dtype == torch.bfloat16,
-                                               INTERPRET=INTERPRET, BLOCK=block, num_warps=8)
+    _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, STORE_ACT=True,
+                                               OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block,
+                                               num_warps=8)
     return dpre, act, dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32)
 
 
