@@ -1,5 +1,9 @@
 """The ``workbook`` command: run notebooks, list runs, compare two runs.
 
+Why it exists: plain papermill runs one notebook with no memory of earlier runs; this command merges profile,
+file and ``-p`` parameters with type checks, reuses or resumes identical runs, and renders the report, so the
+same experiment can be re-run on another machine with one line.
+
     workbook run NOTEBOOK [-p NAME VALUE ...] [-f FILE.yaml] [--profile NAME] [--force]
         (an identical finished run is reused; an identical unfinished one is resumed; --force does neither)
     workbook run-all [--profile NAME] [--force]

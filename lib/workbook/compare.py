@@ -1,5 +1,8 @@
 """``workbook compare A B``: two runs' results side by side, with the hardware each ran on.
 
+Why it exists: the question after a re-run is nearly always "what changed, and on what machine"; reading two
+``results.json`` by eye misses rows that moved.
+
 Rows of the same table are matched on their descriptive (non-numeric) fields, so the same
 configuration measured on two machines or two backends lines up; numeric fields are shown for A, B
 and B/A.

@@ -1,4 +1,8 @@
-"""``outputs/index.html``: every run with its status, duration and headline figures, linked."""
+"""``outputs/index.html``: every run with its status, duration and headline figures, linked.
+
+Why it exists: run folders pile up under ``outputs/``; one page lets a reader find the run behind a figure and
+see at a glance which runs failed or stopped.
+"""
 from __future__ import annotations
 
 import html
