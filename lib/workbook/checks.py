@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from workbook.errors import bad_param
+from workbook.params import Param, coerce
 
 SEED_MAX = 2 ** 32 - 1  # numpy's and torch's generators both take it; numpy refuses larger
 
@@ -31,11 +32,7 @@ def integer(name: str, value, low: int | None = None, high: int | None = None, a
 
 def boolean(name: str, value) -> bool:
     """``value`` as a bool; the text "true"/"false" (any case) is what plain papermill passes for ``-p X false``."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    raise bad_param(name, value, "true or false")
+    return coerce(Param(name, "bool", None, ""), value)
 
 
 def seed(value, name: str = "seed") -> int:

@@ -16,9 +16,14 @@ class WorkbookError(Exception):
 
 
 class ParameterError(WorkbookError, ValueError):
-    """A parameter value that is not allowed. Build it with :func:`bad_param` for a uniform sentence."""
+    """A parameter value that is not allowed. Build it with :func:`bad_param` for a uniform sentence; ``name``
+    is then the parameter it names, so a caller can restate a library's check in its own parameters' terms."""
+
+    name: str | None = None
 
 
 def bad_param(name: str, value, allowed: str) -> ParameterError:
     """``name=value`` is not allowed; ``allowed`` says what is (e.g. "one of cpu, cuda, auto")."""
-    return ParameterError(f"Parameter {name}={value!r} is not allowed: {allowed}.")
+    e = ParameterError(f"Parameter {name}={value!r} is not allowed: {allowed}.")
+    e.name = name
+    return e

@@ -57,6 +57,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from workbook import checks
 from workbook.errors import WorkbookError, bad_param
 from workbook.provenance import now_iso
 from workbook.record import write_json_atomic
@@ -80,24 +81,20 @@ _LIB_DIR = str(Path(__file__).resolve().parent.parent)
 
 # ---------------------------------------------------------------- candidates and rules (pure)
 
-def _int_param(name: str, value, minimum: int, allowed: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_param(name, value, allowed)
-    return value
-
-
 def candidates(total_cores: int, cores_per_device: int, num_heads: int, max_positions: int,
                batch_sizes=DEFAULT_BATCHES, min_seq: int = 1024) -> dict:
     """The configurations to search, each list in decreasing order: ``{"tps", "batches", "seqs"}``."""
-    _int_param("total_cores", total_cores, 2, "an integer of at least 2 (tensor parallelism needs two cores)")
-    _int_param("cores_per_device", cores_per_device, 1, "a positive integer (NeuronCores per device, 2 on trn1/inf2)")
-    _int_param("num_heads", num_heads, 1, "a positive integer (the model's num_attention_heads)")
-    _int_param("min_seq", min_seq, 1, "a positive power of two")
+    checks.integer("total_cores", total_cores, 2,
+                   allowed="an integer of at least 2 (tensor parallelism needs two cores)")
+    checks.integer("cores_per_device", cores_per_device, 1,
+                   allowed="a positive integer (NeuronCores per device, 2 on trn1/inf2)")
+    checks.integer("num_heads", num_heads, 1, allowed="a positive integer (the model's num_attention_heads)")
+    checks.integer("min_seq", min_seq, 1, allowed="a positive power of two")
     if min_seq & (min_seq - 1):
         raise bad_param("min_seq", min_seq, "a positive power of two")
-    _int_param("max_positions", max_positions, min_seq + 1,
-               f"an integer above min_seq={min_seq} (the model's max_position_embeddings; sequence lengths are "
-               "the powers of two from min_seq up to, not including, it)")
+    checks.integer("max_positions", max_positions, min_seq + 1,
+                   allowed=f"an integer above min_seq={min_seq} (the model's max_position_embeddings; sequence "
+                   "lengths are the powers of two from min_seq up to, not including, it)")
     batches = list(batch_sizes) if not isinstance(batch_sizes, (str, bytes)) else None
     if not batches or len(set(batches)) != len(batches) or any(
             isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
@@ -497,7 +494,7 @@ def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: fl
     """
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise bad_param("timeout_s", timeout_s, "a positive number of seconds for one try (all its steps)")
-    _int_param("max_interruptions", max_interruptions, 1, "a positive integer")
+    checks.integer("max_interruptions", max_interruptions, 1, allowed="a positive integer")
     cands = _normalize_cands(cands)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,8 @@ def coerce(p: Param, value):
     if t == "bool":
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
         raise bad_param(p.name, value, "true or false")
     if t == "int":
         if isinstance(value, bool):

@@ -87,15 +87,16 @@ def configure(*, model: str, validator: str, total_cores: int, cores_per_device:
     batches = as_list("batch_sizes", batch_sizes)
     state = checks.directory("state_dir", state_dir)
     heads, positions = config.num_attention_heads, config.max_position_embeddings
-    if isinstance(min_seq, int) and not isinstance(min_seq, bool) and min_seq >= positions:
-        raise bad_param("min_seq", min_seq, f"a power of two below the model's {positions} positions")
     try:
         cands = es.candidates(total_cores, cores_per_device, heads, positions, batches, min_seq)
-    except ParameterError as e:
-        if not str(e).startswith("Parameter num_heads="):
-            raise
-        raise bad_param("total_cores", total_cores, f"a count that allows a tensor-parallel size (at least 2, a multiple "
-                        f"of cores_per_device={cores_per_device}) dividing the model's {heads} attention heads") from None
+    except ParameterError as e:  # the model's own figures are not parameters here: name the one to change
+        if e.name == "max_positions":
+            raise bad_param("min_seq", min_seq, f"a power of two below the model's {positions} positions") from None
+        if e.name == "num_heads":
+            raise bad_param("total_cores", total_cores, f"a count that allows a tensor-parallel size (at least 2, a "
+                            f"multiple of cores_per_device={cores_per_device}) dividing the model's {heads} attention "
+                            "heads") from None
+        raise
     if kind in ("cuda", "cpu"):
         if kind == "cuda":
             import torch

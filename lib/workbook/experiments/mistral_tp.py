@@ -55,12 +55,6 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
 
-def _pos_int(name, v, low=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise bad_param(name, v, f"an integer of at least {low}")
-    return v
-
-
 def _backend(requested: str, paths: list[str]) -> tuple[str, str]:
     from workbook.backends import neuron_llm
 
@@ -93,11 +87,10 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
 
     from workbook.models import mistral
 
-    _pos_int("tp_degree", tp_degree)
-    _pos_int("batch_size", batch_size)
-    _pos_int("sequence_length", sequence_length)
-    _pos_int("max_tokens", max_tokens)
-    _pos_int("top_k", top_k, 0)
+    for name, v in (("tp_degree", tp_degree), ("batch_size", batch_size), ("sequence_length", sequence_length),
+                    ("max_tokens", max_tokens)):
+        checks.integer(name, v, 1)
+    checks.integer("top_k", top_k, 0)
     checks.seed(seed)
     allow_fallback = checks.boolean("allow_fallback", allow_fallback)
     compare_single = checks.boolean("compare_single", compare_single)
@@ -167,11 +160,7 @@ def _check_lengths(model: str, config, prompts: list[str], max_tokens: int, sequ
     from workbook.models import mistral
 
     enc = mistral.encoder_for(model, config)
-    lengths = [len(enc.encode(p)) for p in prompts]
-    for p, n in zip(prompts, lengths):
-        if not n:
-            raise bad_param("prompts", p, "prompts that encode to at least one token")
-    longest = max(lengths)
+    longest = max(len(i) for i in mistral.prompt_ids(enc, prompts))
     if longest + max_tokens > sequence_length:
         raise bad_param("sequence_length", sequence_length,
                         f"at least the longest prompt ({longest} tokens, {enc.kind}) + max_tokens ({max_tokens}) = "

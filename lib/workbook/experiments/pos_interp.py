@@ -90,8 +90,7 @@ def configure(*, device: str, implementations, reference: str, candidate: str, r
     if not isinstance(tower_dtype, str) or tower_dtype not in DTYPES:
         raise bad_param("tower_dtype", tower_dtype, "one of " + ", ".join(DTYPES))
     for name, v, lo in (("iterations", iterations, 1), ("warmup", warmup, 0), ("depth", depth, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise bad_param(name, v, f"an integer of at least {lo}")
+        checks.integer(name, v, lo)
     checks.seed(seed)
     batches = _int_list("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1", 1)
     from workbook.models import patch_size

@@ -48,12 +48,6 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
 
-def _int(name, value, lo, allowed=None):
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise bad_param(name, value, allowed or f"an integer of at least {lo}")
-    return value
-
-
 def configure(*, model: str, pretrained: str, image_size: int, backend: str, modes, dtypes, cores: int,
               batch_sizes, warmup: int, iters: int, tolerances: dict, artifact_dir: str, seed: int, images: str,
               cpu_reference_max_batch: int, compiler_args: str, auto_cast: str, auto_cast_type: str,
@@ -63,16 +57,16 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
     from workbook.models.siglip import TINY_MODELS
 
     patch = patch_size(model)  # unknown names raise with the closest names
-    _int("image_size", image_size, patch, f"a multiple of the patch size ({patch} px for {model})")
+    checks.integer("image_size", image_size, patch, allowed=f"a multiple of the patch size ({patch} px for {model})")
     if image_size % patch:
         raise bad_param("image_size", image_size, f"a multiple of the patch size ({patch} px for {model}), "
                         f"e.g. {image_size // patch * patch} or {(image_size // patch + 1) * patch}")
     batches = as_list("batch_sizes", batch_sizes)
     if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in batches):
         raise bad_param("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1")
-    _int("warmup", warmup, 0)
-    _int("iters", iters, 1)
-    _int("cpu_reference_max_batch", cpu_reference_max_batch, 0)
+    checks.integer("warmup", warmup, 0)
+    checks.integer("iters", iters, 1)
+    checks.integer("cpu_reference_max_batch", cpu_reference_max_batch, 0)
     dts = [str(d) for d in as_list("dtypes", dtypes)]
     for d in dts:
         if d not in ALL_DTYPES:

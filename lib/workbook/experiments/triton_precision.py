@@ -51,12 +51,6 @@ class Config:
     notes: list[str] = field(default_factory=list)
 
 
-def _pos_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise bad_param(name, value, "a positive integer")
-    return value
-
-
 def _pos_ints(name, value, allow_empty=True):
     xs = as_list(name, value)
     if (not xs and not allow_empty) or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in xs):
@@ -90,9 +84,8 @@ def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, interme
     ks = _choices("kernels", kernels, KERNELS)
     for name, v in (("tokens", tokens), ("hidden", hidden), ("intermediate", intermediate), ("heads", heads),
                     ("iterations", iterations)):
-        _pos_int(name, v)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise bad_param("warmup", warmup, "an integer of at least 0")
+        checks.integer(name, v, 1, allowed="a positive integer")
+    checks.integer("warmup", warmup, 0)
     if hidden > MAX_HIDDEN:
         raise bad_param("hidden", hidden, f"at most {MAX_HIDDEN}: the Triton LayerNorm keeps one row in a program")
     if "block" in ks and (hidden % heads or (hidden // heads) % 8):  # only the encoder-layer case has heads

@@ -160,6 +160,15 @@ def encoder_for(model: str, config) -> Encoder:
     return Encoder("tokenizer", f"AutoTokenizer from {model}", config.vocab_size, tok)
 
 
+def prompt_ids(enc: Encoder, prompts: list[str]) -> list[list[int]]:
+    """Each prompt's ids; a prompt that encodes to no token at all is refused (nothing to continue from)."""
+    ids = [enc.encode(p) for p in prompts]
+    for p, i in zip(prompts, ids):
+        if not i:
+            raise bad_param("prompts", p, "prompts that encode to at least one token")
+    return ids
+
+
 def _is_causal(config) -> bool:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL
 

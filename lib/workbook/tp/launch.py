@@ -162,10 +162,7 @@ def launch(spec: dict, nproc: int, timeout_s: float = 600, out_dir=None) -> dict
                         f"auto or parallelize_module at tp_degree={nproc}: transformers' tp_plan splits KV heads "
                         f"and cannot replicate the model's {config.num_key_value_heads} KV heads over {nproc} ranks")
     enc = mistral.encoder_for(s["model"], config)
-    s["prompt_ids"] = [enc.encode(p) for p in s["prompts"]]
-    for p, ids in zip(s["prompts"], s["prompt_ids"]):
-        if not ids:
-            raise bad_param("prompts", p, "prompts that encode to at least one token")
+    s["prompt_ids"] = mistral.prompt_ids(enc, s["prompts"])
     with tempfile.TemporaryDirectory(prefix="workbook-tp-") as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
