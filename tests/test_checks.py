@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,14 @@ def test_directory_refuses_a_folder_it_cannot_write(tmp_path):
         assert "is not writable" in _msg(checks.directory, "artifact_dir", str(locked / "cache"))
     finally:
         locked.chmod(0o700)
+
+
+def test_directory_refuses_what_the_os_says_it_cannot_write(tmp_path, monkeypatch):
+    """The same refusal as any user (root passes the permission test above): ``os.access`` says no, as it does
+    for root on a read-only mount. Only the nearest existing folder is asked."""
+    asked = []
+    monkeypatch.setattr(checks.os, "access", lambda path, mode: asked.append(Path(path)) or False)
+    msg = _msg(checks.directory, "artifact_dir", str(tmp_path / "cache" / "deeper"))
+    assert msg == (f"Parameter artifact_dir={str(tmp_path / 'cache' / 'deeper')!r} is not allowed: a folder this "
+                   f"user can write ({str(tmp_path)!r} is not writable).")
+    assert asked == [tmp_path]

@@ -3,6 +3,7 @@ and from notebooks/), and with bad parameters. nbmake runs every notebook with i
 (``--nbmake`` over notebooks/, see pyproject.toml), which is how JupyterLab runs them: cwd = notebooks/.
 """
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,17 @@ def _papermill(args, cwd, tmp_path, env_extra=None):
 
 def _p(params: dict) -> list[str]:
     return [x for k, v in params.items() for x in ("-p", k, v)]
+
+
+def _bad(notebook: str, base: dict, cases: list) -> list:
+    """One notebook's bad-parameter cases, ``(param, value, expected text[, other params])``, as pytest
+    params of :func:`test_bad_parameter_stops_in_the_first_cell` (the base parameters keep each run cheap)."""
+    out = []
+    for param, value, expected, *extra in cases:
+        params = {**base, **(extra[0] if extra else {}), param: value}
+        ident = re.sub(r"[^\w.=-]+", "_", f"{notebook}-{param}={value}")
+        out.append(pytest.param(notebook, params, expected, id=ident))
+    return out
 
 
 def test_runner_writes_the_full_report(tmp_path, monkeypatch):
@@ -56,20 +68,13 @@ def test_plain_papermill(cwd, nb, tmp_path):
     assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "complete"
 
 
-@pytest.mark.parametrize("param,value,expected", [
+POS_BAD = _bad("pos_interp", {}, [
     ("implementations", "[hf_bicubic, bicubicc]", "Parameter implementations="),
     ("resolutions", "[10]", "each at least one patch (14 px"),
     ("resolutions", "[224.5]", "Parameter resolutions="),
     ("device", "cuda", "torch sees no CUDA GPU"),
     ("checkpoint", "/nonexistent/ckpt.pt", "Parameter checkpoint='/nonexistent/ckpt.pt' is not allowed: an existing file"),
 ])
-def test_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
-    out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/pos_interp.ipynb", str(out), "-p", param, value], ROOT, tmp_path)
-    assert r.returncode != 0
-    error = _first_cell_error(out)
-    assert error["ename"] == "ParameterError" and expected in error["evalue"]
-    assert not (tmp_path / "outputs").exists()  # and nothing was recorded
 
 
 def _first_cell_error(out: Path) -> dict:
@@ -152,7 +157,7 @@ def test_siglip_plain_papermill_with_cores_2(tmp_path):
     assert all(r["accuracy_pass"] for r in res["tables"]["runs"] if r["dtype"] == "float32")
 
 
-@pytest.mark.parametrize("param,value,expected", [
+SIGLIP_BAD = _bad("siglip_neuron", TINY, [
     ("model", "ViT-SO400M-14-SigLIPP", "closest open_clip names: ViT-SO400M-14-SigLIP"),
     ("image_size", "100", "a multiple of the patch size (14 px"),
     ("batch_sizes", "[0]", "Parameter batch_sizes="),
@@ -161,13 +166,6 @@ def test_siglip_plain_papermill_with_cores_2(tmp_path):
     ("backend", "neuron", "the Neuron SDK is not installed"),
     ("pretrained", "/nonexistent/ckpt.pt", "a checkpoint path that exists"),
 ])
-def test_siglip_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
-    out = tmp_path / "out.ipynb"
-    params = {**TINY, param: value}
-    r = _papermill(["notebooks/siglip_neuron.ipynb", str(out)] + _p(params), ROOT, tmp_path)
-    assert r.returncode != 0
-    error = _first_cell_error(out)
-    assert error["ename"] in ("ParameterError", "BackendUnavailable") and expected in error["evalue"]
 
 
 def test_siglip_neuron_path_through_the_standin(tmp_path, monkeypatch):
@@ -222,27 +220,20 @@ def test_triton_precision_plain_papermill(tmp_path):
     assert all(r["worst_grad_max_abs_diff"] < 1e-4 for r in res["tables"]["model_check"])
 
 
-@pytest.mark.parametrize("param,value,expected", [
+BLOCK = {"kernels": "[block]"}  # the head-size rule concerns the encoder-layer case only
+TRITON_BAD = _bad("triton_precision", TP_CHEAP, [
     ("kernels", "[layernorm, softmax]", "Parameter kernels="),
     ("dtypes", "[float64]", "a list from float32, bfloat16, float16"),
     ("hidden", "20000", "at most 16384"),
-    ("heads", "5", "Parameter heads=5 is not allowed: a divisor of hidden=72"),
-    ("heads", "4", "head size that is a multiple of 8"),
+    ("heads", "5", "Parameter heads=5 is not allowed: a divisor of hidden=72",
+     BLOCK),
+    ("heads", "4", "head size that is a multiple of 8", BLOCK),
     ("tokens", "0", "Parameter tokens="),
     ("claim_shape", "[4, 8]", "three positive integers"),
     ("stack_config", "huge", "one of so400m, tiny"),
     ("stack_variants", "[flash]", "Parameter stack_variants="),
     ("device", "cuda", "torch sees no CUDA GPU"),
 ])
-def test_triton_precision_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
-    out = tmp_path / "out.ipynb"
-    params = {**TP_CHEAP, param: value}
-    if param == "heads":
-        params["kernels"] = "[block]"  # the head-size rule concerns the encoder-layer case only
-    r = _papermill(["notebooks/triton_precision.ipynb", str(out)] + _p(params), ROOT, tmp_path)
-    assert r.returncode != 0
-    error = _first_cell_error(out)
-    assert error["ename"] == "ParameterError" and expected in error["evalue"], error
 
 
 # ---- export_search ----------------------------------------------------------------------------------------
@@ -278,7 +269,7 @@ def test_export_search_rejects_a_model_that_is_not_a_causal_lm(tmp_path):
     assert error["ename"] == "ParameterError" and "Parameter model=" in error["evalue"]
 
 
-@pytest.mark.parametrize("param,value,expected", [
+ES_BAD = _bad("export_search", ES_CHEAP, [
     ("validator", "neuron", "optimum-cli (optimum-neuron) is not installed"),
     ("validator", "cuda", "torch sees no CUDA GPU"),
     ("validator", "tpu", "one of auto, neuron, cuda, cpu"),
@@ -288,12 +279,6 @@ def test_export_search_rejects_a_model_that_is_not_a_causal_lm(tmp_path):
     ("instance_type", "p5", "empty or one of trn1, inf2, trn2"),
     ("model", "/nonexistent/mistral", "Parameter model="),
 ])
-def test_export_search_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
-    out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/export_search.ipynb", str(out)] + _p({**ES_CHEAP, param: value}), ROOT, tmp_path)
-    assert r.returncode != 0
-    error = _first_cell_error(out)
-    assert error["ename"] == "ParameterError" and expected in error["evalue"], error
 
 
 # ---- mistral_tp -------------------------------------------------------------------------------------------
@@ -337,7 +322,7 @@ def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
     assert res["tables"]["generations"][0]["completion_tokens"] == 4
 
 
-@pytest.mark.parametrize("param,value,expected", [
+MISTRAL_BAD = _bad("mistral_tp", TP_TINY, [
     ("tp_degree", "3", "a divisor of the model's 8 attention heads"),
     ("tp_degree", "4", "at most the 2 CPU cores available"),
     ("batch_size", "0", "Parameter batch_size="),
@@ -351,12 +336,6 @@ def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
     ("allreduce", "symm_mem", "nccl here: symm_mem needs backend cuda, compile True and tp_degree > 1"),
     ("allow_fallback", "maybe", "Parameter allow_fallback='maybe' is not allowed: true or false."),
 ])
-def test_mistral_tp_bad_parameter_stops_in_the_first_cell(param, value, expected, tmp_path):
-    out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({**TP_TINY, param: value}), ROOT, tmp_path)
-    assert r.returncode != 0
-    error = _first_cell_error(out)
-    assert error["ename"] == "ParameterError" and expected in error["evalue"], error
 
 
 def test_mistral_tp_config_only_shape_is_refused_where_it_does_not_fit(tmp_path):
@@ -372,3 +351,15 @@ def test_mistral_tp_config_only_shape_is_refused_where_it_does_not_fit(tmp_path)
     assert r.returncode != 0
     error = _first_cell_error(out)
     assert error["ename"] == "ParameterError" and "Parameter compile=True" in error["evalue"]
+
+
+@pytest.mark.parametrize("notebook,params,expected", POS_BAD + SIGLIP_BAD + TRITON_BAD + ES_BAD + MISTRAL_BAD)
+def test_bad_parameter_stops_in_the_first_cell(notebook, params, expected, tmp_path):
+    """Plain papermill with one bad parameter: a non-zero exit, one ParameterError (or BackendUnavailable, its
+    subclass for a backend that cannot run here) in the first cell naming it, no later cell run, no run recorded."""
+    out = tmp_path / "out.ipynb"
+    r = _papermill([f"notebooks/{notebook}.ipynb", str(out)] + _p(params), ROOT, tmp_path)
+    assert r.returncode != 0
+    error = _first_cell_error(out)
+    assert error["ename"] in ("ParameterError", "BackendUnavailable") and expected in error["evalue"], error
+    assert not (tmp_path / "outputs" / notebook).exists()  # no run was recorded (a default model may be cached)
