@@ -25,3 +25,39 @@ def test_cuda_event_timing_is_positive_and_ordered():
     big = measure.time_fn(lambda: x @ x, device="cuda", warmup=3, iters=10)
     assert 0 < small.median_ms < big.median_ms
     assert big.p10_ms <= big.median_ms <= big.p90_ms
+
+
+def test_time_queued_separates_the_hosts_queueing_from_the_devices_work():
+    """A call that spends 3 ms on the host and microseconds on the GPU: plain events time the host's 3 ms; with
+    the host queued ahead the device time is the kernel's alone, and the 3 ms show as queueing time."""
+    import time
+
+    x = torch.randn(256, 256, device="cuda")
+
+    def slow_host():
+        time.sleep(0.003)
+        return x @ x
+
+    plain = measure.time_fn(slow_host, device="cuda", warmup=2, iters=10)
+    queued = measure.time_queued(slow_host, warmup=2, iters=10)
+    assert plain.median_ms >= 3.0
+    assert queued.host.median_ms >= 3.0
+    assert queued.device.median_ms < 0.5 and queued.host_bound_share == 0.0
+
+
+def test_time_queued_lengthens_a_head_start_that_proves_too_short():
+    """Warm-up is quick, then queueing gets slow: the first timed call is late (counted), later ones are not."""
+    import time
+
+    x = torch.randn(256, 256, device="cuda")
+    calls = []
+
+    def slower_after_warmup():
+        calls.append(1)
+        if len(calls) > 1:
+            time.sleep(0.004)
+        return x @ x
+
+    queued = measure.time_queued(slower_after_warmup, warmup=1, iters=6)
+    assert 0 < queued.host_bound_share <= 2 / 6
+    assert queued.device.min_ms < 0.5  # the calls after the lengthened spins time the device alone

@@ -73,6 +73,11 @@ def test_time_interleaved_rejects_zero_iters():
         measure.time_interleaved({"a": lambda: None}, iters=0)
 
 
+def test_time_queued_rejects_zero_iters():  # before touching a GPU; its timing is tested in test_gpu.py
+    with pytest.raises(ValueError):
+        measure.time_queued(lambda: None, iters=0)
+
+
 def test_time_once_returns_ms_and_result():
     calls = []
 

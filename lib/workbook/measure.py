@@ -4,9 +4,16 @@ Warm-up calls are run and excluded; each timed call is bracketed by CUDA events 
 plus a synchronize on the CPU); the median and p10/p90 are reported, never a mean over a handful of
 calls. First-call time (compilation, lazy initialisation) is measured apart, by the caller, with
 :func:`time_once`.
+
+Events around one call on an idle GPU time the host's work too: the GPU waits for each launch. For a step of
+hundreds of milliseconds that is nothing, but a sub-millisecond kernel call behind Python (autograd, the Triton
+launcher, an autotuner's key) can take longer to queue than to run. :func:`time_queued` gives the GPU a head
+start (a spin kernel) so the host queues the whole call before it starts, and reports the device's time and
+the host's queueing time apart.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -66,6 +73,72 @@ def time_fn(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3, i
         torch.cuda.synchronize()
     samples = [_one(fn, device) for _ in range(iters)]
     return summarize(samples, warmup)
+
+
+@dataclass(frozen=True)
+class QueuedTiming:
+    """:func:`time_queued`'s result: the device's time per call, the host's time to queue one, and the share of
+    timed calls whose queueing outlasted the GPU's head start (their device time includes waits for the host)."""
+
+    device: Timing
+    host: Timing
+    host_bound_share: float
+
+
+def time_queued(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20) -> QueuedTiming:
+    """Device time of ``fn()`` on the current CUDA device with the host queued ahead.
+
+    Each timed call starts behind a GPU spin (``torch.cuda._sleep``) meant to last twice the longest queueing seen
+    in warm-up, so the start event fires only after the host has queued the whole call: the events bracket the
+    device's work alone, as in a loop whose host runs ahead. ``fn`` must not synchronise. The spin's own length is
+    timed on the device as well: a call whose queueing outlasted it is counted in ``host_bound_share`` (its
+    device time includes waits for the host), and the spins after it are lengthened.
+    """
+    import torch
+
+    if iters < 1:
+        raise ValueError("iters must be at least 1")
+    head_ms = 1.0
+    for _ in range(max(warmup, 1)):  # at least one, to learn how long queueing takes
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        head_ms = max(head_ms, 2 * (time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize()
+    cycles = int(head_ms * _spin_cycles_per_ms(torch.cuda.current_device()))
+    dev, host, late = [], [], 0
+    for _ in range(iters):
+        spun, start, end = (torch.cuda.Event(enable_timing=True) for _ in range(3))
+        t0 = time.perf_counter()
+        spun.record()
+        torch.cuda._sleep(cycles)
+        start.record()
+        fn()
+        end.record()
+        queued_ms = (time.perf_counter() - t0) * 1e3
+        end.synchronize()
+        dev.append(start.elapsed_time(end))
+        host.append(queued_ms)
+        spin_ms = spun.elapsed_time(start)
+        if spin_ms < queued_ms:  # the GPU reached the call before the host had queued all of it
+            late += 1
+            cycles = int(cycles * 2 * queued_ms / max(spin_ms, 1e-3))
+    return QueuedTiming(summarize(dev, warmup), summarize(host, warmup), late / iters)
+
+
+@functools.lru_cache(maxsize=None)
+def _spin_cycles_per_ms(device_index: int) -> float:
+    """About how many ``torch.cuda._sleep`` cycles make a millisecond on this GPU (calibrated once, at the clock
+    of the moment; :func:`time_queued` times every spin and lengthens those that prove too short)."""
+    import torch
+
+    torch.cuda._sleep(1_000_000)  # the first spin may pay for loading the kernel
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    return 10_000_000 / max(start.elapsed_time(end), 1e-3)
 
 
 def time_once(fn: Callable[[], object], *, device: str = "cpu") -> tuple[float, object]:

@@ -316,12 +316,16 @@ def ulp_histograms(cfg: Config, kernel: str = "mlp") -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ speed
-def _timing(fn, cfg) -> float:
-    return measure.time_fn(fn, device=cfg.device, warmup=cfg.warmup, iters=cfg.iterations).median_ms
+def _timing(fn, cfg) -> tuple[float, float, float]:
+    """(device ms, host ms to queue a call, share of calls the host was late for): a kernel call of well under a
+    millisecond can take the host longer to queue than the GPU to run, so the two are timed apart."""
+    t = measure.time_queued(fn, warmup=cfg.warmup, iters=cfg.iterations)
+    return t.device.median_ms, t.host.median_ms, t.host_bound_share
 
 
 def speed_rows(cfg: Config, dtype_name: str = "bfloat16", progress=None, rec=None) -> list[dict]:
-    """Each kernel vs eager and torch.compile across token counts: forward and forward+backward ms, peak MiB.
+    """Each kernel vs eager and torch.compile across token counts: forward and forward+backward device ms (the
+    host queued ahead, :func:`workbook.measure.time_queued`) beside the host's ms to queue one call, peak MiB.
     With ``rec``, each (kernel, tokens) is recorded as one resumable group as soon as it is measured."""
     if cfg.device != "cuda":
         return []
@@ -359,15 +363,19 @@ def speed_rows(cfg: Config, dtype_name: str = "bfloat16", progress=None, rec=Non
                         v.grad = None
                 try:
                     with torch.no_grad():
-                        f_ms = _timing(fwd, cfg)
+                        f_ms, f_host, f_late = _timing(fwd, cfg)
                     step()
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                    fb_ms = _timing(step, cfg)
+                    fb_ms, fb_host, fb_late = _timing(step, cfg)
                     peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                    group.append({"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
-                                  "forward_ms": f_ms, "fwd_bwd_ms": fb_ms, "fwd_bwd_extra_peak_mib": peak})
+                    row = {"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
+                           "forward_ms": f_ms, "fwd_bwd_ms": fb_ms, "forward_host_ms": f_host,
+                           "fwd_bwd_host_ms": fb_host, "fwd_bwd_extra_peak_mib": peak}
+                    if f_late or fb_late:  # some device times include waits for the host: say so in the row
+                        row["host_late_share"] = max(f_late, fb_late)
+                    group.append(row)
                 except torch.OutOfMemoryError:
                     group.append({"kernel": kernel, "tokens": tokens, "impl": impl, "dtype": dtype_name,
                                   "status": "out of memory"})
