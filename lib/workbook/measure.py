@@ -90,7 +90,8 @@ def time_queued(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20) -
 
     Each timed call starts behind a GPU spin (``torch.cuda._sleep``) meant to last twice the longest queueing seen
     in warm-up, so the start event fires only after the host has queued the whole call: the events bracket the
-    device's work alone, as in a loop whose host runs ahead. ``fn`` must not synchronise. The spin's own length is
+    device's work alone, as in a loop whose host runs ahead. ``fn`` must not synchronise, and should be compiled
+    and tuned before (the slowest warm-up call sets the head start). The spin's own length is
     timed on the device as well: a call whose queueing outlasted it is counted in ``host_bound_share`` (its
     device time includes waits for the host), and the spins after it are lengthened.
     """
