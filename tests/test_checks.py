@@ -76,3 +76,12 @@ def test_directory_refuses_what_the_os_says_it_cannot_write(tmp_path, monkeypatc
     assert msg == (f"Parameter artifact_dir={str(tmp_path / 'cache' / 'deeper')!r} is not allowed: a folder this "
                    f"user can write ({str(tmp_path)!r} is not writable).")
     assert asked == [tmp_path]
+
+
+def test_integers():
+    assert checks.integers("batch_sizes", "[1, 4]", 1, "a list") == [1, 4]  # plain papermill's text
+    assert checks.integers("batch_sizes", 8, 1, "a list") == [8]
+    assert checks.integers("speed_tokens", [], 1, "a list", allow_empty=True) == []
+    for bad in ([], [0], [True], [1.5], "[a]"):
+        assert _msg(checks.integers, "batch_sizes", bad, 1, "a non-empty list of integers of at least 1") == (
+            f"Parameter batch_sizes={bad!r} is not allowed: a non-empty list of integers of at least 1.")

@@ -1,4 +1,4 @@
-"""Value checks that every notebook's first cell shares: integers, booleans, seeds and folders.
+"""Value checks that every notebook's first cell shares: integers and lists of them, booleans, seeds and folders.
 
 Why it exists: plain papermill hands ``-p allow_fallback false`` to a notebook as the *string* "false"
 (papermill only turns ``True``/``False`` into booleans), and ``bool("false")`` is True; it hands
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from workbook.errors import bad_param
-from workbook.params import Param, coerce
+from workbook.params import Param, as_list, coerce
 
 SEED_MAX = 2 ** 32 - 1  # numpy's and torch's generators both take it; numpy refuses larger
 
@@ -28,6 +28,16 @@ def integer(name: str, value, low: int | None = None, high: int | None = None, a
                                        f" of at most {high}" if high is not None else ""))
         raise bad_param(name, value, allowed)
     return value
+
+
+def integers(name: str, value, low: int, allowed: str, *, allow_empty: bool = False) -> list[int]:
+    """``value`` as a list of ints of at least ``low`` (text such as ``"[224, 448]"``, which plain papermill
+    passes, is read first); an empty list only with ``allow_empty``."""
+    values = as_list(name, value)
+    if (not values and not allow_empty) or any(isinstance(v, bool) or not isinstance(v, int) or v < low
+                                               for v in values):
+        raise bad_param(name, value, allowed)
+    return list(values)
 
 
 def boolean(name: str, value) -> bool:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from workbook import checks
 from workbook.errors import WorkbookError, bad_param
 
 TNX, NXDI = "transformers-neuronx", "nxdi"
@@ -77,9 +78,7 @@ class LlmSpec:
 
     def validate(self) -> "LlmSpec":
         def pos_int(name, low=1):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise bad_param(name, v, f"an integer of at least {low}")
+            checks.integer(name, getattr(self, name), low)
 
         if not (Path(self.model_path) / "config.json").is_file():
             raise bad_param("model_path", self.model_path, "a folder holding a Hugging Face config.json and weights")

@@ -63,10 +63,7 @@ class Config:
 
 
 def _int_list(name: str, value, allowed: str, minimum: int) -> list[int]:
-    values = as_list(name, value)
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in values):
-        raise bad_param(name, value, allowed)
-    return list(dict.fromkeys(values))
+    return list(dict.fromkeys(checks.integers(name, value, minimum, allowed)))
 
 
 def _str_list(name: str, value, known) -> list[str]:

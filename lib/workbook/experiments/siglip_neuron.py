@@ -61,9 +61,7 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
     if image_size % patch:
         raise bad_param("image_size", image_size, f"a multiple of the patch size ({patch} px for {model}), "
                         f"e.g. {image_size // patch * patch} or {(image_size // patch + 1) * patch}")
-    batches = as_list("batch_sizes", batch_sizes)
-    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in batches):
-        raise bad_param("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1")
+    batches = checks.integers("batch_sizes", batch_sizes, 1, "a non-empty list of integers of at least 1")
     checks.integer("warmup", warmup, 0)
     checks.integer("iters", iters, 1)
     checks.integer("cpu_reference_max_batch", cpu_reference_max_batch, 0)

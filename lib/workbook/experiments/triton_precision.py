@@ -52,10 +52,8 @@ class Config:
 
 
 def _pos_ints(name, value, allow_empty=True):
-    xs = as_list(name, value)
-    if (not xs and not allow_empty) or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in xs):
-        raise bad_param(name, value, "a list of positive integers" + ("" if allow_empty else " (at least one)"))
-    return list(dict.fromkeys(xs))
+    allowed = "a list of positive integers" + ("" if allow_empty else " (at least one)")
+    return list(dict.fromkeys(checks.integers(name, value, 1, allowed, allow_empty=allow_empty)))
 
 
 def _choices(name, value, allowed, allow_empty=False):
@@ -92,9 +90,10 @@ def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, interme
         raise bad_param("heads", heads, f"a divisor of hidden={hidden} giving a head size that is a multiple of 8 "
                         f"for the block kernel (fused SDPA kernels need it; {hidden}/{heads} = {hidden / heads:g})")
     checks.seed(seed)
-    claim = list(as_list("claim_shape", claim_shape))
-    if len(claim) != 3 or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in claim):
-        raise bad_param("claim_shape", claim_shape, "three positive integers [tokens, in_features, out_features]")
+    shape_rule = "three positive integers [tokens, in_features, out_features]"
+    claim = checks.integers("claim_shape", claim_shape, 1, shape_rule)
+    if len(claim) != 3:
+        raise bad_param("claim_shape", claim_shape, shape_rule)
     speed = _pos_ints("speed_tokens", speed_tokens)
     if stack_config not in CONFIGS:
         raise bad_param("stack_config", stack_config, "one of " + ", ".join(CONFIGS))
