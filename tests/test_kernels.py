@@ -20,8 +20,9 @@ from workbook.kernels.gemm import gemm, gemm_gelu_backward  # noqa: E402
 from workbook.kernels.heads import ln_qkv_heads, ln_qkv_heads_reference, pack_heads  # noqa: E402
 from workbook.kernels.layernorm import (MAX_HIDDEN, add_ln_forward, layer_norm, layer_norm_reference,  # noqa: E402
                                        ln_apply, ln_backward, ln_backward_residual, ln_forward, ln_output)
-from workbook.kernels.mlp import (add_ln_mlp, add_ln_mlp_reference, linear_gelu, linear_gelu_reference,  # noqa: E402
-                                  ln_linear, ln_mlp, mlp, mlp_reference, qkv, qkv_reference, qkv_weights)
+from workbook.kernels.mlp import (add_ln_mlp, add_ln_mlp_reference, gelu_backward_recompute,  # noqa: E402
+                                  linear_gelu, linear_gelu_reference, ln_linear, ln_mlp, mlp, mlp_reference, qkv,
+                                  qkv_reference, qkv_weights)
 
 # Where the small tests run: the interpreter on a CPU, or the GPU when there is one (conftest sets the
 # interpreter only without CUDA).
@@ -207,6 +208,23 @@ def test_gemm_gelu_backward(dtype, M, K, N, kmajor):
     check_gelu_backward(dpre, act, db, dout, w2, pre, dtype)
     with pytest.raises(ValueError, match="pre"):
         gemm_gelu_backward(dout, w2, pre[:-1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gelu_backward_recompute_overwrite(dtype):
+    """The one-pass GELU backward the MLP uses: dpre, the recomputed activation and fc1's bias gradient by the
+    same checks as the fused GEMM; with ``overwrite`` dpre lands in dact's own buffer with the same values."""
+    dout = rand(70, 40, dtype=dtype, seed=7)
+    w2 = rand(40, 100, dtype=dtype, scale=0.1, seed=8)
+    pre = rand(70, 100, dtype=dtype, scale=1.5, seed=9)
+    dpre, act, db = gelu_backward_recompute(dout @ w2, pre)
+    check_gelu_backward(dpre, act, db, dout, w2, pre, dtype)
+    dact = dout @ w2
+    dpre2, act2, db2 = gelu_backward_recompute(dact, pre, overwrite=True)
+    assert dpre2.data_ptr() == dact.data_ptr()
+    assert torch.equal(dpre2, dpre) and torch.equal(act2, act) and torch.equal(db2, db)
+    with pytest.raises(ValueError, match="overwrite"):
+        gelu_backward_recompute((dout @ w2).t().contiguous().t(), pre, overwrite=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
