@@ -61,8 +61,8 @@ def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite:
     """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's bias
     gradient ``sum(dpre, 0)`` in fp32. With ``overwrite`` dpre is written over ``dact`` (each element is read
     before it is written, by the same program), for a caller that owns ``dact``: the MLP backward then holds
-    three tokens x 4304 tensors at its peak rather than four, as eager's does. (Column sums inside the pass were slower, on an H100 and again on an
-    H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
+    three tokens x 4304 tensors at its peak rather than four, as eager's does. (Column sums inside the pass
+    were slower, on an H100 and again on an H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
     65536 x 4304; a later 2-D pass summing in registers and reducing once per program came to 695 against
     686 us, no faster in the so400m step either. Taking the bias gradient from fc1's weight-gradient GEMM through a column of ones appended
     to its input was slower still on the H200: the 1160-wide output costs cuBLAS a tenth more, 1.18 against
