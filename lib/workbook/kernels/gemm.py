@@ -291,7 +291,10 @@ def _launch(a, b, bias, c, aux, act, sums, epilogue):
         desc_out = (DESC_OUT_ENABLED and _aligned(c) and (aux is None or _aligned(aux))
                     and (epilogue in ("none", "gelu") or (epilogue == "gelu_grad" and act is not None
                                                           and sums is not None and _aligned(act))))
-        c_desc = TensorDescriptor.from_tensor(c, [1, 1])
+        # TMA descriptors need 16-byte strides; with pointer stores (an output row of, say, 100 bf16 values)
+        # the kernel never touches c_desc, x_desc and t_desc, so they stand in on a (aligned, same dtype) as
+        # objects of their own: the autotune pre-hook sets their block shape, which a_desc must not share
+        c_desc = TensorDescriptor.from_tensor(c if desc_out else a, [1, 1])
         x_desc = TensorDescriptor.from_tensor(aux, [1, 1]) if aux is not None and desc_out else c_desc
         t_desc = TensorDescriptor.from_tensor(act, [1, 1]) if act is not None and desc_out else c_desc
         _gemm_tma_kernel[grid](TensorDescriptor.from_tensor(a, [1, 1]), b_desc, c_desc, x_desc, t_desc, *ptrs,
