@@ -94,16 +94,22 @@ def assert_same_values(name, p, q, dtype):
 
     Under the interpreter (one config, numpy) they must be the same bits. On a GPU, Triton compiles a kernel
     again for another autotune key or for strides that are or are not multiples of 16, and a row reduction
-    (``tl.sum``) can then add in another tree: fp32 results may differ in their last few bits, and so 16-bit
-    outputs by one unit where the fp32 value lies near a rounding boundary. Both are allowed there, nothing more.
+    (``tl.sum``) can then add in another tree. In fp32 the statistics then differ in their last bits, which
+    moves every output of the row by a few units of the row's largest terms (a LayerNorm output near zero is
+    the difference of such terms): allowed up to 4 units at the tensor's largest value. 16-bit outputs may
+    differ by one unit where the fp32 value lies near a rounding boundary. Nothing more is allowed.
     """
     assert p.shape == q.shape and p.dtype == q.dtype, (name, p.shape, q.shape, p.dtype, q.dtype)
     if DEVICE == "cpu":
         assert torch.equal(p, q), f"{name}: not bit-identical under the interpreter"
         return
-    units = 4 if dtype == torch.float32 else 1
-    off = (p.double() - q.double()).abs() > units * ulp(q, dtype)
-    assert not off.any(), f"{name}: {int(off.sum())} values differ by more than {units} ulp"
+    diff = (p.double() - q.double()).abs()
+    if dtype == torch.float32:
+        unit = torch.finfo(dtype).eps * q.abs().max().item()
+        assert diff.max().item() <= 4 * unit, f"{name}: {diff.max().item() / unit:.1f} units of the largest value apart"
+    else:
+        off = diff > ulp(q, dtype)
+        assert not off.any(), f"{name}: {int(off.sum())} values differ by more than one ulp"
 
 
 def check_fwd_bwd(names, fn_tri, fn_ref, inputs, dout, dtype):
