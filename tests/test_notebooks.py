@@ -217,7 +217,8 @@ def test_triton_precision_plain_papermill(tmp_path):
     assert res["headline"]["precision_verdict"] == "all pass (2x rule)"
     assert res["headline"]["fc1_gelu_bf16_mean_ulp_triton"] < res["headline"]["fc1_gelu_bf16_mean_ulp_eager"]
     assert {m["what"] for m in res["not_measured"]} == {"per-kernel speed", "so400m stack speed and memory"}
-    assert all(r["worst_grad_max_abs_diff"] < 1e-4 for r in res["tables"]["model_check"])
+    assert all(r["worst_grad_max_abs_diff"] < 1e-4 and r["grads_nonzero"] == r["grads"]
+               for r in res["tables"]["model_check"])
 
 
 BLOCK = {"kernels": "[block]"}  # the head-size rule concerns the encoder-layer case only

@@ -197,3 +197,25 @@ def test_configure_refuses_with_one_sentence(kw, sentence):
 def test_the_head_rule_applies_only_to_the_block_kernel():
     cfg = exp.configure(**_params(heads=5, kernels=["layernorm", "mlp"]))
     assert cfg.heads == 5 and cfg.kernels == ["layernorm", "mlp"]
+
+
+def test_model_check_compares_nonzero_outputs_and_gradients():
+    """The fused tower matches transformers on the tiny config, and each row carries the sizes it was measured
+    against, so that a zero difference between all-zero tensors cannot pass for agreement."""
+    rows = exp.model_check(SimpleNamespace(device="cpu", seed=0))
+    assert [r["grids"] for r in rows] == ["all 4x4", "4x4, 3x5 (padded), 2x2 (padded)"]
+    for r in rows:
+        assert r["last_hidden_abs_max"] > 0.1 and r["grad_abs_max"] > 0.1
+        assert r["grads_nonzero"] == r["grads"] > 40  # every parameter of the tiny tower gets a gradient
+        assert r["last_hidden_max_abs_diff"] < 1e-5 * r["last_hidden_abs_max"] * 10
+        assert 0 < r["worst_grad_max_abs_diff"] < 1e-4  # the kernels differ from cuBLAS/aten in the last bits
+
+
+def test_model_check_problems_name_comparisons_of_zeros():
+    good = {"grids": "all 4x4", "last_hidden_abs_max": 3.1, "grads_nonzero": 48, "grads": 48,
+            "last_hidden_max_abs_diff": 1e-6, "worst_grad_max_abs_diff": 2e-5}
+    assert exp.model_check_problems([good]) == []
+    zeros = dict(good, last_hidden_abs_max=0.0, grads_nonzero=3, last_hidden_max_abs_diff=0.0,
+                 worst_grad_max_abs_diff=0.0)
+    (why,) = exp.model_check_problems([good, zeros])
+    assert "45 of 48 gradients are all zero" in why and "do not show that the models agree" in why

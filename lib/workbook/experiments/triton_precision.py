@@ -577,7 +577,9 @@ def bar_check(ratios: list[dict], cfg: Config) -> list[dict]:
 
 def model_check(cfg: Config) -> list[dict]:
     """The fused tower against transformers' Siglip2VisionModel with the same weights (fp32, tiny config,
-    mixed NaFlex grids with padding): max abs difference of both outputs and of every gradient."""
+    mixed NaFlex grids with padding): max abs difference of both outputs and of every gradient, beside the
+    largest output and gradient and the number of parameters whose gradient is not all zero (so that a
+    difference is read against the size of what was compared)."""
     from workbook.models import siglip2 as S
 
     mc = S.config("tiny")
@@ -595,13 +597,29 @@ def model_check(cfg: Config) -> list[dict]:
         torch.autograd.backward([a, p], [da, dp])
         hp = dict(hf.named_parameters())
         worst = max(((hp[k].grad - v.grad).abs().max().item(), k) for k, v in fz.named_parameters())
+        # the sizes the differences are measured against: a zero difference of all-zero tensors checks nothing
+        scales = {"last_hidden_abs_max": o.last_hidden_state.abs().max().item(),
+                  "grad_abs_max": max(v.grad.abs().max().item() for v in hp.values()),
+                  "grads_nonzero": sum(bool(v.grad.any()) for v in hp.values()), "grads": len(hp)}
         rows.append({"grids": "all 4x4" if grids is None else "4x4, 3x5 (padded), 2x2 (padded)",
                      "last_hidden_max_abs_diff": (o.last_hidden_state - a).abs().max().item(),
                      "pooled_max_abs_diff": (o.pooler_output - p).abs().max().item(),
-                     "worst_grad_max_abs_diff": worst[0], "worst_grad_parameter": worst[1]})
+                     "worst_grad_max_abs_diff": worst[0], "worst_grad_parameter": worst[1], **scales})
         hf.zero_grad()
         fz.zero_grad()
     return rows
+
+
+def model_check_problems(rows: list[dict]) -> list[str]:
+    """Sentences for model-check rows that compared (partly) all-zero tensors, where agreement means nothing."""
+    out = []
+    for r in rows:
+        if r["last_hidden_abs_max"] == 0 or r["grads_nonzero"] < r["grads"]:
+            out.append(f"model check ({r['grids']}): transformers' output is at most {r['last_hidden_abs_max']:g} "
+                       f"and {r['grads'] - r['grads_nonzero']} of {r['grads']} gradients are all zero, so its "
+                       f"differences ({r['last_hidden_max_abs_diff']:g} output, {r['worst_grad_max_abs_diff']:g} "
+                       "gradients) do not show that the models agree")
+    return out
 
 
 def headline(rec, summary: list[dict], claim: list[dict], stack: list[dict]) -> None:
