@@ -248,6 +248,30 @@ def test_gelu_backward_recompute_overwrite(dtype):
     assert torch.equal(dpre2, dpre) and torch.equal(act2, act) and torch.equal(db2, db)
     with pytest.raises(ValueError, match="overwrite"):
         gelu_backward_recompute((dout @ w2).t().contiguous().t(), pre, overwrite=True)
+    own = pre.clone()  # act_over_pre: the recomputed activation lands in pre's buffer, the values unchanged
+    dpre3, act3, db3 = gelu_backward_recompute(dout @ w2, own, overwrite=True, act_over_pre=True)
+    assert act3.data_ptr() == own.data_ptr()
+    assert torch.equal(dpre3, dpre) and torch.equal(act3, act) and torch.equal(db3, db)
+    with pytest.raises(ValueError, match="act_over_pre"):
+        gelu_backward_recompute(dout @ w2, pre.t().contiguous().t(), act_over_pre=True)
+
+
+@pytest.mark.parametrize("fused", ["linear_gelu", "mlp"])
+def test_backward_that_writes_over_its_saved_tensors_runs_once(fused):
+    """linear_gelu and the MLP write GELU' and the recomputed activation over their spent saved buffers; a
+    second backward through a retained graph must then raise autograd's in-place error, not use other values."""
+    dtype = torch.float32
+    x = rand(24, 40, dtype=dtype, seed=1).requires_grad_(True)
+    w1, b1 = rand(56, 40, dtype=dtype, scale=0.2, seed=2), rand(56, dtype=dtype, scale=0.1, seed=3)
+    w2, b2 = rand(40, 56, dtype=dtype, scale=0.2, seed=4), rand(40, dtype=dtype, scale=0.1, seed=5)
+    out = linear_gelu(x, w1, b1) if fused == "linear_gelu" else mlp(x, w1, b1, w2, b2)
+    ref = linear_gelu_reference(x, w1, b1) if fused == "linear_gelu" else mlp_reference(x, w1, b1, w2, b2)
+    dy = rand(*out.shape, dtype=dtype, seed=6)
+    (g_ref,) = torch.autograd.grad(ref, x, dy)
+    (g,) = torch.autograd.grad(out, x, dy, retain_graph=True)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out, x, dy)
 
 
 # under the interpreter tl.sigmoid's numpy exp overflows to inf there, and 1 / (1 + inf) = 0 is the right limit

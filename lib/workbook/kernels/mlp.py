@@ -7,7 +7,10 @@ What is fused, and what is recomputed instead of stored (the memory the seed rep
 - ``mlp``: fc1+GELU, then fc2 (cuBLAS). Backward recomputes the activation from the stored pre-activation
   for fc2's weight gradient, in the same Triton pass as GELU' and fc1's bias gradient (or, with
   ``dgrad_gemm``, in the epilogue of fc2's data-gradient GEMM). Only the pre-activation is kept between
-  forward and backward: eager also keeps the activation, one more tokens x 4304 tensor per layer.
+  forward and backward: eager also keeps the activation, one more tokens x 4304 tensor per layer. Backward
+  writes over its own buffers once they are spent (GELU' over fc2's data gradient, the recomputed activation
+  over the pre-activation; in ``linear_gelu`` GELU' over the pre-activation), so a retained graph cannot be
+  run backward twice: the second time raises autograd's in-place error.
 - ``ln_linear`` / ``ln_mlp``: the LayerNorm in front of the QKV projection / the MLP, fused into the same
   autograd node. With ``recompute_norm`` (the default) the normalised activations are recomputed in
   backward from the block input and the saved fp32 statistics (FlashAttention's ``layer_norm_linear_fn``
@@ -46,10 +49,14 @@ def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, STORE_ACT: tl.cons
         tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
-def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor) -> torch.Tensor:
-    """``dact * GELU'(pre)`` in one pass (fc1+GELU's backward when no fc2 GEMM follows it)."""
+def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor, *, over_pre: bool = False) -> torch.Tensor:
+    """``dact * GELU'(pre)`` in one pass (fc1+GELU's backward when no fc2 GEMM follows it); with ``over_pre``
+    written over ``pre`` itself (each element is read before it is written, by the same program), for a caller
+    that owns ``pre`` and needs it no more."""
+    if over_pre and not pre.is_contiguous():
+        raise ValueError("over_pre needs pre contiguous")
     pre, dact = pre.contiguous(), dact.contiguous()
-    out = torch.empty_like(pre)
+    out = pre if over_pre else torch.empty_like(pre)
     n = pre.numel()
     block = 1024
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, out, out, n, STORE_ACT=False,
@@ -57,11 +64,13 @@ def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite: bool = False):
+def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite: bool = False,
+                            act_over_pre: bool = False):
     """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's bias
-    gradient ``sum(dpre, 0)`` in fp32. With ``overwrite`` dpre is written over ``dact`` (each element is read
-    before it is written, by the same program), for a caller that owns ``dact``: the MLP backward then holds
-    three tokens x 4304 tensors at its peak rather than four, as eager's does. (Column sums inside the pass
+    gradient ``sum(dpre, 0)`` in fp32. With ``overwrite`` dpre is written over ``dact``, with ``act_over_pre``
+    act over ``pre`` (each element is read before it is written, by the same program), for a caller that owns
+    them: with both the MLP backward holds two tokens x 4304 tensors at its peak rather than four (eager's
+    holds three). (Column sums inside the pass
     were slower, on an H100 and again on an H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
     65536 x 4304; a later 2-D pass summing in registers and reducing once per program came to 695 against
     686 us, no faster in the so400m step either. Taking the bias gradient from fc1's weight-gradient GEMM through a column of ones appended
@@ -69,14 +78,22 @@ def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite:
     0.96 ms.)"""
     if overwrite and not (dact.is_contiguous() and dact.shape == pre.shape and dact.dtype == pre.dtype):
         raise ValueError("overwrite needs dact contiguous and of pre's shape and dtype")
+    if act_over_pre and not pre.is_contiguous():
+        raise ValueError("act_over_pre needs pre contiguous")
     dact, pre = dact.contiguous(), pre.contiguous()
-    dpre, act = (dact if overwrite else torch.empty_like(pre)), torch.empty_like(pre)
+    dpre, act = (dact if overwrite else torch.empty_like(pre)), (pre if act_over_pre else torch.empty_like(pre))
     n = pre.numel()
     block = 256 if INTERPRET else 2048
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, STORE_ACT=True,
                                                OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block,
                                                num_warps=8)
     return dpre, act, dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32)
+
+
+def _consumed(saved: torch.Tensor) -> None:
+    """Mark a saved tensor that backward has written over (Triton stores do not bump autograd's version
+    counter), so that a second backward through a retained graph raises instead of reading other values."""
+    torch.autograd.graph.increment_version(saved)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -101,7 +118,8 @@ class LinearGeluFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dact):
         x2, weight, pre = ctx.saved_tensors
-        dpre = _gelu_grad(pre, _flat(dact))
+        dpre = _gelu_grad(pre, _flat(dact), over_pre=True)  # pre is this node's own and needed no more
+        _consumed(pre)
         dx = (dpre @ weight).view(*dact.shape[:-1], weight.shape[1])
         dw = dpre.t() @ x2
         db = dpre.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
@@ -159,7 +177,8 @@ class MLPFn(torch.autograd.Function):
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
         else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
-            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, overwrite=True)  # its own product
+            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, overwrite=True, act_over_pre=True)
+            _consumed(pre)  # dpre over its own product d2 @ w2, act over this node's saved pre
         dw2 = d2.t() @ act
         del act
         dw1 = dpre.t() @ y
