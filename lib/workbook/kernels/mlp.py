@@ -49,6 +49,13 @@ def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, STORE_ACT: tl.cons
         tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
+def _written_over(t: torch.Tensor) -> None:
+    """Mark a tensor a Triton pass has written over (its stores do not bump autograd's version counter), so
+    that a backward that saved it (a second one through a retained graph) raises instead of reading other
+    values."""
+    torch.autograd.graph.increment_version(t)
+
+
 def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor, *, over_pre: bool = False) -> torch.Tensor:
     """``dact * GELU'(pre)`` in one pass (fc1+GELU's backward when no fc2 GEMM follows it); with ``over_pre``
     written over ``pre`` itself (each element is read before it is written, by the same program), for a caller
@@ -61,6 +68,8 @@ def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor, *, over_pre: bool = False)
     block = 1024
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, out, out, n, STORE_ACT=False,
                                                OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block)
+    if over_pre:
+        _written_over(pre)
     return out
 
 
@@ -87,13 +96,10 @@ def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite:
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, STORE_ACT=True,
                                                OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block,
                                                num_warps=8)
+    for t, written in ((dact, overwrite), (pre, act_over_pre)):
+        if written:
+            _written_over(t)
     return dpre, act, dpre.reshape(-1, pre.shape[-1]).sum(0, dtype=torch.float32)
-
-
-def _consumed(saved: torch.Tensor) -> None:
-    """Mark a saved tensor that backward has written over (Triton stores do not bump autograd's version
-    counter), so that a second backward through a retained graph raises instead of reading other values."""
-    torch.autograd.graph.increment_version(saved)
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -119,7 +125,6 @@ class LinearGeluFn(torch.autograd.Function):
     def backward(ctx, dact):
         x2, weight, pre = ctx.saved_tensors
         dpre = _gelu_grad(pre, _flat(dact), over_pre=True)  # pre is this node's own and needed no more
-        _consumed(pre)
         dx = (dpre @ weight).view(*dact.shape[:-1], weight.shape[1])
         dw = dpre.t() @ x2
         db = dpre.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
@@ -177,8 +182,8 @@ class MLPFn(torch.autograd.Function):
         if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
             dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
         else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
+            # dpre over its own product d2 @ w2, act over this node's saved pre
             dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, overwrite=True, act_over_pre=True)
-            _consumed(pre)  # dpre over its own product d2 @ w2, act over this node's saved pre
         dw2 = d2.t() @ act
         del act
         dw1 = dpre.t() @ y
