@@ -408,3 +408,29 @@ def test_resumed_run_takes_finished_steps(tower, tmp_path, monkeypatch):
     assert {r["resolution"] for r in fid} == {48, 224} and len(fid) == 2 * len(ALL)
     saved = load(tmp_path / "second" / "results.json")
     assert saved["resumed"]["groups"] == {"interp_speed": 2, "tower_speed": 1, "embedding_fidelity": 1}
+
+
+def test_resumed_on_another_machine_times_everything_here(tower, tmp_path, monkeypatch):
+    """The unfinished run measured on another machine: its timings are measured again (so every speed-up
+    compares times from one machine) and the fidelity rows are not doubled."""
+    import json
+
+    from workbook import record
+
+    first = Recorder("pos_interp", {}, run_dir=tmp_path / "first")
+    cfg = tiny_config(resolutions=[32], tower_resolutions=[48])
+    P.tower_runs(cfg, tower, P.interp_speed(cfg, tower, first), first)
+    path = tmp_path / "first" / "results.json"
+    saved = json.loads(path.read_text())
+    saved["hardware"] = {"gpus": [], "hostname": "another-host", "boot_id": "another-boot"}
+    path.write_text(json.dumps(saved))
+
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "first"))
+    rec = Recorder("pos_interp", {}, run_dir=tmp_path / "second")
+    irows = P.interp_speed(cfg, tower, rec)
+    speed_rows, fid = P.tower_runs(cfg, tower, irows, rec)
+    assert {r.get("resumed_from") for r in irows + speed_rows + fid} == {None}
+    assert {r["resolution"] for r in fid} == {48} and len(fid) == len(ALL)
+    saved = load(tmp_path / "second" / "results.json")
+    assert saved["resumed"]["remeasured"] == {"interp_speed": 2, "tower_speed": 1}
+    assert len(saved["tables"]["embedding_fidelity"]) == len(ALL)

@@ -55,13 +55,28 @@ def test_no_gpu_and_no_neuron_here():
 def test_gpu_info_parses_nvidia_smi(tmp_path, monkeypatch):
     fake = tmp_path / "bin" / "nvidia-smi"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559, 550.54.15'\n"
-                    "echo 'NVIDIA H100 80GB HBM3, 81559, 550.54.15'\n")
+    fake.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559, 550.54.15, GPU-aaaa'\n"
+                    "echo 'NVIDIA H100 80GB HBM3, 81559, 550.54.15, GPU-bbbb'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     gpus = provenance.gpu_info()
-    assert gpus == [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6, "driver": "550.54.15"}] * 2
+    assert gpus == [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6, "driver": "550.54.15", "uuid": u}
+                    for u in ("GPU-aaaa", "GPU-bbbb")]
     assert provenance.hardware_label({"gpus": gpus}) == "2× NVIDIA H100 80GB HBM3"
+    assert provenance.machine_id({"gpus": gpus, "hostname": "vm", "boot_id": "b1"}) == "gpu:GPU-aaaa,GPU-bbbb"
+
+
+def test_machine_id_tells_machines_apart_not_kinds():
+    """Lent GPU machines share a hostname: their GPUs' UUIDs tell them apart; without GPUs, host and boot."""
+    gpu = {"name": "NVIDIA H200", "memory_gb": 139.8, "driver": "580", "uuid": "GPU-1"}
+    assert provenance.machine_id({"gpus": [gpu], "hostname": "vm"}) != \
+        provenance.machine_id({"gpus": [{**gpu, "uuid": "GPU-2"}], "hostname": "vm"})
+    assert provenance.machine_id({"gpus": [], "hostname": "ci", "boot_id": "b1"}) == "host:ci:b1"
+    assert provenance.machine_id({"gpus": [], "hostname": "ci", "boot_id": "b2"}) != "host:ci:b1"
+    assert provenance.machine_id({"gpus": [{**gpu, "uuid": None}], "hostname": "vm"}) is None  # an old record
+    assert provenance.machine_id({"gpus": [], "hostname": "ci"}) is None
+    here = provenance.hardware()
+    assert provenance.machine_id(here) == provenance.machine_id(provenance.hardware())  # stable within a boot
 
 
 @pytest.fixture

@@ -169,3 +169,35 @@ def test_prior_with_other_parameters_is_not_resumed(tmp_path, wb_root, monkeypat
     assert "not resumed from prior: its recorded parameters differ" in _read(rec)["notes"]
     monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "missing"))
     assert Recorder("nb", {"n": 1}, run_dir=tmp_path / "run2").done_group("g", size=1) is None
+
+
+def _set_prior_machine(tmp_path, hardware):
+    path = tmp_path / "prior" / "results.json"
+    d = json.loads(path.read_text())
+    d["hardware"] = hardware
+    path.write_text(json.dumps(d))
+
+
+def test_timed_groups_come_only_from_the_same_machine(tmp_path, wb_root, monkeypatch):
+    """The runner resumes on any machine of the same kind; times from another one are measured again."""
+    from workbook import report
+
+    params = {"n": 1}
+    _prior_run(tmp_path, params, [({"size": 1}, [{"size": 1, "ms": 1.5}]), ({"size": 2}, [{"size": 2, "ms": 2.5}])])
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "prior"))
+    same = Recorder("nb", params, run_dir=tmp_path / "same")  # the prior was written on this machine
+    assert same.done_group("g", timed=True, size=1) == [{"size": 1, "ms": 1.5, "resumed_from": "prior"}]
+
+    other = {"gpus": [{"name": "NVIDIA H200", "uuid": "GPU-elsewhere"}], "hostname": "vm", "boot_id": "b"}
+    _set_prior_machine(tmp_path, other)
+    rec = Recorder("nb", params, run_dir=tmp_path / "run")
+    assert rec.done_group("g", timed=True, size=1) is None  # a time from another machine: measure it here
+    assert rec.done_group("g", size=2) == [{"size": 2, "ms": 2.5, "resumed_from": "prior"}]  # not a time: taken
+    rec.add_group("g", [{"size": 1, "ms": 1.4}], size=1)
+    d = _read(rec)
+    assert d["resumed"] == {"from": "prior", "groups": {"g": 1}, "remeasured": {"g": 1}}
+    head = report.summary_html({"notebook": "nb", "status": "ok", "run_id": "run"}, d)
+    assert "Measured again:</b> 1 of g, which the unfinished run prior had timed on another machine" in head
+
+    _set_prior_machine(tmp_path, {"gpus": [{"name": "NVIDIA H200"}], "hostname": "vm"})  # recorded without ids
+    assert Recorder("nb", params, run_dir=tmp_path / "old").done_group("g", timed=True, size=1) is None

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
+from pathlib import Path
 
 from workbook.paths import repo_root
 
@@ -97,21 +98,23 @@ def cpu_info() -> dict:
 def gpu_info() -> list[dict]:
     """GPUs from nvidia-smi (no CUDA context is created); falls back to torch if nvidia-smi is absent."""
     if shutil.which("nvidia-smi"):
-        out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+        out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,uuid",
                     "--format=csv,noheader,nounits"])
         if out:
             gpus = []
             for line in out.splitlines():
-                name, mem, driver = (s.strip() for s in line.split(","))
-                gpus.append({"name": name, "memory_gb": round(float(mem) / 1024, 1), "driver": driver})
+                name, mem, driver, *uuid = (s.strip() for s in line.split(","))
+                gpus.append({"name": name, "memory_gb": round(float(mem) / 1024, 1), "driver": driver,
+                             "uuid": uuid[0] if uuid else None})
             return gpus
     if "torch" in sys.modules:
         import torch
 
         if torch.cuda.is_available():
-            return [{"name": torch.cuda.get_device_name(i),
-                     "memory_gb": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
-                     "driver": None} for i in range(torch.cuda.device_count())]
+            props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
+            return [{"name": torch.cuda.get_device_name(i), "memory_gb": round(p.total_memory / 2**30, 1),
+                     "driver": None, "uuid": f"GPU-{p.uuid}" if getattr(p, "uuid", None) else None}
+                    for i, p in enumerate(props)]
     return []
 
 
@@ -148,9 +151,30 @@ def torch_info() -> dict:
     return info
 
 
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def hardware() -> dict:
     return {"cpu": cpu_info(), "ram_gb": _meminfo_gb(), "gpus": gpu_info(), "neuron": neuron_info(),
-            "hostname": platform.node()}
+            "hostname": platform.node(), "boot_id": _boot_id()}
+
+
+def machine_id(hw: dict) -> str | None:
+    """Which physical machine a run measured on, so that times from two machines are never put side by side.
+
+    The GPUs' UUIDs where there are GPUs (lent GPU machines all call themselves the same hostname), else the
+    hostname with the boot id; None when neither is known (an old record): then no machine counts as the same.
+    """
+    uuids = [g.get("uuid") for g in hw.get("gpus") or []]
+    if uuids and all(uuids):
+        return "gpu:" + ",".join(uuids)
+    if hw.get("hostname") and hw.get("boot_id"):
+        return f"host:{hw['hostname']}:{hw['boot_id']}"
+    return None
 
 
 def collect() -> dict:

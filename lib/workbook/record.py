@@ -10,7 +10,10 @@ Resume: long sections record their work in *groups* (:meth:`Recorder.add_group`:
 written together and marked complete). When the runner resumes an unfinished run with the same notebook
 source, parameters, lib, hardware and torch (``WORKBOOK_RESUME_FROM``), :meth:`Recorder.done_group` hands
 back that run's completed groups instead of measuring them again; the rows carry ``resumed_from`` and the
-report says at its top how many groups came from which run.
+report says at its top how many groups came from which run. Groups of times (``timed=True``) are handed back
+only when the unfinished run measured on this very machine (:func:`workbook.provenance.machine_id`): the runner
+resumes on any machine of the same kind, and a speed-up whose two rows came from two H200s would carry the
+spread between machines (as large as 3 % here). Such groups are measured again and the report says so.
 """
 from __future__ import annotations
 
@@ -102,6 +105,7 @@ class Recorder:
             "git": prov["git"],
         }
         self._prior, self._prior_id = self._load_prior(dict(params))
+        self._machine = provenance.machine_id(prov["hardware"])
         self._save()
 
     def _load_prior(self, params: dict):
@@ -122,14 +126,28 @@ class Recorder:
     def _group_key(key: dict) -> dict:
         return _jsonable(dict(sorted(key.items())))
 
-    def done_group(self, table: str, **key) -> list[dict] | None:
+    def _prior_same_machine(self) -> bool:
+        theirs = provenance.machine_id(self._prior.get("hardware") or {})
+        return theirs is not None and theirs == self._machine
+
+    def done_group(self, table: str, *, timed: bool = False, **key) -> list[dict] | None:
         """The rows of group ``key`` of ``table`` that the resumed run completed, recorded into this run
-        (marked ``resumed_from``); None when it must be measured here."""
+        (marked ``resumed_from``); None when it must be measured here.
+
+        ``timed``: the rows hold times (or anything else the machine sets), so they are taken only from a run
+        on this same machine; from another machine they are measured again, counted under ``resumed.remeasured``.
+        """
         if self._prior is None:
             return None
         want = self._group_key(key)
         done = [g for g in self._prior.get("groups", {}).get(table, []) if g.get("key") == want]
         if not done:
+            return None
+        if timed and not self._prior_same_machine():
+            res = self.data.setdefault("resumed", {"from": self._prior_id, "groups": {}})
+            again = res.setdefault("remeasured", {})
+            again[table] = again.get(table, 0) + 1
+            self._save()
             return None
         start, end = done[-1]["rows"]
         rows = [{**r, "resumed_from": r.get("resumed_from") or self._prior_id}  # the run that measured it

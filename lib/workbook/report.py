@@ -47,6 +47,12 @@ def summary_html(run: dict, results: dict | None) -> str:
         parts.append(f'<p class="wb-warn"><b>Resumed:</b> {_esc(what)} measured by the unfinished run '
                      f'{_esc(r["from"])} (same notebook source, parameters, lib, hardware and torch), not by this '
                      f'one; their rows say <code>resumed_from</code>.</p>')
+    if res.get("resumed", {}).get("remeasured"):
+        r = res["resumed"]
+        what = ", ".join(f"{n} of {t}" for t, n in r["remeasured"].items())
+        parts.append(f'<p class="wb-warn"><b>Measured again:</b> {_esc(what)}, which the unfinished run '
+                     f'{_esc(r["from"])} had timed on another machine of the same kind: every time in this report '
+                     f'comes from this machine.</p>')
     if res.get("status") == "running" and not failed:
         parts.append('<p class="wb-warn">The notebook never marked its results complete.</p>')
     for nm in res.get("not_measured", []):

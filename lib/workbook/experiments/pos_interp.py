@@ -221,7 +221,7 @@ def interp_speed(cfg: Config, tower, rec) -> list[dict]:
     for dt in dict.fromkeys(cfg.dtypes + [cfg.tower_dtype]):
         tab = base.to(DTYPES[dt])
         for res in tqdm(grids, desc=f"interpolation speed {dt}"):
-            done = rec.done_group("interp_speed", dtype=dt, resolution=res)
+            done = rec.done_group("interp_speed", timed=True, dtype=dt, resolution=res)
             if done is not None:  # timed by the unfinished run this one resumes
                 rows.extend(done)
                 continue
@@ -250,7 +250,7 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
         with torch.inference_mode():
             measure.spin(lambda: use_interpolation(tower, cfg.reference).model(x0), device=dev, seconds=3.0)
     for res, b in tqdm(steps, desc="vision tower"):
-        done = rec.done_group("tower_speed", resolution=res, batch=b)
+        done = rec.done_group("tower_speed", timed=True, resolution=res, batch=b)
         if done is not None:  # measured by the unfinished run this one resumes (its fidelity rows went in first)
             speed.extend(done)
             fid.extend(rec.done_group("embedding_fidelity", resolution=res, batch=b))

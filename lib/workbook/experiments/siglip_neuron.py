@@ -275,7 +275,7 @@ def run_matrix(cfg: Config, tower, pool: torch.Tensor, ref: torch.Tensor, cpu_ro
     rows = []
     for mode, dtype, bs in tqdm(cfg.steps, desc=f"{b.name} runs"):
         key = dict(mode=mode, dtype=dtype, batch=bs)
-        done = rec.done_group("runs", **key)
+        done = rec.done_group("runs", timed=True, **key)
         if done is not None:  # finished by the unfinished run this one resumes (its histogram went in first)
             rec.done_group("error_histogram", **key)
             rows.extend(done)

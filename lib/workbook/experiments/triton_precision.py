@@ -334,7 +334,7 @@ def speed_rows(cfg: Config, dtype_name: str = "bfloat16", progress=None, rec=Non
     for kernel in [k for k in cfg.kernels if k in SPEED_KERNELS]:
         ins0 = None
         for tokens in cfg.speed_tokens:
-            done = rec.done_group("kernel_speed", kernel=kernel, tokens=tokens) if rec is not None else None
+            done = rec.done_group("kernel_speed", timed=True, kernel=kernel, tokens=tokens) if rec is not None else None
             if done is not None:  # measured by the unfinished run this one resumes
                 rows.extend(done)
                 if progress:
@@ -461,7 +461,7 @@ def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
     rows = []
     for batch in cfg.stack_batches:
         for variant in cfg.stack_variants:
-            done = rec.done_group("stack", variant=variant, batch=batch) if rec is not None else None
+            done = rec.done_group("stack", timed=True, variant=variant, batch=batch) if rec is not None else None
             if done is not None:  # measured by the unfinished run this one resumes
                 rows.extend(done)
                 if progress:
