@@ -176,8 +176,6 @@ def test_gemm_gelu_epilogue_and_stored_preactivation(dtype, M, K, N):
     if dtype == torch.float32:
         assert (pre.double() - lin64).abs().max().item() < 1e-5
     else:
-        if dtype == torch.bfloat16 and DEVICE == "cpu":
-            assert torch.equal(pre, F.linear(a, w, b))
         diff = pre != lin32.to(dtype)  # only sums within fp32 summation noise of a rounding tie may differ
         assert diff.float().mean().item() < 5e-3
         assert ((pre.float() - lin32).abs() <= ulp(lin32, dtype).float())[diff].all()
@@ -310,10 +308,15 @@ def test_gelu_rounded_reproduces_eager_and_gelu_beats_it(dtype):
     u = ulp(ref, dtype)
     err = {k: ((v.double() - ref).abs() / u).mean().item() for k, v in
            dict(eager=eager, rounded=rounded, fused=fused).items()}
-    # same pre-activation as eager (bf16 exactly; fp16 up to a few fp32-summation-order ties)
+    # same pre-activation as eager up to rare ties: both round an fp32 sum, summed in another order (eager's
+    # CPU GEMM also differs between CPU instruction sets), so they may differ where that sum cancels; there
+    # by no more than an ulp plus the a-priori bound of fp32 summation, K * eps32 * sum|a||w| + |b|
     lin = F.linear(a, w, b)
-    exact = dtype == torch.bfloat16 and DEVICE == "cpu"
-    assert (pre_r != lin).float().mean().item() < (1e-9 if exact else 2e-3)
+    differ = pre_r != lin
+    assert differ.float().mean().item() < 2e-3
+    bound = (ulp(lin, dtype) + K * torch.finfo(torch.float32).eps
+             * (a.double().abs() @ w.double().abs().t() + b.double().abs()))
+    assert ((pre_r.double() - lin.double()).abs() <= bound)[differ].all()
     # from the same pre-activation the output agrees with eager except for rare 1-ulp flips, where the
     # fp32 values of x*sigmoid(2u) and eager's 0.5x(1+tanh u) straddle a rounding boundary
     same = pre_r == lin
