@@ -17,7 +17,7 @@ import torch
 from workbook.errors import ParameterError, WorkbookError
 from workbook.models import mistral
 from workbook.tp import launch, logits_diff
-from workbook.tp.worker import generate
+from workbook.tp.worker import cache_keyword, generate
 
 FP32_TOL = 1e-4
 PROMPTS = ["Hello there", "Tensor parallel!"]
@@ -88,6 +88,30 @@ def test_replicated_kv_heads_match_a_single_process(tmp_path, mechanism):
     spec = dict(do_sample=False, cache="dynamic", seed=0)
     ids, _, _ = generate(model, [mistral.encode(p, 512) for p in PROMPTS], spec, torch.device("cpu"), NEW)
     assert res["generated_ids"] == ids
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_passes_the_cache_under_the_keyword_the_model_takes(tiny, cache):
+    """The decode loop gives the KV cache under the name this transformers' forward declares (``cache`` where
+    ``past_key_values`` is deprecated), so no deprecated keyword reaches it, and it decodes the same tokens
+    with either cache."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    class Old:
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return input_ids
+
+    assert cache_keyword(Old()) == "past_key_values"
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+    assert cache_keyword(model) in ("cache", "past_key_values")
+    prompts = [mistral.encode(p, 512) for p in PROMPTS]
+    dynamic, _, _ = generate(model, prompts, dict(do_sample=False, cache="dynamic", seed=0), torch.device("cpu"), NEW)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*deprecated")
+        ids, _, _ = generate(model, prompts, dict(do_sample=False, cache=cache, seed=0), torch.device("cpu"), NEW)
+    assert ids == dynamic and len(ids[0]) == NEW
 
 
 def test_asking_for_tp_plan_where_it_cannot_apply_is_refused(tmp_path):

@@ -195,6 +195,14 @@ def _pick(logits, spec, gen):
     return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(-1)
 
 
+def cache_keyword(model) -> str:
+    """The keyword the model's forward takes its KV cache under: ``cache`` from transformers 5.2x on (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def generate(model, prompt_ids, spec, device, max_new, step_fn=None):
     """Left-padded batch decode with a KV cache; returns (new ids per prompt, ttft_ms, decode step times ms)."""
     import torch
@@ -213,10 +221,11 @@ def generate(model, prompt_ids, spec, device, max_new, step_fn=None):
         cache = DynamicCache(config=model.config)
     gen = torch.Generator(device=device).manual_seed(spec["seed"]) if spec["do_sample"] else None
     step = model if step_fn is None else step_fn
+    kv = {cache_keyword(model): cache}
     with torch.inference_mode():
         _sync(device)
         t0 = time.perf_counter()
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kv, use_cache=True,
                     cache_position=torch.arange(width, device=device), logits_to_keep=1)
         nxt = _pick(_full(out.logits)[:, -1], spec, gen)
         if spec["do_sample"] and dist.is_initialized():
@@ -236,7 +245,7 @@ def generate(model, prompt_ids, spec, device, max_new, step_fn=None):
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             pos = pos + 1
             t0 = time.perf_counter()
-            out = step(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+            out = step(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, **kv,
                        use_cache=True, cache_position=cache_pos)
             nxt = _pick(_full(out.logits)[:, -1], spec, gen)
             if spec["do_sample"] and dist.is_initialized():
