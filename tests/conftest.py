@@ -91,11 +91,12 @@ class StandInNVML:
         pass
 
     NVML_CLOCK_SM = 1
+    NVML_TEMPERATURE_GPU = 0
 
     def __init__(self, clocks=(1980,), power_mw=(120_000,), reasons=(0,), energy_mj=(1000, 1000 + 2_400_000),
-                 limit_mw=700_000, fail_init=False, no_energy=False, old_reasons=False):
+                 limit_mw=700_000, fail_init=False, no_energy=False, old_reasons=False, temps_c=(45,)):
         self.script = {"clock": list(clocks), "power": list(power_mw), "reasons": list(reasons),
-                       "energy": list(energy_mj)}
+                       "energy": list(energy_mj), "temp": list(temps_c) if temps_c else []}
         self.limit_mw, self.fail_init, self.no_energy = limit_mw, fail_init, no_energy
         self.old_reasons = old_reasons
         self.opened, self.shutdowns = [], 0
@@ -121,6 +122,12 @@ class StandInNVML:
 
     def nvmlDeviceGetPowerUsage(self, h):
         return self._next("power")
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        assert sensor == self.NVML_TEMPERATURE_GPU
+        if not self.script["temp"]:
+            raise self.NVMLError("Not Supported")  # temps_c=() or None: a GPU without a temperature sensor
+        return self._next("temp")
 
     def nvmlDeviceGetCurrentClocksEventReasons(self, h):
         if self.old_reasons:

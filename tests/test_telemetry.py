@@ -32,7 +32,7 @@ def test_reason_names_decode_the_nvml_bits():
 
 def test_summary_gives_clock_power_energy_per_step_and_the_power_cap_share(standin_nvml):
     # the first sample is at full clock, every later one at the power cap with a lower clock
-    nvml = standin_nvml(clocks=(1980, 1600), power_mw=(300_000, 690_000), reasons=(0, 0x4))
+    nvml = standin_nvml(clocks=(1980, 1600), power_mw=(300_000, 690_000), reasons=(0, 0x4), temps_c=(40, 60))
     tm = _window(nvml)
     s = tm.summary(steps=4)
     n = s["telemetry_samples"]
@@ -46,7 +46,16 @@ def test_summary_gives_clock_power_energy_per_step_and_the_power_cap_share(stand
     assert s["power_capped_share"] == pytest.approx((n - 1) / n)
     assert s["clock_reasons"] == "sw power cap"
     assert s["power_limit_w"] == 700
+    # the chip warmed from 40 to 60 C after the first sample: first, mean and highest temperature
+    assert s["gpu_temp_start_c"] == 40 and s["gpu_temp_max_c"] == 60
+    assert s["gpu_temp_c"] == pytest.approx((40 + 60 * (n - 1)) / n)
     assert nvml.shutdowns == 1
+
+
+def test_a_gpu_without_a_temperature_reading_leaves_the_temperature_out(standin_nvml):
+    s = _window(standin_nvml(temps_c=()), seconds=0.05).summary()
+    assert s["telemetry_samples"] >= 1 and s["power_limit_w"] == 700  # everything else is there
+    assert not any(k.startswith("gpu_temp") for k in s)
 
 
 def test_energy_falls_back_to_power_samples_and_old_drivers_use_the_throttle_name(standin_nvml):

@@ -161,6 +161,12 @@ def test_ratios_and_the_power_note_give_energy_and_clock(wb_root):
     # rows below the cap, or without telemetry, give no note and no energy ratio
     assert exp.power_note([{**base, "power_capped_share": 0.2}, _step("fused", 353.9, 350, 360, 43.6)]) is None
     assert "energy_ratio" not in exp.stack_ratios([base, _step("fused", 353.9, 350, 360, 43.6)])[0]
+    # where NVML gave temperatures, each row's first and highest go with its clock
+    warm = {**fused, "gpu_temp_start_c": 58.0, "gpu_temp_c": 66.2, "gpu_temp_max_c": 71.0}
+    note = exp.power_note([base, warm])
+    assert "energy per step, GPU temperature from the first sample to the highest:" in note
+    assert "fused at batch 256: 1645 MHz, 676 W, 239 J a step, 58-71 C" in note
+    assert "transformers-sdpa at batch 256: 1795 MHz, 656 W, 295 J a step;" in note
 
 
 # ---- configure: the first cell's checks of the parameters the notebook tests do not feed bad values -------

@@ -4,9 +4,12 @@ Why this exists: an H100/H200 running a dense bf16 training step sits at its boa
 H200 SXM), and the driver then lowers the SM clock until the power fits. Two models that do the same GEMMs
 therefore do not run them at the same speed: the one with fewer light, memory-bound gaps runs at a lower
 clock. A speed comparison that does not say at what clock, at what power and for how much energy each side
-ran hides the reason for its ratio. :class:`Telemetry` samples the SM clock, the power draw and the clock
-event reasons (NVML's name for what holds the clock down) on a background thread, and reads the board's
-energy counter at both ends of the window, so energy per step is measured, not integrated from samples.
+ran hides the reason for its ratio. :class:`Telemetry` samples the SM clock, the power draw, the GPU
+temperature and the clock event reasons (NVML's name for what holds the clock down) on a background thread,
+and reads the board's energy counter at both ends of the window, so energy per step is measured, not
+integrated from samples. The temperature is there because, at a fixed power cap, a hotter chip leaks more
+power and so gets a lower clock for the same work: two variants timed one after the other under the cap may
+not have run at the same temperature, and the rows say so.
 
 Where NVML cannot be used (no NVIDIA driver, no ``nvidia-ml-py``, a GPU without the counters) the summary
 is ``None`` and :attr:`Telemetry.unavailable` says why in one sentence, for the report's "not measured" list.
@@ -48,6 +51,7 @@ class Sample:
     sm_mhz: float
     power_w: float
     reasons: int
+    temp_c: float | None = None  # None where the GPU does not report its temperature
 
 
 @dataclass
@@ -99,8 +103,12 @@ class Telemetry:
             reasons = n.nvmlDeviceGetCurrentClocksEventReasons(h)
         except (AttributeError, n.NVMLError):
             reasons = n.nvmlDeviceGetCurrentClocksThrottleReasons(h)
+        try:
+            temp = float(n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))
+        except (AttributeError, n.NVMLError):
+            temp = None
         return Sample(float(n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)),
-                      n.nvmlDeviceGetPowerUsage(h) / 1000.0, int(reasons))
+                      n.nvmlDeviceGetPowerUsage(h) / 1000.0, int(reasons), temp)
 
     def _loop(self):
         while True:  # one sample at least, however short the window
@@ -148,7 +156,8 @@ class Telemetry:
 
     def summary(self, steps: int = 1) -> dict | None:
         """Figures for a result row: mean/min SM clock, mean/max power, energy per step, the share of samples
-        at the power cap and every clock event reason seen. ``None`` (see :attr:`unavailable`) without NVML."""
+        at the power cap, every clock event reason seen and, where the GPU reports it, the first, mean and
+        highest GPU temperature. ``None`` (see :attr:`unavailable`) without NVML."""
         if self._handle is None or self.seconds is None or self.unavailable:
             return None  # no NVML, the window not closed, or NVML failed part-way (samples would not cover it)
         s = self.samples
@@ -168,4 +177,7 @@ class Telemetry:
                "clock_reasons": ", ".join(reason_names(seen)) or "none", "telemetry_samples": len(s)}
         if self.limit_w is not None:
             out["power_limit_w"] = self.limit_w
+        temps = [x.temp_c for x in s if x.temp_c is not None]
+        if temps:
+            out.update(gpu_temp_start_c=temps[0], gpu_temp_c=sum(temps) / len(temps), gpu_temp_max_c=max(temps))
         return out

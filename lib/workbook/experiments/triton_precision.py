@@ -538,12 +538,16 @@ def power_note(rows: list[dict]) -> str | None:
     if not capped:
         return None
     limit = next((r["power_limit_w"] for r in capped if "power_limit_w" in r), None)
+    def temp(r):  # a hotter chip leaks more power, so at the cap it gets a lower clock for the same work
+        return f", {r['gpu_temp_start_c']:.0f}-{r['gpu_temp_max_c']:.0f} C" if "gpu_temp_max_c" in r else ""
+
     each = "; ".join(f"{r['variant']} at batch {r['batch']}: {r['sm_clock_mhz']:.0f} MHz, {r['power_w']:.0f} W, "
-                     f"{r['energy_j_per_step']:.0f} J a step" for r in capped)
+                     f"{r['energy_j_per_step']:.0f} J a step{temp(r)}" for r in capped)
+    temps = ", GPU temperature from the first sample to the highest" if any(temp(r) for r in capped) else ""
     return (f"{len(capped)} of {len(ok)} stack rows ran with the GPU at its power limit"
             + (f" ({limit:.0f} W)" if limit else "") + " for at least half of their samples, so the driver lowered "
             f"the SM clock and the clock, not only the work, sets their times (mean SM clock, mean power, energy "
-            f"per step: {each}).")
+            f"per step{temps}: {each}).")
 
 
 BAR = {"batch": 256, "fwd_bwd_speedup": 1.3, "peak_memory_ratio": 0.7}
