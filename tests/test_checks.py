@@ -85,3 +85,24 @@ def test_integers():
     for bad in ([], [0], [True], [1.5], "[a]"):
         assert _msg(checks.integers, "batch_sizes", bad, 1, "a non-empty list of integers of at least 1") == (
             f"Parameter batch_sizes={bad!r} is not allowed: a non-empty list of integers of at least 1.")
+
+
+def _configure(*, cores: int, seed: int = 0):
+    """A notebook's ``configure`` as the check sees it: its keyword parameters are the declared names."""
+
+
+def test_a_name_papermill_injected_that_the_notebook_does_not_declare_is_refused():
+    injected = "# Parameters\ncors = 2\nseed = 1\n"
+    history = ["", "cores: int = 1  # NeuronCores\nseed: int = 0", injected]
+    msg = _msg(checks.injected_are_parameters, _configure, history, {"cors": 2, "seed": 1})
+    assert msg == ("Parameter cors=2 is not allowed: not a parameter of this notebook, whose parameters are "
+                   "cores, seed.")
+
+
+def test_declared_names_and_kernels_without_an_injected_cell_pass():
+    # papermill injected only declared names; the latest injected cell is the one that counts
+    history = ["", "# Parameters\ncors = 2\n", "# Parameters\ncores = 2\nseed = 3\n", "x = 1"]
+    checks.injected_are_parameters(_configure, history, {})
+    # JupyterLab and nbmake: nothing injected, so nothing to check; outside IPython there is no history at all
+    checks.injected_are_parameters(_configure, ["", "cores: int = 1", "cors = 5"], {})
+    checks.injected_are_parameters(_configure)

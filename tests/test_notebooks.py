@@ -69,6 +69,7 @@ def test_plain_papermill(cwd, nb, tmp_path):
 
 
 POS_BAD = _bad("pos_interp", {}, [
+    ("iteration", "5", "Parameter iteration=5 is not allowed: not a parameter of this notebook, whose parameters are"),
     ("implementations", "[hf_bicubic, bicubicc]", "Parameter implementations="),
     ("resolutions", "[10]", "each at least one patch (14 px"),
     ("resolutions", "[224.5]", "Parameter resolutions="),
@@ -158,6 +159,7 @@ def test_siglip_plain_papermill_with_cores_2(tmp_path):
 
 
 SIGLIP_BAD = _bad("siglip_neuron", TINY, [
+    ("cors", "2", "Parameter cors=2 is not allowed: not a parameter of this notebook"),
     ("model", "ViT-SO400M-14-SigLIPP", "closest open_clip names: ViT-SO400M-14-SigLIP"),
     ("image_size", "100", "a multiple of the patch size (14 px"),
     ("batch_sizes", "[0]", "Parameter batch_sizes="),
@@ -223,6 +225,7 @@ def test_triton_precision_plain_papermill(tmp_path):
 
 BLOCK = {"kernels": "[block]"}  # the head-size rule concerns the encoder-layer case only
 TRITON_BAD = _bad("triton_precision", TP_CHEAP, [
+    ("kernel", "mlp", "Parameter kernel='mlp' is not allowed: not a parameter of this notebook"),
     ("kernels", "[layernorm, softmax]", "Parameter kernels="),
     ("dtypes", "[float64]", "a list from float32, bfloat16, float16"),
     ("hidden", "20000", "at most 16384"),
@@ -271,6 +274,7 @@ def test_export_search_rejects_a_model_that_is_not_a_causal_lm(tmp_path):
 
 
 ES_BAD = _bad("export_search", ES_CHEAP, [
+    ("validators", "cpu", "Parameter validators='cpu' is not allowed: not a parameter of this notebook"),
     ("validator", "neuron", "optimum-cli (optimum-neuron) is not installed"),
     ("validator", "cuda", "torch sees no CUDA GPU"),
     ("validator", "tpu", "one of auto, neuron, cuda, cpu"),
@@ -324,6 +328,7 @@ def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
 
 
 MISTRAL_BAD = _bad("mistral_tp", TP_TINY, [
+    ("tp", "2", "Parameter tp=2 is not allowed: not a parameter of this notebook"),
     ("tp_degree", "3", "a divisor of the model's 8 attention heads"),
     ("tp_degree", "4", "at most the 2 CPU cores available"),
     ("batch_size", "0", "Parameter batch_size="),

@@ -1,13 +1,19 @@
-"""Value checks that every notebook's first cell shares: integers and lists of them, booleans, seeds and folders.
+"""Value checks that every notebook's first cell shares: integers and lists of them, booleans, seeds, folders,
+and names plain papermill injected that the notebook does not declare.
 
 Why it exists: plain papermill hands ``-p allow_fallback false`` to a notebook as the *string* "false"
 (papermill only turns ``True``/``False`` into booleans), and ``bool("false")`` is True; it hands
 ``-p seed abc`` over as text that ``torch.manual_seed`` rejects with a traceback several cells later. These
 checks turn every such value into the one-sentence :func:`~workbook.errors.bad_param` error before anything
-runs, the same way in each notebook.
+runs, the same way in each notebook. Plain papermill also takes ``-p cors 2`` for a notebook whose parameter
+is ``cores``: it prints a warning and runs everything with the default, so a report would carry figures for a
+setting nobody asked for. :func:`injected_are_parameters` refuses that name instead (``workbook run`` refuses it
+before starting, through :mod:`workbook.params`).
 """
 from __future__ import annotations
 
+import ast
+import inspect
 import os
 from pathlib import Path
 
@@ -67,3 +73,41 @@ def directory(name: str, value: str) -> Path | None:
                 raise bad_param(name, value, f"a folder this user can write ({str(part)!r} is not writable)")
             break
     return p
+
+
+INJECTED_HEADER = "# Parameters"  # the comment papermill's Python translator puts atop the cell it injects
+
+
+def injected_are_parameters(configure, history=None, namespace=None) -> None:
+    """Refuse a name that plain papermill injected but the notebook does not declare (a misspelt ``-p``).
+
+    The declared names are ``configure``'s keyword parameters (each notebook passes every parameter to its
+    experiment's ``configure``). The injected names are those assigned in the latest cell that papermill
+    injected, read from IPython's input history (``In``), since papermill leaves no other trace in the kernel;
+    ``history`` and ``namespace`` stand in for ``In`` and the user namespace in tests. Outside IPython (tests
+    calling ``configure``, scripts) and in a kernel where no cell was injected (JupyterLab, nbmake) there is
+    nothing to check.
+    """
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return
+        shell = get_ipython()
+        if shell is None:
+            return
+        history, namespace = shell.user_ns.get("In") or [], shell.user_ns
+    cell = next((c for c in reversed(history) if isinstance(c, str) and c.lstrip().startswith(INJECTED_HEADER)), None)
+    if cell is None:
+        return
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError:
+        return  # not a cell papermill wrote
+    assigned = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    declared = set(inspect.signature(configure).parameters)
+    for name in assigned:
+        if name not in declared:
+            raise bad_param(name, (namespace or {}).get(name),
+                            "not a parameter of this notebook, whose parameters are " + ", ".join(sorted(declared)))

@@ -69,6 +69,7 @@ def _pick_validator(requested: str) -> tuple[str, str]:
 def configure(*, model: str, validator: str, total_cores: int, cores_per_device: int, batch_sizes, min_seq: int,
               memory_budget_gb: float, dtype: str, timeout_s: float, state_dir: str, instance_type: str) -> Config:
     """Check every parameter; one clear sentence on error. Nothing is tried here."""
+    checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
     from workbook.models import mistral
 
     kind, why = _pick_validator(validator)

@@ -83,6 +83,7 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
               allow_fallback: bool, compare_single: bool, cache: str = "dynamic", compile: bool = False,
               tp_mechanism: str = "parallelize_module", allreduce: str = "nccl") -> Config:
     """Check every parameter and the tensor-parallel rules before anything loads; one sentence on error."""
+    checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
     import psutil
 
     from workbook.models import mistral

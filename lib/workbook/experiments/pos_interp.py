@@ -77,6 +77,7 @@ def configure(*, device: str, implementations, reference: str, candidate: str, r
               dtypes, tower_dtype: str, batch_sizes, model: str, depth: int, pretrained: str, checkpoint: str,
               iterations: int, warmup: int, seed: int) -> Config:
     """Check every parameter and return the run's configuration; a bad one raises one clear sentence."""
+    checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
     impls = interp.check_names([str(v) for v in as_list("implementations", implementations)], "implementations")
     for name, value in (("reference", reference), ("candidate", candidate)):
         if not isinstance(value, str) or value not in interp.IMPLEMENTATIONS:

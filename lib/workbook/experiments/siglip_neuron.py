@@ -53,6 +53,7 @@ def configure(*, model: str, pretrained: str, image_size: int, backend: str, mod
               cpu_reference_max_batch: int, compiler_args: str, auto_cast: str, auto_cast_type: str,
               runs=()) -> Config:
     """Check every parameter (the cheap ones first) and choose the backend; one clear sentence on error."""
+    checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
     from workbook.models import patch_size
     from workbook.models.siglip import TINY_MODELS
 

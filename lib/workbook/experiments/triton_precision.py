@@ -70,6 +70,7 @@ def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, interme
               claim_shape, speed_tokens, stack_config: str, stack_batches, stack_variants, iterations: int,
               warmup: int, seed: int) -> Config:
     """Check every parameter, then choose the device; one clear sentence on error."""
+    checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
     from workbook.models.siglip2 import CONFIGS
 
     choice = resolve_device(device)
