@@ -117,6 +117,18 @@ def test_every_notebook_declares_its_parameters_for_papermill():
         assert all(p.help for p in ours.values()), f"{nb.name}: every parameter needs a # help comment"
 
 
+def test_every_notebook_parameter_is_a_configure_parameter():
+    """checks.injected_are_parameters takes configure's keyword parameters as the notebook's declared names."""
+    import importlib
+    import inspect
+
+    import papermill as pm
+
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        configure = importlib.import_module(f"workbook.experiments.{nb.stem}").configure
+        assert set(inspect.signature(configure).parameters) == set(pm.inspect_notebook(str(nb))), nb.name
+
+
 def test_notebooks_are_committed_without_outputs():
     for nb in (ROOT / "notebooks").glob("*.ipynb"):
         cells = json.loads(Path(nb).read_text())["cells"]
