@@ -539,6 +539,7 @@ def power_note(rows: list[dict]) -> str | None:
     if not capped:
         return None
     limit = next((r["power_limit_w"] for r in capped if "power_limit_w" in r), None)
+
     def temp(r):  # a hotter chip leaks more power, so at the cap it gets a lower clock for the same work
         return f", {r['gpu_temp_start_c']:.0f}-{r['gpu_temp_max_c']:.0f} C" if "gpu_temp_max_c" in r else ""
 
