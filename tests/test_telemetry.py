@@ -100,3 +100,64 @@ def test_cuda_visible_devices_maps_the_cuda_index_to_nvml_numbering(monkeypatch,
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5f3c")  # UUIDs: NVML's own order is the best guess left
     Telemetry(0, nvml=nvml)
     assert nvml.opened == [1, 3, 0]
+
+
+def test_windows_of_one_telemetry_add_up_and_each_opens_and_closes_nvml(standin_nvml):
+    """An interleaved benchmark enters one Telemetry per variant once a turn: samples, seconds and the energy
+    counter's differences add up over its windows, and what ran between them counts for nothing."""
+    nvml = standin_nvml(power_mw=(600_000,), energy_mj=(0, 1_000_000, 5_000_000, 5_500_000), temps_c=(50, 70))
+    tm = Telemetry(0, period_s=0.005, nvml=nvml)
+    for _ in range(2):
+        with tm:
+            time.sleep(0.05)
+        n_after = len(tm.samples)
+        time.sleep(0.03)  # another variant's turn: no sample is taken
+        assert len(tm.samples) == n_after
+    s = tm.summary(steps=3)
+    assert s["energy_j_per_step"] == pytest.approx((1000 + 500) / 3)  # 0 -> 1e6 mJ, then 5e6 -> 5.5e6 mJ
+    assert s["energy_source"] == "NVML energy counter"
+    assert 0.1 <= tm.seconds < 0.13 + 0.2  # the two windows, not the gaps between them (with slack for a busy host)
+    assert nvml.shutdowns == 2 and nvml.opened == [0, 0]  # opened at construction, then again for the second window
+    assert s["gpu_temp_start_c"] == 50 and s["gpu_temp_max_c"] == 70
+
+
+def test_a_window_without_the_energy_counter_makes_the_whole_energy_come_from_samples(standin_nvml):
+    nvml = standin_nvml(power_mw=(400_000,), energy_mj=(0, 1_000_000))
+    tm = Telemetry(0, period_s=0.005, nvml=nvml)
+    with tm:
+        time.sleep(0.02)
+    nvml.no_energy = True  # the counter stopped answering: one window's difference is missing
+    with tm:
+        time.sleep(0.02)
+    s = tm.summary(steps=2)
+    assert s["energy_source"] == "power samples x time"
+    assert s["energy_j_per_step"] == pytest.approx(400 * tm.seconds / 2)
+
+
+@pytest.mark.gpu
+def test_the_real_nvml_reads_a_busy_gpu():
+    """On a GPU: clock, power, temperature and the energy counter through the real pynvml, over two windows of
+    bf16 matrix products, agree with each other and with what a busy data-centre GPU can read."""
+    import torch
+
+    pytest.importorskip("pynvml")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    tm = Telemetry(torch.cuda.current_device())
+    for _ in range(2):
+        with tm:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 0.6:
+                for _ in range(20):
+                    a = (a @ a).clamp_(-1, 1)
+                torch.cuda.synchronize()
+    s = tm.summary(steps=2)
+    assert s is not None, tm.unavailable
+    assert s["telemetry_samples"] >= 20 and tm.seconds >= 1.2
+    assert 200 <= s["sm_clock_min_mhz"] <= s["sm_clock_mhz"] <= 3000
+    assert 0 < s["power_w"] <= s["power_max_w"] <= 1.3 * s["power_limit_w"]
+    assert 10 <= s["gpu_temp_start_c"] <= s["gpu_temp_max_c"] <= 110
+    assert s["energy_source"] == "NVML energy counter"
+    # the counter's energy against mean power x time: the same quantity by two routes
+    assert s["energy_j_per_step"] * 2 == pytest.approx(s["power_w"] * tm.seconds, rel=0.35)

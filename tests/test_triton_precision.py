@@ -23,7 +23,7 @@ def _cfg(**kw):
     base = dict(device="cuda", device_reason="test", device_name="test GPU", dtypes=["bfloat16"], kernels=["mlp"],
                 tokens=8, hidden=8, intermediate=8, heads=2, claim_shape=[8, 8, 8], speed_tokens=[16, 32],
                 stack_config="tiny", stack_batches=[256, 512], stack_variants=["transformers-sdpa", "fused"],
-                iterations=1, warmup=1, seed=0)
+                stack_rounds=1, iterations=1, warmup=1, seed=0)
     base.update(kw)
     return exp.Config(**base)
 
@@ -37,10 +37,29 @@ def _resuming(tmp_path, monkeypatch, table, groups):
     return Recorder("triton_precision", PARAMS, run_dir=tmp_path / "run")
 
 
+class StandInAllocator:
+    """TEST STAND-IN for the CUDA allocator's counters (this machine has no GPU): a built model adds its weights,
+    a step raises the peak by its activations and gives them back."""
+
+    def __init__(self, monkeypatch, total=80e9):
+        self.alloc = self.peak = 0.0
+        for name in ("empty_cache", "synchronize"):
+            monkeypatch.setattr(torch.cuda, name, lambda *a: None)
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: setattr(self, "peak", self.alloc))
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: self.alloc)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: self.peak)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(total_memory=total))
+
+    def step(self, activations):
+        self.peak = max(self.peak, self.alloc + activations)
+
+
 def test_stack_rows_take_finished_groups_and_measure_the_rest(tmp_path, monkeypatch, wb_root):
-    done = [({"variant": v, "batch": 256}, [{"variant": v, "batch": 256, "status": "ok", "forward_ms": ms / 3,
-                                             "backward_ms": 2 * ms / 3, "fwd_bwd_ms": ms, "peak_gb": gb}])
-            for v, ms, gb in (("transformers-sdpa", 450.0, 60.0), ("fused", 360.0, 42.0))]  # the stand-in prior run
+    done = [({"batch": 256}, [{"variant": v, "batch": 256, "status": "ok", "forward_ms": ms / 3,
+                               "backward_ms": 2 * ms / 3, "fwd_bwd_ms": ms, "peak_gb": gb}
+                              for v, ms, gb in (("transformers-sdpa", 450.0, 60.0), ("fused", 360.0, 42.0))])]
+    # ^ the stand-in prior run finished batch 256 (both variants, one group) and was killed during batch 512
     rec = _resuming(tmp_path, monkeypatch, "stack", done)
     built = []
 
@@ -49,9 +68,7 @@ def test_stack_rows_take_finished_groups_and_measure_the_rest(tmp_path, monkeypa
         raise torch.OutOfMemoryError("stand-in")
 
     monkeypatch.setattr(exp, "stack_step", stack_step)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: None)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(total_memory=141e9))
+    StandInAllocator(monkeypatch)
     bar = SimpleNamespace(n=0, update=lambda k: setattr(bar, "n", bar.n + k))
     rows = exp.stack_rows(_cfg(), rec, progress=bar)
     assert built == [("transformers-sdpa", 512), ("fused", 512)]  # only what the prior run had not finished
@@ -61,8 +78,8 @@ def test_stack_rows_take_finished_groups_and_measure_the_rest(tmp_path, monkeypa
     assert [r["status"] for r in rows] == ["ok", "ok", "out of memory", "out of memory"]
     assert bar.n == 4
     saved = record.load(rec.path)
-    assert saved["tables"]["stack"] == rows and len(saved["groups"]["stack"]) == 4
-    assert saved["resumed"] == {"from": "prior", "groups": {"stack": 2}}
+    assert saved["tables"]["stack"] == rows and len(saved["groups"]["stack"]) == 2
+    assert saved["resumed"] == {"from": "prior", "groups": {"stack": 1}}
     ratio = exp.stack_ratios(rows)  # resumed rows feed the ratios like measured ones
     assert [(r["variant"], r["batch"], r["fwd_bwd_speedup"]) for r in ratio] == [("fused", 256, 1.25)]
 
@@ -118,19 +135,17 @@ def test_stack_rows_record_clock_power_and_energy_of_the_timed_steps(monkeypatch
     model = SimpleNamespace(zero_grad=lambda **kw: None)
 
     def stack_step(variant, cfg_model, batch, device, dtype, seed):
+        gpu.alloc += 1e9
         return model, lambda: (torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True))
 
     def timed_steps(fwd, mdl, iterations, f, b):  # the stand-in GPU takes 100 + 250 ms a step
+        gpu.step(39e9)
         f.extend([100.0] * iterations)
         b.extend([250.0] * iterations)
 
     monkeypatch.setattr(exp, "stack_step", stack_step)
     monkeypatch.setattr(exp, "timed_steps", timed_steps)
-    for name in ("empty_cache", "reset_peak_memory_stats", "synchronize"):
-        monkeypatch.setattr(torch.cuda, name, lambda *a: None)
-    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: 1e9)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: 40e9)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    gpu = StandInAllocator(monkeypatch)
     monkeypatch.setattr(exp, "Telemetry", lambda i: Telemetry(i, period_s=0.001, nvml=nvml))
     rows = exp.stack_rows(_cfg(stack_batches=[256], stack_variants=["fused"], iterations=4, warmup=1))
     (row,) = rows
@@ -143,6 +158,70 @@ def test_stack_rows_record_clock_power_and_energy_of_the_timed_steps(monkeypatch
     (row,) = exp.stack_rows(_cfg(stack_batches=[256], stack_variants=["fused"], iterations=2, warmup=1))
     assert row["status"] == "ok" and "sm_clock_mhz" not in row
     assert row["telemetry"] == "not measured: NVML could not be opened (Driver Not Loaded)"
+
+
+def _turns(monkeypatch, nvml, weights, activations, oom_at=None):
+    """Stand-in stack_step/timed_steps on a StandInAllocator; returns the log of (variant, steps) calls.
+    Variant A's steps take 150 + 300 ms, B's 120 + 240 ms; ``oom_at=(variant, n)``: that variant's n-th call
+    runs out of memory."""
+    gpu = StandInAllocator(monkeypatch)
+    log, calls = [], {}
+
+    def stack_step(variant, cfg_model, batch, device, dtype, seed):
+        gpu.alloc += weights[variant]
+        return SimpleNamespace(variant=variant), None
+
+    def timed_steps(fwd, model, n, f, b):
+        v = model.variant
+        calls[v] = calls.get(v, 0) + 1
+        if oom_at == (v, calls[v]):
+            raise torch.OutOfMemoryError("stand-in")
+        log.append((v, n))
+        gpu.step(activations[v])
+        f.extend([150.0 if v == "A" else 120.0] * n)
+        b.extend([300.0 if v == "A" else 240.0] * n)
+
+    monkeypatch.setattr(exp, "stack_step", stack_step)
+    monkeypatch.setattr(exp, "timed_steps", timed_steps)
+    monkeypatch.setattr(exp, "Telemetry", lambda i: Telemetry(i, nvml=nvml(fail_init=True)))  # "not measured"
+    return log
+
+
+def test_stack_variants_take_turns_in_alternating_rounds_and_each_peak_is_its_own(monkeypatch, wb_root,
+                                                                                     standin_nvml):
+    """Two variants, 6 timed steps each over 4 rounds (2, 2, 1, 1): A B | B A | A B | B A. A variant's first
+    turn warms it up; a later turn that follows the other variant runs one untimed step; a turn that follows
+    its own (B at the start of round 2) does not. Peaks leave out the other variant's resident weights."""
+    log = _turns(monkeypatch, standin_nvml, weights={"A": 2e9, "B": 1e9}, activations={"A": 60e9, "B": 40e9})
+    bar = SimpleNamespace(n=0, update=lambda k: setattr(bar, "n", bar.n + k))
+    cfg = _cfg(stack_batches=[256], stack_variants=["A", "B"], stack_rounds=4, iterations=6, warmup=1)
+    a, b = exp.stack_rows(cfg, progress=bar)
+    assert log == [("A", 1), ("A", 2), ("B", 1), ("B", 2),  # round 1: each built, warmed up, timed
+                   ("B", 2), ("A", 1), ("A", 2),            # round 2, reversed: B goes on, A warms again
+                   ("A", 1), ("B", 1), ("B", 1),            # round 3
+                   ("B", 1), ("A", 1), ("A", 1)]            # round 4, reversed
+    assert bar.n == 2 * 4
+    for row, ms, peak, held in ((a, 450.0, 62.0, 2.0), (b, 360.0, 41.0, 1.0)):
+        assert row["status"] == "ok" and row["iterations"] == 6 and row["rounds"] == 4
+        assert row["fwd_bwd_ms"] == ms and row["peak_gb"] == pytest.approx(peak)
+        assert row["weights_and_inputs_gb"] == pytest.approx(held)
+    assert exp.round_sizes(20, 4) == [5, 5, 5, 5] and exp.round_sizes(6, 4) == [2, 2, 1, 1]
+
+
+def test_a_variant_out_of_memory_in_a_later_round_leaves_the_others_measured(monkeypatch, wb_root, standin_nvml):
+    # B's fourth call is its untimed step at the start of round 3: it runs out of memory there
+    log = _turns(monkeypatch, standin_nvml, weights={"A": 2e9, "B": 1e9}, activations={"A": 60e9, "B": 40e9},
+                 oom_at=("B", 4))
+    bar = SimpleNamespace(n=0, update=lambda k: setattr(bar, "n", bar.n + k))
+    cfg = _cfg(stack_batches=[256], stack_variants=["A", "B"], stack_rounds=4, iterations=4, warmup=1)
+    a, b = exp.stack_rows(cfg, progress=bar)
+    assert b["status"] == "out of memory" and "fwd_bwd_ms" not in b
+    assert b["note"] == ("out of memory at 80 GB (2.0 GB of it the other variants' weights and inputs) in round 3 "
+                         "of 4, its timed steps so far dropped")
+    assert a["status"] == "ok" and a["iterations"] == 4 and a["fwd_bwd_ms"] == 450.0
+    assert [v for v, _ in log[-2:]] == ["A", "A"]  # round 4: A alone, without an untimed step (B never ran)
+    assert bar.n == 2 * 4
+    assert a["telemetry"].startswith("not measured: ")
 
 
 def test_ratios_and_the_power_note_give_energy_and_clock(wb_root):
@@ -183,6 +262,9 @@ def _params(**kw):
 @pytest.mark.parametrize("kw, sentence", [
     (dict(intermediate=0), "Parameter intermediate=0 is not allowed: a positive integer."),
     (dict(iterations=0), "Parameter iterations=0 is not allowed: a positive integer."),
+    (dict(stack_rounds=0), "Parameter stack_rounds=0 is not allowed: a positive integer."),
+    (dict(stack_rounds=6, iterations=5), "Parameter stack_rounds=6 is not allowed: at most iterations=5, since each "
+                                         "round times at least one step of every stack variant."),
     (dict(warmup=-1), "Parameter warmup=-1 is not allowed: an integer of at least 0."),
     (dict(speed_tokens=[64, 0]), "Parameter speed_tokens=[64, 0] is not allowed: a list of positive integers."),
     (dict(stack_batches="[256, -1]"), "Parameter stack_batches='[256, -1]' is not allowed: a list of positive "

@@ -11,6 +11,9 @@ integrated from samples. The temperature is there because, at a fixed power cap,
 power and so gets a lower clock for the same work: two variants timed one after the other under the cap may
 not have run at the same temperature, and the rows say so.
 
+A :class:`Telemetry` may be entered several times: the variants of an interleaved benchmark take turns on the
+GPU, and each variant's samples, seconds and energy add up over its own windows only.
+
 Where NVML cannot be used (no NVIDIA driver, no ``nvidia-ml-py``, a GPU without the counters) the summary
 is ``None`` and :attr:`Telemetry.unavailable` says why in one sentence, for the report's "not measured" list.
 """
@@ -58,9 +61,10 @@ class Sample:
 class Telemetry:
     """Context manager around a measured window on CUDA device ``index``.
 
-    ``with Telemetry(0) as tm: ...`` then ``tm.summary(steps)``. ``period_s`` is the sampling period (NVML
-    updates power about every 20-100 ms, so faster sampling adds nothing). ``nvml`` is the module to use;
-    tests pass a stand-in, everything else the real ``pynvml``.
+    ``with Telemetry(0) as tm: ...`` (once, or once a turn) then ``tm.summary(steps)``, steps counted over
+    every window. ``period_s`` is the sampling period (NVML updates power about every 20-100 ms, so faster
+    sampling adds nothing). ``nvml`` is the module to use; tests pass a stand-in, everything else the real
+    ``pynvml``.
     """
 
     index: int = 0
@@ -77,6 +81,7 @@ class Telemetry:
         self._thread = None
         self._handle = None
         self._e0 = self._t0 = None
+        self._energy_whole = True  # every window read the energy counter at both ends
         if self.nvml is None:
             try:
                 import pynvml
@@ -84,11 +89,17 @@ class Telemetry:
                 self.unavailable = "the nvidia-ml-py package (pynvml) is not installed"
                 return
             self.nvml = pynvml
+        self._open()
+
+    def _open(self) -> bool:
         try:
             self.nvml.nvmlInit()
             self._handle = self.nvml.nvmlDeviceGetHandleByIndex(self._nvml_index())
+            return True
         except self.nvml.NVMLError as e:
+            self._handle = None
             self.unavailable = f"NVML could not be opened ({e})"
+            return False
 
     def _nvml_index(self) -> int:
         """NVML numbers GPUs in PCI order; CUDA_VISIBLE_DEVICES renumbers them for CUDA. Map through it."""
@@ -121,17 +132,21 @@ class Telemetry:
                 return
 
     def __enter__(self):
-        if self._handle is None:
+        if self.unavailable is not None:
+            return self
+        if self._handle is None and not self._open():  # a later window: the last one shut NVML down
             return self
         n = self.nvml
-        try:
-            self.limit_w = n.nvmlDeviceGetEnforcedPowerLimit(self._handle) / 1000.0
-        except n.NVMLError:
-            self.limit_w = None
+        if self.limit_w is None:
+            try:
+                self.limit_w = n.nvmlDeviceGetEnforcedPowerLimit(self._handle) / 1000.0
+            except n.NVMLError:
+                self.limit_w = None
         try:
             self._e0 = n.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         except n.NVMLError:
             self._e0 = None  # older GPUs: energy comes from the power samples instead
+        self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="workbook-telemetry", daemon=True)
         self._thread.start()
@@ -142,37 +157,44 @@ class Telemetry:
             return False
         self._stop.set()
         self._thread.join()
-        self.seconds = time.monotonic() - self._t0
+        self._thread = None
+        self.seconds = (self.seconds or 0.0) + time.monotonic() - self._t0
+        energy = None
         if self._e0 is not None:
             try:
-                self.energy_mj = float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._e0)
+                energy = float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._e0)
             except self.nvml.NVMLError:
-                self.energy_mj = None
+                energy = None
+        if energy is None:
+            self._energy_whole = False
+        else:
+            self.energy_mj = (self.energy_mj or 0.0) + energy
         try:
             self.nvml.nvmlShutdown()  # nvmlInit counts references; each window releases its own
         except self.nvml.NVMLError:
             pass
+        self._handle = None  # the next window opens NVML again
         return False
 
     def summary(self, steps: int = 1) -> dict | None:
         """Figures for a result row: mean/min SM clock, mean/max power, energy per step, the share of samples
         at the power cap, every clock event reason seen and, where the GPU reports it, the first, mean and
         highest GPU temperature. ``None`` (see :attr:`unavailable`) without NVML."""
-        if self._handle is None or self.seconds is None or self.unavailable:
-            return None  # no NVML, the window not closed, or NVML failed part-way (samples would not cover it)
+        if self.seconds is None or self.unavailable:
+            return None  # no NVML, no window closed, or NVML failed part-way (samples would not cover it)
         s = self.samples
         if not s:
             self.unavailable = f"no NVML sample in a window of {self.seconds * 1e3:.0f} ms"
             return None
-        energy_j = self.energy_mj / 1000.0 if self.energy_mj is not None else \
-            sum(x.power_w for x in s) / len(s) * self.seconds
+        counted = self.energy_mj is not None and self._energy_whole  # the counter read around every window
+        energy_j = self.energy_mj / 1000.0 if counted else sum(x.power_w for x in s) / len(s) * self.seconds
         seen = 0
         for x in s:
             seen |= x.reasons
         out = {"sm_clock_mhz": sum(x.sm_mhz for x in s) / len(s), "sm_clock_min_mhz": min(x.sm_mhz for x in s),
                "power_w": sum(x.power_w for x in s) / len(s), "power_max_w": max(x.power_w for x in s),
                "energy_j_per_step": energy_j / max(1, steps),
-               "energy_source": "NVML energy counter" if self.energy_mj is not None else "power samples x time",
+               "energy_source": "NVML energy counter" if counted else "power samples x time",
                "power_capped_share": sum(1 for x in s if x.reasons & POWER_CAP) / len(s),
                "clock_reasons": ", ".join(reason_names(seen)) or "none", "telemetry_samples": len(s)}
         if self.limit_w is not None:

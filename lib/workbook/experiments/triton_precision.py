@@ -45,6 +45,7 @@ class Config:
     stack_config: str
     stack_batches: list[int]
     stack_variants: list[str]
+    stack_rounds: int
     iterations: int
     warmup: int
     seed: int
@@ -67,8 +68,8 @@ def _choices(name, value, allowed, allow_empty=False):
 
 
 def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, intermediate: int, heads: int,
-              claim_shape, speed_tokens, stack_config: str, stack_batches, stack_variants, iterations: int,
-              warmup: int, seed: int) -> Config:
+              claim_shape, speed_tokens, stack_config: str, stack_batches, stack_variants, stack_rounds: int,
+              iterations: int, warmup: int, seed: int) -> Config:
     """Check every parameter, then choose the device; one clear sentence on error."""
     checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
     from workbook.models.siglip2 import CONFIGS
@@ -82,8 +83,11 @@ def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, interme
     dts = _choices("dtypes", dtypes, tuple(DTYPES))
     ks = _choices("kernels", kernels, KERNELS)
     for name, v in (("tokens", tokens), ("hidden", hidden), ("intermediate", intermediate), ("heads", heads),
-                    ("iterations", iterations)):
+                    ("iterations", iterations), ("stack_rounds", stack_rounds)):
         checks.integer(name, v, 1, allowed="a positive integer")
+    if stack_rounds > iterations:
+        raise bad_param("stack_rounds", stack_rounds, f"at most iterations={iterations}, since each round times at "
+                        "least one step of every stack variant")
     checks.integer("warmup", warmup, 0)
     if hidden > MAX_HIDDEN:
         raise bad_param("hidden", hidden, f"at most {MAX_HIDDEN}: the Triton LayerNorm keeps one row in a program")
@@ -105,7 +109,7 @@ def configure(*, device: str, dtypes, kernels, tokens: int, hidden: int, interme
         raise WorkbookError(f"device={device!r} cannot run the Triton kernels here: {why}; restart the kernel "
                             "(or run through papermill) so the setting applies before the import.")
     cfg = Config(choice.device, choice.reason, choice.name, dts, ks, tokens, hidden, intermediate, heads, claim,
-                 speed, stack_config, batches, variants, iterations, warmup, seed)
+                 speed, stack_config, batches, variants, stack_rounds, iterations, warmup, seed)
     if choice.device == "cpu":
         cfg.notes.append("CPU: the kernels run in the Triton interpreter (numpy), so the precision figures are "
                          "real but nothing here is a speed; speed and memory need a GPU.")
@@ -445,61 +449,124 @@ def timed_steps(fwd, model, iterations: int, f: list, b: list) -> None:
         model.zero_grad(set_to_none=True)
 
 
+def round_sizes(iterations: int, rounds: int) -> list[int]:
+    """Timed steps of each variant in each round: ``iterations`` split as evenly as the rounds allow."""
+    return [iterations // rounds + (1 if r < iterations % rounds else 0) for r in range(rounds)]
+
+
 def stack_rows(cfg: Config, rec=None, progress=None) -> list[dict]:
     """Forward, backward, forward+backward ms and peak GB of the whole vision stack per variant and batch.
 
-    A training step in bf16 on GPU (fp32 on the CPU interpreter, where only correctness means anything):
-    forward of the NaFlex tower (embeddings, encoder, post-LayerNorm, pooling head), then backward of both
-    outputs. Out-of-memory is recorded as such and the next configuration goes on. Each (variant, batch) is
-    one resumable group of ``rec``: a resumed run takes the ones its predecessor finished.
+    A training step in bf16: forward of the NaFlex tower (embeddings, encoder, post-LayerNorm, pooling head),
+    then backward of both outputs. At each batch size the variants take turns (:func:`stack_batch`), so that
+    none of them is timed on a cooler chip than the others. Out-of-memory is recorded as such and the others go
+    on. Each batch size is one resumable group of ``rec``: a resumed run takes the ones its predecessor finished
+    (on the same machine). ``progress`` advances once per variant and round.
     """
     from workbook.models import siglip2 as S
 
     if cfg.device != "cuda":
         return []
-    dt = torch.bfloat16
     mc = S.config(cfg.stack_config)
     rows = []
     for batch in cfg.stack_batches:
-        for variant in cfg.stack_variants:
-            done = rec.done_group("stack", timed=True, variant=variant, batch=batch) if rec is not None else None
-            if done is not None:  # measured by the unfinished run this one resumes
-                rows.extend(done)
-                if progress:
-                    progress.update(1)
-                continue
-            row = {"variant": variant, "batch": batch, "patches": mc.num_patches, "dtype": "bfloat16"}
-            model = fwd = None
-            try:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                model, fwd = stack_step(variant, mc, batch, cfg.device, dt, cfg.seed)
-                params = torch.cuda.memory_allocated()
-                timed_steps(fwd, model, max(1, cfg.warmup), [], [])  # warm-up: times thrown away
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                f, b = [], []
-                tm = Telemetry(torch.cuda.current_device())
-                with tm:
-                    timed_steps(fwd, model, cfg.iterations, f, b)
-                fb = [x + y for x, y in zip(f, b)]
-                row.update(status="ok", forward_ms=measure.percentile(f, 50), backward_ms=measure.percentile(b, 50),
-                           fwd_bwd_ms=measure.percentile(fb, 50), fwd_bwd_p10_ms=measure.percentile(fb, 10),
-                           fwd_bwd_p90_ms=measure.percentile(fb, 90), peak_gb=torch.cuda.max_memory_allocated() / 1e9,
-                           weights_and_inputs_gb=params / 1e9, iterations=cfg.iterations)
-                row.update(tm.summary(cfg.iterations) or {"telemetry": f"not measured: {tm.unavailable}"})
-            except torch.OutOfMemoryError:
-                row.update(status="out of memory",
-                           note=f"out of memory at {torch.cuda.get_device_properties(0).total_memory / 1e9:.0f} GB")
-            finally:
-                del model, fwd
-                torch.cuda.empty_cache()
-            rows.append(row)
+        done = rec.done_group("stack", timed=True, batch=batch) if rec is not None else None
+        if done is None:  # not measured by the unfinished run this one resumes
+            done = stack_batch(cfg, mc, batch, progress)
             if rec is not None:
-                rec.add_group("stack", [row], variant=variant, batch=batch)
+                rec.add_group("stack", done, batch=batch)
+        elif progress:
+            progress.update(len(cfg.stack_variants) * cfg.stack_rounds)
+        rows.extend(done)
+    return rows
+
+
+def stack_batch(cfg: Config, mc, batch: int, progress=None) -> list[dict]:
+    """Every variant of ``cfg.stack_variants`` at one batch size, their timed steps interleaved.
+
+    Why interleaved: a dense bf16 step holds an H100/H200 at its power limit, where the clock follows the chip's
+    temperature (a hotter chip leaks more). Timed one after the other, the second variant would run on a chip
+    the first had heated. So the ``cfg.iterations`` timed steps of each variant are split over
+    ``cfg.stack_rounds`` rounds whose order alternates (A B, B A, A B, ...: a drift in time weighs on every
+    variant alike). The first turn of each variant builds it and runs ``cfg.warmup`` untimed steps; every later
+    turn that follows another variant runs one untimed step first, after the allocator's cache is emptied, so
+    the timed steps find their memory as in a run of their own. Every variant's model stays on the GPU
+    meanwhile; a row's ``peak_gb`` is its own (weights, inputs, activations and gradients), not the others'.
+    Telemetry covers a variant's timed steps only.
+    """
+    dt = torch.bfloat16
+    variants = cfg.stack_variants
+    rows = {v: {"variant": v, "batch": batch, "patches": mc.num_patches, "dtype": "bfloat16",
+                "rounds": cfg.stack_rounds} for v in variants}
+    sizes = round_sizes(cfg.iterations, cfg.stack_rounds)
+    live: dict = {}  # variant -> [model, fwd, bytes it keeps on the GPU between steps]
+    built = {}  # variant -> bytes of its weights and inputs, as built
+    f = {v: [] for v in variants}
+    b = {v: [] for v in variants}
+    peak = dict.fromkeys(variants, 0)
+    tms = {}
+    gone = set()  # out of memory: left out of later rounds
+    last = None
+    for r, k in enumerate(sizes):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            if v in gone:
+                continue
+            oom = False
+            try:
+                if v not in live:  # its first turn: build and warm up (compiles and autotunes)
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    before = torch.cuda.memory_allocated()
+                    model, fwd = stack_step(v, mc, batch, cfg.device, dt, cfg.seed)
+                    live[v] = [model, fwd, 0]
+                    built[v] = torch.cuda.memory_allocated() - before
+                    del model, fwd
+                    timed_steps(live[v][1], live[v][0], max(1, cfg.warmup), [], [])
+                    torch.cuda.synchronize()
+                    live[v][2] = torch.cuda.memory_allocated() - before
+                    tms[v] = Telemetry(torch.cuda.current_device())
+                elif last != v:  # another variant ran since: its cached blocks go, and one step untimed
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    timed_steps(live[v][1], live[v][0], 1, [], [])
+                    torch.cuda.synchronize()
+                last = v
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                with tms[v]:
+                    timed_steps(live[v][1], live[v][0], k, f[v], b[v])
+                peak[v] = max(peak[v], torch.cuda.max_memory_allocated() - base + live[v][2])
+            except torch.OutOfMemoryError:
+                others = sum(x[2] for w, x in live.items() if w != v)
+                where = f" in round {r + 1} of {len(sizes)}, its timed steps so far dropped" if r else ""
+                held = f" ({others / 1e9:.1f} GB of it the other variants' weights and inputs)" if others > 0.05e9 \
+                    else ""
+                total = torch.cuda.get_device_properties(0).total_memory / 1e9
+                rows[v].update(status="out of memory", note=f"out of memory at {total:.0f} GB{held}{where}")
+                gone.add(v)
+                live.pop(v, None)
+                f[v], b[v] = [], []
+                last = None
+                oom = True
+            if oom:  # outside the handler, whose traceback holds the failed step's tensors
+                torch.cuda.empty_cache()
+                if progress:
+                    progress.update(len(sizes) - r - 1)  # the turns it will not take
             if progress:
                 progress.update(1)
-    return rows
+    for v in variants:
+        if v in gone:
+            continue
+        fb = [x + y for x, y in zip(f[v], b[v])]
+        row = rows[v]
+        row.update(status="ok", forward_ms=measure.percentile(f[v], 50), backward_ms=measure.percentile(b[v], 50),
+                   fwd_bwd_ms=measure.percentile(fb, 50), fwd_bwd_p10_ms=measure.percentile(fb, 10),
+                   fwd_bwd_p90_ms=measure.percentile(fb, 90), peak_gb=peak[v] / 1e9,
+                   weights_and_inputs_gb=built[v] / 1e9, iterations=len(fb))
+        row.update(tms[v].summary(len(fb)) or {"telemetry": f"not measured: {tms[v].unavailable}"})
+    live.clear()
+    torch.cuda.empty_cache()
+    return [rows[v] for v in variants]
 
 
 def stack_ratios(rows: list[dict], baseline: str = "transformers-sdpa") -> list[dict]:
