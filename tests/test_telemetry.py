@@ -159,5 +159,6 @@ def test_the_real_nvml_reads_a_busy_gpu():
     assert 0 < s["power_w"] <= s["power_max_w"] <= 1.3 * s["power_limit_w"]
     assert 10 <= s["gpu_temp_start_c"] <= s["gpu_temp_max_c"] <= 110
     assert s["energy_source"] == "NVML energy counter"
-    # the counter's energy against mean power x time: the same quantity by two routes
-    assert s["energy_j_per_step"] * 2 == pytest.approx(s["power_w"] * tm.seconds, rel=0.35)
+    # the counter's mean power over the windows: a busy GPU's, under its limit. (Not compared with the samples'
+    # mean: NVML's power reading trails, an average over about a second, so it lags a window this short.)
+    assert 100 <= s["energy_j_per_step"] * 2 / tm.seconds <= 1.3 * s["power_limit_w"]
