@@ -77,7 +77,7 @@ class Telemetry:
     limit_w: float | None = None
 
     def __post_init__(self):
-        self._stop = threading.Event()
+        self._stop = None  # a new event each window
         self._thread = None
         self._handle = None
         self._e0 = self._t0 = None
@@ -164,7 +164,7 @@ class Telemetry:
             try:
                 energy = float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._e0)
             except self.nvml.NVMLError:
-                energy = None
+                pass
         if energy is None:
             self._energy_whole = False
         else:

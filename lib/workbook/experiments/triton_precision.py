@@ -499,8 +499,9 @@ def stack_batch(cfg: Config, mc, batch: int, progress=None) -> list[dict]:
     rows = {v: {"variant": v, "batch": batch, "patches": mc.num_patches, "dtype": "bfloat16",
                 "rounds": cfg.stack_rounds} for v in variants}
     sizes = round_sizes(cfg.iterations, cfg.stack_rounds)
-    live: dict = {}  # variant -> [model, fwd, bytes it keeps on the GPU between steps]
+    models = {}  # variant -> (model, forward fn), while it takes turns
     built = {}  # variant -> bytes of its weights and inputs, as built
+    kept = {}  # variant -> bytes it keeps on the GPU between steps (built + what its first steps left)
     f = {v: [] for v in variants}
     b = {v: [] for v in variants}
     peak = dict.fromkeys(variants, 0)
@@ -513,39 +514,36 @@ def stack_batch(cfg: Config, mc, batch: int, progress=None) -> list[dict]:
                 continue
             oom = False
             try:
-                if v not in live:  # its first turn: build and warm up (compiles and autotunes)
+                if v not in models:  # its first turn: build and warm up (compiles and autotunes)
                     torch.cuda.synchronize()
                     torch.cuda.empty_cache()
                     before = torch.cuda.memory_allocated()
-                    model, fwd = stack_step(v, mc, batch, cfg.device, dt, cfg.seed)
-                    live[v] = [model, fwd, 0]
+                    models[v] = stack_step(v, mc, batch, cfg.device, dt, cfg.seed)
                     built[v] = torch.cuda.memory_allocated() - before
-                    del model, fwd
-                    timed_steps(live[v][1], live[v][0], max(1, cfg.warmup), [], [])
+                    timed_steps(models[v][1], models[v][0], max(1, cfg.warmup), [], [])
                     torch.cuda.synchronize()
-                    live[v][2] = torch.cuda.memory_allocated() - before
+                    kept[v] = torch.cuda.memory_allocated() - before
                     tms[v] = Telemetry(torch.cuda.current_device())
                 elif last != v:  # another variant ran since: its cached blocks go, and one step untimed
                     torch.cuda.synchronize()
                     torch.cuda.empty_cache()
-                    timed_steps(live[v][1], live[v][0], 1, [], [])
+                    timed_steps(models[v][1], models[v][0], 1, [], [])
                     torch.cuda.synchronize()
                 last = v
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
                 with tms[v]:
-                    timed_steps(live[v][1], live[v][0], k, f[v], b[v])
-                peak[v] = max(peak[v], torch.cuda.max_memory_allocated() - base + live[v][2])
+                    timed_steps(models[v][1], models[v][0], k, f[v], b[v])
+                peak[v] = max(peak[v], torch.cuda.max_memory_allocated() - base + kept[v])
             except torch.OutOfMemoryError:
-                others = sum(x[2] for w, x in live.items() if w != v)
+                others = sum(n for w, n in kept.items() if w != v and w in models)
                 where = f" in round {r + 1} of {len(sizes)}, its timed steps so far dropped" if r else ""
                 held = f" ({others / 1e9:.1f} GB of it the other variants' weights and inputs)" if others > 0.05e9 \
                     else ""
                 total = torch.cuda.get_device_properties(0).total_memory / 1e9
                 rows[v].update(status="out of memory", note=f"out of memory at {total:.0f} GB{held}{where}")
                 gone.add(v)
-                live.pop(v, None)
-                f[v], b[v] = [], []
+                models.pop(v, None)
                 last = None
                 oom = True
             if oom:  # outside the handler, whose traceback holds the failed step's tensors
@@ -558,13 +556,12 @@ def stack_batch(cfg: Config, mc, batch: int, progress=None) -> list[dict]:
         if v in gone:
             continue
         fb = [x + y for x, y in zip(f[v], b[v])]
-        row = rows[v]
-        row.update(status="ok", forward_ms=measure.percentile(f[v], 50), backward_ms=measure.percentile(b[v], 50),
-                   fwd_bwd_ms=measure.percentile(fb, 50), fwd_bwd_p10_ms=measure.percentile(fb, 10),
-                   fwd_bwd_p90_ms=measure.percentile(fb, 90), peak_gb=peak[v] / 1e9,
-                   weights_and_inputs_gb=built[v] / 1e9, iterations=len(fb))
-        row.update(tms[v].summary(len(fb)) or {"telemetry": f"not measured: {tms[v].unavailable}"})
-    live.clear()
+        rows[v].update(status="ok", forward_ms=measure.percentile(f[v], 50), backward_ms=measure.percentile(b[v], 50),
+                       fwd_bwd_ms=measure.percentile(fb, 50), fwd_bwd_p10_ms=measure.percentile(fb, 10),
+                       fwd_bwd_p90_ms=measure.percentile(fb, 90), peak_gb=peak[v] / 1e9,
+                       weights_and_inputs_gb=built[v] / 1e9, iterations=len(fb))
+        rows[v].update(tms[v].summary(len(fb)) or {"telemetry": f"not measured: {tms[v].unavailable}"})
+    models.clear()
     torch.cuda.empty_cache()
     return [rows[v] for v in variants]
 
