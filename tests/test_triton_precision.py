@@ -129,6 +129,51 @@ def test_bar_check_gives_the_verdict_of_the_medians_and_the_spread(wb_root):
     assert exp.bar_check(ratios, _cfg()) == []  # the bar is for the so400m stack only
 
 
+def test_bar_names_the_baseline_release_and_whether_it_resizes_per_image(wb_root):
+    ratios = exp.stack_ratios([_step("transformers-sdpa", 496.4, 484.6, 508.6, 65.6), _step("fused", 376.9, 369.2, 383.7, 42.4)])
+    cfg = _cfg(stack_config="so400m")
+    old_speed, old_memory = exp.bar_check(ratios, cfg, baseline_version="5.17.0")
+    assert old_speed["baseline"] == "transformers 5.17.0 (per-image position resize)"
+    assert old_memory["baseline"] == "transformers 5.17.0"
+    new_speed, _ = exp.bar_check(ratios, cfg, baseline_version="5.25.0")
+    assert new_speed["baseline"] == "transformers 5.25.0"
+    assert exp.bar_check(ratios, cfg)[0]["baseline"].startswith(f"transformers {exp.transformers_version()}")
+
+
+@pytest.mark.parametrize("version, per_image", [("4.57.6", True), ("5.17.0", True), ("5.23.0", True),
+                                                ("5.24.0", False), ("5.25.0", False), ("5.30.0.dev0", False),
+                                                ("6.0.0", False)])
+def test_resizes_per_image_before_5_24(version, per_image):
+    assert exp.resizes_per_image(version) is per_image
+    note = exp.baseline_note(version)
+    assert (note is not None) is per_image
+    if note:
+        assert f"transformers {version}" in note and "image by image" in note
+
+
+def test_resizes_per_image_refuses_what_is_not_a_version():
+    with pytest.raises(ValueError, match="not a transformers version: 'main'"):
+        exp.resizes_per_image("main")
+
+
+def test_the_version_rule_matches_the_installed_transformers(monkeypatch):
+    """The rule is about behaviour: the installed release interpolates once per image exactly when it says so."""
+    import torch.nn.functional as F
+
+    from workbook.models import siglip2 as S
+
+    cfg = S.config("tiny")
+    hf = S.hf_model(cfg)
+    pv, _, shapes = S.inputs(cfg, 3, grids=[(4, 4), (3, 5), (2, 2)])
+    calls = []
+    real = F.interpolate
+    monkeypatch.setattr(F, "interpolate", lambda *a, **kw: calls.append(kw.get("size")) or real(*a, **kw))
+    emb = hf.embeddings if hasattr(hf, "embeddings") else hf.vision_model.embeddings
+    with torch.no_grad():
+        emb(pv, shapes)
+    assert (len(calls) == 3) is exp.resizes_per_image(exp.transformers_version()), calls
+
+
 def test_stack_rows_record_clock_power_and_energy_of_the_timed_steps(monkeypatch, wb_root, standin_nvml):
     """A measured (not resumed) row carries the telemetry of its timed window; without NVML it says why."""
     nvml = standin_nvml(clocks=(1640,), power_mw=(680_000,), reasons=(0x4,), energy_mj=(0, 4_800_000))
