@@ -134,6 +134,16 @@ def test_a_window_without_the_energy_counter_makes_the_whole_energy_come_from_sa
     assert s["energy_j_per_step"] == pytest.approx(400 * tm.seconds / 2)
 
 
+
+def test_an_energy_counter_that_did_not_advance_is_not_read_as_zero_joules(standin_nvml):
+    """The driver updates the counter less often than a tiny model's window lasts (seen on an H100 with the tiny
+    stack: 0 J a step); such a window gives no counter energy, and the whole comes from the samples."""
+    nvml = standin_nvml(power_mw=(300_000,), energy_mj=(7_000, 7_000))
+    tm = _window(nvml, seconds=0.02)
+    s = tm.summary(steps=4)
+    assert s["energy_source"] == "power samples x time"
+    assert s["energy_j_per_step"] == pytest.approx(300 * tm.seconds / 4) and s["energy_j_per_step"] > 0
+
 @pytest.mark.gpu
 def test_the_real_nvml_reads_a_busy_gpu():
     """On a GPU: clock, power, temperature and the energy counter through the real pynvml, over two windows of

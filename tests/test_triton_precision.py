@@ -140,6 +140,16 @@ def test_bar_names_the_baseline_release_and_whether_it_resizes_per_image(wb_root
     assert exp.bar_check(ratios, cfg)[0]["baseline"].startswith(f"transformers {exp.transformers_version()}")
 
 
+
+def test_ratios_leave_out_energy_and_clock_a_row_did_not_measure(wb_root):
+    """A zero energy (a counter that never advanced, in results written before telemetry refused it) gives no
+    energy or clock ratio rather than a division by zero; the speed and memory ratios stay."""
+    base = {**_step("transformers-sdpa", 6.25, 6.0, 6.5, 0.00088), "energy_j_per_step": 0.0, "sm_clock_mhz": 1980.0}
+    fused = {**_step("fused", 7.04, 6.9, 7.2, 0.00084), "energy_j_per_step": 0.0, "sm_clock_mhz": 1980.0}
+    (r,) = exp.stack_ratios([base, fused])
+    assert r["fwd_bwd_speedup"] == pytest.approx(6.25 / 7.04)
+    assert "energy_ratio" not in r and "sm_clock_ratio" not in r
+
 @pytest.mark.parametrize("version, per_image", [("4.57.6", True), ("5.17.0", True), ("5.23.0", True),
                                                 ("5.24.0", False), ("5.25.0", False), ("5.30.0.dev0", False),
                                                 ("6.0.0", False)])

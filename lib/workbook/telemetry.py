@@ -81,7 +81,7 @@ class Telemetry:
         self._thread = None
         self._handle = None
         self._e0 = self._t0 = None
-        self._energy_whole = True  # every window read the energy counter at both ends
+        self._energy_whole = True  # every window read the energy counter at both ends, and it advanced
         if self.nvml is None:
             try:
                 import pynvml
@@ -165,7 +165,9 @@ class Telemetry:
                 energy = float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._e0)
             except self.nvml.NVMLError:
                 pass
-        if energy is None:
+        if energy is None or energy <= 0:
+            # no counter, or one that did not advance: the driver updates it less often than this window lasted
+            # (a few ms of a tiny model), and a zero would read as a measured 0 J
             self._energy_whole = False
         else:
             self.energy_mj = (self.energy_mj or 0.0) + energy

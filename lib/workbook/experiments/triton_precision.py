@@ -569,7 +569,8 @@ def stack_batch(cfg: Config, mc, batch: int, progress=None) -> list[dict]:
 
 def stack_ratios(rows: list[dict], baseline: str = "transformers-sdpa") -> list[dict]:
     """Each variant against the baseline at the same batch: speed-up (>1 faster) and memory ratio (<1 less);
-    where both rows have GPU telemetry, energy per step and mean SM clock as ratios too (<1: less, lower)."""
+    where both rows have GPU telemetry (a positive energy and clock), energy per step and mean SM clock as ratios
+    too (<1: less, lower)."""
     base = {r["batch"]: r for r in rows if r["variant"] == baseline and r.get("status") == "ok"}
     out = []
     for r in rows:
@@ -581,7 +582,7 @@ def stack_ratios(rows: list[dict], baseline: str = "transformers-sdpa") -> list[
                "backward_speedup": b["backward_ms"] / r["backward_ms"],
                "fwd_bwd_speedup": b["fwd_bwd_ms"] / r["fwd_bwd_ms"],
                "peak_memory_ratio": r["peak_gb"] / b["peak_gb"]}
-        if all("energy_j_per_step" in x for x in (b, r)):
+        if all(x.get("energy_j_per_step", 0) > 0 and x.get("sm_clock_mhz", 0) > 0 for x in (b, r)):
             # the GPU's board energy and mean SM clock over each side's timed steps (workbook.telemetry)
             row["energy_ratio"] = r["energy_j_per_step"] / b["energy_j_per_step"]
             row["sm_clock_ratio"] = r["sm_clock_mhz"] / b["sm_clock_mhz"]
