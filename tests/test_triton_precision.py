@@ -155,10 +155,11 @@ def test_ratios_leave_out_energy_and_clock_a_row_did_not_measure(wb_root):
                                                 ("6.0.0", False)])
 def test_resizes_per_image_before_5_24(version, per_image):
     assert exp.resizes_per_image(version) is per_image
-    note = exp.baseline_note(version)
+    note = exp.baseline_note([{"variant": "fused"}, {"variant": "transformers-sdpa"}], version)
     assert (note is not None) is per_image
     if note:
         assert f"transformers {version}" in note and "image by image" in note
+    assert exp.baseline_note([{"variant": "fused"}], version) is None  # no transformers row, nothing to say
 
 
 def test_resizes_per_image_refuses_what_is_not_a_version():

@@ -646,8 +646,12 @@ def resizes_per_image(version: str) -> bool:
     return major_minor(version) < major_minor(BATCHED_RESIZE_SINCE)
 
 
-def baseline_note(version: str) -> str | None:
-    """A sentence for the top of the report when the baseline's transformers resizes positions per image."""
+def baseline_note(rows: list[dict], version: str | None = None) -> str | None:
+    """A sentence for the top of the report when stack ``rows`` timed a transformers variant and that
+    transformers (``version``, else the installed one) resizes positions per image; else None."""
+    if not any(r["variant"].startswith("transformers") for r in rows):
+        return None
+    version = version or transformers_version()
     if not resizes_per_image(version):
         return None
     return (f"The stack's baseline is transformers {version}, whose NaFlex position resize runs image by image "
