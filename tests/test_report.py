@@ -47,7 +47,7 @@ def test_summary_ok_run():
     assert "AMD EPYC (2 cores)" in h
     assert "0123456789 (dirty)" in h and "0123456789a" not in h  # commit cut to 10 characters
     assert "<b>torch</b> 2.9.0" in h
-    assert "x_ms = 1.235" in h and "n = 3" in h  # floats to 4 significant digits
+    assert "<b>Headline:</b> x: 1.23 ms · n: 3</p>" in h  # labels and units from the key names, 3-4 figures
     assert "never marked its results complete" not in h
 
 
@@ -195,7 +195,7 @@ def test_index_lists_runs_with_links_status_and_headline(tmp_path):
     assert '<td style="color:#2e7d32"><b>ok</b>' in page
     assert '<td style="color:#c62828"><b>failed</b><br><small>RuntimeError: &lt;boom&gt;</small>' in page
     assert '<td style="color:#f9a825"><b>running</b>' in page
-    assert "x_ms = 1.235<br>n = 4" in page
+    assert "x: 1.23 ms<br>n: 4" in page
     assert "<b>fallback:</b> eager; cpu" in page
     assert "<td>12.3</td>" in page and "<td>AMD EPYC (2 cores)</td>" in page and "<td>gpu</td>" in page
     assert page.index("run-ok") < page.index("run-bad") < page.index("run-going")  # the order given

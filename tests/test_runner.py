@@ -42,7 +42,7 @@ def test_run_writes_everything_and_is_reused(wb_root, capsys):
     rows = runner.list_runs()
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
     index = (wb_root / "outputs" / "index.html").read_text()
-    assert info.run_id in index and "x_ms = 7.5" in index
+    assert info.run_id in index and "x: 7.5 ms" in index
 
     from workbook.compare import compare
     text = compare(info.run_dir, other.run_dir)

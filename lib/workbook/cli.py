@@ -94,13 +94,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_list(runs: list[dict]) -> None:
+    from workbook.units import headline_items
+
     if not runs:
         print("no runs yet (workbook run NOTEBOOK)")
         return
     for r in runs:
         dur = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-"
-        head = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                         for k, v in list(r.get("headline", {}).items())[:4])
+        head = ", ".join(f"{k}: {v}" for k, v in headline_items(r.get("headline", {}))[:4])
         print(f"{r['notebook']:16} {r['run_id']:28} {r.get('status', '?'):11} {dur:>8}  {head}")
         if r.get("error"):
             print(f"{'':46}{r['error'][:100]}")

@@ -9,13 +9,7 @@ import html
 from pathlib import Path
 
 from workbook.provenance import hardware_label, now_iso
-from workbook.record import _jsonable
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(_jsonable(v))
+from workbook.units import headline_items
 
 
 def write(outputs: Path, runs: list[dict]) -> Path:
@@ -29,7 +23,7 @@ def write(outputs: Path, runs: list[dict]) -> Path:
         link = f'<a href="{html.escape(str(rel / "report.html"))}">{html.escape(r["run_id"])}</a>'
         status = html.escape(r.get("status", "?"))
         color = {"ok": "#2e7d32", "failed": "#c62828"}.get(r.get("status"), "#f9a825")
-        head = "<br>".join(f"{html.escape(k)} = {html.escape(_fmt(v))}" for k, v in r.get("headline", {}).items())
+        head = "<br>".join(f"{html.escape(k)}: {html.escape(v)}" for k, v in headline_items(r.get("headline", {})))
         if r.get("fallbacks"):
             head += "<br><b>fallback:</b> " + html.escape("; ".join(r["fallbacks"]))
         err = f"<br><small>{html.escape(r['error'])}</small>" if r.get("error") else ""

@@ -68,8 +68,10 @@ def summary_html(run: dict, results: dict | None) -> str:
                  f" · <b>git</b> {_esc((git.get('commit') or 'none')[:10])}"
                  f"{' (dirty)' if git.get('dirty') else ''}</p>")
     if res.get("headline"):
+        from workbook.units import headline_items
+
         parts.append("<p><b>Headline:</b> " + " · ".join(
-            f"{_esc(k)} = {_esc(_fmt(v))}" for k, v in res["headline"].items()) + "</p>")
+            f"{_esc(k)}: {_esc(v)}" for k, v in headline_items(res["headline"])) + "</p>")
     src = run.get("param_sources", {})
     rows = "".join(f"<tr><td>{_esc(k)}</td><td><code>{_esc(json.dumps(v))}</code></td><td>{_esc(src.get(k, ''))}</td></tr>"
                    for k, v in run.get("params", {}).items())
