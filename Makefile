@@ -36,9 +36,15 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest
 
-## JupyterLab on the workbook's kernel
+## JupyterLab on the workbook's kernel (new notebooks open on it too). Jupyter refuses to start as root unless
+## told it may, and containers and cloud notebooks run as root: --allow-root is added there only.
+## More server options: make lab LAB_ARGS="--no-browser --ip=0.0.0.0 --port=8888"
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_CMD   = $(BIN)/jupyter lab --notebook-dir=notebooks --MultiKernelManager.default_kernel_name=workbook $(LAB_ROOT) $(LAB_ARGS)
+
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(LAB_CMD)
 
 ## remove run folders (keeps outputs/reference/)
 clean-runs:
