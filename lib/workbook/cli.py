@@ -7,7 +7,7 @@ same experiment can be re-run on another machine with one line.
     workbook run NOTEBOOK [-p NAME VALUE ...] [-f FILE.yaml] [--profile NAME] [--force]
         (an identical finished run is reused; an identical unfinished one is resumed; --force does neither)
     workbook run-all [--profile NAME] [--force]
-    workbook list
+    workbook list [--notebook NAME] [--status ok|failed|interrupted|running] [--param NAME=VALUE ...] [-n N]
     workbook compare RUN_A RUN_B
     workbook params NOTEBOOK        (the notebook's parameters with their help)
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from workbook.errors import WorkbookError
@@ -36,7 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("run-all", help="run every notebook with its defaults (plus --profile)")
     a.add_argument("--profile")
     a.add_argument("--force", action="store_true")
-    sub.add_parser("list", help="list runs with status, duration and headline figures")
+    ls = sub.add_parser("list", help="list runs with status, duration and headline figures, newest first")
+    ls.add_argument("--notebook", metavar="NAME", help="only this notebook's runs")
+    ls.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    ls.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="only runs whose recorded parameter NAME equals VALUE (YAML, as for -p); repeatable")
+    ls.add_argument("-n", "--last", type=_count, metavar="N", help="only the newest N runs (after the filters)")
     c = sub.add_parser("compare", help="two runs' results side by side")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -46,7 +52,35 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+STATUSES = ("ok", "failed", "interrupted", "running")
+
+
+def _count(text: str) -> int:
+    """argparse type for -n/--last: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"-n/--last={text!r} is not allowed: a whole number of runs, at least 1")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a reader that closes the pipe early (``workbook list | head -1``) ends it quietly."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit, where Python would print a traceback
+        return code
+    except BrokenPipeError:
+        # Python ignores SIGPIPE and raises this instead; send what is left to /dev/null so the flush at exit
+        # does not fail again, and exit as a command killed by SIGPIPE would (128 + 13)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     from workbook import params as P, runner
 
@@ -66,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                   + f"\n  {runner.write_index()}")
             return 1 if bad else 0
         if args.cmd == "list":
-            _print_list(runner.list_runs())
+            runs = _filter_runs(runner.list_runs(), args.notebook, args.status, args.param, args.last)
+            _print_list(runs, filtered=bool(args.notebook or args.status or args.param))
             return 0
         if args.cmd == "compare":
             from workbook.compare import compare
@@ -93,11 +128,42 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_list(runs: list[dict]) -> None:
+def _filter_runs(runs: list[dict], notebook: str | None, status: str | None, params: list[str],
+                 last: int | None) -> list[dict]:
+    """The runs (newest first) that match every filter given, cut to the newest ``last``."""
+    from workbook.params import list_notebooks, parse_cli_value
+
+    if notebook is not None:
+        known = sorted(set(list_notebooks()) | {r["notebook"] for r in runs})
+        if notebook not in known:
+            raise WorkbookError(f"--notebook={notebook!r} is not allowed: one of {', '.join(known) or '(none)'}.")
+        runs = [r for r in runs if r["notebook"] == notebook]
+    if status is not None:
+        runs = [r for r in runs if r.get("status") == status]
+    for item in params:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise WorkbookError(f"--param={item!r} is not allowed: NAME=VALUE, e.g. --param n=3 or "
+                                f"--param 'sizes=[224, 384]'.")
+        name, value = name.strip(), parse_cli_value(text)
+        runs = [r for r in runs if name in r.get("params", {}) and _same(r["params"][name], value)]
+    return runs[:last] if last else runs
+
+
+def _same(recorded, wanted) -> bool:
+    """A recorded parameter equals a --param value (YAML-parsed; 3 matches 3.0, but true does not match 1)."""
+    if isinstance(recorded, bool) or isinstance(wanted, bool):
+        return recorded is wanted
+    if isinstance(recorded, (list, tuple)) and isinstance(wanted, (list, tuple)):
+        return len(recorded) == len(wanted) and all(_same(a, b) for a, b in zip(recorded, wanted))
+    return recorded == wanted
+
+
+def _print_list(runs: list[dict], filtered: bool = False) -> None:
     from workbook.units import headline_items
 
     if not runs:
-        print("no runs yet (workbook run NOTEBOOK)")
+        print("no runs match those filters" if filtered else "no runs yet (workbook run NOTEBOOK)")
         return
     for r in runs:
         dur = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-"

@@ -1,0 +1,125 @@
+"""`workbook list` filters, a closed pipe, `workbook rm` and `workbook gc`, on run folders written here (no notebook
+is executed: each fake run is a run.json and a results.json)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from workbook import cli
+
+
+def fake_run(root, notebook, run_id, status="ok", params=None, headline=None, started=None, **extra):
+    """outputs/<notebook>/<run_id>/ with a run.json (and a results.json with its headline)."""
+    d = root / "outputs" / notebook / run_id
+    run = {"notebook": notebook, "run_id": run_id, "status": status, "error": extra.pop("error", None),
+           "params": params or {}, "duration_s": 1.5, "started_at": started or f"2025-01-01T{run_id[-8:]}",
+           "provenance": {}, **extra}
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps(run))
+    (d / "results.json").write_text(json.dumps({"notebook": notebook, "headline": headline or {}, "tables": {}}))
+    return d
+
+
+@pytest.fixture
+def runs(wb_root):
+    """Five runs of two notebooks, oldest first by their started_at (the last 8 characters of the id)."""
+    fake_run(wb_root, "smoke", "r-10:00:00", params={"n": 3, "sizes": [1, 2], "label": "a", "fast": True},
+             headline={"best_b1_latency_ms": 1162.3, "decode_speedup_over_one_process": 0.05835})
+    fake_run(wb_root, "smoke", "r-11:00:00", status="failed", error="RuntimeError: boom",
+             params={"n": 5, "sizes": [1, 2], "label": "b", "fast": False})
+    fake_run(wb_root, "other", "r-12:00:00", params={"n": 3.0})
+    fake_run(wb_root, "smoke", "r-13:00:00", status="interrupted", params={"n": 3, "sizes": [224, 384]})
+    fake_run(wb_root, "other", "r-14:00:00", status="running", params={"n": 1})
+    return wb_root
+
+
+def _ids(out: str) -> list[str]:
+    return [line.split()[1] for line in out.splitlines() if line.startswith(("smoke", "other"))]
+
+
+def test_list_all_newest_first_with_labelled_headline(runs, capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert _ids(out) == ["r-14:00:00", "r-13:00:00", "r-12:00:00", "r-11:00:00", "r-10:00:00"]
+    assert "best batch-1 latency: 1162 ms, decode speed-up over one process: 0.0584×" in out
+    assert "RuntimeError: boom" in out
+
+
+@pytest.mark.parametrize("args, ids", [
+    (["--notebook", "smoke"], ["r-13:00:00", "r-11:00:00", "r-10:00:00"]),
+    (["--status", "failed"], ["r-11:00:00"]),
+    (["--status", "ok", "--notebook", "other"], ["r-12:00:00"]),
+    (["--param", "n=3"], ["r-13:00:00", "r-12:00:00", "r-10:00:00"]),  # 3 matches a recorded 3.0 too
+    (["--param", "n=3", "--param", "sizes=[1, 2]"], ["r-10:00:00"]),  # repeatable: every one must match
+    (["--param", "label=a"], ["r-10:00:00"]),
+    (["--param", "fast=false"], ["r-11:00:00"]),  # YAML: the boolean, not the text
+    (["--param", "n=true"], []),  # a flag is not the number 1
+    (["--param", "nope=1"], []),
+    (["-n", "2"], ["r-14:00:00", "r-13:00:00"]),
+    (["--notebook", "smoke", "--last", "1"], ["r-13:00:00"]),  # the newest after the filters
+])
+def test_list_filters(runs, capsys, args, ids):
+    assert cli.main(["list", *args]) == 0
+    out = capsys.readouterr().out
+    assert _ids(out) == ids
+    if not ids:
+        assert out.strip() == "no runs match those filters"
+
+
+def test_list_with_no_runs_at_all(wb_root, capsys):
+    assert cli.main(["list"]) == 0
+    assert capsys.readouterr().out.strip() == "no runs yet (workbook run NOTEBOOK)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--notebook", "nosuch"], "--notebook='nosuch' is not allowed: one of other, smoke."),
+    (["--param", "n"], "--param='n' is not allowed: NAME=VALUE, e.g. --param n=3"),
+    (["--param", "=3"], "--param='=3' is not allowed: NAME=VALUE"),
+])
+def test_list_refuses_bad_filters_in_one_sentence(runs, capsys, args, message):
+    assert cli.main(["list", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + message) and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--status", "done"], "argument --status: invalid choice: 'done'"),
+    (["-n", "0"], "-n/--last='0' is not allowed: a whole number of runs, at least 1"),
+    (["-n", "two"], "-n/--last='two' is not allowed"),
+])
+def test_list_refuses_bad_status_and_count(runs, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["list", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture
+def many_runs(wb_root):
+    """Enough runs that `workbook list` writes far more than a pipe holds (64 KiB)."""
+    for i in range(800):
+        fake_run(wb_root, "smoke", f"r{i:04d}-00:00:00", started=f"2025-01-01T{i:06d}",
+                 headline={"latency_ms": 1.0 + i, "label_text": "x" * 40})
+    return wb_root
+
+
+def test_list_into_a_closed_pipe_is_quiet(many_runs):
+    """`workbook list | head -1`: the reader goes away after one line; no traceback, SIGPIPE's exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "workbook.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what head does after its one line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert first.startswith("smoke") and "r0799-00:00:00" in first
+    assert err == ""  # no BrokenPipeError traceback, no "Exception ignored" at exit
+
+
+def test_list_piped_to_head_in_a_shell(many_runs):
+    out = subprocess.run(f"{sys.executable} -m workbook.cli list | head -1; echo \"rc=${{PIPESTATUS[0]}}\"",
+                         shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[0].startswith("smoke")
+    assert out.stdout.splitlines()[1] == "rc=141"
+    assert out.stderr == ""
