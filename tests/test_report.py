@@ -1,15 +1,12 @@
-"""Reports (summary + nbconvert render), the runs index, `workbook compare`, and the table/plot helpers.
+"""Reports (summary + nbconvert render), the runs index, and the plot helpers (`workbook compare`: test_compare.py).
 
 No notebook is executed: render() gets a small notebook built with nbformat whose code cell already has
 outputs; the runs and results are dicts and JSON files written here.
 """
-from pathlib import Path
-
 import nbformat
 import pytest
 
-from workbook import compare, index, report
-from workbook.record import write_json_atomic
+from workbook import index, report
 
 PROV = {
     "hardware": {"cpu": {"model": "AMD EPYC", "cores_usable": 2}, "gpus": []},
@@ -211,89 +208,6 @@ def test_index_run_in_sibling_folder_with_common_prefix(tmp_path):
     assert "r</a>" in page
 
 
-# --- compare -----------------------------------------------------------------------------------------
-
-
-def _results(params, tables, headline=None, fallbacks=(), hardware=None, versions=None):
-    return {"notebook": "nb", "status": "complete", "params": params, "headline": headline or {},
-            "fallbacks": list(fallbacks), "tables": tables,
-            "hardware": hardware or {"cpu": {"model": "AMD EPYC", "cores_usable": 2}, "gpus": []},
-            "versions": versions or {"version": "2.9.0", "cuda": None, "triton": None}}
-
-
-def _write(d: Path, data: dict) -> Path:
-    write_json_atomic(d / "results.json", data)
-    return d
-
-
-def test_compare_two_runs(tmp_path):
-    a = _write(tmp_path / "A", _results(
-        {"device": "cpu", "n": 3, "same": 1},
-        {"lat": [{"impl": "eager", "size": "224", "ms": 2.0, "iters": 10},
-                 {"impl": "compiled", "size": "224", "ms": 4.0, "iters": 10},
-                 {"impl": "only_a", "size": "224", "ms": 1.0}]},
-        headline={"best_ms": 2.0}, fallbacks=["ran eager"]))
-    b = _write(tmp_path / "B", _results(
-        {"device": "cuda", "n": 3, "same": 1},
-        {"lat": [{"impl": "compiled", "size": "224", "ms": 1.0, "iters": 10},
-                 {"impl": "eager", "size": "224", "ms": 3.0, "iters": 10},
-                 {"impl": "only_b", "size": "224", "ms": 9.0},
-                 {"impl": "only_b2", "size": "224", "ms": 9.0}]},
-        headline={"best_ms": 1.0},
-        hardware={"gpus": [{"name": "NVIDIA H100 80GB HBM3"}]}, versions={"version": "2.9.0", "cuda": "12.8"}))
-    text = compare.compare(a, b)
-    lines = text.splitlines()
-    assert lines[0] == f"A: {a}" and lines[1] == f"B: {b}"
-    hw = next(l for l in lines if l.startswith("hardware"))
-    assert "AMD EPYC (2 cores)" in hw and "NVIDIA H100 80GB HBM3" in hw
-    assert any(l.startswith("torch cuda") and l.split()[2:] == ["-", "12.8"] for l in lines)
-    param_lines = [l for l in lines if l.startswith("param ")]
-    assert len(param_lines) == 1 and param_lines[0].split() == ["param", "device", "cpu", "cuda"]
-    assert "fallback in A: ran eager" in lines
-    assert any(l.split() == ["best_ms", "2", "1"] for l in lines)
-    assert "table lat (A | B | B/A)" in lines
-    # rows matched on their descriptive (text and integer) fields, whatever their order in B;
-    # floats are the measurements shown side by side
-    i = lines.index("  impl=eager, size=224, iters=10")
-    assert lines[i + 1].split() == ["ms", "2", "3", "1.5"]
-    assert not lines[i + 2].strip().startswith("iters")
-    j = lines.index("  impl=compiled, size=224, iters=10")
-    assert lines[j + 1].split() == ["ms", "4", "1", "0.25"]
-    assert "  (2 rows matched; 1 only in A, 2 only in B)" in lines
-    assert not any("only_a" in l or "only_b" in l for l in lines)
-
-
-def test_compare_identical_params_show_no_param_lines_and_zero_ratio_guard(tmp_path):
-    tables = {"t": [{"k": "x", "v": 0.0}]}
-    a = _write(tmp_path / "A", _results({"n": 1}, tables))
-    b = _write(tmp_path / "B", _results({"n": 1}, {"t": [{"k": "x", "v": 5.0}]}))
-    lines = compare.compare(a, b).splitlines()
-    assert not any(l.startswith("param ") for l in lines)
-    assert lines[lines.index("  k=x") + 1].split() == ["v", "0", "5", "-"]  # no division by zero
-    assert not any("only in" in l for l in lines)  # everything matched
-
-
-def test_compare_table_only_on_one_side(tmp_path):
-    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0}, {"k": "y", "v": 1.0}]}))
-    b = _write(tmp_path / "B", _results({}, {}))
-    assert "  (0 rows matched; 2 only in A, 0 only in B)" in compare.compare(a, b).splitlines()
-
-
-def test_compare_repeated_rows_are_counted(tmp_path):
-    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0}, {"k": "x", "v": 2.0}]}))
-    b = _write(tmp_path / "B", _results({}, {"t": [{"k": "x", "v": 4.0}]}))
-    text = compare.compare(a, b)
-    assert "-1 only in B" not in text
-    assert "1 rows matched" in text or "1 only in A" in text
-
-
-def test_compare_matches_row_with_null_metric(tmp_path):
-    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0, "w": 2.0}]}))
-    b = _write(tmp_path / "B", _results({}, {"t": [{"k": "x", "v": 2.0, "w": None}]}))
-    lines = compare.compare(a, b).splitlines()
-    assert "  k=x" in lines
-
-
 # --- show.table and plots ---------------------------------------------------------------------------
 
 
@@ -342,19 +256,6 @@ def test_show_table_folds_long_tables():
     folded = show.table(rows, fold=24)
     assert folded.data.startswith("<details><summary>table of 30 rows") and "0.3333" in folded.data
     assert len(show.table(rows[:5], fold=24).data) == 5  # short tables stay plain
-
-
-def test_compare_uses_declared_keys_to_line_up_backends(tmp_path):
-    a = _results({"backend": "cpu"}, {"runs": [{"backend": "cpu", "mode": "eager", "dtype": "float32", "batch": 1,
-                                                "ms": 100.0}]})
-    b = _results({"backend": "cuda"}, {"runs": [{"backend": "cuda", "mode": "compile", "dtype": "float32", "batch": 1,
-                                                 "ms": 2.0}]})
-    for d in (a, b):
-        d["keys"] = {"runs": ["dtype", "batch"]}
-    lines = compare.compare(_write(tmp_path / "A", a), _write(tmp_path / "B", b)).splitlines()
-    i = next(i for i, l in enumerate(lines) if l.startswith("  backend=cpu, mode=eager"))
-    assert lines[i + 1].strip() == "B: backend=cuda, mode=compile"
-    assert lines[i + 2].split() == ["ms", "100", "2", "0.02"]
 
 
 def test_summary_lead_line_comes_first_after_the_title():

@@ -18,7 +18,7 @@ from workbook import units
     ("energy_j_per_step", "J/step"), ("decode_ms_per_step_p50", "ms/step"), ("decode_tokens_s_per_seq", "tokens/s/seq"),
     # no unit: counts, flags, names; one-letter units count only at the end
     ("batch", None), ("completion_tokens", None), ("cosine_min", None), ("best_b1_config", None),
-    ("x_is_s_not", None), ("c_offset", None),
+    ("x_is_s_not", None), ("c_offset", None), ("w", None), ("x", None), ("s", None), ("ms", "ms"),
 ])
 def test_unit(key, unit):
     assert units.unit(key) == unit

@@ -8,8 +8,10 @@ same experiment can be re-run on another machine with one line.
         (an identical finished run is reused; an identical unfinished one is resumed; --force does neither)
     workbook run-all [--profile NAME] [--force]
     workbook list [--notebook NAME] [--status ok|failed|interrupted|running] [--param NAME=VALUE ...] [-n N]
-    workbook compare RUN_A RUN_B
+    workbook compare RUN_A RUN_B [--all] [--tolerance 0.05]
+        (what changed beyond noise, as text and as outputs/compare/<A>__<B>.html with figures)
     workbook params NOTEBOOK        (the notebook's parameters with their help)
+    workbook report NOTEBOOK.ipynb  (report of a plain papermill / JupyterLab run, from its executed notebook)
 """
 from __future__ import annotations
 
@@ -43,12 +45,21 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="only runs whose recorded parameter NAME equals VALUE (YAML, as for -p); repeatable")
     ls.add_argument("-n", "--last", type=_count, metavar="N", help="only the newest N runs (after the filters)")
-    c = sub.add_parser("compare", help="two runs' results side by side")
-    c.add_argument("run_a")
+    c = sub.add_parser("compare", help="what changed beyond noise between two runs of one notebook; also written "
+                                       "as outputs/compare/<A>__<B>.html with A-vs-B figures")
+    c.add_argument("run_a", help="a run id (or unique prefix), notebook/run-id, or a folder with a results.json")
     c.add_argument("run_b")
+    c.add_argument("--all", action="store_true", dest="show_all",
+                   help="every figure, not only those that changed beyond noise")
+    c.add_argument("--tolerance", type=float, default=0.05,
+                   help="a figure without a recorded p10-p90 band changed when it moved more than this, relative "
+                        "to A (default 0.05: 5%%)")
     pp = sub.add_parser("params", help="show a notebook's parameters")
     pp.add_argument("notebook")
     sub.add_parser("index", help="rewrite outputs/index.html")
+    rp = sub.add_parser("report", help="the report of a run made by plain papermill or in JupyterLab, from its "
+                                       "executed notebook, into the run's folder")
+    rp.add_argument("executed", metavar="NOTEBOOK.ipynb", help="the notebook papermill wrote (e.g. out.ipynb)")
     return ap
 
 
@@ -104,9 +115,12 @@ def _main(argv: list[str] | None) -> int:
             _print_list(runs, filtered=bool(args.notebook or args.status or args.param))
             return 0
         if args.cmd == "compare":
-            from workbook.compare import compare
+            from workbook import compare, compare_html
+            from workbook.paths import shown
 
-            print(compare(runner.find_run(args.run_a), runner.find_run(args.run_b)))
+            c = compare.diff(_results_dir(args.run_a), _results_dir(args.run_b), tolerance=args.tolerance)
+            print(compare.text(c, show_all=args.show_all))
+            print(f"\ncompare page: {shown(compare_html.write(c, show_all=args.show_all))}")
             return 0
         if args.cmd == "params":
             for p in P.notebook_parameters(P.notebook_path(args.notebook)).values():
@@ -115,6 +129,10 @@ def _main(argv: list[str] | None) -> int:
         if args.cmd == "index":
             print(runner.write_index())
             return 0
+        if args.cmd == "report":
+            from workbook import adhoc_report
+
+            return adhoc_report.main(args.executed)
     except WorkbookError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -126,6 +144,18 @@ def _main(argv: list[str] | None) -> int:
         print("interrupted: the run is recorded as such; run the same command to resume it", file=sys.stderr)
         return 130
     return 0
+
+
+def _results_dir(ref: str):
+    """A run folder (see runner.find_run), or any folder holding a results.json (a committed reference)."""
+    from pathlib import Path
+
+    from workbook import runner
+
+    p = Path(ref)
+    if (p / "results.json").is_file() and not (p / "run.json").exists():
+        return p.resolve()
+    return runner.find_run(ref)
 
 
 def _filter_runs(runs: list[dict], notebook: str | None, status: str | None, params: list[str],

@@ -16,7 +16,8 @@ _PAIRS = {("img", "s"): "img/s", ("tokens", "s"): "tokens/s", ("tok", "s"): "tok
 _UNITS = {"ms": "ms", "s": "s", "seconds": "s", "sec": "s", "us": "µs", "ns": "ns", "gb": "GB", "mb": "MB",
           "mib": "MiB", "gib": "GiB", "pct": "%", "x": "×", "w": "W", "j": "J", "mhz": "MHz", "c": "°C",
           "ulp": "ulp"}
-_SHORT = {"s", "x", "w", "j", "c", "us", "ns", "sec"}  # these count only at a key's end (or before "per X")
+# these count only at the end of a longer key (or before "per X"): "power_w" is in watts, "w" and "x_offset" are not
+_SHORT = {"s", "x", "w", "j", "c", "us", "ns", "sec"}
 _RATIO_WORDS = {"speedup", "ratio", "speedups", "ratios"}
 _NO_SPACE = {"%", "×"}  # units written right after the number
 _WORDS = {"speedup": "speed-up", "fwd": "forward", "bwd": "backward", "img": "images"}
@@ -33,7 +34,7 @@ def _split(key: str) -> tuple[list[str], str | None, int, int]:
         if i > 0 and (toks[i - 1], toks[i]) in _PAIRS and at_end:
             return toks, _PAIRS[toks[i - 1], toks[i]] + per, i - 1, end
         u = _UNITS.get(toks[i])
-        if u and (toks[i] not in _SHORT or at_end):
+        if u and (toks[i] not in _SHORT or (at_end and i > 0)):
             return toks, u + per, i, end
     return toks, None, len(toks), len(toks)
 
