@@ -123,3 +123,103 @@ def test_list_piped_to_head_in_a_shell(many_runs):
     assert out.stdout.splitlines()[0].startswith("smoke")
     assert out.stdout.splitlines()[1] == "rc=141"
     assert out.stderr == ""
+
+
+# --- rm and gc --------------------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture
+def mixed(wb_root):
+    """Runs of every status, one said to be running by this very process (alive) and one by a gone one, one said
+    to be running on another host, and a committed reference holding a run.json."""
+    here = socket.gethostname()
+    out = {
+        "ok": fake_run(wb_root, "smoke", "ok-10:00:00"),
+        "failed": fake_run(wb_root, "smoke", "failed-11:00:00", status="failed", error="RuntimeError: x"),
+        "failed2": fake_run(wb_root, "other", "failed-12:00:00", status="failed"),
+        "interrupted": fake_run(wb_root, "smoke", "intr-13:00:00", status="interrupted"),
+        "live": fake_run(wb_root, "smoke", "live-14:00:00", status="running", pid=os.getpid(), host=here),
+        "killed": fake_run(wb_root, "smoke", "killed-15:00:00", status="running", pid=_dead_pid(), host=here),
+        "elsewhere": fake_run(wb_root, "smoke", "away-16:00:00", status="running", pid=1, host="not-" + here),
+    }
+    ref = wb_root / "outputs" / "reference" / "cpu" / "smoke"
+    ref.mkdir(parents=True)
+    (ref / "run.json").write_text(json.dumps({"notebook": "smoke", "run_id": "smoke", "status": "failed"}))
+    (ref / "results.json").write_text("{}")
+    out["reference"] = ref
+    return out
+
+
+def _left(mixed) -> set[str]:
+    return {k for k, d in mixed.items() if d.exists()}
+
+
+def test_rm_removes_runs_and_rewrites_the_index(mixed, wb_root, capsys):
+    assert cli.main(["rm", "ok-10", "other/failed-12:00:00", "ok-10:00:00"]) == 0  # a run named twice: once
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["removed outputs/smoke/ok-10:00:00 (ok)", "removed outputs/other/failed-12:00:00 (failed)",
+                   "index: outputs/index.html"]
+    assert _left(mixed) == {"failed", "interrupted", "live", "killed", "elsewhere", "reference"}
+    index = (wb_root / "outputs" / "index.html").read_text()
+    assert "failed-11:00:00" in index and "ok-10:00:00" not in index
+
+
+def test_rm_refuses_what_is_not_a_run_folder_and_removes_nothing(mixed, tmp_path, capsys):
+    stray = tmp_path / "elsewhere" / "run"
+    stray.mkdir(parents=True)
+    (stray / "run.json").write_text("{}")
+    for target, where in ((stray, str(stray)), (mixed["reference"], "outputs/reference/cpu/smoke")):
+        assert cli.main(["rm", "ok-10", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: {str(target)!r} is not a run folder under outputs/ ({where}): rm removes only "
+                       "outputs/<notebook>/<run-id> folders, never outputs/reference/.\n")
+    assert cli.main(["rm", "no-such-run"]) == 2
+    assert "No run matches 'no-such-run'" in capsys.readouterr().err
+    assert stray.exists() and _left(mixed) == set(mixed)  # all or nothing: ok-10 was not removed either
+
+
+def test_rm_refuses_a_run_still_running(mixed, capsys):
+    assert cli.main(["rm", "live-14"]) == 2
+    assert capsys.readouterr().err == (f"error: Run smoke/live-14:00:00 is still running (pid {os.getpid()}): stop it "
+                                       "before removing it.\n")
+    assert mixed["live"].exists()
+
+
+def test_gc_failed(mixed, capsys):
+    assert cli.main(["gc", "--failed"]) == 0
+    out = capsys.readouterr().out
+    assert _left(mixed) == {"ok", "interrupted", "live", "killed", "elsewhere", "reference"}
+    assert "removed outputs/smoke/failed-11:00:00 (failed)" in out and "removed outputs/other/failed-12:00:00" in out
+    assert "skipped outputs/smoke/live-14:00:00: still running" in out
+    assert "gc: removed 2 failed runs; kept 2 interrupted, 1 ok" in out
+
+
+def test_gc_interrupted_takes_killed_runs_too(mixed, capsys):
+    assert cli.main(["gc", "--interrupted"]) == 0
+    out = capsys.readouterr().out
+    assert _left(mixed) == {"ok", "failed", "failed2", "live", "elsewhere", "reference"}
+    assert "removed outputs/smoke/killed-15:00:00 (running)" in out  # recorded as running, its process gone
+    assert "skipped outputs/smoke/away-16:00:00: recorded as running on host" in out
+
+
+def test_gc_dry_run_and_both(mixed, capsys):
+    assert cli.main(["gc", "--failed", "--interrupted", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert _left(mixed) == set(mixed)
+    assert "would remove outputs/smoke/intr-13:00:00 (interrupted)" in out
+    assert "gc: would remove 4 failed and interrupted runs; kept 1 ok (--dry-run: nothing removed)" in out
+    assert cli.main(["gc", "--failed", "--interrupted"]) == 0
+    assert _left(mixed) == {"ok", "live", "elsewhere", "reference"}
+
+
+def test_gc_needs_a_status(mixed, capsys):
+    assert cli.main(["gc"]) == 2
+    assert capsys.readouterr().err == ("error: gc needs --failed and/or --interrupted: it removes only runs that "
+                                       "failed or were interrupted, never ones that finished ok.\n")
+    assert _left(mixed) == set(mixed)

@@ -69,7 +69,8 @@ def test_compare_two_runs(tmp_path):
     # figures, shown with the unit their key names; the 2.5 % move of "steady" is within the 5 % tolerance
     assert "table lat: 2 of 3 figures changed beyond noise; 3 rows matched; 1 only in A, 2 only in B" in lines
     assert _row(lines, "impl=eager, size=224, iters=10") == [["ms", "2", "ms", "3", "ms", "1.5×", "beyond", "±5%"]]
-    assert _row(lines, "impl=compiled, size=224, iters=10") == [["ms", "4", "ms", "1", "ms", "0.25×", "beyond", "±5%"]]
+    assert _row(lines, "impl=compiled, size=224, iters=10") == [
+        ["ms", "4", "ms", "1", "ms", "0.25×", "beyond", "±5%"]]
     assert "  impl=steady, size=224, iters=10" not in lines
     assert not any("only_a" in l or "only_b" in l for l in lines)
 
@@ -91,7 +92,7 @@ def test_compare_identical_runs_say_nothing_changed(tmp_path):
     data = _results({"n": 1}, {"t": [{"k": "x", "v_ms": 1.5, "w": None}, {"k": "y", "v_ms": 2.5}]},
                     headline={"best_ms": 1.5})
     lines = compare.compare(_write(tmp_path / "A", data), _write(tmp_path / "B", data)).splitlines()
-    assert lines[-1] == ("nothing changed beyond noise: 0 of 4 figures (headline and 1 tables, 2 rows matched); "
+    assert lines[-1] == ("nothing changed beyond noise: 0 of 4 figures (headline and 1 table, 2 rows matched); "
                          "--all shows them")
     assert len(lines) <= 10 and not any(l.startswith(("table", "headline", "param")) for l in lines)
 
@@ -153,7 +154,7 @@ def test_compare_all_shows_every_figure_with_units(banded):
 def test_compare_all_lists_equal_figures_of_identical_runs(tmp_path):
     data = _results({}, {"t": [{"k": "x", "v_ms": 1.5}]})
     lines = compare.compare(_write(tmp_path / "A", data), _write(tmp_path / "B", data), show_all=True).splitlines()
-    assert "table t: 0 of 1 figures changed beyond noise; 1 rows matched" in lines
+    assert "table t: 0 of 1 figure changed beyond noise; 1 row matched" in lines
     assert _row(lines, "k=x") == [["v_ms", "1.5", "ms", "1.5", "ms", "1×"]]
 
 
@@ -187,7 +188,7 @@ def test_compare_repeated_rows_pair_up_in_order(tmp_path):
     a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0}, {"k": "x", "v": 2.0}]}))
     b = _write(tmp_path / "B", _results({}, {"t": [{"k": "x", "v": 4.0}]}))
     lines = compare.compare(a, b).splitlines()
-    assert "table t: 1 of 1 figures changed beyond noise; 1 rows matched; 1 only in A, 0 only in B" in lines
+    assert "table t: 1 of 1 figure changed beyond noise; 1 row matched; 1 only in A, 0 only in B" in lines
     assert _row(lines, "k=x") == [["v", "1", "4", "4×", "beyond", "±5%"]]
 
 
@@ -243,7 +244,8 @@ def test_page_bars_carry_p10_p90_error_bars(banded):
     assert (a.name, b.name) == ("A", "B")
     assert list(a.x) == ["case=apart", "case=apart_but_small"] and list(a.y) == [10.0, 10.0]
     assert list(b.y) == [12.0, 10.1]
-    assert list(a.error_y.array) == pytest.approx([0.5, 0.01]) and list(b.error_y.arrayminus) == pytest.approx([1.0, 0.05])
+    assert list(a.error_y.array) == pytest.approx([0.5, 0.01])
+    assert list(b.error_y.arrayminus) == pytest.approx([1.0, 0.05])
     assert "p10-p90" in med.layout.title.text
     low = next(f for f in figs if f.layout.yaxis.title.text == "latency_min_ms (ms)")
     assert low.data[0].error_y.array is None  # no band recorded for the minimum

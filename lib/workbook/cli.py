@@ -11,6 +11,8 @@ same experiment can be re-run on another machine with one line.
     workbook compare RUN_A RUN_B [--all] [--tolerance 0.05]
         (what changed beyond noise, as text and as outputs/compare/<A>__<B>.html with figures)
     workbook params NOTEBOOK        (the notebook's parameters with their help)
+    workbook rm RUN [RUN ...]       (remove run folders under outputs/)
+    workbook gc --failed [--interrupted] [--dry-run]   (remove failed and/or interrupted runs, never ok ones)
     workbook report NOTEBOOK.ipynb  (report of a plain papermill / JupyterLab run, from its executed notebook)
 """
 from __future__ import annotations
@@ -57,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("params", help="show a notebook's parameters")
     pp.add_argument("notebook")
     sub.add_parser("index", help="rewrite outputs/index.html")
+    rm = sub.add_parser("rm", help="remove run folders (outputs/<notebook>/<run-id>) and rewrite the index")
+    rm.add_argument("runs", nargs="+", metavar="RUN", help="a run id (or unique prefix) or notebook/run-id")
+    gc = sub.add_parser("gc", help="remove failed and/or interrupted runs; never ok runs, live runs or "
+                                   "outputs/reference/")
+    gc.add_argument("--failed", action="store_true", help="remove runs that failed")
+    gc.add_argument("--interrupted", action="store_true",
+                    help="remove runs that were interrupted, or killed (recorded as running, process gone)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     rp = sub.add_parser("report", help="the report of a run made by plain papermill or in JupyterLab, from its "
                                        "executed notebook, into the run's folder")
     rp.add_argument("executed", metavar="NOTEBOOK.ipynb", help="the notebook papermill wrote (e.g. out.ipynb)")
@@ -128,6 +138,16 @@ def _main(argv: list[str] | None) -> int:
             return 0
         if args.cmd == "index":
             print(runner.write_index())
+            return 0
+        if args.cmd == "rm":
+            from workbook import prune
+
+            prune.remove(args.runs)
+            return 0
+        if args.cmd == "gc":
+            from workbook import prune
+
+            prune.gc(failed=args.failed, interrupted=args.interrupted, dry_run=args.dry_run)
             return 0
         if args.cmd == "report":
             from workbook import adhoc_report

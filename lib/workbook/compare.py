@@ -127,6 +127,10 @@ def classify(f: Figure, tolerance: float) -> Figure:
     return f
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 @dataclass
 class RowDiff:
     label: str  # A's descriptive fields
@@ -151,8 +155,8 @@ class TableDiff:
         return sum(f.changed for r in self.rows for f in r.figures)
 
     def summary(self) -> str:
-        s = (f"{self.n_changed} of {self.n_figures} figures changed beyond noise; "
-             f"{self.matched} rows matched")
+        s = (f"{self.n_changed} of {_n(self.n_figures, 'figure')} changed beyond noise; "
+             f"{_n(self.matched, 'row')} matched")
         if self.only_a or self.only_b:
             s += f"; {self.only_a} only in A, {self.only_b} only in B"
         return s
@@ -178,13 +182,13 @@ class Comparison:
         return self.n_changed == 0 and not any(t.only_a or t.only_b for t in self.tables)
 
     def headline_summary(self) -> str:
-        return f"{sum(f.changed for f in self.headline)} of {len(self.headline)} figures changed beyond noise"
+        return f"{sum(f.changed for f in self.headline)} of {_n(len(self.headline), 'figure')} changed beyond noise"
 
     def nothing_line(self) -> str:
         n = len(self.headline) + sum(t.n_figures for t in self.tables)
         rows = sum(t.matched for t in self.tables)
-        return (f"nothing changed beyond noise: 0 of {n} figures (headline and {len(self.tables)} tables, "
-                f"{rows} rows matched); --all shows them")
+        return (f"nothing changed beyond noise: 0 of {_n(n, 'figure')} (headline and {_n(len(self.tables), 'table')}, "
+                f"{_n(rows, 'row')} matched); --all shows them")
 
 
 def _load(d: Path, side: str) -> dict:
