@@ -192,15 +192,55 @@ def test_index_lists_runs_with_links_status_and_headline(tmp_path):
     assert '<td style="color:#2e7d32"><b>ok</b>' in page
     assert '<td style="color:#c62828"><b>failed</b><br><small>RuntimeError: &lt;boom&gt;</small>' in page
     assert '<td style="color:#f9a825"><b>running</b>' in page
-    assert "x: 1.23 ms<br>n: 4" in page
+    assert "x: 1.23 ms<br>n: 4" in page  # labels and units from the key names
     assert "<b>fallback:</b> eager; cpu" in page
     assert "<td>12.3</td>" in page and "<td>AMD EPYC (2 cores)</td>" in page and "<td>gpu</td>" in page
-    assert page.index("run-ok") < page.index("run-bad") < page.index("run-going")  # the order given
+    assert "<td>2025-01-01 12:00:00</td>" in page
+
+
+def _sections(page: str) -> dict[str, str]:
+    """Each notebook's section of the page, by notebook."""
+    out = {}
+    for part in page.split('<section id="')[1:]:
+        out[part[:part.index('"')]] = part[:part.index("</section>")]
+    return out
+
+
+def test_index_groups_by_notebook_latest_ok_first_failures_folded(tmp_path):
+    outputs = tmp_path / "outputs"
+
+    def run(nb, rid, status, hour):
+        return _run(path=str(outputs / nb / rid), run_id=rid, notebook=nb, status=status,
+                    started_at=f"2025-01-01T{hour:02d}:00:00+00:00")
+
+    runs = [run("zeta", "z-ok-old", "ok", 1), run("zeta", "z-ok-new", "ok", 5), run("zeta", "z-failed", "failed", 9),
+            run("zeta", "z-running", "running", 8), run("zeta", "z-intr", "interrupted", 7),
+            run("zeta", "z-failed-old", "failed", 2), run("alpha", "a-failed", "failed", 3)]
+    page = index.write(outputs, runs).read_text()
+    assert "7 runs" in page
+    secs = _sections(page)
+    assert list(secs) == ["alpha", "zeta"]  # a section per notebook, by name
+    assert '<nav><a href="#alpha">alpha</a><a href="#zeta">zeta</a></nav>' in page
+    z = secs["zeta"]
+    assert "<h2>zeta</h2><p>6 runs: 2 ok, 2 failed, 1 interrupted, 1 running</p>" in z
+    shown_part, folded = z.split("<details>")
+    # the newest ok run first (marked), then the others newest first; failed and interrupted folded away
+    order = [rid for rid in ("z-ok-new", "z-running", "z-ok-old") if rid in shown_part]
+    assert order == ["z-ok-new", "z-running", "z-ok-old"]
+    assert [shown_part.index(f">{r}</a>") for r in order] == sorted(shown_part.index(f">{r}</a>") for r in order)
+    assert '<tr class="latest"><td><a href="zeta/z-ok-new/report.html">z-ok-new</a><span class="tag">latest ok' in z
+    assert z.count('class="latest"') == 1
+    assert "z-failed" not in shown_part and "z-intr" not in shown_part
+    assert folded.startswith("<summary>3 failed or interrupted runs (2 failed, 1 interrupted)</summary>")
+    assert folded.index(">z-failed</a>") < folded.index(">z-intr</a>") < folded.index(">z-failed-old</a>")
+    a = secs["alpha"]
+    assert "1 run: 1 failed · <b>no run finished ok</b>" in a and "<table>" not in a.split("<details>")[0]
+    assert "<summary>1 failed or interrupted run (1 failed)</summary>" in a
 
 
 def test_index_empty(tmp_path):
     page = index.write(tmp_path / "new", []).read_text()
-    assert "0 runs" in page and "<a href" not in page
+    assert "0 runs" in page and "<a href" not in page and "<section" not in page
 
 
 def test_index_run_in_sibling_folder_with_common_prefix(tmp_path):
