@@ -239,16 +239,27 @@ def test_compare_command_writes_the_page_with_figures(banded, wb_root, capsys):
 def test_page_bars_carry_p10_p90_error_bars(banded):
     c = compare.diff(*banded)
     figs = compare_html.bar_figures(c.tables[0])
-    med = next(f for f in figs if f.layout.yaxis.title.text == "latency_median_ms (ms)")
+    med = next(f for f in figs if f.layout.xaxis.title.text == "latency_median_ms (ms)")
     a, b = med.data
-    assert (a.name, b.name) == ("A", "B")
-    assert list(a.x) == ["case=apart", "case=apart_but_small"] and list(a.y) == [10.0, 10.0]
-    assert list(b.y) == [12.0, 10.1]
-    assert list(a.error_y.array) == pytest.approx([0.5, 0.01])
-    assert list(b.error_y.arrayminus) == pytest.approx([1.0, 0.05])
-    assert "p10-p90" in med.layout.title.text
-    low = next(f for f in figs if f.layout.yaxis.title.text == "latency_min_ms (ms)")
-    assert low.data[0].error_y.array is None  # no band recorded for the minimum
+    assert (a.name, b.name) == ("A", "B") and a.orientation == "h"
+    assert list(a.y) == ["case=apart", "case=apart_but_small"] and list(a.x) == [10.0, 10.0]
+    assert list(b.x) == [12.0, 10.1]
+    assert list(a.error_x.array) == pytest.approx([0.5, 0.01])
+    assert list(b.error_x.arrayminus) == pytest.approx([1.0, 0.05])
+    assert "p10-p90" in med.layout.title.text and med.layout.title.text.startswith("t: latency median")
+    low = next(f for f in figs if f.layout.xaxis.title.text == "latency_min_ms (ms)")
+    assert low.data[0].error_x.array is None  # no band recorded for the minimum
+    assert list(low.data[0].y) == ["case=apart"]  # one row: named by all its fields
+
+
+def test_page_rows_are_named_by_the_fields_that_differ(tmp_path):
+    rows = [{"impl": impl, "res": res, "dtype": "bf16", "iters": 10, "ms": ms}
+            for impl, res, ms in (("a", 224, 1.0), ("b", 224, 2.0), ("a", 384, 3.0))]
+    faster = [{**r, "ms": r["ms"] / 2} for r in rows]
+    c = compare.diff(_write(tmp_path / "A", _results({}, {"t": rows})),
+                     _write(tmp_path / "B", _results({}, {"t": faster})))
+    (fig,) = compare_html.bar_figures(c.tables[0])
+    assert list(fig.data[0].y) == ["impl=a, res=224", "impl=b, res=224", "impl=a, res=384"]
 
 
 def test_page_all_and_nothing_changed(tmp_path):

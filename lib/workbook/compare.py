@@ -136,6 +136,7 @@ class RowDiff:
     label: str  # A's descriptive fields
     other: str  # B's descriptive fields that differ from A's (tables with declared key columns)
     figures: list[Figure]
+    fields: dict = field(default_factory=dict)  # A's descriptive fields, as recorded
 
 
 @dataclass
@@ -243,9 +244,10 @@ def _table(name: str, a: dict, b: dict, tolerance: float) -> TableDiff:
             continue
         rb = same.pop(0)  # repeated configurations pair up in order
         t.matched += 1
-        label = ", ".join(f"{k}={v}" for k, v in ra.items() if not _is_measure(v))
+        fields = {k: v for k, v in ra.items() if not _is_measure(v)}
+        label = ", ".join(f"{k}={v}" for k, v in fields.items())
         other = ", ".join(f"{k}={v}" for k, v in rb.items() if not _is_measure(v) and ra.get(k) != v) if cols else ""
-        t.rows.append(RowDiff(label, other, _row_figures(ra, rb, tolerance)))
+        t.rows.append(RowDiff(label, other, _row_figures(ra, rb, tolerance), fields))
     t.only_a, t.only_b = len(rows_a) - t.matched, n_b - t.matched
     return t
 

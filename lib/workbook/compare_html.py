@@ -3,7 +3,8 @@ A-vs-B figures.
 
 Why it exists: a change that a line of text states (``1.31× beyond p10-p90``) is read faster from two bars with
 their spread, and a page can be kept and linked next to the two runs' reports. Each table gets one figure per
-changed field: A and B bars side by side for each row where it changed, with p10-p90 error bars where the rows
+changed field: A and B bars side by side for each row where it changed (rows named by the fields that differ
+between them), with p10-p90 error bars where the rows
 record them. plotly.js is embedded once, so the page renders with no network.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from workbook.units import label, unit
 
 STYLE = """body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px;vertical-align:top}th{background:#f4f4f4;text-align:left}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.changed{color:#c62828;font-weight:bold}.noise{color:#777}
-.summary{font-weight:bold}.plot{display:inline-block;width:48%;min-width:480px;vertical-align:top}"""
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}.changed,.noise{white-space:nowrap}
+.changed{color:#c62828;font-weight:bold}.noise{color:#777}
+.summary{font-weight:bold}.plot{max-width:1100px}"""
 
 
 def page_path(c: Comparison) -> Path:
@@ -57,29 +59,51 @@ def _row_name(r: RowDiff) -> str:
     return r.label + (f" (B: {r.other})" if r.other else "")
 
 
+def _short_labels(rows: list[RowDiff]) -> list[str]:
+    """Row names for a figure's axis: only the descriptive fields that differ between its rows, wrapped."""
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r.fields)
+            if len({str(r.fields.get(k)) for r in rows}) > 1] or list(rows[0].fields)
+    out = []
+    for r in rows:
+        parts = [f"{k}={r.fields.get(k)}" for k in keys]
+        lines, cur = [], ""
+        for p in parts:
+            if cur and len(cur) + len(p) >= 48:
+                lines.append(cur)
+                cur = p
+            else:
+                cur = f"{cur}, {p}" if cur else p
+        out.append("<br>".join(lines + [cur]) or "(row)")
+    return out
+
+
 def bar_figures(t: TableDiff) -> list[go.Figure]:
     """One figure per field that changed in ``t``: A and B bars per row where it changed, p10-p90 error bars."""
-    by_key: dict[str, list[tuple[str, Figure]]] = {}
+    by_key: dict[str, list[tuple[RowDiff, Figure]]] = {}
     for r in t.rows:
         for f in r.figures:
             if f.changed:
-                by_key.setdefault(f.key, []).append((_row_name(r) or "(row)", f))
+                by_key.setdefault(f.key, []).append((r, f))
     figs = []
     for key, items in by_key.items():
+        names = _short_labels([r for r, _ in items])
         fig = go.Figure()
         for side, color in (("A", plots.COLORS[0]), ("B", plots.COLORS[1])):
             vals = [f.a if side == "A" else f.b for _, f in items]
             bands = [f.band_a if side == "A" else f.band_b for _, f in items]
             kw = {}
             if any(bands):
-                kw["error_y"] = dict(type="data", symmetric=False, thickness=1.2,
+                kw["error_x"] = dict(type="data", symmetric=False, thickness=1.2,
                                      array=[(b[1] - v) if b and v is not None else 0 for v, b in zip(vals, bands)],
                                      arrayminus=[(v - b[0]) if b and v is not None else 0 for v, b in zip(vals, bands)])
-            fig.add_trace(go.Bar(x=[name for name, _ in items], y=vals, name=side, marker_color=color, **kw))
+            fig.add_trace(go.Bar(y=names, x=vals, name=side, orientation="h", marker_color=color, **kw))
         u = unit(key)
-        fig.update_layout(title=f"{t.name}: {label(key)}" + (" (bars: p10-p90)" if any(
-            f.band_a or f.band_b for _, f in items) else ""), barmode="group",
-            yaxis_title=f"{key}" + (f" ({u})" if u else ""), height=360 + 12 * max(0, len(items) - 6))
+        banded = any(f.band_a or f.band_b for _, f in items)
+        lines = sum(n.count("<br>") + 1 for n in names)
+        fig.update_layout(title=f"{t.name}: {label(key)}" + (" (error bars: p10-p90)" if banded else ""),
+                          barmode="group", xaxis_title=key + (f" ({u})" if u else ""),
+                          height=160 + 18 * lines + 14 * len(items), legend=dict(traceorder="normal"))
+        fig.update_yaxes(autorange="reversed", automargin=True)  # rows in the table's order, top down
         figs.append(fig)
     return figs
 
