@@ -255,24 +255,6 @@ ROWS = [{"impl": "eager", "size": 1, "ms": 1.23456789}, {"impl": "compiled", "si
         {"impl": "eager", "size": 2, "ms": 2.0}]
 
 
-def test_show_table_where_and_columns():
-    from workbook import show
-
-    st = show.table(ROWS, ["size", "ms", "not_a_column"], where={"impl": "eager"})
-    df = st.data
-    assert list(df.columns) == ["size", "ms"]
-    assert df.to_dict("records") == [{"size": 1, "ms": 1.23456789}, {"size": 2, "ms": 2.0}]  # data not rounded
-    html = st.to_html()
-    assert "1.2346" in html and "1.23456789" not in html  # shown to 4 decimals
-
-
-def test_show_table_all_rows_and_no_match():
-    from workbook import show
-
-    assert len(show.table(ROWS).data) == 3 and list(show.table(ROWS).data.columns) == ["impl", "size", "ms"]
-    assert show.table(ROWS, where={"impl": "none"}).data.empty
-
-
 def test_plots_lines_groups_sorts_and_error_band():
     from workbook import plots
 
@@ -287,15 +269,6 @@ def test_plots_lines_groups_sorts_and_error_band():
     assert sorted(t.name for t in multi.data) == ["a · 1", "a · 2", "b · 1"]
     bars = plots.bars(rows, x="n", y="y", group="impl", title="b")
     assert [t.name for t in bars.data] == ["a", "b"] and list(bars.data[0].x) == ["2", "1"]
-
-
-def test_show_table_folds_long_tables():
-    from workbook import show
-
-    rows = [{"i": i, "x": i / 3} for i in range(30)]
-    folded = show.table(rows, fold=24)
-    assert folded.data.startswith("<details><summary>table of 30 rows") and "0.3333" in folded.data
-    assert len(show.table(rows[:5], fold=24).data) == 5  # short tables stay plain
 
 
 def test_summary_lead_line_comes_first_after_the_title():

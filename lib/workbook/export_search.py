@@ -514,9 +514,10 @@ def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: fl
         save()
         bar = None
         if progress is True:
-            from tqdm import tqdm
+            from workbook.console import progress
+
             rows = state["plan"]
-            bar = tqdm(total=len(rows), initial=sum(r["status"] != "pending" for r in rows), desc="export search",
+            bar = progress(total=len(rows), initial=sum(r["status"] != "pending" for r in rows), desc="export search",
                        unit="config")
         try:
             while True:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nbformat
 
+from workbook import cells
 from workbook.paths import lib_dir
 from workbook.provenance import hardware_label
 
@@ -39,6 +40,9 @@ def summary_html(run: dict, results: dict | None) -> str:
         parts.append(f'<p class="wb-lead"><b>{_esc(res["lead"])}</b></p>')
     if run.get("error"):
         parts.append(f"<p><b>Error:</b> <code>{_esc(run['error'])}</code></p>")
+    far = cells.how_far(run)
+    if far:
+        parts.append(f'<p class="wb-warn"><b>How far:</b> {_esc(far)}</p>')
     for fb in res.get("fallbacks", []):
         parts.append(f'<p class="wb-warn"><b>Fallback:</b> {_esc(fb)}</p>')
     if res.get("resumed", {}).get("groups"):
@@ -72,12 +76,30 @@ def summary_html(run: dict, results: dict | None) -> str:
 
         parts.append("<p><b>Headline:</b> " + " · ".join(
             f"{_esc(k)}: {_esc(v)}" for k, v in headline_items(res["headline"])) + "</p>")
+    parts.append(_cells_html(run))
     src = run.get("param_sources", {})
     rows = "".join(f"<tr><td>{_esc(k)}</td><td><code>{_esc(json.dumps(v))}</code></td><td>{_esc(src.get(k, ''))}</td></tr>"
                    for k, v in run.get("params", {}).items())
     parts.append(f"<details><summary>parameters</summary><table><tr><th>name</th><th>value</th>"
                  f"<th>from</th></tr>{rows}</table></details></div>")
     return "".join(parts)
+
+
+def _cells_html(run: dict) -> str:
+    """One line per code cell that ran (its heading and time), folded, and the link to the run's log."""
+    done = run.get("cells") or []
+    out = ""
+    if done:
+        lines = "".join(f"<li>cell {c['cell']} of {c['of']} · {_esc(c['heading'])} · {cells.duration(c['seconds'])}"
+                        f"{'' if c['status'] == 'ok' else ' · <b>' + _esc(c['status']) + '</b>'}</li>" for c in done)
+        total = cells.duration(sum(c["seconds"] for c in done))
+        out += (f"<details><summary>progress: {len(done)} of {run.get('cells_total', len(done))} code cells ran "
+                f"({total})</summary><ul>{lines}</ul></details>")
+    if run.get("log"):
+        moved = run.get("log_lines_moved") or 0
+        out += (f'<p><a href="{_esc(run["log"])}">log</a>: progress bars and library messages'
+                f"{f' ({moved} lines moved out of this report)' if moved else ''}, and the kernel's own messages</p>")
+    return out
 
 
 def _fmt(v) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from workbook import __version__, params as P, provenance, report
+from workbook import __version__, cells, console, params as P, provenance, report
 from workbook.paths import lib_dir, outputs_dir, repo_root
 from workbook.record import RESUME_ENV, RUN_DIR_ENV, write_json_atomic
 
@@ -227,23 +227,27 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     out_nb = run_dir / "notebook.ipynb"
     status, error = "ok", None
     interrupt = None
+    prior_cells, prior_run = cells.prior_cells(list_runs(), name, profile)
+    tracker = cells.Tracker(run_dir / console.LOG_NAME, log=log, prior=prior_cells, prior_id=prior_run)
     try:
         import papermill as pm
 
-        with _environment(**env), _sigterm_interrupts():
+        with _environment(**env), _sigterm_interrupts(), cells.tracking(tracker):
             pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, cwd=str(repo_root()),
-                                kernel_name=_kernel_name(), progress_bar=False, log_output=True,
-                                execution_timeout=timeout)
+                                kernel_name=_kernel_name(), progress_bar=False, log_output=False,
+                                engine_name=cells.ENGINE, execution_timeout=timeout,
+                                kernel_manager_class=cells.kernel_manager_logging_to(tracker.log_path))
     except KeyboardInterrupt as exc:
         interrupt = exc
         status = "interrupted"
         error = ("terminated by SIGTERM (a time limit or a scheduler); the next identical run resumes it"
                  if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)")
+        tracker.interrupted()
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, reported, and turned into an exit code
         status, error = "failed", _error_text(exc)
 
     data.update(status=status, error=error, ended_at=provenance.now_iso(),
-                duration_s=round(time.time() - started, 2))
+                duration_s=round(time.time() - started, 2), **tracker.record())
     results = _read_results(run_dir)
     if status != "ok" and results and results.get("status") == "running":  # the kernel is gone: say why
         results.update(status=status, stopped=error)

@@ -160,6 +160,14 @@ def counts(state: dict) -> list[dict]:
     return [{"status": k, "configurations": v} for k, v in sorted(out.items())]
 
 
+def counts_sentence(state: dict) -> str:
+    """The counts of :func:`counts` as the one line the report reads above the maps, from this run's state."""
+    rows = counts(state)
+    total = sum(r["configurations"] for r in rows)
+    parts = [f"{r['configurations']} {r['status'].replace('-', ' ')}" for r in rows]
+    return f"{total} configurations: " + " · ".join(parts) + f"; {len(state['attempts'])} tested."
+
+
 def failures(state: dict) -> list[dict]:
     """Tested configurations that did not work, with the last lines of their log."""
     return [{"tp": a["tp"], "batch": a["batch"], "seq": a["seq"], "status": a["status"],

@@ -224,6 +224,7 @@ def correctness(tp_res: dict, one_res: dict) -> dict:
             if x != y:
                 first = i if first is None else min(first, i)
                 break
+    by_pos = (a - b).abs().reshape(-1, a.shape[-2], a.shape[-1]).amax(dim=(0, 2)) if a.dim() >= 2 else None
     return {"logits_max_abs_diff": logits_diff(a, b),
             "logits_max_abs": scale,
             "logits_max_rel_diff": logits_diff(a, b) / scale if scale else None,
@@ -233,7 +234,13 @@ def correctness(tp_res: dict, one_res: dict) -> dict:
             "tp_degree": tp_res["world_size"],
             "decode_speedup_over_one_process": (tp_res["decode_tokens_s_total"] / one_res["decode_tokens_s_total"]
                                                 if tp_res["decode_tokens_s_total"] and one_res["decode_tokens_s_total"]
-                                                else None)}
+                                                else None),
+            "logits_max_abs_diff_by_position": by_pos.tolist() if by_pos is not None else None}
+
+
+def step_rows(res: dict, label: str) -> list[dict]:
+    """One row per timed decode step of a run (what the step-latency figure draws)."""
+    return [{"run": label, "step": i + 1, "decode_step_ms": ms} for i, ms in enumerate(res.get("decode_steps_ms") or [])]
 
 
 def run(cfg: Config, rec) -> tuple[str, list[dict], list[dict]]:
@@ -260,11 +267,19 @@ def run(cfg: Config, rec) -> tuple[str, list[dict], list[dict]]:
             rec.fallback(fb)
         rec.add("paths_tried", {"path": f"{cfg.backend} torchrun tp={cfg.tp_degree}", "ok": True, "error": None})
         rows = torch_rows(tp_res, f"tp={cfg.tp_degree}")
+        steps = step_rows(tp_res, f"tp={cfg.tp_degree}")
         generations = tp_res["generations"]
         if cfg.compare_single and cfg.tp_degree > 1:
             one = run_torch(cfg, 1)
             rows += torch_rows(one, "one process")
-            rec.add("correctness", correctness(tp_res, one))
+            steps += step_rows(one, "one process")
+            check = correctness(tp_res, one)
+            by_pos = check.pop("logits_max_abs_diff_by_position")
+            rec.add("correctness", check)
+            for i, d in enumerate(by_pos or []):
+                rec.add("logits_by_position", {"position": i, "logits_max_abs_diff": d})
+        for r in steps:
+            rec.add("decode_steps", r)
     rec.set(lead=lead)
     for r in rows:
         rec.add("measurements", r)
@@ -284,3 +299,54 @@ def headline(rec, cfg: Config, lead: str, rows: list[dict]) -> None:
         head.update({k: rec.table("correctness")[0].get(k) for k in ("logits_max_abs_diff", "tokens_identical",
                                                                       "decode_speedup_over_one_process")})
     rec.headline(**head)
+
+
+def figure(rec):
+    """The run at a glance: decode step latency over the generation, decode tokens/s and peak memory per rank
+    for each run, and the tensor-parallel logits' largest difference from one process at each position."""
+    from plotly.subplots import make_subplots
+    import plotly.graph_objects as go
+
+    from workbook import plots
+
+    m = rec.table("measurements")
+    steps, by_pos = rec.table("decode_steps"), rec.table("logits_by_position")
+    fig = make_subplots(rows=2, cols=2, horizontal_spacing=0.12, vertical_spacing=0.2, subplot_titles=(
+        "decode step latency over the generation", "decode tokens/s", "peak memory per rank",
+        "logits: largest |tp - one process| by position"))
+    runs = list(dict.fromkeys(r["run"] for r in m))
+    for i, run_label in enumerate(runs):
+        c = plots.color(i)
+        st = [r for r in steps if r["run"] == run_label]
+        if st:
+            fig.add_trace(go.Scatter(x=[r["step"] for r in st], y=[r["decode_step_ms"] for r in st], name=run_label,
+                                     legendgroup=run_label, mode="lines+markers", line=dict(color=c)), row=1, col=1)
+        mine = [r for r in m if r["run"] == run_label]
+        tps = mine[0].get("decode_tokens_s_total", mine[0].get("decode_tokens_per_s"))
+        fig.add_trace(go.Bar(x=[run_label], y=[tps], name=run_label, legendgroup=run_label, marker_color=c,
+                             showlegend=not st), row=1, col=2)
+        mem = [r for r in mine if r.get("peak_memory_mib") is not None]
+        if mem:
+            fig.add_trace(go.Bar(x=[f"{run_label} · rank {r['rank']}" for r in mem], y=[r["peak_memory_mib"] for r in mem],
+                                 name=run_label, legendgroup=run_label, marker_color=c, showlegend=False), row=2, col=1)
+    if by_pos:
+        fig.add_trace(go.Scatter(x=[r["position"] for r in by_pos], y=[r["logits_max_abs_diff"] for r in by_pos],
+                                 name="tp against one process", mode="lines+markers",
+                                 line=dict(color=plots.color(len(runs)))), row=2, col=2)
+    fig.update_xaxes(title_text="step", row=1, col=1)
+    fig.update_yaxes(title_text="ms", row=1, col=1)
+    fig.update_yaxes(title_text="tokens / s (all sequences)", row=1, col=2)
+    fig.update_yaxes(title_text="MiB", row=2, col=1)
+    fig.update_xaxes(title_text="position in the fixed forward", row=2, col=2)
+    fig.update_yaxes(title_text="max |difference|", exponentformat="e", row=2, col=2)
+    fig.update_layout(title="Mistral tensor-parallel run", height=640, showlegend=True)
+    return fig
+
+
+def random_weights_note(cfg: "Config") -> str | None:
+    """Why the generated text is gibberish when the weights are seeded random numbers, said beside it."""
+    if cfg.model_note:  # set exactly when configure made the model from a config with seeded random weights
+        return ("The weights are seeded random numbers, so the generated text means nothing: random token ids, many "
+                "of them pieces of multi-byte characters, which decode to '\ufffd' (the replacement character) on "
+                "their own. Timings and the tensor-parallel checks do not depend on the text.")
+    return None

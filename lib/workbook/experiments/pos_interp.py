@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
+from workbook.console import progress as tqdm
 
 from workbook import checks, interp, measure, metrics
 from workbook.device import DeviceChoice, resolve_device

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
+from workbook.console import progress as tqdm
 
 from workbook import artifacts, checks, measure, metrics
 from workbook.backends import Backend, resolve
@@ -375,6 +375,16 @@ def headline(rows: list[dict], rec) -> None:
         head.update(best_b1_latency_ms=best_lat["latency_median_ms"],
                     best_b1_config=f"{best_lat['mode']} {best_lat['dtype']}")
     rec.headline(**head)
+
+
+def throughput_rows(rows: list[dict], cpu_rows: list[dict]) -> list[dict]:
+    """Throughput against batch size, one series per configuration; the CPU fp32 reference is a series of its
+    own (on a CPU run it would otherwise share the eager fp32 run's name and the two lines would zig-zag)."""
+    out = [{"series": "CPU fp32 reference", "batch": r["batch"], "throughput_img_s": r["throughput_img_s"]}
+           for r in cpu_rows]
+    out += [{"series": f"{r['backend']} {r['mode']} {r['dtype']}", "batch": r["batch"],
+             "throughput_img_s": r.get("throughput_img_s")} for r in rows if r.get("throughput_img_s") is not None]
+    return out
 
 
 def histogram_rows(hist: list[dict]) -> list[dict]:

@@ -385,6 +385,7 @@ def run(spec: dict, out: Path) -> None:
                 "max_new_tokens": spec["max_new_tokens"], "do_sample": spec["do_sample"], "cache": spec["cache"],
                 "compile": spec["compile"], "allreduce": spec.get("allreduce", "nccl"), "ttft_ms": ttft_ms,
                 "decode_ms_per_step_p50": statistics.median(steps_ms) if steps_ms else None,
+                "decode_steps_ms": steps_ms,
                 "decode_tokens_s_per_seq": per_seq,
                 "decode_tokens_s_total": per_seq * len(prompts) if per_seq else None,
                 "generated_ids": new, "fixed_forward": {"input_ids": fixed.tolist(), "logits_file": "logits.pt",

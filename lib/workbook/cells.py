@@ -1,0 +1,189 @@
+"""Progress of a run, one line per cell: which cell of how many, its heading, time so far and an estimate.
+
+Why it exists: papermill either prints nothing while a long notebook runs or echoes every output line; a
+reader of the terminal (or of a report of a run that stopped) wants to know where the run is, or where it got
+to. The runner executes notebooks through :class:`WorkbookEngine`, papermill's own nbclient engine with two
+hooks: at each code cell's start one line is printed (``cell 4 of 14 · Precision against fp64 · 1 min 05 s so
+far · about 3 min left``), and at its end the cell's chatter is moved to the run's log
+(:mod:`workbook.console`) and its time kept. The estimate comes from the last finished run of the same notebook
+and profile. ``run.json`` keeps the cells' times, so the report can say how far an interrupted run got.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from papermill.engines import NBClientEngine, papermill_engines
+
+from workbook import console
+
+ENGINE = "workbook"
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def headings(nb) -> dict[int, str]:
+    """Each code cell's heading (the last markdown heading, or first line, above it), parameter cells left out."""
+    out, current = {}, "set-up"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            lines = [ln.strip() for ln in cell.source.splitlines() if ln.strip()]
+            heads = [ln.lstrip("#").strip() for ln in lines if ln.startswith("#")]
+            if heads or lines:
+                current = (heads or lines)[-1 if heads else 0][:80]
+        elif cell.cell_type == "code":
+            if not {"parameters", "injected-parameters"} & set(cell.get("metadata", {}).get("tags", [])):
+                out[i] = current  # the parameter cells only assign values: not counted as work
+    return out
+
+
+class Tracker:
+    """Follows one notebook's execution: prints the progress lines, cleans each cell, keeps the cells' times."""
+
+    def __init__(self, log_path: Path, *, log=print, prior: list[float] | None = None, prior_id: str = ""):
+        self.heads: dict[int, str] = {}
+        self.code: list[int] = []
+        self.log_path = Path(log_path)
+        self.log = log
+        self.prior, self.prior_id = prior, prior_id
+        self.t0 = time.time()
+        self.started: dict[int, float] = {}
+        self.cells: list[dict] = []  # {cell, of, heading, seconds, status} for each code cell that ran
+        self.moved = 0
+
+    def bind(self, nb) -> None:
+        """The notebook as it executes (papermill's injected-parameters cell included)."""
+        self.heads = headings(nb)
+        self.code = sorted(self.heads)
+
+    def _estimate(self, n: int) -> str:
+        """Time left before code cell ``n`` (1-based) starts, from the prior run's cell times."""
+        if not self.prior or len(self.prior) != len(self.code):
+            return ""
+        left = sum(self.prior[n - 1:])
+        return f" · about {duration(left)} left (from run {self.prior_id})"
+
+    def start(self, index: int) -> None:
+        if index not in self.heads:
+            return
+        n = self.code.index(index) + 1
+        self.started[index] = time.time()
+        self.log(f"  cell {n} of {len(self.code)} · {self.heads[index]} · {duration(time.time() - self.t0)} so far"
+                 + self._estimate(n))
+
+    def complete(self, cell, index: int) -> None:
+        if index not in self.started:
+            return
+        n = self.code.index(index) + 1
+        status = "failed" if cell.get("metadata", {}).get("papermill", {}).get("exception") else "ok"
+        self.cells.append({"cell": n, "of": len(self.code), "heading": self.heads[index],
+                           "seconds": round(time.time() - self.started.pop(index), 2), "status": status})
+        moved, kept = console.clean_cell(cell)
+        if moved:
+            self.moved += len(moved)
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(f"--- cell {n} of {len(self.code)} · {self.heads[index]}\n" + "\n".join(moved) + "\n")
+        for line in kept[:20]:  # real warnings and errors stay in sight, in the terminal too
+            self.log(f"    {line}")
+        if len(kept) > 20:
+            self.log(f"    ... {len(kept) - 20} more lines in the report")
+
+    def interrupted(self) -> None:
+        """Ctrl-C or SIGTERM arrived: the cell whose end was seen while the interrupt unwound did not finish."""
+        if self.cells and self.cells[-1]["status"] == "ok" and time.time() - self.t0 > 0:
+            self.cells[-1]["status"] = "interrupted"
+
+    def record(self) -> dict:
+        """What run.json keeps: the cells' times and how many chatter lines went to the log."""
+        return {"cells": self.cells, "cells_total": len(self.code), "log": console.LOG_NAME if self.moved or
+                self.log_path.exists() else None, "log_lines_moved": self.moved}
+
+
+_CURRENT: list[Tracker] = []
+
+
+class WorkbookEngine(NBClientEngine):
+    """papermill's nbclient engine, reporting each cell's start and end to the runner's :class:`Tracker`."""
+
+    @classmethod
+    def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+        tracker = _CURRENT[-1] if _CURRENT else None
+        if tracker is not None:
+            tracker.bind(nb_man.nb)
+            start, complete = nb_man.cell_start, nb_man.cell_complete
+
+            def cell_start(cell, cell_index=None, **kw):
+                tracker.start(cell_index)
+                return start(cell, cell_index, **kw)
+
+            def cell_complete(cell, cell_index=None, **kw):
+                tracker.complete(cell, cell_index)
+                return complete(cell, cell_index, **kw)
+
+            nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+        return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+
+papermill_engines.register(ENGINE, WorkbookEngine)
+
+
+def kernel_manager_logging_to(log_path: Path):
+    """A kernel manager whose kernel process writes its own messages (the kernel app's warnings, and the
+    socket errors a kernel prints when Ctrl-C shuts it down mid-cell) to ``log_path`` instead of the terminal.
+    What the notebook's code prints is unaffected: ipykernel sends it to the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log_path, "a", encoding="utf-8") as f:  # the child keeps its own copy of the descriptor
+                kw.setdefault("stderr", f)
+                kw.setdefault("stdout", f)
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return LoggedKernelManager
+
+
+class tracking:
+    """``with tracking(tracker):`` the engine reports to ``tracker`` while a notebook runs."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def __enter__(self):
+        _CURRENT.append(self.tracker)
+        return self.tracker
+
+    def __exit__(self, *exc):
+        _CURRENT.remove(self.tracker)
+        return False
+
+
+def prior_cells(runs: list[dict], notebook: str, profile: str | None) -> tuple[list[float] | None, str]:
+    """The cell times of the newest finished run of ``notebook`` with ``profile`` (``runs`` newest first)."""
+    for r in runs:
+        if (r.get("notebook") == notebook and r.get("profile") == profile and r.get("status") == "ok"
+                and r.get("cells") and len(r["cells"]) == r.get("cells_total")):
+            return [c["seconds"] for c in r["cells"]], r.get("run_id", "")
+    return None, ""
+
+
+def how_far(run: dict) -> str | None:
+    """For a run that did not finish: in which cell it stopped and how many finished before, in one sentence."""
+    cells = run.get("cells") or []
+    if run.get("status") == "ok" or not cells:
+        return None
+    done = sum(c["status"] == "ok" for c in cells)
+    last = cells[-1]
+    where = f"cell {last['cell']} of {last['of']} ({last['heading']})"
+    verb = "failed in" if last["status"] == "failed" else "stopped in"
+    if last["status"] == "ok":  # killed between cells, or in a cell whose end was never seen
+        return f"The run got through {done} of {last['of']} code cells; the last one finished was {where}."
+    return f"The run {verb} {where} after {duration(last['seconds'])} there; {done} of {last['of']} code cells had finished."
