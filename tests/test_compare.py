@@ -174,6 +174,9 @@ def test_compare_run_without_results(tmp_path):
     (tmp_path / "B").mkdir()
     with pytest.raises(WorkbookError, match=r"Run B \(.*B\) has no results.json: its notebook stopped before"):
         compare.compare(a, tmp_path / "B")
+    (tmp_path / "B" / "results.json").write_text('{"notebook": ')
+    with pytest.raises(WorkbookError, match=r"Run B \(.*B\) has a results.json that is not JSON"):
+        compare.compare(a, tmp_path / "B")
 
 
 def test_compare_table_only_on_one_side(tmp_path):

@@ -198,6 +198,8 @@ def _load(d: Path, side: str) -> dict:
     except FileNotFoundError:
         raise WorkbookError(f"Run {side} ({shown(d)}) has no results.json: its notebook stopped before it recorded "
                             "anything, so there is nothing to compare.") from None
+    except ValueError as e:
+        raise WorkbookError(f"Run {side} ({shown(d)}) has a results.json that is not JSON ({e}).") from None
 
 
 def _notebook(d: Path, res: dict) -> str | None:
