@@ -1,5 +1,6 @@
-"""The notebooks as users run them: through the runner, through plain papermill (from the repository root
-and from notebooks/), and with bad parameters. nbmake runs every notebook with its defaults as well
+"""The notebooks as users run them: through the runner, through plain papermill, and with bad parameters
+(plain papermill from the repository root and from notebooks/, with run.json and `workbook report`, is in
+test_adhoc.py). nbmake runs every notebook with its defaults as well
 (``--nbmake`` over notebooks/, see pyproject.toml), which is how JupyterLab runs them: cwd = notebooks/.
 """
 import json
@@ -57,15 +58,6 @@ def test_runner_writes_the_full_report(tmp_path, monkeypatch):
     html = (info.run_dir / "report.html").read_text()
     assert html.count("Plotly.newPlot") >= 4  # the figures made it into the report
     assert "Not measured:" in html and "Claim check" in html
-
-
-@pytest.mark.parametrize("cwd,nb", [(".", "notebooks/pos_interp.ipynb"), ("notebooks", "pos_interp.ipynb")])
-def test_plain_papermill(cwd, nb, tmp_path):
-    out = tmp_path / "out.ipynb"
-    r = _papermill([nb, str(out), "-p", "device", "cpu"] + _p(CHEAP), ROOT / cwd, tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    runs = list((tmp_path / "outputs" / "pos_interp").glob("adhoc-*/results.json"))
-    assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "complete"
 
 
 POS_BAD = _bad("pos_interp", {}, [
@@ -156,18 +148,6 @@ def test_checkpoint_gives_weights_and_an_extra_table(tmp_path, monkeypatch):
 
 # ---- siglip_neuron ---------------------------------------------------------------------------------------
 TINY = {"model": "SigLIP-Tiny", "image_size": "112", "batch_sizes": "[1, 2]", "iters": "2"}
-
-
-def test_siglip_plain_papermill_with_cores_2(tmp_path):
-    """The issue's literal command (`-p cores 2`, backend auto -> cpu here), on the tiny config to stay cheap;
-    nbmake runs the notebook's own defaults (ViT-SO400M-14-SigLIP)."""
-    out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/siglip_neuron.ipynb", str(out), "-p", "cores", "2"] + _p(TINY), ROOT, tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(next((tmp_path / "outputs" / "siglip_neuron").glob("adhoc-*/results.json")).read_text())
-    assert res["status"] == "complete" and res["backend"] == "cpu"
-    assert res["backend_reason"].startswith("auto: the CPU, since neuron:")
-    assert all(r["accuracy_pass"] for r in res["tables"]["runs"] if r["dtype"] == "float32")
 
 
 SIGLIP_BAD = _bad("siglip_neuron", TINY, [

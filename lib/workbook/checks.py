@@ -78,15 +78,37 @@ def directory(name: str, value: str) -> Path | None:
 INJECTED_HEADER = "# Parameters"  # the comment papermill's Python translator puts atop the cell it injects
 
 
+def injected_names(history=None) -> list[str] | None:
+    """The names assigned in the latest cell that plain papermill injected, read from IPython's input history
+    (``In``; ``history`` stands in for it in tests), since papermill leaves no other trace in the kernel. None
+    outside IPython and where no cell was injected (JupyterLab, nbmake)."""
+    if history is None:
+        try:
+            from IPython import get_ipython
+        except ImportError:
+            return None
+        shell = get_ipython()
+        if shell is None:
+            return None
+        history = shell.user_ns.get("In") or []
+    cell = next((c for c in reversed(history) if isinstance(c, str) and c.lstrip().startswith(INJECTED_HEADER)), None)
+    if cell is None:
+        return None
+    try:
+        tree = ast.parse(cell)
+    except SyntaxError:
+        return None  # not a cell papermill wrote
+    return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+
+
 def injected_are_parameters(configure, history=None, namespace=None) -> None:
     """Refuse a name that plain papermill injected but the notebook does not declare (a misspelt ``-p``).
 
     The declared names are ``configure``'s keyword parameters (each notebook passes every parameter to its
-    experiment's ``configure``). The injected names are those assigned in the latest cell that papermill
-    injected, read from IPython's input history (``In``), since papermill leaves no other trace in the kernel;
-    ``history`` and ``namespace`` stand in for ``In`` and the user namespace in tests. Outside IPython (tests
-    calling ``configure``, scripts) and in a kernel where no cell was injected (JupyterLab, nbmake) there is
-    nothing to check.
+    experiment's ``configure``); the injected ones come from :func:`injected_names`. ``history`` and ``namespace``
+    stand in for ``In`` and the user namespace in tests. Outside IPython (tests calling ``configure``, scripts)
+    and in a kernel where no cell was injected (JupyterLab, nbmake) there is nothing to check.
     """
     if history is None:
         try:
@@ -97,17 +119,8 @@ def injected_are_parameters(configure, history=None, namespace=None) -> None:
         if shell is None:
             return
         history, namespace = shell.user_ns.get("In") or [], shell.user_ns
-    cell = next((c for c in reversed(history) if isinstance(c, str) and c.lstrip().startswith(INJECTED_HEADER)), None)
-    if cell is None:
-        return
-    try:
-        tree = ast.parse(cell)
-    except SyntaxError:
-        return  # not a cell papermill wrote
-    assigned = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
     declared = set(inspect.signature(configure).parameters)
-    for name in assigned:
+    for name in injected_names(history) or []:
         if name not in declared:
             raise bad_param(name, (namespace or {}).get(name),
                             "not a parameter of this notebook, whose parameters are " + ", ".join(sorted(declared)))

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class Recorder:
     """Collects a notebook's results and keeps ``results.json`` up to date."""
 
     def __init__(self, notebook: str, params: dict, run_dir: Path | None = None):
+        self.t0 = time.time()
         self.run_dir = Path(run_dir) if run_dir else run_dir_for(notebook)
         self.path = self.run_dir / "results.json"
         prov = provenance.collect()
@@ -107,6 +109,12 @@ class Recorder:
         self._prior, self._prior_id = self._load_prior(dict(params))
         self._machine = provenance.machine_id(prov["hardware"])
         self._save()
+        # no runner around this run (plain papermill, JupyterLab, nbmake): it writes its own run.json
+        self.adhoc = run_dir is None and not os.environ.get(RUN_DIR_ENV)
+        if self.adhoc:
+            from workbook import adhoc
+
+            adhoc.begin(self, prov)
 
     def _load_prior(self, params: dict):
         """The unfinished run named by the runner, if its recorded parameters are this run's."""
@@ -208,17 +216,25 @@ class Recorder:
         return self.data["tables"].get(name, [])
 
     def finish(self) -> None:
+        """Mark the results complete (an adhoc run's run.json says ok) and say, as the notebook's last output,
+        where they went and how the report comes about."""
+        from workbook import adhoc
+
         self.data["status"] = "complete"
         self.data["finished_at"] = provenance.now_iso()
         self._save()
+        if self.adhoc:
+            adhoc.finished(self)
+        adhoc.say_where(self)
 
 
 def start(notebook: str, params: dict) -> Recorder:
-    """Create the recorder for this notebook run and say where its results go."""
-    from workbook.paths import shown
+    """Create the recorder for this notebook run and say where its results go (in a notebook, as an output whose
+    metadata names the run folder, which `workbook report` reads back)."""
+    from workbook import adhoc
 
     rec = Recorder(notebook, params)
-    print(f"results: {shown(rec.path)}")
+    adhoc.announce(rec, notebook)
     return rec
 
 
