@@ -231,9 +231,10 @@ class Recorder:
 def start(notebook: str, params: dict) -> Recorder:
     """Create the recorder for this notebook run and say where its results go (in a notebook, as an output whose
     metadata names the run folder, which `workbook report` reads back)."""
-    from workbook import adhoc
+    from workbook import adhoc, console
 
     rec = Recorder(notebook, params)
+    console.quiet_libraries(rec.run_dir / console.LOG_NAME)  # autotuning chatter to the run's log
     adhoc.announce(rec, notebook)
     return rec
 
