@@ -100,7 +100,13 @@ def test_workbook_report_as_printed_renders_into_the_run_folder(plain):
     head = html.read_text()
     head = head[head.index('class="wb-header'):][:3000]
     assert "Status: OK" in head and "papermill" in head  # param sources are in the header's table
-    assert json.loads((plain.run_dir / "notebook.ipynb").read_text()) == json.loads(plain.out.read_text())
+    kept, executed = (nbformat.read(str(p), as_version=4) for p in (plain.run_dir / "notebook.ipynb", plain.out))
+    assert [c.source for c in kept.cells] == [c.source for c in executed.cells]
+    from workbook import console
+
+    moved = console.clean_notebook(executed)  # what the report command moved out: the progress bars
+    assert moved > 0 and kept == executed
+    assert "CPU fp32 reference: 100%|" in (plain.run_dir / "log.txt").read_text() and 'href="log.txt"' in head
     assert plain.run_dir.name in (plain.outputs / "index.html").read_text()
     assert json.loads((plain.run_dir / "run.json").read_text())["status"] == "ok"
 

@@ -126,6 +126,19 @@ def _ended(run: dict, results_path: Path, nb) -> dict:
             "duration_s": round((end - start).total_seconds(), 2) if start else None}
 
 
+def _move_chatter(copy: Path, run: dict) -> None:
+    """Progress bars and library chatter leave the kept notebook for the run's log, as under the runner."""
+    from workbook import console
+
+    nb = nbformat.read(str(copy), as_version=4)
+    moved = console.clean_notebook(nb, copy.parent / console.LOG_NAME)
+    if moved:
+        nbformat.write(nb, str(copy))
+        run["log_lines_moved"] = (run.get("log_lines_moved") or 0) + moved
+    if (copy.parent / console.LOG_NAME).exists():
+        run["log"] = console.LOG_NAME
+
+
 def make_report(arg: str) -> tuple[Path, dict]:
     """Take the executed notebook ``arg`` into its run folder, settle run.json, render report.html there and
     rewrite the index; returns the report's path and the run."""
@@ -147,6 +160,7 @@ def make_report(arg: str) -> tuple[Path, dict]:
     else:
         if not (copy.exists() and os.path.samefile(src, copy)):
             shutil.copyfile(src, copy)
+        _move_chatter(copy, run)
         results_path = run_dir / "results.json"
         results = runner._read_results(run_dir)
         change = settle(run, results, nb)
