@@ -13,7 +13,8 @@ back that run's completed groups instead of measuring them again; the rows carry
 report says at its top how many groups came from which run. Groups of times (``timed=True``) are handed back
 only when the unfinished run measured on this very machine (:func:`workbook.provenance.machine_id`): the runner
 resumes on any machine of the same kind, and a speed-up whose two rows came from two H200s would carry the
-spread between machines (as large as 3 % here). Such groups are measured again and the report says so.
+spread between machines (see outputs/reference/nvidia-h200/README.md). Such groups are measured again and the
+report says so.
 """
 from __future__ import annotations
 

@@ -623,7 +623,7 @@ BAR = {"batch": 256, "fwd_bwd_speedup": 1.3, "peak_memory_ratio": 0.7}
 # transformers resizes the NaFlex position table image by image up to 5.23 (per image: a .tolist() of its
 # grid, a host sync when the shapes live on the GPU, an antialiased F.interpolate and two slice writes, and
 # the interpolation's backward); 5.24 made it one batched product. On an H100 the so400m embeddings'
-# forward+backward at batch 256 took 107.6 ms with 5.17 against 3.9 ms with 5.25, so which release runs the
+# forward+backward at batch 256 was many times slower with 5.17 than with 5.25, so which release runs the
 # baseline moves the stack's speed-up more than any kernel here does (outputs/reference/nvidia-h100/README.md).
 BATCHED_RESIZE_SINCE = "5.24"
 
@@ -662,7 +662,7 @@ def baseline_note(rows: list[dict], version: str | None = None) -> str | None:
 
 
 def bar_check(ratios: list[dict], cfg: Config, baseline_version: str | None = None) -> list[dict]:
-    """The issue's bar on H100/H200, so400m, batch 256 x 256, bf16: fwd+bwd >= 1.3x, peak <= 0.7x.
+    """The issue's claimed bar on H100/H200, so400m, batch 256 x 256, bf16: fwd+bwd >= 1.3x, peak <= 0.7x.
 
     The verdict compares medians; the speed row also gives the ratio's spread over the steps measured, and
     says when the bar falls inside it (a verdict that another machine, or another run, may turn). Both rows

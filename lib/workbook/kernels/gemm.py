@@ -14,8 +14,9 @@ output dtype:
 
 Two kernels share the epilogue. On Hopper, 16-bit operands go through a persistent kernel with TMA tile
 loads: each program walks many output tiles, so the next tile's loads are in flight while this tile's
-epilogue (GELU and two stores of a tokens x 4304 tile) runs; the one-tile-per-program version spent about
-0.6 ms of a 1.7 ms fc1 GEMM in that serialised epilogue on an H200. Elsewhere (fp32, older GPUs, the
+epilogue (GELU and two stores of a tokens x 4304 tile) runs; the one-tile-per-program version spent much of
+the fc1 GEMM's time in that serialised epilogue on an H200 (the timings: outputs/reference/nvidia-h200/README.md,
+"Measurements behind design decisions in lib/"). Elsewhere (fp32, older GPUs, the
 interpreter) a pointer kernel runs. fp32 operands use ``input_precision="ieee"`` (Triton's default for fp32
 is tf32, 4e-3 off).
 """
@@ -201,9 +202,9 @@ def _gemm_tma_kernel(a_desc, b_desc, c_desc, x_desc, t_desc, bias_ptr, c_ptr, au
     loop runs while they drain instead of after them (and ``gelu_grad`` reads the pre-activation through TMA,
     ``t_desc`` taking the recomputed activation); ``SPLIT`` stores the tile in that
     many column slices (a smaller staging buffer leaves shared memory to the main loop's pipeline: fc1+GELU at
-    65536 x 1152 -> 4304 took 1.266 ms on an H200 with two slices and four stages, 1.281 ms whole with three).
-    Triton 3.6's warp specialisation (``tl.range(..., warp_specialize=True)``) was slower here, 1.37-1.57 ms,
-    and failed to compile with four warps, so it is not used."""
+    65536 x 1152 -> 4304 ran faster on an H200 with two slices and four stages than whole with three).
+    Triton 3.6's warp specialisation (``tl.range(..., warp_specialize=True)``) was slower here and failed to
+    compile with four warps, so it is not used. The timings are in outputs/reference/nvidia-h200/README.md."""
     start = tl.program_id(0)
     step = tl.num_programs(0)
     tiles = tl.cdiv(M, BM) * tl.cdiv(N, BN)

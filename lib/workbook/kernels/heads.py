@@ -3,8 +3,9 @@
 Why it exists: SDPA takes q, k, v as ``[B, H, S, D]`` while the fused projection writes ``[B, S, 3*H*D]``.
 The forward split is free (views), but backward must put dq, dk and dv back into one ``[B*S, 3*H*D]``
 gradient for the projection's two GEMMs. autograd's unbind/permute backward stacks and copies (in
-transformers' tower that is most of the 38 ms of device copies per so400m training step at batch 256 on an
-H200), and three strided ``copy_`` calls into one buffer still cost 17 ms there. :func:`pack_heads` is one
+transformers' tower that is most of the device copies of a so400m training step at batch 256 on an H200), and
+three strided ``copy_`` calls into one buffer still cost much of that there (the timings:
+outputs/reference/nvidia-h200/README.md). :func:`pack_heads` is one
 Triton pass that writes the three head gradients into the projection's layout and sums the bias gradient
 in fp32 on the way (fixed per-program partial sums, so it is deterministic), which also saves the separate
 reduction over that gradient.
@@ -18,8 +19,8 @@ costs a pass over memory of its own.
 
 q, k and v stay interleaved views of the projection's output. Giving cuDNN each of them contiguous in
 ``[B, H, S, D]`` order instead (a copy after the GEMM) was slower on an H200 at batch 256 x 256 patches, with o
-and its gradient in the layout out_proj reads and writes: attention forward+backward 1649 against 1518 us a
-layer, and packing its gradients from that order 873 against 276 us.
+and its gradient in the layout out_proj reads and writes: both attention forward+backward and packing its
+gradients from that order took longer. The timings are in outputs/reference/nvidia-h200/README.md.
 """
 from __future__ import annotations
 
@@ -168,8 +169,9 @@ def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm
     separate projections do; backward runs three GEMMs per gradient straight on SDPA's head gradients),
     "concat" (one cuBLAS GEMM over the concatenated weights, q/k/v interleaved views; backward through
     :func:`pack_heads`) or "triton" (that one GEMM in Triton). On an H200 at batch 256 x 256 patches the
-    so400m step took 355.8 ms with "concat" and 357.6 ms with "planes", hence the default; the Triton GEMM
-    is slower than cuBLAS at this shape (see the notebook's kernel-speed table).
+    so400m step was a little faster with "concat" than with "planes", hence the default (the timings:
+    outputs/reference/nvidia-h200/README.md); the Triton GEMM is slower than cuBLAS at this shape (see the
+    notebook's kernel-speed table).
 
     With ``branch`` the input is ``x + branch``, added in the LayerNorm pass (the previous block's residual
     add, deferred by :func:`workbook.kernels.mlp.add_ln_mlp`). With ``residual_bias`` (the bias of the

@@ -15,8 +15,9 @@ which saves the separate add autograd would do and the bias reduction of the bra
 statistics (no reduction), instead of storing it between forward and backward.
 
 Rows are one power-of-two tile with the tail masked (1152 wide: a 2048 tile). Splitting the row into two
-power-of-two tiles instead (1024 + 128, no masked lanes) made the backward slower on an H200, 319 against 250 us
-at 65536 x 1152; loop pipelining (``num_stages`` 1-4) left the best backward unchanged there (250 us, 2.4 TB/s).
+power-of-two tiles instead (1024 + 128, no masked lanes) made the backward slower on an H200 at 65536 x 1152;
+loop pipelining (``num_stages`` 1-4) left the best backward unchanged there. The timings are in
+outputs/reference/nvidia-h200/README.md.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _rows_cfg(rows, warps):
 # the key: a config tuned on the precision study's 4096 rows is not reused on the stack's 65536)
 _FWD_CONFIGS = [_rows_cfg(r, w) for r in (1, 2, 4, 8) for w in (4, 8)]
 ROW_BLOCKS = (64, 128, 256)  # rows per backward program (multiples of every ROWS), autotuned with ROWS and warps
-# on an H200 at 65536 x 1152 the best backward took 128-256 rows a program, 2-4 rows at a time, 2-4 warps
+# they cover what the backward's autotuning picked on an H200 at 65536 x 1152 (outputs/reference/nvidia-h200)
 _BWD_CONFIGS = [triton.Config({"ROWS": r, "RB": rb}, num_warps=w) for rb in ROW_BLOCKS for r in (1, 2, 4)
                 for w in (2, 4, 8)]
 _INTERP_CONFIG = _rows_cfg(2, 4)
@@ -156,8 +157,9 @@ def ln_apply(x: torch.Tensor, weight, bias, mean: torch.Tensor, rstd: torch.Tens
     The same fp32 expression as the forward kernel's, on the same mean and rstd, so the result is the
     forward's output bit for bit. Why not rerun the forward: its rows are one power-of-two tile (1152 wide
     takes a 2048 tile, 44% of the lanes masked) and it reduces every row again; this pass tiles the columns
-    too, so every lane loads. On an H200 at 65536 x 1152 in bf16: 83 us (3.6 TB/s, a plain copy 3.97)
-    against 100 us for normalising again; 54 such recomputes in the so400m step, so about 1 ms of it.
+    too, so every lane loads. On an H200 at 65536 x 1152 in bf16 it runs close to a plain copy's bandwidth
+    and beats normalising again, once for each of the so400m step's 54 recomputes. The timings are in
+    outputs/reference/nvidia-h200/README.md.
     """
     x2 = _rows(x)
     M, N = x2.shape

@@ -79,12 +79,12 @@ def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite:
     gradient ``sum(dpre, 0)`` in fp32. With ``overwrite`` dpre is written over ``dact``, with ``act_over_pre``
     act over ``pre`` (each element is read before it is written, by the same program), for a caller that owns
     them: with both the MLP backward holds two tokens x 4304 tensors at its peak rather than four (eager's
-    holds three). (Column sums inside the pass
-    were slower, on an H100 and again on an H200 with a 2-D tiled pass: 1.37 ms against 0.52 + 0.16 ms for this flat pass plus a torch reduction at
-    65536 x 4304; a later 2-D pass summing in registers and reducing once per program came to 695 against
-    686 us, no faster in the so400m step either. Taking the bias gradient from fc1's weight-gradient GEMM through a column of ones appended
-    to its input was slower still on the H200: the 1160-wide output costs cuBLAS a tenth more, 1.18 against
-    0.96 ms.)"""
+    holds three). (Column sums inside the pass were slower, on an H100 and again on an H200, with a 2-D
+    tiled pass than this flat pass plus a torch reduction at 65536 x 4304; a later 2-D pass summing in
+    registers and reducing once per program was no faster, in the kernel or in the so400m step. Taking the bias
+    gradient from fc1's weight-gradient GEMM through a column of ones appended to its input was slower still
+    on the H200: cuBLAS takes longer over the 1160-wide output. The timings are in
+    outputs/reference/nvidia-h200/README.md.)"""
     if overwrite and not (dact.is_contiguous() and dact.shape == pre.shape and dact.dtype == pre.dtype):
         raise ValueError("overwrite needs dact contiguous and of pre's shape and dtype")
     if act_over_pre and not pre.is_contiguous():
@@ -210,10 +210,11 @@ def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
 
     ``dgrad_gemm`` fuses GELU', the activation recompute and fc1's bias gradient into fc2's data-gradient
     GEMM in Triton (:func:`gemm_gelu_backward`); by default that GEMM is cuBLAS and the three share one Triton
-    pass. The default is faster: on an H200 at 65536 x 1152 -> 4304, 1.64 ms against 1.90 ms for the fused
-    GEMM with TMA loads and bulk stores in its epilogue (2.34 ms with pointer loads and stores): its epilogue (a
-    load, two stores and column sums) is not hidden behind the main loop, though the same GEMM with no epilogue
-    matches cuBLAS (1.05 ms). In the so400m step at batch 256 it cost 8-10 ms (371.8 against 361.8 ms).
+    pass. The default is faster, on an H200 at 65536 x 1152 -> 4304, than the fused GEMM with TMA loads and
+    bulk stores in its epilogue, and faster still than with pointer loads and stores: its epilogue (a load, two
+    stores and column sums) is not hidden behind the main loop, though the same GEMM with no epilogue matches
+    cuBLAS. The so400m step at batch 256 is slower with ``dgrad_gemm`` too. The timings are in
+    outputs/reference/nvidia-h200/README.md.
     """
     return MLPFn.apply(x, None, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, "plain")
 

@@ -1,14 +1,15 @@
 """Plain-tensor parallel styles for ``parallelize_module``: the fast path for a compiled decode step.
 
 torch's ``ColwiseParallel``/``RowwiseParallel`` turn each weight into a DTensor, whose dispatch costs host time
-on every call: Mistral-7B over two H200s with a compiled, CUDA-graphed decode step took 8.0 ms a step with the
-DTensor styles against 5.3 ms with the same shards held as plain tensors when the host waited for every step, and
-4.84 ms against 4.60 ms when it queued ahead (one process: 5.29 ms); the DTensor prefill (eager) took 622 ms
-against 69 ms. These styles follow ``ParallelStyle``'s contract (``_apply(module, mesh)``, the documented extension
-point of ``parallelize_module``) the way gpt-fast shards a model: each rank keeps its slice of the weight as an
-ordinary ``Parameter``, and a row-parallel layer sums its partial outputs with a functional all-reduce
-(``torch.distributed._functional_collectives``), which torch.compile traces into the graph and CUDA graphs
-capture. Megatron's rule holds: a column-parallel layer needs a replicated input and gives a sharded output, a
+on every call: Mistral-7B over two H200s with a compiled, CUDA-graphed decode step was slower a step with the
+DTensor styles than with the same shards held as plain tensors, clearly when the host waited for every step and
+slightly when it queued ahead, and the DTensor prefill (eager) was many times slower (the timings:
+outputs/reference/nvidia-h200/README.md). These styles follow ``ParallelStyle``'s contract
+(``_apply(module, mesh)``, the documented extension point of ``parallelize_module``) the way gpt-fast shards a
+model: each rank keeps its slice of the weight as an ordinary ``Parameter``, and a row-parallel layer sums its
+partial outputs with a functional all-reduce (``torch.distributed._functional_collectives``), which torch.compile
+traces into the graph and CUDA graphs capture.
+Megatron's rule holds: a column-parallel layer needs a replicated input and gives a sharded output, a
 row-parallel layer takes that sharded input and gives the replicated sum.
 """
 from __future__ import annotations
