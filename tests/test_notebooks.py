@@ -42,24 +42,6 @@ def _bad(notebook: str, base: dict, cases: list) -> list:
     return out
 
 
-def test_runner_writes_the_full_report(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
-    info = runner.run("pos_interp", cli={k: json.loads(v) if v[0] in "0123456789" else v for k, v in CHEAP.items()})
-    assert info.status == "ok", info.error
-    res = json.loads((info.run_dir / "results.json").read_text())
-    assert res["status"] == "complete" and res["device"] == "cpu"
-    assert set(res["tables"]) == {"table_fidelity", "effects", "interp_speed", "tower_speed", "embedding_fidelity",
-                                  "claim_check"}
-    claims = {c["claim"]: c["verdict"] for c in res["tables"]["claim_check"]}
-    assert any(v.startswith("not measured: TTFT") for v in claims.values())
-    assert any("not measured at 1024 px" in v for v in claims.values())  # 1024 not in tower_resolutions
-    assert res["not_measured"] and res["notes"]
-    assert "interp_speedup_448px" in res["headline"]
-    html = (info.run_dir / "report.html").read_text()
-    assert html.count("Plotly.newPlot") >= 4  # the figures made it into the report
-    assert "Not measured:" in html and "Claim check" in html
-
-
 POS_BAD = _bad("pos_interp", {}, [
     ("iteration", "5", "Parameter iteration=5 is not allowed: not a parameter of this notebook, whose parameters are"),
     ("implementations", "[hf_bicubic, bicubicc]", "Parameter implementations="),
@@ -202,19 +184,6 @@ TP_CHEAP = {"kernels": "[layernorm, linear_gelu]", "dtypes": "[float32, bfloat16
             "claim_shape": "[32, 24, 40]"}
 
 
-def test_triton_precision_plain_papermill(tmp_path):
-    out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/triton_precision.ipynb", str(out)] + _p(TP_CHEAP), ROOT, tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(next((tmp_path / "outputs" / "triton_precision").glob("adhoc-*/results.json")).read_text())
-    assert res["status"] == "complete" and res["device"] == "cpu"
-    assert res["headline"]["precision_verdict"] == "all pass (2x rule)"
-    assert res["headline"]["fc1_gelu_bf16_mean_ulp_triton"] < res["headline"]["fc1_gelu_bf16_mean_ulp_eager"]
-    assert {m["what"] for m in res["not_measured"]} == {"per-kernel speed", "so400m stack speed and memory"}
-    assert all(r["worst_grad_max_abs_diff"] < 1e-4 and r["grads_nonzero"] == r["grads"]
-               for r in res["tables"]["model_check"])
-
-
 BLOCK = {"kernels": "[block]"}  # the head-size rule concerns the encoder-layer case only
 TRITON_BAD = _bad("triton_precision", TP_CHEAP, [
     ("kernel", "mlp", "Parameter kernel='mlp' is not allowed: not a parameter of this notebook"),
@@ -234,22 +203,6 @@ TRITON_BAD = _bad("triton_precision", TP_CHEAP, [
 
 # ---- export_search ----------------------------------------------------------------------------------------
 ES_CHEAP = {"batch_sizes": "[1]", "min_seq": "2048", "validator": "cpu"}
-
-
-def test_export_search_runs_and_resumes_without_repeating(tmp_path):
-    state = tmp_path / "state"
-    params = {**ES_CHEAP, "state_dir": str(state)}
-    for i in range(2):
-        out = tmp_path / f"out{i}.ipynb"
-        r = _papermill(["notebooks/export_search.ipynb", str(out)] + _p(params), ROOT, tmp_path)
-        assert r.returncode == 0, r.stderr[-2000:]
-    runs = sorted((tmp_path / "outputs" / "export_search").glob("adhoc-*/results.json"))
-    assert len(runs) == 2
-    first, second = (json.loads(p.read_text()) for p in runs)
-    assert first["validator"] == "cpu" and first["tables"]["configurations"][0]["status"] == "valid"
-    saved = json.loads(next(state.glob("*.json")).read_text())
-    assert len(saved["attempts"]) == 1  # the second run read the state and tried nothing again
-    assert second["headline"]["tested"] == 1 and second["tables"]["configurations"] == first["tables"]["configurations"]
 
 
 def test_export_search_rejects_a_model_that_is_not_a_causal_lm(tmp_path):
@@ -282,7 +235,7 @@ ES_BAD = _bad("export_search", ES_CHEAP, [
 TP_TINY = {"max_tokens": "4", "backend": "cpu"}
 
 
-@pytest.mark.parametrize("mechanism", ["parallelize_module", "local_shards"])
+@pytest.mark.parametrize("mechanism", ["local_shards"])  # parallelize_module: test_report_content's run
 def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path, mechanism):
     out = tmp_path / "out.ipynb"
     r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({**TP_TINY, "tp_mechanism": mechanism}), ROOT,
@@ -300,8 +253,9 @@ def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path, mechanism):
     assert html is None or "Numbers from" in html.read_text()
 
 
-def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
-    """With the stand-in SDKs on the path and a fake sysfs, auto picks neuron; the first line says stand-in."""
+def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree, monkeypatch):
+    """With the stand-in SDKs on the path and a fake sysfs, auto picks neuron; the first line says stand-in, and
+    the report (`workbook report` of the executed notebook) shows the table of Neuron paths tried."""
     import os
 
     root = neuron_tree
@@ -317,6 +271,13 @@ def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree):
     assert "nxdi" in res["lead"] and "STAND-IN" in res["lead"]
     assert res["tables"]["paths_tried"][0]["path"] == "nxdi" and res["tables"]["paths_tried"][0]["ok"] is True
     assert res["tables"]["generations"][0]["completion_tokens"] == 4
+    from workbook import adhoc_report
+
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    html, run = adhoc_report.make_report(str(out))
+    text = html.read_text()
+    assert run["status"] == "ok" and 'data-wb-table="Neuron paths tried"' in text
+    assert "STAND-IN" in text[text.index('class="wb-header'):][:3000]
 
 
 MISTRAL_BAD = _bad("mistral_tp", TP_TINY, [
@@ -351,7 +312,15 @@ def test_mistral_tp_config_only_shape_is_refused_where_it_does_not_fit(tmp_path)
     assert error["ename"] == "ParameterError" and "Parameter compile=True" in error["evalue"]
 
 
-@pytest.mark.parametrize("notebook,params,expected", POS_BAD + SIGLIP_BAD + TRITON_BAD + ES_BAD + MISTRAL_BAD)
+ALL_BAD = POS_BAD + SIGLIP_BAD + TRITON_BAD + ES_BAD + MISTRAL_BAD
+# Through plain papermill, end to end, one case per notebook: a misspelt name (only a kernel has papermill's injected
+# cell to read it from). Every other case runs the first cell's checks in this process with the values papermill
+# would inject (its own type resolution of `-p` text): the same code, without a kernel start per case.
+THROUGH_PAPERMILL = {"pos_interp-iteration=5", "siglip_neuron-cors=2", "triton_precision-kernel=mlp",
+                     "export_search-validators=cpu", "mistral_tp-tp=2"}
+
+
+@pytest.mark.parametrize("notebook,params,expected", [c for c in ALL_BAD if c.id in THROUGH_PAPERMILL])
 def test_bad_parameter_stops_in_the_first_cell(notebook, params, expected, tmp_path):
     """Plain papermill with one bad parameter: a non-zero exit, one ParameterError (or BackendUnavailable, its
     subclass for a backend that cannot run here) in the first cell naming it, no later cell run, no run recorded."""
@@ -361,3 +330,31 @@ def test_bad_parameter_stops_in_the_first_cell(notebook, params, expected, tmp_p
     error = _first_cell_error(out)
     assert error["ename"] in ("ParameterError", "BackendUnavailable") and expected in error["evalue"], error
     assert not (tmp_path / "outputs" / notebook).exists()  # no run was recorded (a default model may be cached)
+
+
+def test_every_notebook_has_a_bad_parameter_case_through_papermill():
+    assert {c.values[0] for c in ALL_BAD if c.id in THROUGH_PAPERMILL} == {
+        nb.stem for nb in (ROOT / "notebooks").glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("notebook,params,expected", [c for c in ALL_BAD if c.id not in THROUGH_PAPERMILL])
+def test_bad_parameter_is_refused_by_the_first_cell_checks(notebook, params, expected, monkeypatch, tmp_path):
+    """The first cell's checks (the experiment's configure, then its model build where the cell does one) with
+    the notebook's defaults and this case's values as papermill injects them: one sentence naming the value."""
+    import importlib
+
+    from papermill.cli import _resolve_type
+
+    from workbook.errors import ParameterError
+    from workbook.params import notebook_parameters
+
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    kwargs = {n: p.default for n, p in notebook_parameters(ROOT / "notebooks" / f"{notebook}.ipynb").items()}
+    kwargs.update({k: _resolve_type(v) for k, v in params.items()})
+    exp = importlib.import_module(f"workbook.experiments.{notebook}")
+    with pytest.raises(ParameterError) as err:  # BackendUnavailable is a ParameterError
+        cfg = exp.configure(**kwargs)
+        if hasattr(exp, "build"):
+            exp.build(cfg)
+    assert expected in str(err.value)
+    assert not (tmp_path / "outputs" / notebook).exists()

@@ -202,3 +202,43 @@ def test_report_renders_in_a_headless_browser(reports, name, tmp_path):
     assert _tables(dom) == TABLES[name]
     drawn = len(re.findall(r'class="plot-container plotly"', dom))
     assert drawn == len(re.findall(r'class="plotly-graph-div[ "]', dom)) == len(FIGURES[name])
+
+
+def test_triton_precision_precision_and_model_check(reports):
+    res = json.loads((reports["triton_precision"].run_dir / "results.json").read_text())
+    assert res["status"] == "complete" and res["device"] == "cpu"
+    assert res["headline"]["precision_verdict"] == "all pass (2x rule)"
+    assert res["headline"]["fc1_gelu_bf16_mean_ulp_triton"] < res["headline"]["fc1_gelu_bf16_mean_ulp_eager"]
+    assert all(r["worst_grad_max_abs_diff"] < 1e-4 and r["grads_nonzero"] == r["grads"]
+               for r in res["tables"]["model_check"])
+
+
+def test_mistral_tp_two_gloo_ranks_match_one_process(reports):
+    res = json.loads((reports["mistral_tp"].run_dir / "results.json").read_text())
+    assert res["lead"] == "Numbers from: cpu tensor parallelism over 2 torchrun processes (gloo, parallelize_module)"
+    check = res["tables"]["correctness"][0]
+    assert check["tokens_identical"] is True and check["logits_max_abs_diff"] < 1e-4
+    g = res["tables"]["generations"][0]
+    assert g["completion_tokens"] == 4 and g["total_tokens"] == g["prompt_tokens"] + 4
+    assert {m["rank"] for m in res["tables"]["measurements"] if m["run"] == "tp=2"} == {0, 1}
+    assert res["fallbacks"] == []
+
+
+def test_export_search_resumes_without_repeating(reports):
+    """A second run on the same state file reads it back and tries nothing again."""
+    first = reports["export_search"]
+    state_dir = first.data["params"]["state_dir"]
+    res1 = json.loads((first.run_dir / "results.json").read_text())
+    assert res1["validator"] == "cpu" and res1["tables"]["configurations"][0]["status"] == "valid"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WORKBOOK_OUTPUTS", str(first.run_dir.parent.parent))
+    mp.setenv("WORKBOOK_ROOT", str(Path(state_dir).parent / "root"))
+    try:
+        again = runner.run("export_search", cli={**RUNS["export_search"], "state_dir": state_dir}, force=True,
+                           log=lambda *_: None)
+    finally:
+        mp.undo()
+    res2 = json.loads((again.run_dir / "results.json").read_text())
+    saved = json.loads(next(Path(state_dir).glob("*.json")).read_text())
+    assert len(saved["attempts"]) == res1["headline"]["tested"] == res2["headline"]["tested"]
+    assert res2["tables"]["configurations"] == res1["tables"]["configurations"]
