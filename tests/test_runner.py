@@ -216,3 +216,22 @@ def test_resuming_a_run_said_to_be_running_elsewhere_says_so(wb_root):
     assert runner.resume_caveat({"status": "running", "host": here}) == ""  # its process is checked: it is gone
     note = runner.resume_caveat({"status": "running", "host": "another-host"})
     assert "'another-host'" in note and "cannot check" in note and "both measure the rest" in note
+
+
+def test_ctrl_c_prints_one_line_and_the_report_says_how_far(wb_root):
+    """SIGINT to the runner's process group, as a terminal's Ctrl-C sends it: the terminal gets the progress lines
+    and one sentence, no traceback (the kernel's own messages go to the run's log); the report names the cell the
+    run stopped in."""
+    args = [sys.executable, "-m", "workbook.cli", "run", "smoke", "-p", "sizes", "[1, 2, 3]", "-p", "pause", "3.0"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = _wait_for_groups(wb_root, 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines() == ["interrupted: the run is recorded as such; run the same command to resume it"]
+    assert "cell 1 of 6 · test notebook" in out and "cell 3 of 6" in out  # one line per code cell that started
+    run = json.loads((first / "run.json").read_text())
+    assert run["cells"][-1]["cell"] == 3 and run["cells"][-1]["status"] == "interrupted"
+    html = (first / "report.html").read_text()
+    assert "How far:</b> The run stopped in cell 3 of 6 (test notebook)" in html
+    assert 'href="log.txt"' in html and (first / "log.txt").exists()
