@@ -235,24 +235,6 @@ ES_BAD = _bad("export_search", ES_CHEAP, [
 TP_TINY = {"max_tokens": "4", "backend": "cpu"}
 
 
-@pytest.mark.parametrize("mechanism", ["local_shards"])  # parallelize_module: test_report_content's run
-def test_mistral_tp_two_gloo_ranks_match_one_process(tmp_path, mechanism):
-    out = tmp_path / "out.ipynb"
-    r = _papermill(["notebooks/mistral_tp.ipynb", str(out)] + _p({**TP_TINY, "tp_mechanism": mechanism}), ROOT,
-                   tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(next((tmp_path / "outputs" / "mistral_tp").glob("adhoc-*/results.json")).read_text())
-    assert res["lead"] == f"Numbers from: cpu tensor parallelism over 2 torchrun processes (gloo, {mechanism})"
-    check = res["tables"]["correctness"][0]
-    assert check["tokens_identical"] is True and check["logits_max_abs_diff"] < 1e-4
-    g = res["tables"]["generations"][0]
-    assert g["completion_tokens"] == 4 and g["total_tokens"] == g["prompt_tokens"] + 4
-    assert {m["rank"] for m in res["tables"]["measurements"] if m["run"] == "tp=2"} == {0, 1}
-    assert res["fallbacks"] == []
-    html = next((tmp_path / "outputs" / "mistral_tp").glob("adhoc-*/report.html"), None)
-    assert html is None or "Numbers from" in html.read_text()
-
-
 def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree, monkeypatch):
     """With the stand-in SDKs on the path and a fake sysfs, auto picks neuron; the first line says stand-in, and
     the report (`workbook report` of the executed notebook) shows the table of Neuron paths tried."""
