@@ -135,21 +135,21 @@ def test_failing_plain_papermill_run_is_reported_failed(tmp_path, monkeypatch, c
     run_dir = next((outputs / "smoke").glob("adhoc-*"))
     run = json.loads((run_dir / "run.json").read_text())  # the kernel recorded it as the cell failed
     # cell 5: the notebook's parameters cell, papermill's injected one, then FAIL_CELLS
-    assert run["status"] == "failed" and run["error"] == "RuntimeError: planned failure (cell 5)"
+    assert run["status"] == "failed" and run["error"] == "RuntimeError: planned failure (In [5])"
     assert run["ended_at"] and run["param_sources"] == {"n": "papermill"}
 
     monkeypatch.setenv("WORKBOOK_OUTPUTS", str(outputs))
     assert cli.main(["report", str(tmp_path / "out.ipynb")]) == 0
-    assert "smoke " + run_dir.name + ": failed — RuntimeError: planned failure (cell 5)" in capsys.readouterr().out
+    assert "smoke " + run_dir.name + ": failed — RuntimeError: planned failure (In [5])" in capsys.readouterr().out
     html = (run_dir / "report.html").read_text()
     head = html[html.index('class="wb-header'):][:2000]
-    assert "Status: FAILED" in head and "RuntimeError: planned failure (cell 5)" in head
+    assert "Status: FAILED" in head and "RuntimeError: planned failure (In [5])" in head
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "failed" and res["stopped"] == run["error"] and res["tables"]["t"] == [{"n": 4}]
     assert cli.main(["list"]) == 0
     listed = capsys.readouterr().out.splitlines()
     i = next(i for i, ln in enumerate(listed) if run_dir.name in ln)
-    assert listed[i].split()[2] == "failed" and "RuntimeError: planned failure (cell 5)" in listed[i + 1]
+    assert listed[i].split()[2] == "failed" and "RuntimeError: planned failure (In [5])" in listed[i + 1]
 
 
 # ---- workbook report: bad input -----------------------------------------------------------------------------
@@ -228,14 +228,14 @@ def test_settle_reads_the_status_from_the_notebook():
     assert settle({"status": "ok"}, done, ok_nb) == {"status": "ok", "error": None}
     # papermill stopped on a cell: failed even after finish() (as under the runner)
     assert settle({"status": "ok"}, done, _nb(_err_cell(5, marked=True))) == {
-        "status": "failed", "error": "RuntimeError: boom (cell 5)"}
+        "status": "failed", "error": "RuntimeError: boom (In [5])"}
     # saved from JupyterLab: the error of the cell run last, unless the results are complete
     lab = _nb(_err_cell(7, evalue="late"), _err_cell(3, evalue="early"))
-    assert settle({"status": "running"}, running, lab)["error"] == "RuntimeError: late (cell 7)"
+    assert settle({"status": "running"}, running, lab)["error"] == "RuntimeError: late (In [7])"
     assert settle({"status": "running"}, done, lab) == {"status": "ok", "error": None}
     assert settle({"status": "running"}, running, _nb(_err_cell(2, "KeyboardInterrupt", "", True)))["status"] == \
         "interrupted"
-    assert settle({"status": "failed", "error": "E: x (cell 2)"}, running, ok_nb) == {}  # the kernel's own record
+    assert settle({"status": "failed", "error": "E: x (In [2])"}, running, ok_nb) == {}  # the kernel's own record
     assert settle({"status": "running", **here}, running, ok_nb) == {"status": "running", "error": None}
     assert settle({"status": "running", "pid": 1, "host": "elsewhere"}, running, ok_nb) == {
         "status": "interrupted", "error": adhoc_report.STOPPED}
@@ -253,10 +253,10 @@ def test_report_settles_a_run_the_kernel_left_running(wb_root, monkeypatch):
     nb.metadata["papermill"] = {"end_time": "2030-01-01T00:00:05.000000"}
     nbformat.write(nb, str(out))
     html, run = adhoc_report.make_report(str(out))
-    assert run["status"] == "failed" and run["error"] == "ValueError: bad (cell 3)"
+    assert run["status"] == "failed" and run["error"] == "ValueError: bad (In [3])"
     assert run["ended_at"].startswith("20") and run["duration_s"] > 0
     assert json.loads((rec.run_dir / "run.json").read_text()) == run
-    assert json.loads(rec.path.read_text())["stopped"] == "ValueError: bad (cell 3)"
+    assert json.loads(rec.path.read_text())["stopped"] == "ValueError: bad (In [3])"
     assert html == rec.run_dir / "report.html" and "Status: FAILED" in html.read_text()
     assert (rec.run_dir / "notebook.ipynb").exists() and rec.run_dir.name in (wb_root / "outputs" / "index.html").read_text()
 
@@ -300,7 +300,7 @@ def test_cell_hook_keeps_run_json_and_prints_finish_line_last(wb_root, monkeypat
     adhoc_run = lambda: json.loads((rec.run_dir / "run.json").read_text())  # noqa: E731
     assert len(shell.hooks) == 1 and adhoc_run()["status"] == "running"
     shell.cell_done(2, RuntimeError("boom"))
-    assert adhoc_run()["status"] == "failed" and adhoc_run()["error"] == "RuntimeError: boom (cell 2)"
+    assert adhoc_run()["status"] == "failed" and adhoc_run()["error"] == "RuntimeError: boom (In [2])"
     assert json.loads(rec.path.read_text())["status"] == "failed"
     shell.cell_done(3)  # JupyterLab: the user fixed it and went on
     assert adhoc_run()["status"] == "running" and adhoc_run()["error"] is None

@@ -126,7 +126,7 @@ def stopped(rec, err: BaseException, cell) -> None:
     """A cell of an adhoc run raised: run.json (and results.json, as the runner does) say so, with the error in
     the runner's words. In JupyterLab a later cell that runs is taken as the run going on (:func:`resumed`)."""
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-    error = f"{type(err).__name__}: {err} (cell {cell})"
+    error = f"{type(err).__name__}: {err} (In [{cell}])"
     _update(rec.run_dir, status=status, error=error, **_ended(rec))
     if rec.data.get("status") == "running":
         rec.data.update(status=status, stopped=error)

@@ -78,7 +78,7 @@ def notebook_error(nb) -> tuple[str, bool] | None:
         if not errors and not marked:
             continue
         e = errors[-1] if errors else {}
-        text = f"{e.get('ename', 'Error')}: {e.get('evalue', '')} (cell {cell.get('execution_count')})"
+        text = f"{e.get('ename', 'Error')}: {e.get('evalue', '')} (In [{cell.get('execution_count')}])"
         if marked:
             return text, True
         if latest is None or (cell.get("execution_count") or 0) >= latest[0]:

@@ -175,7 +175,7 @@ def _error_text(exc: BaseException) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return f"{exc.ename}: {exc.evalue} (cell {exc.exec_count})"
+        return f"{exc.ename}: {exc.evalue} (In [{exc.exec_count}])"
     try:
         from nbclient.exceptions import DeadKernelError
     except ImportError:  # pragma: no cover
