@@ -128,7 +128,7 @@ def check_generations(result, reference, prompts, seen, ckpt):
 # ------------------------------------------------------------------------------------ the two paths
 def test_transformers_neuronx_path_through_its_standin(sdk, ckpt, reference, seen):
     tnx, _ = sdk
-    r = run_chain([TNX], spec(ckpt, repeats=2))
+    r = run_chain([TNX], spec(ckpt, repeats=5))  # medians of 5: a busy CPU does not invert one step and six
     assert r["path"] == TNX and r["standin"] is True and r["backend"] == "neuron-standin"
     assert r["headline"].startswith("Numbers from the transformers-neuronx path (transformers-neuronx "
                                     "MistralForSampling) - TEST STAND-IN")
@@ -144,8 +144,8 @@ def test_transformers_neuronx_path_through_its_standin(sdk, ckpt, reference, see
                     "amp": "f32", "n_positions": 64, "context_length_estimate": None}
     samples = [c for c in tnx.CALLS if c["fn"] == "MistralForSampling.sample"]
     assert {c["top_k"] for c in samples} == {1}  # greedy
-    # 2 repeats x (1 one-token + 1 full) on the first prompt, then the second prompt once
-    assert [c["sequence_length"] - c["shape"][1] for c in samples] == [1, MAX_NEW, 1, MAX_NEW, MAX_NEW]
+    # 5 repeats x (1 one-token + 1 full) on the first prompt, then the second prompt once
+    assert [c["sequence_length"] - c["shape"][1] for c in samples] == [1, MAX_NEW] * 5 + [MAX_NEW]
 
 
 def test_nxdi_path_through_its_standin(sdk, ckpt, reference, seen, tmp_path):

@@ -223,8 +223,9 @@ def test_ctrl_c_prints_one_line_and_the_report_says_how_far(wb_root):
     and one sentence, no traceback (the kernel's own messages go to the run's log); the report names the cell the
     run stopped in."""
     args = [sys.executable, "-m", "workbook.cli", "run", "smoke", "-p", "sizes", "[1, 2, 3]", "-p", "pause", "3.0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    first = _wait_for_groups(wb_root, 1, proc)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a shell's foreground
+    first = _wait_for_groups(wb_root, 1, proc)  # job has it, whatever this test process (an xdist worker) ignores
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)

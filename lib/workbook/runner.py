@@ -268,7 +268,8 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
 
 @contextlib.contextmanager
 def _sigterm_interrupts():
-    """Turn SIGTERM into :class:`Terminated` while a notebook runs (main thread only: elsewhere, no change)."""
+    """Turn SIGTERM into :class:`Terminated`, and SIGINT into KeyboardInterrupt however deep in nbclient's event
+    loop it lands, while a notebook runs (main thread only: elsewhere, no change)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -276,11 +277,19 @@ def _sigterm_interrupts():
     def handler(signum, frame):
         raise Terminated()
 
+    def interrupt(signum, frame):
+        # Our own handler, not Python's default: an asyncio loop (nbclient's) replaces only the default one, with
+        # a handler that cancels its task, and a cancellation swallowed inside would lose the Ctrl-C.
+        raise KeyboardInterrupt()
+
     old = signal.signal(signal.SIGTERM, handler)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # started with Ctrl-C ignored (nohup, `cmd &`)
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 def _command_line() -> str:
