@@ -102,12 +102,6 @@ def _cells_html(run: dict) -> str:
     return out
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def render(nb_path: Path, html_path: Path, header_html: str | None = None, code: str = "collapsed") -> Path:
     """Write ``html_path`` from the notebook at ``nb_path``, with ``header_html`` as its first cell."""
     from nbconvert import HTMLExporter
