@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbook.errors import cell_error
 from workbook.paths import repo_root, shown
 
 MARKER = "workbook"  # key of the output metadata that names the run folder: {"run_dir": ..., "notebook": ...}
@@ -93,21 +93,16 @@ def _update(run_dir: Path, **changes) -> None:
 
 def begin(rec, prov: dict) -> None:
     """Write ``run.json`` for a recorder that made its own adhoc folder, in the schema the runner writes."""
-    from workbook import __version__
     from workbook.checks import injected_names
-    from workbook.record import write_json_atomic
+    from workbook.record import run_record, write_json_atomic
 
     rec.launcher = launcher()
     injected = set(injected_names() or ())
     params = rec.data["params"]
-    write_json_atomic(rec.run_dir / "run.json", {
-        "notebook": rec.data["notebook"], "run_id": rec.run_dir.name, "status": "running", "error": None,
-        "params": params, "param_sources": {k: "papermill" if k in injected else "notebook" for k in params},
-        "profile": None, "param_file": None, "key": None, "notebook_hash": None, "lib_fingerprint": None,
-        "workbook_version": __version__, "started_at": rec.data["started_at"], "ended_at": None, "duration_s": None,
-        "command": rec.launcher.command, "provenance": prov, "pid": os.getpid(), "host": socket.gethostname(),
-        "resumed_from": None,
-    })
+    write_json_atomic(rec.run_dir / "run.json", run_record(
+        rec.data["notebook"], rec.run_dir.name, params=params, command=rec.launcher.command, provenance=prov,
+        param_sources={k: "papermill" if k in injected else "notebook" for k in params},
+        started_at=rec.data["started_at"]))
     _watch_cells(rec)
 
 
@@ -126,7 +121,7 @@ def stopped(rec, err: BaseException, cell) -> None:
     """A cell of an adhoc run raised: run.json (and results.json, as the runner does) say so, with the error in
     the runner's words. In JupyterLab a later cell that runs is taken as the run going on (:func:`resumed`)."""
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-    error = f"{type(err).__name__}: {err} (In [{cell}])"
+    error = cell_error(type(err).__name__, err, cell)
     _update(rec.run_dir, status=status, error=error, **_ended(rec))
     if rec.data.get("status") == "running":
         rec.data.update(status=status, stopped=error)

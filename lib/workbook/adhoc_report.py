@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 
 from workbook.adhoc import MARKER
-from workbook.errors import WorkbookError
+from workbook.errors import WorkbookError, cell_error
 from workbook.paths import repo_root, shown
 
 EXPECTED = "an executed notebook: the output .ipynb that papermill wrote, or one saved from JupyterLab"
@@ -30,7 +30,8 @@ def read_notebook(arg: str):
     """The notebook at ``arg``; a missing file or anything that is not a notebook is one sentence."""
     p = Path(arg)
     if not p.is_file():
-        raise WorkbookError(f"NOTEBOOK {arg!r} {'is a folder' if p.is_dir() else 'does not exist'}; expected {EXPECTED}.")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise WorkbookError(f"NOTEBOOK {arg!r} {what}; expected {EXPECTED}.")
     try:
         text = p.read_text(encoding="utf-8")
         why = "not JSON"
@@ -78,7 +79,7 @@ def notebook_error(nb) -> tuple[str, bool] | None:
         if not errors and not marked:
             continue
         e = errors[-1] if errors else {}
-        text = f"{e.get('ename', 'Error')}: {e.get('evalue', '')} (In [{cell.get('execution_count')}])"
+        text = cell_error(e.get("ename", "Error"), e.get("evalue", ""), cell.get("execution_count"))
         if marked:
             return text, True
         if latest is None or (cell.get("execution_count") or 0) >= latest[0]:

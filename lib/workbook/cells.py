@@ -38,7 +38,7 @@ def headings(nb) -> dict[int, str]:
             lines = [ln.strip() for ln in cell.source.splitlines() if ln.strip()]
             heads = [ln.lstrip("#").strip() for ln in lines if ln.startswith("#")]
             if heads or lines:
-                current = (heads or lines)[-1 if heads else 0][:80]
+                current = (heads[-1] if heads else lines[0])[:80]
         elif cell.cell_type == "code":
             if not {"parameters", "injected-parameters"} & set(cell.get("metadata", {}).get("tags", [])):
                 out[i] = current  # the parameter cells only assign values: not counted as work
@@ -89,8 +89,7 @@ class Tracker:
         moved, kept = console.clean_cell(cell)
         if moved:
             self.moved += len(moved)
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(f"--- cell {n} of {len(self.code)} · {self.heads[index]}\n" + "\n".join(moved) + "\n")
+            console.append_log(self.log_path, f"cell {n} of {len(self.code)} · {self.heads[index]}", moved)
         for line in kept[:20]:  # real warnings and errors stay in sight, in the terminal too
             self.log(f"    {line}")
         if len(kept) > 20:
@@ -98,7 +97,7 @@ class Tracker:
 
     def interrupted(self) -> None:
         """Ctrl-C or SIGTERM arrived: the cell whose end was seen while the interrupt unwound did not finish."""
-        if self.cells and self.cells[-1]["status"] == "ok" and time.time() - self.t0 > 0:
+        if self.cells and self.cells[-1]["status"] == "ok":
             self.cells[-1]["status"] = "interrupted"
 
     def record(self) -> dict:
@@ -186,4 +185,5 @@ def how_far(run: dict) -> str | None:
     verb = "failed in" if last["status"] == "failed" else "stopped in"
     if last["status"] == "ok":  # killed between cells, or in a cell whose end was never seen
         return f"The run got through {done} of {last['of']} code cells; the last one finished was {where}."
-    return f"The run {verb} {where} after {duration(last['seconds'])} there; {done} of {last['of']} code cells had finished."
+    return (f"The run {verb} {where} after {duration(last['seconds'])} there; {done} of {last['of']} code cells "
+            "had finished.")

@@ -87,23 +87,22 @@ def clean_cell(cell) -> tuple[list[str], list[str]]:
     return moved, kept
 
 
+def append_log(log_path: Path, heading: str, lines: list[str]) -> None:
+    """Append ``lines`` to the run's log under ``--- heading`` (the cell they came from)."""
+    with open(log_path, "a", encoding="utf-8") as f:
+        f.write(f"--- {heading}\n" + "\n".join(lines) + "\n")
+
+
 def clean_notebook(nb, log_path: Path | None = None) -> int:
     """Move every code cell's chatter into ``log_path`` (appended, under a line naming the cell); returns how
     many lines moved. Used on notebooks that did not run under the runner (plain papermill, JupyterLab)."""
     total = 0
-    code_no = 0
-    blocks = []
-    for cell in nb.cells:
-        if cell.get("cell_type") != "code":
-            continue
-        code_no += 1
+    code = [c for c in nb.cells if c.get("cell_type") == "code"]
+    for n, cell in enumerate(code, 1):
         moved, _ = clean_cell(cell)
-        if moved:
-            total += len(moved)
-            blocks.append(f"--- cell {code_no}\n" + "\n".join(moved) + "\n")
-    if blocks and log_path is not None:
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.writelines(blocks)
+        total += len(moved)
+        if moved and log_path is not None:
+            append_log(log_path, f"cell {n}", moved)
     return total
 
 

@@ -22,6 +22,12 @@ class ParameterError(WorkbookError, ValueError):
     name: str | None = None
 
 
+def cell_error(name: str, value, execution_count) -> str:
+    """A run's error as the runner, ``workbook report`` and the adhoc record all state it: the exception and the
+    cell as the notebook labels it (``In [N]``)."""
+    return f"{name}: {value} (In [{execution_count}])"
+
+
 def bad_param(name: str, value, allowed: str) -> ParameterError:
     """``name=value`` is not allowed; ``allowed`` says what is (e.g. "one of cpu, cuda, auto")."""
     e = ParameterError(f"Parameter {name}={value!r} is not allowed: {allowed}.")

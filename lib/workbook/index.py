@@ -8,6 +8,7 @@ with how many there are.
 from __future__ import annotations
 
 import html
+from collections import Counter
 from pathlib import Path
 
 from workbook.provenance import hardware_label, now_iso
@@ -50,9 +51,7 @@ def _row(r: dict, outputs: Path, latest: bool = False) -> str:
 
 
 def _counts(runs: list[dict]) -> str:
-    n: dict[str, int] = {}
-    for r in runs:
-        n[r.get("status", "?")] = n.get(r.get("status", "?"), 0) + 1
+    n = Counter(r.get("status", "?") for r in runs)
     return ", ".join(f"{c} {s}" for s, c in sorted(n.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
 
 

@@ -77,6 +77,26 @@ def write_json_atomic(path: Path, data) -> None:
             os.close(dfd)
 
 
+def run_record(notebook: str, run_id: str, *, params: dict, param_sources: dict, command: str, provenance: dict,
+               profile: str | None = None, param_file: str | None = None, key: str | None = None,
+               notebook_hash: str | None = None, lib_fingerprint: str | None = None,
+               resumed_from: str | None = None, started_at: str | None = None) -> dict:
+    """``run.json`` as it starts, for the runner and for a run made without it (:mod:`workbook.adhoc`) alike."""
+    import socket
+
+    from workbook import __version__
+    from workbook.provenance import now_iso  # (the ``provenance`` argument is the record's, not the module)
+
+    return {
+        "notebook": notebook, "run_id": run_id, "status": "running", "error": None,
+        "params": params, "param_sources": param_sources, "profile": profile, "param_file": param_file,
+        "key": key, "notebook_hash": notebook_hash, "lib_fingerprint": lib_fingerprint, "workbook_version": __version__,
+        "started_at": started_at or now_iso(), "ended_at": None, "duration_s": None,
+        "command": command, "provenance": provenance, "pid": os.getpid(), "host": socket.gethostname(),
+        "resumed_from": resumed_from,
+    }
+
+
 def run_dir_for(notebook: str) -> Path:
     env = os.environ.get(RUN_DIR_ENV)
     if env:

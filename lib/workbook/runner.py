@@ -28,8 +28,9 @@ from datetime import datetime
 from pathlib import Path
 
 from workbook import __version__, cells, console, params as P, provenance, report
+from workbook.errors import cell_error
 from workbook.paths import lib_dir, outputs_dir, repo_root
-from workbook.record import RESUME_ENV, RUN_DIR_ENV, write_json_atomic
+from workbook.record import RESUME_ENV, RUN_DIR_ENV, run_record, write_json_atomic
 
 PLOTLY_RENDERER = "plotly_mimetype+notebook"  # JupyterLab's renderer plus an offline HTML one
 
@@ -175,7 +176,7 @@ def _error_text(exc: BaseException) -> str:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
-        return f"{exc.ename}: {exc.evalue} (In [{exc.exec_count}])"
+        return cell_error(exc.ename, exc.evalue, exc.exec_count)
     try:
         from nbclient.exceptions import DeadKernelError
     except ImportError:  # pragma: no cover
@@ -208,14 +209,9 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     run_dir = new_run_dir(name, key)
     run_id = run_dir.name
     started = time.time()
-    data = {
-        "notebook": name, "run_id": run_id, "status": "running", "error": None,
-        "params": values, "param_sources": sources, "profile": profile, "param_file": param_file,
-        "key": key, "notebook_hash": nb_hash, "lib_fingerprint": lib_fp, "workbook_version": __version__,
-        "started_at": provenance.now_iso(), "ended_at": None, "duration_s": None,
-        "command": _command_line(), "provenance": prov, "pid": os.getpid(), "host": socket.gethostname(),
-        "resumed_from": prior.name if prior else None,
-    }
+    data = run_record(name, run_id, params=values, param_sources=sources, command=_command_line(), provenance=prov,
+                      profile=profile, param_file=param_file, key=key, notebook_hash=nb_hash, lib_fingerprint=lib_fp,
+                      resumed_from=prior.name if prior else None)
     write_json_atomic(run_dir / "run.json", data)
     log(f"{name}: running into {run_dir}")
     env = {RUN_DIR_ENV: run_dir, "PLOTLY_RENDERER": PLOTLY_RENDERER, "WORKBOOK_ROOT": repo_root(),
