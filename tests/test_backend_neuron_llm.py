@@ -1,4 +1,4 @@
-"""The Neuron Mistral generation paths (workbook.backends.neuron_llm) against the TEST STAND-INS in tests/standins.
+"""The Neuron Mistral generation paths (workbook.llm.neuron) against the TEST STAND-INS in tests/standins.
 
 No Neuron SDK or hardware is here. The stand-ins for transformers_neuronx and neuronx_distributed_inference
 keep the documented signatures and generate on the CPU with transformers, so these tests check that each
@@ -19,8 +19,9 @@ import pytest
 from workbook.models import mistral
 import torch
 
-from workbook.backends import neuron, neuron_llm
-from workbook.backends.neuron_llm import NXDI, TNX, run_chain
+from workbook.backends import neuron
+from workbook.llm import neuron as neuron_llm
+from workbook.llm.neuron import NXDI, TNX, run_chain
 from workbook.errors import ParameterError, WorkbookError
 
 STANDINS = Path(__file__).resolve().parent / "standins"
@@ -271,7 +272,7 @@ def test_available(clean, sysfs, monkeypatch, tmp_path):
 
 
 def test_module_imports_without_torch_or_the_sdk():
-    code = ("import sys, workbook.backends.neuron_llm; "
+    code = ("import sys, workbook.llm.neuron; "
             "assert not {'torch', 'transformers', 'transformers_neuronx', 'neuronx_distributed_inference'} "
             "& set(sys.modules), sorted(sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

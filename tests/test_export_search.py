@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from workbook import export_search as es
+from workbook.llm import search as es
 from workbook.errors import ParameterError, WorkbookError
 
 PY = sys.executable
@@ -214,7 +214,7 @@ def test_neuron_validator_commands(tmp_path):
     assert export == ["optimum-cli", "export", "neuron", "-m", "mistralai/Mistral-7B-v0.1", "--batch_size", "4",
                       "--sequence_length", "4096", "--tensor_parallel_size", "8", "--task", "text-generation", out,
                       "--instance_type", "inf2"]
-    assert load == [sys.executable, "-m", "workbook.export_search", "load-neuron", out]
+    assert load == [sys.executable, "-m", "workbook.llm.search", "load-neuron", out]
     assert es.NeuronValidator(load=False).command("m", 2, 1, 1024, tmp_path) == [export[:4] + ["m", "--batch_size", "1",
         "--sequence_length", "1024", "--tensor_parallel_size", "2", "--task", "text-generation", out]]
     assert "compile only" in es.NeuronValidator(load=False).describe()
@@ -231,7 +231,7 @@ def test_load_neuron_says_what_is_missing(tmp_path):
         pytest.skip("optimum-neuron is installed here")
     except ImportError:
         pass
-    p = subprocess.run([PY, "-m", "workbook.export_search", "load-neuron", str(tmp_path)], capture_output=True,
+    p = subprocess.run([PY, "-m", "workbook.llm.search", "load-neuron", str(tmp_path)], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2
     assert "optimum-neuron" in p.stderr and "Traceback" not in p.stderr
@@ -390,7 +390,7 @@ def test_killed_writers_never_leave_a_truncated_file(tmp_path):
 # ---------------------------------------------------------------- SIGKILL of the whole search
 
 def _cli(tmp_path, validator_template, state_dir):
-    return [PY, "-m", "workbook.export_search", "run", "--model", "org/fake", "--validator", "cmd",
+    return [PY, "-m", "workbook.llm.search", "run", "--model", "org/fake", "--validator", "cmd",
             "--template", validator_template, "--state-dir", str(state_dir), "--total-cores", "8",
             "--cores-per-device", "2", "--heads", "8", "--max-positions", "8192", "--batch-sizes", "1,4,8",
             "--timeout", "30"]

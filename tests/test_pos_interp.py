@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from workbook import interp, metrics
-from workbook.device import resolve_device
+from workbook.targets import resolve_device
 from workbook.errors import ParameterError
 from workbook.experiments import pos_interp as P
 from workbook.record import Recorder, load

@@ -1,4 +1,4 @@
-"""Tensor-parallel Mistral (``workbook.tp`` and ``workbook.models.mistral``): real torchrun ranks on the CPU.
+"""Tensor-parallel Mistral (``workbook.llm`` and ``workbook.models.mistral``): real torchrun ranks on the CPU.
 
 Two gloo ranks must give what one process gives on the tiny checkpoint the tests write: logits to 1e-4 in fp32
 and the same greedy tokens, also when KV heads are replicated (tp > KV heads). Also: the response shape and its
@@ -16,8 +16,8 @@ import torch
 
 from workbook.errors import ParameterError, WorkbookError
 from workbook.models import mistral
-from workbook.tp import launch, logits_diff
-from workbook.tp.worker import cache_keyword, generate
+from workbook.llm.launch import launch, logits_diff
+from workbook.llm.worker import cache_keyword, generate
 
 FP32_TOL = 1e-4
 PROMPTS = ["Hello there", "Tensor parallel!"]
@@ -271,7 +271,7 @@ def test_config_only_folder_draws_the_same_seeded_weights_on_every_rank(tmp_path
     """A config-only model (mistral-7b-shape style) is initialised from its seed where it loads: two gloo ranks
     and one process see the same weights, so their logits and greedy tokens agree."""
     from workbook.models import mistral
-    from workbook.tp import launch, logits_diff
+    from workbook.llm.launch import launch, logits_diff
 
     p = mistral.create_config_only(tmp_path / "m", seed=3)
     spec = {"model": str(p), "prompts": ["hello"], "max_new_tokens": 3, "tp_mechanism": "parallelize_module"}

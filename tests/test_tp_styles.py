@@ -1,4 +1,4 @@
-"""The plain-tensor parallel styles (``workbook.tp.styles``) and the per-step weight bytes of ``workbook.tp.worker``.
+"""The plain-tensor parallel styles (``workbook.llm.styles``) and the per-step weight bytes of ``workbook.llm.worker``.
 
 The styles are checked here on one process with a stand-in mesh (rank and size only) for what each rank keeps;
 that two ranks together compute what one process computes is checked through torchrun in ``test_tp.py``.
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from workbook.tp.styles import LocalColwiseParallel, LocalRowwiseParallel
+from workbook.llm.styles import LocalColwiseParallel, LocalRowwiseParallel
 
 
 class StandInMesh:
@@ -70,7 +70,7 @@ def test_weight_bytes_per_step_leaves_out_the_input_embedding(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from workbook.models import mistral
-    from workbook.tp.worker import weight_bytes_per_step
+    from workbook.llm.worker import weight_bytes_per_step
 
     model = AutoModelForCausalLM.from_pretrained(str(mistral.create_tiny(tmp_path / "m", seed=0)))
     total = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -133,8 +133,14 @@ def _main(argv: list[str] | None) -> int:
             print(f"\ncompare page: {shown(compare_html.write(c, show_all=args.show_all))}")
             return 0
         if args.cmd == "params":
-            for p in P.notebook_parameters(P.notebook_path(args.notebook)).values():
+            from workbook import spec
+
+            path = P.notebook_path(args.notebook)
+            declared = spec.get(path.stem)
+            for p in (declared or P.notebook_parameters(path).values()):
                 print(f"{p.name}: {p.type} = {json.dumps(p.default)}    # {p.help}")
+                if declared:
+                    print(f"    allowed: {p.describe_allowed() or 'anything'}")
             return 0
         if args.cmd == "index":
             print(runner.write_index())

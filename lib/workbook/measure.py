@@ -144,7 +144,7 @@ def _spin_cycles_per_ms(device_index: int) -> float:
 
 def time_once(fn: Callable[[], object], *, device: str = "cpu") -> tuple[float, object]:
     """Wall time of a single call (ms) with the device synchronised before and after; returns (ms, result)."""
-    from workbook.device import synchronize
+    from workbook.targets import synchronize
 
     synchronize(device)
     t0 = time.perf_counter()
@@ -193,7 +193,7 @@ def spin(fn: Callable[[], object], *, device: str = "cpu", seconds: float = 2.0)
     An idle GPU sits at low clocks; the first configuration timed would otherwise look slower than the
     rest. Returns the number of calls made.
     """
-    from workbook.device import synchronize
+    from workbook.targets import synchronize
 
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:

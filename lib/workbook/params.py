@@ -157,7 +157,12 @@ def file_section(path: str, notebook: str) -> dict:
 
 def merge(notebook: str, defaults: dict[str, Param], *, profile: str | None = None,
           file: str | None = None, cli: dict | None = None) -> tuple[dict, dict]:
-    """Merged, type-checked parameters and, for each, where its value came from."""
+    """Merged, checked parameters and, for each, where its value came from. A notebook with a declared
+    spec (:mod:`workbook.spec`) has each value checked against its allowed values here, before any kernel
+    starts; another notebook gets the type checks its parameters cell's annotations allow."""
+    from workbook import spec as spec_mod
+
+    spec = spec_mod.get(notebook)
     values = {k: p.default for k, p in defaults.items()}
     source = {k: "default" for k in defaults}
     layers = []
@@ -172,6 +177,6 @@ def merge(notebook: str, defaults: dict[str, Param], *, profile: str | None = No
             if k not in defaults:
                 raise bad_param(k, v, f"{notebook} has no such parameter (from {label}); "
                                       f"its parameters are {', '.join(defaults)}")
-            values[k] = coerce(defaults[k], v)
+            values[k] = spec.params[k].check(v) if spec and k in spec.params else coerce(defaults[k], v)
             source[k] = label
     return values, source

@@ -77,7 +77,7 @@ def _meminfo_gb() -> float | None:
 
 
 def cpu_info() -> dict:
-    from workbook.device import cpu_name
+    from workbook.targets import cpu_name
 
     physical = None
     try:

@@ -92,7 +92,7 @@ class CPUBackend(Backend):
     def describe(self) -> dict:
         import torch
 
-        from workbook.device import cpu_name
+        from workbook.targets import cpu_name
 
         return {"backend": "cpu", "hardware": cpu_name(), "threads_available": self.core_count(),
                 "torch": torch.__version__}

@@ -4,11 +4,11 @@ Seed: a procedure to find the valid export configurations of a decoder with ``op
 (tp at least 2, multiples of the cores per device, not above the total cores, dividing the heads; batch sizes
 1-128; sequence lengths powers of two from 1024 below the maximum positions; tried in decreasing order; a valid
 (tp, batch, seq) makes smaller seq valid; a tp's largest valid batch bounds the batches tried). The search
-itself is :mod:`workbook.export_search` (resumable, atomic state file, one process per attempt with a
+itself is :mod:`workbook.llm.search` (resumable, atomic state file, one process per attempt with a
 timeout); this module chooses the validator for the machine, checks the parameters and shapes the report.
 
 Validators: ``neuron`` (optimum-cli export, then a load, separate processes), ``cuda`` and ``cpu``
-(:mod:`workbook.tp.validate`: tensor-parallel load through torchrun plus one forward at (batch, seq) with its
+(:mod:`workbook.llm.validate`: tensor-parallel load through torchrun plus one forward at (batch, seq) with its
 KV cache, under a per-device memory budget).
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbook import checks
-from workbook import export_search as es
-from workbook.device import cuda_available
+from workbook.llm import search as es
+from workbook.targets import cuda_available
 from workbook.errors import ParameterError, bad_param
 from workbook.params import as_list
 from workbook.paths import outputs_dir
@@ -131,7 +131,7 @@ def validator(cfg: Config) -> es.Validator:
         return es.NeuronValidator(cfg.instance_type or None)
 
     def build(model, tp, batch, seq, workdir):
-        return [sys.executable, "-m", "workbook.tp.validate", "--model", model, "--tp", str(tp), "--batch", str(batch),
+        return [sys.executable, "-m", "workbook.llm.validate", "--model", model, "--tp", str(tp), "--batch", str(batch),
                 "--seq", str(seq), "--device", cfg.validator, "--budget-gb", str(cfg.budget_gb), "--dtype", cfg.dtype,
                 "--timeout", str(cfg.timeout_s)]
     return es.TorchValidator(build, name=f"torch-{cfg.validator}",

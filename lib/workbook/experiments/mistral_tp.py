@@ -8,8 +8,8 @@ fallback could fire unnoticed. Here every path tried is recorded with its error,
 asked for and is stated at the top, and the report's first line names the path that produced the numbers.
 
 Paths: ``neuron`` (transformers-neuronx ``MistralForSampling`` or NxDI ``NeuronMistralForCausalLM``,
-:mod:`workbook.backends.neuron_llm`); ``cuda``/``cpu`` (real tensor parallelism with torch.distributed over
-``tp_degree`` torchrun processes, NCCL or gloo, :mod:`workbook.tp`), with the tensor-parallel logits and greedy
+:mod:`workbook.llm.neuron`); ``cuda``/``cpu`` (real tensor parallelism with torch.distributed over
+``tp_degree`` torchrun processes, NCCL or gloo, :mod:`workbook.llm`), with the tensor-parallel logits and greedy
 tokens checked against one process.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from workbook import checks
-from workbook.device import cuda_available
+from workbook.targets import cuda_available
 from workbook.errors import bad_param
 from workbook.params import as_list
 
@@ -56,7 +56,7 @@ class Config:
 
 
 def _backend(requested: str, paths: list[str]) -> tuple[str, str]:
-    from workbook.backends import neuron_llm
+    from workbook.llm import neuron as neuron_llm
 
     if requested not in BACKENDS:
         raise bad_param("backend", requested, "one of " + ", ".join(BACKENDS))
@@ -136,7 +136,7 @@ def configure(*, model: str, backend: str, tp_degree: int, batch_size: int, sequ
         per_device = psutil.virtual_memory().total // tp_degree  # the ranks share the host's memory
         unit = "CPU cores"
     else:  # NeuronCores as the Neuron paths will see them (sysfs, NEURON_RT_VISIBLE_CORES); memory per core unknown
-        from workbook.backends import neuron_llm
+        from workbook.llm import neuron as neuron_llm
 
         devices, per_device, unit = neuron_llm.visible_cores(), None, "NeuronCores"
     check = mistral.check_tp(config, tp_degree, devices, per_device, batch_size, sequence_length, dtype,
@@ -174,7 +174,7 @@ def greedy(cfg: Config) -> bool:
 
 
 def run_torch(cfg: Config, nproc: int) -> dict:
-    from workbook.tp import launch
+    from workbook.llm.launch import launch
 
     spec = {"model": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens, "dtype": cfg.dtype,
             "device": cfg.backend, "tp_mechanism": cfg.tp_mechanism, "do_sample": not greedy(cfg),
@@ -184,7 +184,7 @@ def run_torch(cfg: Config, nproc: int) -> dict:
 
 
 def run_neuron(cfg: Config) -> dict:
-    from workbook.backends import neuron_llm
+    from workbook.llm import neuron as neuron_llm
 
     spec = {"model_path": cfg.model, "prompts": cfg.prompts, "max_new_tokens": cfg.max_tokens,
             "batch_size": cfg.batch_size, "tp_degree": cfg.tp_degree, "amp": DTYPES[cfg.dtype],
@@ -213,7 +213,7 @@ def correctness(tp_res: dict, one_res: dict) -> dict:
     rounds its partial sums before the all-reduce adds them, so the logits differ at bf16's resolution (read
     ``logits_max_rel_diff`` against the logits' scale) and a greedy decode over near-tied random-weight logits
     may part ways; where it does, ``first_differing_token`` says after how many identical tokens."""
-    from workbook.tp import logits_diff
+    from workbook.llm.launch import logits_diff
 
     a, b = tp_res["logits"].float(), one_res["logits"].float()
     scale = float(b.abs().max())

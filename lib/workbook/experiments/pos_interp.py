@@ -16,7 +16,7 @@ import torch
 from workbook.console import progress as tqdm
 
 from workbook import checks, interp, measure, metrics
-from workbook.device import DeviceChoice, resolve_device
+from workbook.targets import DeviceChoice, resolve_device
 from workbook.errors import bad_param
 from workbook.params import as_list
 

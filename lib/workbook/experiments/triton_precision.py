@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from workbook import checks, measure, precision
-from workbook.device import resolve_device
+from workbook.targets import resolve_device
 from workbook.errors import WorkbookError, bad_param
 from workbook.params import as_list
 from workbook.telemetry import Telemetry

@@ -1,6 +1,6 @@
 """One export-search attempt on CUDA or CPU: tensor-parallel load plus one forward at (batch, seq) with its KV cache.
 
-Why: ``workbook.export_search`` runs every attempt as a separate process and reads only its exit status and
+Why: ``workbook.llm.search`` runs every attempt as a separate process and reads only its exit status and
 log. On Neuron an attempt is ``optimum-cli export`` then a load; on GPUs and CPUs this module is the
 equivalent: check the tensor-parallel rules and the per-device memory budget (weights + KV cache per rank,
 estimated before anything loads), then load through the same torchrun path as ``mistral_tp`` and run a
@@ -8,7 +8,7 @@ prefill of ``seq - 1`` tokens for ``batch`` sequences plus one decode step, so t
 positions. On CUDA the measured peak per rank must also stay within the budget (on the CPU the process RSS
 includes the interpreter and libraries, so only the estimate is checked there).
 
-    python -m workbook.tp.validate --model DIR --tp 2 --batch 4 --seq 2048 --device cpu --budget-gb 1
+    python -m workbook.llm.validate --model DIR --tp 2 --batch 4 --seq 2048 --device cpu --budget-gb 1
 
 Exit 0: valid; 3: a rule or the budget refused it (one sentence on stderr); 1: the run failed.
 """
@@ -23,7 +23,7 @@ from workbook.errors import WorkbookError
 def validate(model: str, tp: int, batch: int, seq: int, device: str, budget_gb: float, dtype: str,
              timeout_s: float, devices_available: int | None = None) -> dict:
     from workbook.models import mistral
-    from workbook.tp.launch import _devices, launch
+    from workbook.llm.launch import _devices, launch
 
     config = mistral.load_config(model)
     budget = int(budget_gb * 2**30)
@@ -41,7 +41,7 @@ def validate(model: str, tp: int, batch: int, seq: int, device: str, budget_gb: 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m workbook.tp.validate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m workbook.llm.validate", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--tp", type=int, required=True)
     p.add_argument("--batch", type=int, required=True)

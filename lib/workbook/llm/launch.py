@@ -1,7 +1,7 @@
 """Start a tensor-parallel run under torchrun from a notebook and hand back its results as a dict.
 
 A notebook kernel cannot be a torchrun worker, so :func:`launch` writes the run's spec to a temporary folder and
-runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m workbook.tp.worker SPEC OUT`` in its
+runs ``python -m torch.distributed.run --standalone --nproc-per-node N -m workbook.llm.worker SPEC OUT`` in its
 own process group. A run that passes ``timeout_s`` is killed as a group (torchrun and every rank); a failed run
 raises :class:`~workbook.errors.WorkbookError` with the tail of its log. Parameters are checked here, before
 anything starts, so a bad value reads as one sentence instead of N ranks' tracebacks.
@@ -28,7 +28,7 @@ SPEC_DEFAULTS = {
     "dtype": "float32",
     "device": "cpu",  # cpu (gloo) or cuda (nccl, one GPU per rank)
     # auto: transformers' tp_plan, else parallelize_module (recorded); or force one. local_shards:
-    # parallelize_module with plain-tensor styles and a functional all-reduce (workbook.tp.styles), the fast
+    # parallelize_module with plain-tensor styles and a functional all-reduce (workbook.llm.styles), the fast
     # path for a compiled decode step.
     "tp_mechanism": "auto",
     "do_sample": False,
@@ -123,7 +123,7 @@ def _run(spec: dict, nproc: int, timeout_s: float, out: Path) -> None:
     spec_path.write_text(json.dumps(spec, indent=1))
     log = out / "torchrun.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "workbook.tp.worker", str(spec_path), str(out)]
+           "-m", "workbook.llm.worker", str(spec_path), str(out)]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

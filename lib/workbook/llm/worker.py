@@ -1,6 +1,6 @@
 """One torchrun rank of a tensor-parallel Mistral run: load, shard, measure, write JSON.
 
-Started by :func:`workbook.tp.launch.launch` as ``python -m torch.distributed.run ... -m workbook.tp.worker SPEC
+Started by :func:`workbook.llm.launch.launch` as ``python -m torch.distributed.run ... -m workbook.llm.worker SPEC
 OUT``; never imported by a notebook. Every rank loads the checkpoint, shards it and takes part in every forward;
 rank 0 writes ``result.json`` and every rank writes ``rank<R>.json`` (its memory), atomically, into OUT.
 
@@ -9,7 +9,7 @@ Sharding: transformers' own plan (``DistributedConfig(tp_plan="auto")``) is trie
 ``torch.distributed.tensor.parallel.parallelize_module`` and the result says which ran and why — never a silent
 fallback. ``parallelize_module`` uses ColwiseParallel for q/k/v/gate/up and RowwiseParallel for o/down, so each
 attention block sees only its rank's heads; ``local_shards`` runs ``parallelize_module`` with the plain-tensor
-styles of :mod:`workbook.tp.styles` (the fast path for a compiled decode step). transformers 5.23's
+styles of :mod:`workbook.llm.styles` (the fast path for a compiled decode step). transformers 5.23's
 ``MistralAttention`` infers head counts from tensor shapes (``view(..., -1, head_dim)``) and only keeps
 ``num_key_value_groups``, which an even split leaves unchanged; when KV heads are replicated (tp > KV heads) each
 rank keeps the one KV head its query heads use and ``num_key_value_groups`` is set to the query heads per rank.
@@ -105,13 +105,13 @@ def _replicate_kv(attn, rank, world, heads, kv, head_dim):
 def _parallelize(model, rank, world, device, local=False):
     """Shard every decoder layer over a 1-D mesh with ``parallelize_module``; returns the per-rank head counts.
 
-    ``local``: the plain-tensor styles of :mod:`workbook.tp.styles` instead of torch's DTensor styles."""
+    ``local``: the plain-tensor styles of :mod:`workbook.llm.styles` instead of torch's DTensor styles."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
     if local:
-        from workbook.tp.styles import LocalColwiseParallel as ColwiseParallel
-        from workbook.tp.styles import LocalRowwiseParallel as RowwiseParallel
+        from workbook.llm.styles import LocalColwiseParallel as ColwiseParallel
+        from workbook.llm.styles import LocalRowwiseParallel as RowwiseParallel
     else:
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 

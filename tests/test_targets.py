@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from workbook import device
+from workbook import targets as device
 from workbook.errors import ParameterError, WorkbookError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="expects a machine where torch sees no CUDA GPU")

@@ -76,7 +76,7 @@ LOG_TAIL_LINES = 40
 LOG_LINE_CHARS = 500
 TOKEN_ENV = "WORKBOOK_EXPORT_ATTEMPT"
 INSTANCE_TYPES = ("trn1", "inf2", "trn2")
-_LIB_DIR = str(Path(__file__).resolve().parent.parent)
+_LIB_DIR = str(Path(__file__).resolve().parents[2])
 
 
 # ---------------------------------------------------------------- candidates and rules (pure)
@@ -207,7 +207,7 @@ class CommandValidator(Validator):
 
 class NeuronValidator(Validator):
     """Export with ``optimum-cli export neuron`` (one process), then load with NeuronModelForCausalLM
-    (another process: ``python -m workbook.export_search load-neuron OUT``). With ``instance_type`` the
+    (another process: ``python -m workbook.llm.search load-neuron OUT``). With ``instance_type`` the
     export compiles for that target on a host without devices; pass ``load=False`` there, and "valid" then
     means "compiles"."""
 
@@ -226,7 +226,7 @@ class NeuronValidator(Validator):
                   "--sequence_length", str(seq), "--tensor_parallel_size", str(tp), "--task", "text-generation", out]
         if self.instance_type:
             export += ["--instance_type", self.instance_type]
-        return [export] + ([[self.python, "-m", "workbook.export_search", "load-neuron", out]] if self.load else [])
+        return [export] + ([[self.python, "-m", "workbook.llm.search", "load-neuron", out]] if self.load else [])
 
     def cleanup(self, workdir):
         if not self.keep_exports:
@@ -584,7 +584,7 @@ def grid(state: dict, tp: int) -> dict:
 # ---------------------------------------------------------------- command line
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m workbook.export_search", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m workbook.llm.search", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="search (or resume searching) the valid export configurations of a model")
     r.add_argument("--model", required=True, help="hub id or local folder")

@@ -1,0 +1,113 @@
+"""Child processes that cannot outlive their caller: the Neuron compile worker, torchrun, export attempts.
+
+Each child runs in its own process group (so torchrun's ranks and a compiler's sub-processes go with it),
+under a timeout, with Linux's parent-death signal set so that a SIGKILLed caller does not leave it running.
+When the wait ends for any reason (exit, timeout, Ctrl-C) the whole group is killed: SIGTERM first with a
+grace period where asked, then SIGKILL. The last lines of its log are at hand for the error message.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TAIL_LINES = 20
+TAIL_CHARS = 400  # per line: a compiler can print one line of megabytes
+
+
+@dataclass
+class Result:
+    returncode: int | None  # None when the timeout stopped it
+    timed_out: bool
+    seconds: float
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _die_with_parent():
+    """preexec_fn: SIGKILL the child when the process that started it dies (prctl PR_SET_PDEATHSIG)."""
+    parent = os.getpid()
+    libc = None
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:  # pragma: no cover - no libc to call
+            libc = None
+
+    def pre():
+        if libc is not None:
+            libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return pre
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
+    """Stop ``proc``'s whole process group (the group outlives its leader while any member lives):
+    SIGTERM and up to ``grace_s`` seconds to finish, then SIGKILL."""
+    signals = ((signal.SIGTERM, grace_s),) if grace_s > 0 else ()
+    for sig, wait in (*signals, (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        if wait is not None:
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+    proc.wait()
+
+
+def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = None, timeout_s: float | None,
+        cwd=None, env: dict | None = None, grace_s: float = 0.0) -> Result:
+    """Run ``argv`` to its end or its timeout, output to ``log`` (stderr to ``stderr_log`` when given, else
+    into ``log``). The child's group is killed whatever ends the wait; KeyboardInterrupt is re-raised."""
+    import time
+
+    if timeout_s is not None and timeout_s <= 0:
+        return Result(None, True, 0.0)
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    err = open(stderr_log, "ab") if stderr_log else (subprocess.STDOUT if log else subprocess.DEVNULL)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env,
+                                start_new_session=True, preexec_fn=_die_with_parent())
+        try:
+            rc, timed_out = proc.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            rc, timed_out = None, True
+        finally:  # exit, timeout, or Ctrl-C: nothing of the group is left behind
+            kill_group(proc, grace_s)
+    finally:
+        for f in (out, err):
+            if hasattr(f, "close"):
+                f.close()
+    return Result(rc, timed_out, time.perf_counter() - t0)
+
+
+def tail(*paths: Path, n: int = TAIL_LINES) -> list[str]:
+    """The last ``n`` lines of the first of ``paths`` that has any, each cut to TAIL_CHARS."""
+    for p in paths:
+        try:
+            lines = Path(p).read_text(errors="replace").rstrip().splitlines()
+        except OSError:
+            continue
+        if lines:
+            return [ln[:TAIL_CHARS] for ln in lines[-n:]]
+    return []
+
+
+def tail_text(*paths: Path, n: int = TAIL_LINES, indent: str = "    ") -> str:
+    lines = tail(*paths, n=n)
+    return "\n".join(indent + ln for ln in lines) if lines else indent + "(no output)"

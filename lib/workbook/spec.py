@@ -1,0 +1,225 @@
+"""An experiment's parameters, declared once: name, type, default, allowed values and help.
+
+Each experiment declares a :class:`Spec` in ``workbook/specs/<notebook>.py`` (a module that imports
+nothing heavy, so the CLI can read it). Everything else comes from that one declaration: the notebook's
+``parameters`` cell (:meth:`Spec.cell_source`; a test keeps the two equal), ``workbook params``, the
+runner's checks before a kernel starts, and the notebook's first cell, which calls :meth:`Spec.take` and
+hands the checked :class:`Values` to the experiment. Rules that relate two parameters, or depend on the
+model or the machine, stay in the experiment's ``configure``; a rule about one value lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbook.errors import bad_param
+
+TYPES = ("str", "int", "float", "bool", "list", "dict")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str  # one of TYPES, as the parameters cell annotates it
+    default: object
+    help: str
+    choices: tuple = ()  # allowed values (of each item, for a list)
+    low: float | None = None  # smallest allowed number (of each item, for a list of numbers)
+    high: float | None = None
+    above: float | None = None  # a number must be greater than this
+    item: str = ""  # a list's item type: int, float or str (empty: anything)
+    nonempty: bool = False  # a list or text that may not be empty
+    allowed: str = ""  # what is allowed, in words, where the generated sentence would be vague
+
+    def __post_init__(self):
+        if self.type not in TYPES:
+            raise ValueError(f"{self.name}: type {self.type!r} is not one of {TYPES}")
+
+    def describe_allowed(self) -> str:
+        if self.allowed:
+            return self.allowed
+        if self.type == "bool":
+            return "true or false"
+        what = {"int": "an integer", "float": "a number", "str": "text"}.get(self.type, "")
+        if self.type == "list":
+            what = "a non-empty list" if self.nonempty else "a list"
+            if self.item:
+                what += " of " + {"int": "integers", "float": "numbers", "str": "names"}[self.item]
+        if self.choices:
+            names = ", ".join(str(c) for c in self.choices)
+            return (what + " from " if self.type == "list" else "one of ") + names
+        return what + _bounds(self)
+
+    def check(self, value):
+        """``value`` converted to this parameter's type and checked, or a ParameterError in one sentence."""
+        v = _convert(self, value)
+        items = v if self.type == "list" else [v]
+        if self.type == "list":
+            if self.nonempty and not v:
+                raise bad_param(self.name, value, self.describe_allowed())
+            if self.item:
+                items = [_convert(Param(self.name, self.item, None, "", allowed=self.describe_allowed()), x)
+                         for x in v]
+                v = items
+        elif self.type == "str" and self.nonempty and not v:
+            raise bad_param(self.name, value, self.describe_allowed())
+        for x in items:
+            if self.choices and x not in self.choices:
+                raise bad_param(self.name, value, self.describe_allowed())
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                if ((self.low is not None and x < self.low) or (self.high is not None and x > self.high)
+                        or (self.above is not None and x <= self.above)):
+                    raise bad_param(self.name, value, self.describe_allowed())
+        return v
+
+    def line(self) -> str:
+        """The parameters-cell line: ``name: type = literal  # help``."""
+        return f"{self.name}: {self.type} = {_literal(self.default)}  # {self.help}"
+
+
+def _bounds(p: Param) -> str:
+    if p.above is not None:
+        return f" greater than {_num(p.above)}" + (f" and at most {_num(p.high)}" if p.high is not None else "")
+    if p.low is not None and p.high is not None:
+        return f" from {_num(p.low)} to {_num(p.high)}"
+    if p.low is not None:
+        return f" of at least {_num(p.low)}"
+    if p.high is not None:
+        return f" of at most {_num(p.high)}"
+    return ""
+
+
+def _num(x) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _literal(v) -> str:
+    """A Python literal papermill and JupyterLab read back as the same value (double-quoted text)."""
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_literal(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + "}"
+    return repr(v)
+
+
+def _yaml(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _convert(p: Param, value):
+    """Plain papermill passes ``-p x false``, ``-p xs "[1, 2]"`` and ``-p d "{a: 1}"`` as text: read it."""
+    t = p.type
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+    elif t == "int":
+        if isinstance(value, str):
+            value = _yaml(value) if value.strip() else value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif t == "float":
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif t == "str":
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif t == "list":
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):
+            parsed = _yaml(value) if value.strip().startswith("[") else None
+            if isinstance(parsed, list):
+                return parsed
+            return [_yaml(x.strip()) for x in value.split(",") if x.strip()]
+        if value is not None and not isinstance(value, dict):
+            return [value]
+    elif t == "dict":
+        if isinstance(value, str):
+            value = _yaml(value)
+        if isinstance(value, dict):
+            return dict(value)
+    raise bad_param(p.name, value, p.describe_allowed())
+
+
+class Values(dict):
+    """Checked parameter values: a dict (what ``record.start`` stores) read as attributes (``P.cores``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r}") from None
+
+    def replace(self, **changes) -> Values:
+        return Values({**self, **changes})
+
+
+class Spec:
+    """The parameters of one notebook, in the order its parameters cell lists them."""
+
+    def __init__(self, notebook: str, params: list[Param]):
+        self.notebook = notebook
+        self.params = {p.name: p for p in params}
+        if len(self.params) != len(params):
+            raise ValueError(f"{notebook}: a parameter is declared twice")
+
+    def __iter__(self):
+        return iter(self.params.values())
+
+    def defaults(self) -> Values:
+        return Values({p.name: p.default for p in self})
+
+    def cell_source(self) -> str:
+        return "\n".join(p.line() for p in self)
+
+    def check(self, values: dict, *, partial: bool = False) -> Values:
+        """Every value converted and checked; an unknown name refused. ``partial``: only the given names."""
+        for k in values:
+            if k not in self.params:
+                raise bad_param(k, values[k], f"not a parameter of {self.notebook}, whose parameters are "
+                                              + ", ".join(self.params))
+        names = list(values) if partial else list(self.params)
+        merged = {**({} if partial else self.defaults()), **values}
+        return Values({k: self.params[k].check(merged[k]) for k in names})
+
+    def take(self, namespace: dict, history=None) -> Values:
+        """The notebook's parameters as its cells left them (``globals()``), checked. A name plain papermill
+        injected that the notebook does not declare (a misspelt ``-p``) is refused too: papermill itself only
+        warns and runs everything with the default."""
+        from workbook.checks import injected_names
+
+        for name in injected_names(history) or []:
+            if name not in self.params:
+                raise bad_param(name, namespace.get(name), "not a parameter of this notebook, whose "
+                                "parameters are " + ", ".join(sorted(self.params)))
+        return self.check({k: namespace[k] for k in self.params if k in namespace})
+
+
+def get(notebook: str) -> Spec | None:
+    """The declared spec of a notebook (``workbook.specs.<notebook>.SPEC``), or None for one without."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"workbook.specs.{notebook}")
+    except ModuleNotFoundError as e:
+        if e.name in (f"workbook.specs.{notebook}", "workbook.specs"):
+            return None
+        raise
+    return mod.SPEC

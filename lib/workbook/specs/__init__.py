@@ -1,0 +1,1 @@
+"""Each notebook's parameters, declared once (see :mod:`workbook.spec`); these modules import nothing heavy."""

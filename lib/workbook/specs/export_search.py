@@ -1,0 +1,30 @@
+"""The export_search notebook's parameters."""
+from workbook.spec import Param, Spec
+
+VALIDATORS = ("auto", "neuron", "cuda", "cpu")
+DTYPES = ("float32", "bfloat16", "float16")
+INSTANCE_TYPES = ("trn1", "inf2", "trn2")
+
+SPEC = Spec("export_search", [
+    Param("model", "str", "", "hub id or local folder of a causal LM; empty writes and uses a tiny seeded "
+          "Mistral"),
+    Param("validator", "str", "auto", "auto, neuron (optimum-cli export + load), cuda or cpu (torchrun "
+          "tensor-parallel load + forward)", choices=VALIDATORS),
+    Param("total_cores", "int", 2, "NeuronCores, GPUs or CPU cores the search may use", low=1),
+    Param("cores_per_device", "int", 1, "cores per device (2 on trn1/inf2 NeuronCore pairs); tp is a "
+          "multiple of it", low=1),
+    Param("batch_sizes", "list", [1, 4, 8, 16, 32, 64, 128], "batch sizes to try (largest first)",
+          item="int", low=1, nonempty=True),
+    Param("min_seq", "int", 1024, "shortest sequence length tried (powers of two from here, below the "
+          "maximum positions)", low=1),
+    Param("memory_budget_gb", "float", 0.05, "per device, in GiB: weights + KV cache per rank must fit "
+          "(cuda: measured peak too)", above=0, allowed="a positive number of GiB per device"),
+    Param("dtype", "str", "float32", "weights and cache dtype for the cuda and cpu validators",
+          choices=DTYPES),
+    Param("timeout_s", "float", 300, "per attempt (all its steps)", above=0,
+          allowed="a positive number of seconds per attempt"),
+    Param("state_dir", "str", "", "where <model>.json and the attempts' logs live; empty: "
+          "outputs/export_search/state"),
+    Param("instance_type", "str", "", "neuron without a device: trn1, inf2 or trn2 (passed to optimum-cli)",
+          choices=("",) + INSTANCE_TYPES, allowed="empty or one of " + ", ".join(INSTANCE_TYPES)),
+])
