@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                         "to A (default 0.05: 5%%)")
     pp = sub.add_parser("params", help="show a notebook's parameters")
     pp.add_argument("notebook")
+    pp.add_argument("--write-cell", action="store_true",
+                    help="rewrite the notebook's parameters cell from its spec (lib/workbook/specs/NOTEBOOK.py)")
     sub.add_parser("index", help="rewrite outputs/index.html")
     rm = sub.add_parser("rm", help="remove run folders (outputs/<notebook>/<run-id>) and rewrite the index")
     rm.add_argument("runs", nargs="+", metavar="RUN", help="a run id (or unique prefix) or notebook/run-id")
@@ -137,6 +139,10 @@ def _main(argv: list[str] | None) -> int:
 
             path = P.notebook_path(args.notebook)
             declared = spec.get(path.stem)
+            if args.write_cell:
+                changed = spec.write_cell(path)
+                print(f"{path.name}: parameters cell " + ("rewritten from its spec" if changed else "already matches"))
+                return 0
             for p in (declared or P.notebook_parameters(path).values()):
                 print(f"{p.name}: {p.type} = {json.dumps(p.default)}    # {p.help}")
                 if declared:

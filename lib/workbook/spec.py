@@ -212,6 +212,28 @@ class Spec:
         return self.check({k: namespace[k] for k in self.params if k in namespace})
 
 
+def write_cell(notebook_path) -> bool:
+    """Rewrite a notebook's ``parameters`` cell from its spec; True when the cell changed."""
+    import json
+    from pathlib import Path
+
+    path = Path(notebook_path)
+    spec = get(path.stem)
+    if spec is None:
+        from workbook.errors import WorkbookError
+
+        raise WorkbookError(f"{path.stem} has no spec: declare one in lib/workbook/specs/{path.stem}.py.")
+    nb = json.loads(path.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    lines = spec.cell_source().split("\n")
+    new = [ln + "\n" for ln in lines[:-1]] + lines[-1:]
+    if cell["source"] == new:
+        return False
+    cell["source"] = new
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=True) + "\n")
+    return True
+
+
 def get(notebook: str) -> Spec | None:
     """The declared spec of a notebook (``workbook.specs.<notebook>.SPEC``), or None for one without."""
     import importlib
