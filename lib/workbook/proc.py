@@ -1,16 +1,21 @@
-"""Child processes that cannot outlive their caller: the Neuron compile worker, torchrun, export attempts.
+"""Child processes that cannot outlive their caller: the Neuron compile worker, torchrun, export
+attempts.
 
-Each child runs in its own process group (so torchrun's ranks and a compiler's sub-processes go with it),
-under a timeout, with Linux's parent-death signal set so that a SIGKILLed caller does not leave it running.
-When the wait ends for any reason (exit, timeout, Ctrl-C) the whole group is killed: SIGTERM first with a
-grace period where asked, then SIGKILL. The last lines of its log are at hand for the error message.
+Each child runs in its own process group (so a compiler's sub-processes go with it), under a timeout,
+with Linux's parent-death signal set so that a SIGKILLed caller does not leave it running. When the
+wait ends for any reason (exit, timeout, Ctrl-C) the whole group is killed: SIGTERM first with a grace
+period where asked, then SIGKILL. The last lines of its log are at hand for the error message.
+Processes that leave the group (torchrun's ranks start sessions of their own) are found by a mark in
+their environment: :func:`reaper` kills them when a block ends or its caller dies, however it dies.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +38,7 @@ def usable_cpus() -> int:
 
 
 def _die_with_parent():
-    """preexec_fn: SIGKILL the child when the process that started it dies (prctl PR_SET_PDEATHSIG)."""
+    """preexec_fn: SIGKILL the child when the process that started it dies (PR_SET_PDEATHSIG)."""
     parent = os.getpid()
     libc = None
     if sys.platform.startswith("linux"):
@@ -69,20 +74,20 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
     proc.wait()
 
 
-def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = None, timeout_s: float | None,
-        cwd=None, env: dict | None = None, grace_s: float = 0.0) -> Result:
-    """Run ``argv`` to its end or its timeout, output to ``log`` (stderr to ``stderr_log`` when given, else
-    into ``log``). The child's group is killed whatever ends the wait; KeyboardInterrupt is re-raised."""
-    import time
-
+def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = None,
+        timeout_s: float | None, cwd=None, env: dict | None = None, grace_s: float = 0.0) -> Result:
+    """Run ``argv`` to its end or its timeout, output to ``log`` (stderr to ``stderr_log`` when
+    given, else into ``log``). The child's group is killed whatever ends the wait; KeyboardInterrupt
+    is re-raised."""
     if timeout_s is not None and timeout_s <= 0:
         return Result(None, True, 0.0)
     out = open(log, "ab") if log else subprocess.DEVNULL
-    err = open(stderr_log, "ab") if stderr_log else (subprocess.STDOUT if log else subprocess.DEVNULL)
+    err = (open(stderr_log, "ab") if stderr_log
+           else (subprocess.STDOUT if log else subprocess.DEVNULL))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent())
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent())
         try:
             rc, timed_out = proc.wait(timeout=timeout_s), False
         except subprocess.TimeoutExpired:
@@ -94,6 +99,66 @@ def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = N
             if hasattr(f, "close"):
                 f.close()
     return Result(rc, timed_out, time.perf_counter() - t0)
+
+
+def find_env(name: str, value: str) -> list[int]:
+    """Live processes (other than this one) whose environment holds ``name=value`` (Linux
+    ``/proc``): how to find what a child started in sessions of its own, which no group kill
+    reaches."""
+    needle, found = f"{name}={value}".encode(), []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(d.name) == os.getpid() or needle not in (d / "environ").read_bytes().split(b"\0"):
+                continue
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
+                found.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def kill_env(name: str, value: str) -> list[int]:
+    """SIGKILL every process :func:`find_env` finds, until none is left (one may fork while the
+    others die); returns their pids."""
+    killed: list[int] = []
+    for _ in range(20):
+        pids = [p for p in find_env(name, value) if p not in killed]
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.05)
+    return killed
+
+
+@contextlib.contextmanager
+def reaper(name: str, value: str):
+    """While the block runs, a watchdog in a session of its own waits on a pipe from this process.
+    When the block ends, or this process dies however it dies (SIGKILL included, which no handler
+    sees), the pipe closes and the watchdog kills every process whose environment holds
+    ``name=value``, also those in sessions of their own, which the parent-death signal of :func:`run`
+    (set on the direct child only) does not reach. Put ``name=value`` in the children's environment,
+    not in this process's."""
+    r, w = os.pipe()  # both ends non-inheritable: only the watchdog holds r (as its stdin)
+    try:
+        dog = subprocess.Popen([sys.executable, "-m", "workbook.proc", "reap", name, value],
+                               stdin=r, stdout=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(r)
+    try:
+        yield dog
+    finally:
+        os.close(w)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            dog.wait(timeout=10)
+
+
+def _reap(name: str, value: str) -> None:
+    while sys.stdin.buffer.read(1):  # nothing is written: read returns b"" once the caller is gone
+        pass
+    kill_env(name, value)
 
 
 def tail(*paths: Path, n: int = TAIL_LINES) -> list[str]:
@@ -111,3 +176,7 @@ def tail(*paths: Path, n: int = TAIL_LINES) -> list[str]:
 def tail_text(*paths: Path, n: int = TAIL_LINES, indent: str = "    ") -> str:
     lines = tail(*paths, n=n)
     return "\n".join(indent + ln for ln in lines) if lines else indent + "(no output)"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["reap"] and len(sys.argv) == 4:
+    _reap(sys.argv[2], sys.argv[3])
