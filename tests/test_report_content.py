@@ -66,8 +66,9 @@ def _seamed_root(tmp: Path) -> Path:
     path = root / "notebooks" / "triton_precision.ipynb"
     nb = nbformat.read(str(path), as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and c.source.startswith("## Speed per kernel"))
-    nb.cells.insert(at, nbformat.v4.new_code_cell(
-        f"import sys\nsys.path.insert(0, {str(STANDINS)!r})\nimport gpu_sections\ngpu_sections.install(exp, cfg, rec)"))
+    nb.cells.insert(at, nbformat.v4.new_code_cell(  # the GPU seam (cfg.gpu) replays from here on
+        f"import sys\nsys.path.insert(0, {str(STANDINS)!r})\nimport gpu_sections\n"
+        "gpu_sections.install(cfg, rec)"))
     nbformat.write(nb, str(path))
     return root
 
