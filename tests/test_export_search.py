@@ -1,7 +1,9 @@
-"""The export-configuration search: candidate and pruning rules on hand-worked examples, tries in their own
-processes (crash, signal, hang), the state file surviving SIGKILL of the search, and the Neuron commands.
+"""The export-configuration search: candidate and pruning rules on hand-worked examples, tries in
+their own processes (crash, signal, hang), the state file surviving SIGKILL of the search, the same
+answer however often it was killed, no process of a try outliving the search, and the validators.
 
-Runs anywhere (no accelerator): tries are tiny Python scripts that the generic CommandValidator runs.
+Runs anywhere (no accelerator): tries are tiny Python scripts that the generic CommandValidator
+runs; the cpu validator's tensor-parallel load runs once, through the command line.
 """
 from __future__ import annotations
 
@@ -20,16 +22,23 @@ from pathlib import Path
 
 import pytest
 
-from workbook.llm import search as es
+from workbook import proc
 from workbook.errors import ParameterError, WorkbookError
+from workbook.llm import attempts as at
+from workbook.llm import search as es
+from workbook.record import write_json_atomic
 
 PY = sys.executable
-CANDS = {"tps": [8, 4, 2], "batches": [8, 4, 1], "seqs": [4096, 2048, 1024]}  # = es.candidates(8, 2, 8, 8192, [1, 4, 8])
+# = es.candidates(8, 2, 8, 8192, [1, 4, 8])
+CANDS = {"tps": [8, 4, 2], "batches": [8, 4, 1], "seqs": [4096, 2048, 1024]}
 
 # A fake try: notes its start and end in a side file, then is valid iff batch * seq <= tp * 4096.
 FAKE = textwrap.dedent("""
     import os, sys, time
-    tp, b, s, side, pause = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+    tp, b, s, side, pause = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
+                             float(sys.argv[5]))
+    if sys.argv[6:] == [f"{tp},{b},{s}"]:  # the one slow try, to be killed in
+        pause = 1.5
     def note(what):
         fd = os.open(side, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.write(fd, f"{what} {tp} {b} {s}\\n".encode())
@@ -40,22 +49,27 @@ FAKE = textwrap.dedent("""
     note("done")
     sys.exit(0 if b * s <= tp * 4096 else 1)
 """)
-# Hand-worked with the rule above, largest first: tp 8: (8,8,4096) valid, (8,4,4096) valid, (8,1,4096) valid;
+# Hand-worked with the rule above, largest first:
+# tp 8: (8,8,4096) valid, (8,4,4096) valid, (8,1,4096) valid;
 # tp 4: (4,8,4096) fails, (4,8,2048) valid, (4,4,4096) valid, (4,1,4096) valid;
-# tp 2: (2,8,4096) (2,8,2048) fail, (2,8,1024) valid, (2,4,4096) fails, (2,4,2048) valid, (2,1,4096) valid.
-EXPECTED_TRIES = [(8, 8, 4096), (8, 4, 4096), (8, 1, 4096), (4, 8, 4096), (4, 8, 2048), (4, 4, 4096), (4, 1, 4096),
-                  (2, 8, 4096), (2, 8, 2048), (2, 8, 1024), (2, 4, 4096), (2, 4, 2048), (2, 1, 4096)]
+# tp 2: (2,8,4096) (2,8,2048) fail, (2,8,1024) valid, (2,4,4096) fails, (2,4,2048) valid,
+#       (2,1,4096) valid.
+EXPECTED_TRIES = [(8, 8, 4096), (8, 4, 4096), (8, 1, 4096),
+                  (4, 8, 4096), (4, 8, 2048), (4, 4, 4096), (4, 1, 4096),
+                  (2, 8, 4096), (2, 8, 2048), (2, 8, 1024),
+                  (2, 4, 4096), (2, 4, 2048), (2, 1, 4096)]
 
 
 def _oracle(tp, b, s):
     return "valid" if b * s <= tp * 4096 else "failed"
 
 
-def _fake_validator(tmp_path, pause=0.2):
+def _fake_validator(tmp_path, pause=0.2, slow=""):
     script = tmp_path / "fake_try.py"
     script.write_text(FAKE)
     side = tmp_path / "side.txt"
-    return es.CommandValidator(f"{{python}} -S {script} {{tp}} {{batch}} {{seq}} {side} {pause}"), side
+    cmd = f"{{python}} -S {script} {{tp}} {{batch}} {{seq}} {side} {pause} {slow}".strip()
+    return at.CommandValidator(cmd), side
 
 
 def _statuses(state):
@@ -70,7 +84,7 @@ def _alive(pid):
 
 
 def _procs_with_token(token):
-    needle, found = f"{es.TOKEN_ENV}={token}".encode(), []
+    needle, found = f"{at.TOKEN_ENV}={token}".encode(), []
     for d in Path("/proc").glob("[0-9]*"):
         try:
             if needle in (d / "environ").read_bytes().split(b"\0") and _alive(d.name):
@@ -78,6 +92,17 @@ def _procs_with_token(token):
         except OSError:
             continue
     return found
+
+
+def _gone(token, within=5.0):
+    """No process of the try marked by ``token`` is left, at the latest ``within`` seconds from now.
+    """
+    t_end = time.monotonic() + within
+    while _procs_with_token(token):
+        if time.monotonic() > t_end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _quiet(*_):
@@ -92,12 +117,14 @@ def test_candidates_hand_worked():
                  "seqs": [16384, 8192, 4096, 2048, 1024]}
     # 24 heads: 16 and 32 do not divide them; 6, 12 and 24 do (multiples of 2 cores, at most 32)
     assert es.candidates(32, 2, 24, 32768)["tps"] == [24, 12, 8, 6, 4, 2]
-    # tp equal to every core is a candidate ("not above" the total); 8 cores per device allow only 8, 16, 32
+    # tp equal to every core is a candidate ("not above" the total); 8 cores per device allow only
+    # 8, 16, 32
     assert es.candidates(32, 8, 32, 4096, batch_sizes=[4, 1])["tps"] == [32, 16, 8]
     # max positions 4096: strictly below -> 2048 and 1024; a non-power max keeps the powers below it
     assert es.candidates(2, 2, 2, 4096)["seqs"] == [2048, 1024]
     assert es.candidates(2, 2, 2, 5000, min_seq=512)["seqs"] == [4096, 2048, 1024, 512]
-    assert es.candidates(4, 1, 8, 2048, batch_sizes=(2, 16, 1)) == {"tps": [4, 2], "batches": [16, 2, 1], "seqs": [1024]}
+    assert es.candidates(4, 1, 8, 2048, batch_sizes=(2, 16, 1)) == {
+        "tps": [4, 2], "batches": [16, 2, 1], "seqs": [1024]}
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -144,18 +171,20 @@ def test_resume_skips_batches_above_the_largest_valid_one():
     for b in (32, 64, 128):
         for s in c["seqs"]:
             if (b, s) == (32, 1024):
-                assert rows[(8, b, s)] == ("failed", "tested")  # a result is never overridden by a rule
+                # a result is never overridden by a rule
+                assert rows[(8, b, s)] == ("failed", "tested")
                 continue
             status, reason = rows[(8, b, s)]
             assert status == "skipped-by-rule" and "largest valid batch size is 16" in reason
-    assert [rows[(8, 16, s)][0] for s in c["seqs"]] == ["pending", "valid", "valid-by-rule", "valid-by-rule",
-                                                        "valid-by-rule"]
+    assert [rows[(8, 16, s)][0] for s in c["seqs"]] == [
+        "pending", "valid", "valid-by-rule", "valid-by-rule", "valid-by-rule"]
     assert all(rows[(8, b, s)][0] == "pending" for b in (8, 4, 1) for s in c["seqs"])
     assert all(rows[(16, 128, s)][0] == "pending" for s in c["seqs"])  # other tps untouched
 
 
 def test_plan_order_drives_a_hand_worked_search():
-    """Following plan() (first pending, then re-plan) tries exactly the hand-worked sequence, largest first."""
+    """Following plan() (first pending, then re-plan) tries exactly the hand-worked sequence,
+    largest first."""
     results, tried = {}, []
     while pending := [r for r in es.plan(CANDS, results) if r[3] == "pending"]:
         key = pending[0][:3]
@@ -170,14 +199,17 @@ def test_plan_order_drives_a_hand_worked_search():
 # ---------------------------------------------------------------- reading results
 
 def _hand_state():
-    attempts = [{"tp": t, "batch": b, "seq": s, "status": _oracle(t, b, s), "seconds": 1.0} for t, b, s in EXPECTED_TRIES]
+    attempts = [{"tp": t, "batch": b, "seq": s, "status": _oracle(t, b, s), "seconds": 1.0}
+                for t, b, s in EXPECTED_TRIES]
     return {"candidates": CANDS, "attempts": attempts}
 
 
 def test_optimal_is_the_per_tp_pareto_front():
     opt = [(r["tp"], r["batch"], r["seq"]) for r in es.optimal(_hand_state())]
-    # tp 8: (8, 4096) beats everything; tp 4: (8, 2048) and (4, 4096); tp 2: (8, 1024), (4, 2048), (1, 4096)
-    assert opt == [(8, 8, 4096), (4, 8, 2048), (4, 4, 4096), (2, 8, 1024), (2, 4, 2048), (2, 1, 4096)]
+    # tp 8: (8, 4096) beats everything; tp 4: (8, 2048) and (4, 4096);
+    # tp 2: (8, 1024), (4, 2048), (1, 4096)
+    assert opt == [(8, 8, 4096), (4, 8, 2048), (4, 4, 4096),
+                   (2, 8, 1024), (2, 4, 2048), (2, 1, 4096)]
 
 
 def test_grid_and_summary():
@@ -208,21 +240,23 @@ def test_model_name(tmp_path):
 # ---------------------------------------------------------------- validators
 
 def test_neuron_validator_commands(tmp_path):
-    v = es.NeuronValidator("inf2")
+    v = at.NeuronValidator("inf2")
     export, load = v.command("mistralai/Mistral-7B-v0.1", 8, 4, 4096, tmp_path)
     out = str(tmp_path / "export")
-    assert export == ["optimum-cli", "export", "neuron", "-m", "mistralai/Mistral-7B-v0.1", "--batch_size", "4",
-                      "--sequence_length", "4096", "--tensor_parallel_size", "8", "--task", "text-generation", out,
+    assert export == ["optimum-cli", "export", "neuron", "-m", "mistralai/Mistral-7B-v0.1",
+                      "--batch_size", "4", "--sequence_length", "4096",
+                      "--tensor_parallel_size", "8", "--task", "text-generation", out,
                       "--instance_type", "inf2"]
     assert load == [sys.executable, "-m", "workbook.llm.search", "load-neuron", out]
-    assert es.NeuronValidator(load=False).command("m", 2, 1, 1024, tmp_path) == [export[:4] + ["m", "--batch_size", "1",
-        "--sequence_length", "1024", "--tensor_parallel_size", "2", "--task", "text-generation", out]]
-    assert "compile only" in es.NeuronValidator(load=False).describe()
+    assert at.NeuronValidator(load=False).command("m", 2, 1, 1024, tmp_path) == [
+        export[:4] + ["m", "--batch_size", "1", "--sequence_length", "1024",
+                      "--tensor_parallel_size", "2", "--task", "text-generation", out]]
+    assert "compile only" in at.NeuronValidator(load=False).describe()
     (tmp_path / "export").mkdir()
     v.cleanup(tmp_path)
     assert not (tmp_path / "export").exists()
     with pytest.raises(ParameterError, match="Parameter instance_type='trn9'"):
-        es.NeuronValidator("trn9")
+        at.NeuronValidator("trn9")
 
 
 def test_load_neuron_says_what_is_missing(tmp_path):
@@ -231,22 +265,27 @@ def test_load_neuron_says_what_is_missing(tmp_path):
         pytest.skip("optimum-neuron is installed here")
     except ImportError:
         pass
-    p = subprocess.run([PY, "-m", "workbook.llm.search", "load-neuron", str(tmp_path)], capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run([PY, "-m", "workbook.llm.search", "load-neuron", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert "optimum-neuron" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_command_and_torch_validators(tmp_path):
-    v = es.CommandValidator("{python} -c pass {tp}", ["echo", "{model}", "{batch}x{seq}", "{workdir}"])
+    v = at.CommandValidator("{python} -c pass {tp}",
+                            ["echo", "{model}", "{batch}x{seq}", "{workdir}"])
     assert v.command("m", 4, 2, 1024, tmp_path) == [[sys.executable, "-c", "pass", "4"],
                                                    ["echo", "m", "2x1024", str(tmp_path)]]
     with pytest.raises(ParameterError, match="Parameter template="):
-        es.CommandValidator("echo {nope}")
-    t = es.TorchValidator(lambda m, tp, b, s, w: ["torchrun", f"--nproc-per-node={tp}", "worker.py", m, str(b), str(s)],
-                          description="torchrun + one forward")
-    assert t.command("m", 2, 4, 2048, tmp_path) == ["torchrun", "--nproc-per-node=2", "worker.py", "m", "4", "2048"]
-    assert t.describe() == "torch: torchrun + one forward"
+        at.CommandValidator("echo {nope}")
+    t = at.TorchValidator("cpu", 0.05, "bfloat16", 60.0)
+    assert t.command("m", 2, 4, 2048, tmp_path) == [
+        sys.executable, "-m", "workbook.llm.validate", "--model", "m", "--tp", "2", "--batch", "4",
+        "--seq", "2048", "--device", "cpu", "--budget-gb", "0.05", "--dtype", "bfloat16",
+        "--timeout", "60.0"]
+    # the name and description a state file was written with before: such a file still resumes
+    assert t.name == "torch-cpu" and t.describe() == (
+        "torch-cpu: tensor-parallel load + one forward on cpu, 0.05 GB per device, bfloat16")
 
 
 # ---------------------------------------------------------------- tries in their own processes
@@ -271,28 +310,32 @@ HUNG = textwrap.dedent("""
 def test_hang_crash_and_signal_are_recorded_and_the_search_goes_on(tmp_path):
     script, child_file = tmp_path / "try.py", tmp_path / "child.pid"
     script.write_text(HUNG)
-    v = es.CommandValidator(f"{{python}} -S {script} {{tp}} {{batch}} {{seq}} {child_file}")
+    v = at.CommandValidator(f"{{python}} -S {script} {{tp}} {{batch}} {{seq}} {child_file}")
     cands = {"tps": [2], "batches": [4, 1], "seqs": [2048, 1024]}
     t0 = time.monotonic()
     state = es.search("org/hangs", v, cands, tmp_path / "state", timeout_s=1.5, log=_quiet)
     assert time.monotonic() - t0 < 20
     by = {(a["tp"], a["batch"], a["seq"]): a for a in state["attempts"]}
     hung, failed, killed = by[(2, 4, 2048)], by[(2, 4, 1024)], by[(2, 1, 2048)]
-    assert hung["status"] == "timeout" and 1.4 < hung["seconds"] < 6 and "hanging now" in hung["log_tail"]
-    assert "timeout_s=1.5" in hung["detail"]
-    assert not _alive(int(child_file.read_text()))  # the hung try's child went with its process group
+    assert hung["status"] == "timeout" and 1.4 < hung["seconds"] < 6
+    assert "hanging now" in hung["log_tail"] and "timeout_s=1.5" in hung["detail"]
+    assert not _alive(int(child_file.read_text()))  # the hung try's child went with its group
     assert failed["status"] == "failed" and failed["exit_code"] == 3
-    assert "bad configuration: out of memory" in failed["log_tail"] and "[failed: step 1 exited with code 3]" in failed["log_tail"]
-    assert killed["status"] == "crashed" and "SIGKILL" in killed["detail"] and killed["exit_code"] == -9
-    assert by[(2, 1, 1024)]["status"] == "valid"  # after a crash (2, 1, 1024) is still tried, and passes
-    assert state["complete"] and json.loads((tmp_path / "state" / "org--hangs.json").read_text())["complete"]
+    assert "bad configuration: out of memory" in failed["log_tail"]
+    assert "[failed: step 1 exited with code 3]" in failed["log_tail"]
+    assert killed["status"] == "crashed" and "SIGKILL" in killed["detail"]
+    assert killed["exit_code"] == -9
+    assert by[(2, 1, 1024)]["status"] == "valid"  # after a crash (2, 1, 1024) is still tried
+    assert state["complete"]
+    assert json.loads((tmp_path / "state" / "org--hangs.json").read_text())["complete"]
     assert Path(hung["log"]).read_text().startswith("$ ")
 
 
 def test_multi_step_try_needs_every_step(tmp_path):
-    v = es.CommandValidator("{python} -S -c 'print(\"export ok\")'",
+    v = at.CommandValidator("{python} -S -c 'print(\"export ok\")'",
                             "{python} -S -c 'import sys; sys.exit({tp} != 4)'")
-    state = es.search("m", v, {"tps": [4, 2], "batches": [1], "seqs": [1024]}, tmp_path, timeout_s=30, log=_quiet)
+    state = es.search("m", v, {"tps": [4, 2], "batches": [1], "seqs": [1024]}, tmp_path,
+                      timeout_s=30, log=_quiet)
     by = {a["tp"]: a for a in state["attempts"]}
     assert by[4]["status"] == "valid" and len(by[4]["steps"]) == 2
     assert by[2]["status"] == "failed" and by[2]["detail"] == "step 2 exited with code 1"
@@ -306,7 +349,8 @@ def test_resume_tests_nothing_twice_and_refuses_another_validator(tmp_path):
     lines = []
     first = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=lines.append)
     assert [(a["tp"], a["batch"], a["seq"]) for a in first["attempts"]] == EXPECTED_TRIES
-    assert _statuses(first) == {r[:3]: r[3] for r in es.plan(CANDS, {k: _oracle(*k) for k in EXPECTED_TRIES})}
+    oracle = {k: _oracle(*k) for k in EXPECTED_TRIES}
+    assert _statuses(first) == {r[:3]: r[3] for r in es.plan(CANDS, oracle)}
     again = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=lines.append)
     assert side.read_text().count("start") == len(EXPECTED_TRIES)  # nothing ran the second time
     assert again["attempts"] == first["attempts"] and len(again["sessions"]) == 2
@@ -314,7 +358,7 @@ def test_resume_tests_nothing_twice_and_refuses_another_validator(tmp_path):
     assert again["seconds_total"] >= first["seconds_total"] > 0
     assert any("resuming" in ln for ln in lines)
     with pytest.raises(WorkbookError, match="validator 'cmd'"):
-        es.search("org/m", es.NeuronValidator(), CANDS, tmp_path / "s", timeout_s=30, log=_quiet)
+        es.search("org/m", at.NeuronValidator(), CANDS, tmp_path / "s", timeout_s=30, log=_quiet)
 
 
 def test_one_search_per_state_file_and_stale_temp_files_go(tmp_path):
@@ -324,39 +368,79 @@ def test_one_search_per_state_file_and_stale_temp_files_go(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(WorkbookError, match="Another search is running"):
             es.search("m", v, CANDS, tmp_path, timeout_s=30, log=_quiet)
-    es.search("m", v, {"tps": [2], "batches": [1], "seqs": [1024]}, tmp_path, timeout_s=30, log=_quiet)
+    es.search("m", v, {"tps": [2], "batches": [1], "seqs": [1024]}, tmp_path, timeout_s=30,
+              log=_quiet)
     assert not (tmp_path / ".m.json.abc.tmp").exists()
 
 
-def test_interrupted_try_is_retried_its_leftovers_killed_and_capped(tmp_path):
+def _interrupted_state(path, key, token, **extra):
+    tp, b, s = key
+    running = {"tp": tp, "batch": b, "seq": s, "started": "t", "token": token, "pid": 1, **extra}
+    write_json_atomic(path, {"model": path.stem, "model_name": path.stem, "validator_name": "cmd",
+                             "attempts": [], "running": running, "interruptions": [],
+                             "sessions": [], "seconds_total": 1.0})
+
+
+def test_interrupted_try_is_retried_however_often_and_its_leftovers_killed(tmp_path):
+    """A state file as a killed search leaves it (written before the search recorded out-of-memory
+    counts, too): the try's leftovers are found by their token and stopped, and the try is run
+    again, also after a second kill during it: a kill from outside is not the try's own outcome."""
     v, side = _fake_validator(tmp_path, pause=0)
     cands = {"tps": [2], "batches": [1], "seqs": [2048, 1024]}
     token = uuid.uuid4().hex
-    leftover = subprocess.Popen([PY, "-S", "-c", "import time; time.sleep(60)"], env={**os.environ, es.TOKEN_ENV: token},
-                                start_new_session=True)
+    leftover = subprocess.Popen([PY, "-S", "-c", "import time; time.sleep(60)"],
+                                env={**os.environ, at.TOKEN_ENV: token}, start_new_session=True)
     try:
-        path = tmp_path / "m.json"
-        running = {"tp": 2, "batch": 1, "seq": 2048, "started": "t", "token": token, "pid": 1}
-        es.write_json_atomic(path, {"model": "m", "model_name": "m", "validator_name": "cmd", "attempts": [],
-                                     "running": running, "interruptions": [], "sessions": [], "seconds_total": 1.0})
+        _interrupted_state(tmp_path / "m.json", (2, 1, 2048), token)
         state = es.search("m", v, cands, tmp_path, timeout_s=30, log=_quiet)
         assert leftover.wait(timeout=10) == -signal.SIGKILL  # found by its token and stopped
         assert state["interruptions"][0]["leftover_processes_killed"] == 1
-        assert [(a["seq"], a["status"]) for a in state["attempts"]] == [(2048, "valid")]  # tried again once
+        assert [(a["seq"], a["status"]) for a in state["attempts"]] == [(2048, "valid")]
         assert state["plan"][1]["status"] == "valid-by-rule"
     finally:
         if leftover.poll() is None:
             leftover.kill()
-    # the search killed a second time during the same try: recorded as crashed, not run again
-    (tmp_path / "n.json").write_text(json.dumps({
-        "model": "n", "model_name": "n", "validator_name": "cmd", "attempts": [], "seconds_total": 0.0,
-        "running": {**running, "token": uuid.uuid4().hex}, "sessions": [],
-        "interruptions": [{"tp": 2, "batch": 1, "seq": 2048, "started": "t0", "noticed": "t1"}]}))
+    # the search killed a second time during the same try: run again, not recorded as crashed
+    _interrupted_state(tmp_path / "n.json", (2, 1, 2048), uuid.uuid4().hex)
+    state = json.loads((tmp_path / "n.json").read_text())
+    state["interruptions"] = [{"tp": 2, "batch": 1, "seq": 2048, "started": "t0", "noticed": "t1"}]
+    write_json_atomic(tmp_path / "n.json", state)
     before = side.read_text().count("start 2 1 2048")
     state = es.search("n", v, cands, tmp_path, timeout_s=30, log=_quiet)
-    first = state["attempts"][0]
-    assert (first["seq"], first["status"]) == (2048, "crashed") and "killed 2 times" in first["detail"]
-    assert side.read_text().count("start 2 1 2048") == before and "start 2 1 1024" in side.read_text()
+    assert [(a["seq"], a["status"]) for a in state["attempts"]] == [(2048, "valid")]
+    assert side.read_text().count("start 2 1 2048") == before + 1
+    assert state["interruptions"][-1]["outcome"] == "tried again"
+
+
+def test_an_interrupted_try_keeps_its_own_outcome(tmp_path, monkeypatch):
+    """What the try itself showed decides it: the record it wrote on finishing (the search was
+    killed before saving it), or an out-of-memory kill while it ran; neither is run again."""
+    v, side = _fake_validator(tmp_path, pause=0)
+    cands = {"tps": [2], "batches": [1], "seqs": [1024]}
+    token = uuid.uuid4().hex
+    workdir = tmp_path / "f.attempts" / "tp2-b1-s1024"
+    rec = at.run_attempt(v, "f", 2, 1, 1024, workdir, 30, token)
+    assert rec["status"] == "valid" and at.finished_record(workdir, token) == rec
+    assert at.finished_record(workdir, "another token") is None
+    _interrupted_state(tmp_path / "f.json", (2, 1, 1024), token)
+    state = es.search("f", v, cands, tmp_path, timeout_s=30, log=_quiet)
+    assert state["attempts"] == [rec] and side.read_text().count("start") == 1
+    assert state["interruptions"][-1]["outcome"] == "recorded as valid"
+
+    monkeypatch.setattr(es, "oom_kills", lambda: 7)
+    _interrupted_state(tmp_path / "o.json", (2, 1, 1024), uuid.uuid4().hex, oom_kills=6)
+    state = es.search("o", v, cands, tmp_path, timeout_s=30, log=_quiet)
+    assert [a["status"] for a in state["attempts"]] == ["crashed"]
+    assert "out-of-memory killer killed 1 process(es)" in state["attempts"][0]["detail"]
+    assert side.read_text().count("start") == 1  # not run again
+    _interrupted_state(tmp_path / "p.json", (2, 1, 1024), uuid.uuid4().hex, oom_kills=7)
+    state = es.search("p", v, cands, tmp_path, timeout_s=30, log=_quiet)  # no kill since it started
+    assert [a["status"] for a in state["attempts"]] == ["valid"]
+
+
+def test_oom_kills_reads_a_counter():
+    n = at.oom_kills()
+    assert n is None or (isinstance(n, int) and n >= 0)
 
 
 WRITER = textwrap.dedent("""
@@ -371,17 +455,18 @@ WRITER = textwrap.dedent("""
 
 
 def test_killed_writers_never_leave_a_truncated_file(tmp_path):
-    """Six processes rewrite their file in a loop and are killed at staggered moments; a plain (truncate then
-    write) writer leaves a broken file about half the time at each kill, so this catches it almost surely."""
+    """Six processes rewrite their file in a loop and are killed at staggered moments; a plain
+    (truncate then write) writer leaves a broken file about half the time at each kill, so this
+    catches it almost surely."""
     paths = [tmp_path / f"state{i}.json" for i in range(6)]
     procs = [subprocess.Popen([PY, "-c", WRITER, str(p)]) for p in paths]
     t_end = time.monotonic() + 30
     while not all(p.exists() for p in paths) and time.monotonic() < t_end:
         time.sleep(0.05)
-    for proc in procs:
+    for writer in procs:
         time.sleep(0.137)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
     for p in paths:
         data = json.loads(p.read_text())  # a complete document, whenever the kill landed
         assert data["i"] >= 0 and len(data["pad"]) == 3000 and data["pad"][-1] == "x" * 200
@@ -392,8 +477,8 @@ def test_killed_writers_never_leave_a_truncated_file(tmp_path):
 def _cli(tmp_path, validator_template, state_dir):
     return [PY, "-m", "workbook.llm.search", "run", "--model", "org/fake", "--validator", "cmd",
             "--template", validator_template, "--state-dir", str(state_dir), "--total-cores", "8",
-            "--cores-per-device", "2", "--heads", "8", "--max-positions", "8192", "--batch-sizes", "1,4,8",
-            "--timeout", "30"]
+            "--cores-per-device", "2", "--heads", "8", "--max-positions", "8192",
+            "--batch-sizes", "1,4,8", "--timeout", "30"]
 
 
 def _read_state(path):
@@ -404,8 +489,8 @@ def _read_state(path):
 
 
 def _kill_when(proc, path, ready, limit=30.0):
-    """SIGKILL the search once ``ready(state)`` holds (or at once when ``ready`` is None); return the state
-    file as it was after the kill."""
+    """SIGKILL the search once ``ready(state)`` holds (or at once when ``ready`` is None); return
+    the state file as it was after the kill."""
     t_end = time.monotonic() + limit
     while ready is not None:
         st = _read_state(path)
@@ -423,7 +508,8 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
     # the uninterrupted reference, in process
     (tmp_path / "ref").mkdir()
     ref_v, _ = _fake_validator(tmp_path / "ref", pause=0)
-    reference = es.search("org/fake", ref_v, CANDS, tmp_path / "ref" / "state", timeout_s=30, log=_quiet)
+    reference = es.search("org/fake", ref_v, CANDS, tmp_path / "ref" / "state", timeout_s=30,
+                          log=_quiet)
 
     run = tmp_path / "run"
     run.mkdir()
@@ -434,8 +520,9 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
 
     kills = [
         (0.3, None),  # right after start: before or during the first try
-        (0, lambda st: len(st["attempts"]) >= 2 and st["running"] is not None),  # during a try, >= 2 done
-        (0, lambda st: len(st["attempts"]) >= 6 and st["running"] is not None),  # during a later try
+        # during a try, >= 2 done; then during a later try
+        (0, lambda st: len(st["attempts"]) >= 2 and st["running"] is not None),
+        (0, lambda st: len(st["attempts"]) >= 6 and st["running"] is not None),
     ]
     kept = []
     for wait, ready in kills:
@@ -446,14 +533,15 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
             kept.extend(st["attempts"])
             if ready is not None:
                 assert st["running"] is not None  # really killed in the middle of a try
-                time.sleep(0.1)  # the try sleeps 0.3 s: it must die with the search, not linger until resume
-                assert _procs_with_token(st["running"]["token"]) == []
+                # the try sleeps 0.3 s: it must die with the search, not linger until resume
+                assert _gone(st["running"]["token"], within=0.25)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     final = json.loads(path.read_text())
 
     assert final["complete"] and len(final["sessions"]) >= 3
-    assert all(a in final["attempts"] for a in kept)  # no finished result lost (same record, same timestamps)
+    # no finished result lost (same record, same timestamps)
+    assert all(a in final["attempts"] for a in kept)
     keys = [(a["tp"], a["batch"], a["seq"]) for a in final["attempts"]]
     assert sorted(keys) == sorted(EXPECTED_TRIES) and len(set(keys)) == len(keys)
     log = side.read_text().split("\n")
@@ -466,7 +554,108 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
     assert "optimal: tp=8 batch=8 seq=4096" in p.stdout
 
 
-# ---- the notebook's first cell (workbook.experiments.export_search.configure) --------------------------------
+def test_two_kills_in_the_same_try_resume_to_the_uninterrupted_answer(tmp_path):
+    """The issue's case: the search SIGKILLed twice while (2, 8, 1024) runs. That try is run again
+    each time (a kill from outside is not its outcome), so the resumed search ends with the statuses
+    and the optimal configurations of a search never killed."""
+    (tmp_path / "ref").mkdir()
+    ref_v, _ = _fake_validator(tmp_path / "ref", pause=0)
+    reference = es.search("org/fake", ref_v, CANDS, tmp_path / "ref" / "state", timeout_s=30,
+                          log=_quiet)
+    v, side = _fake_validator(tmp_path, pause=0, slow="2,8,1024")
+    cmd = _cli(tmp_path, shlex.join(v.steps[0]), tmp_path / "state")
+    path = tmp_path / "state" / "org--fake.json"
+    for n in (1, 2):
+        def inside(st, n=n):  # the slow try runs: started n times by now
+            run = st["running"]
+            return (run is not None and (run["tp"], run["batch"], run["seq"]) == (2, 8, 1024)
+                    and side.exists() and side.read_text().count("start 2 8 1024") == n)
+        search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        st = _kill_when(search, path, inside)
+        assert _gone(st["running"]["token"])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    final = json.loads(path.read_text())
+    assert [i["outcome"] for i in final["interruptions"]] == ["tried again", "tried again"]
+    assert {(i["tp"], i["batch"], i["seq"]) for i in final["interruptions"]} == {(2, 8, 1024)}
+    assert _statuses(final) == _statuses(reference) and _statuses(final)[(2, 8, 1024)] == "valid"
+    assert es.optimal(final) == es.optimal(reference)
+    assert side.read_text().count("done 2 8 1024") == 1
+
+
+TREE = textwrap.dedent("""
+    import subprocess, sys, time
+    sleep = [sys.executable, "-S", "-c", "import time; time.sleep(60)"]
+    sibling = subprocess.Popen(sleep)  # same process group, no parent-death signal
+    apart = subprocess.Popen(sleep, start_new_session=True)  # its own session, as torchrun's ranks
+    open(sys.argv[1], "w").write(f"{sibling.pid} {apart.pid}")
+    time.sleep(60)
+""")
+
+
+def test_no_process_of_a_try_outlives_a_killed_search(tmp_path):
+    """The try's direct child, a child in its group and one in a session of its own all die within a
+    moment of the search's SIGKILL (nobody resumes it)."""
+    script, pids = tmp_path / "tree.py", tmp_path / "pids.txt"
+    script.write_text(TREE)
+    cmd = _cli(tmp_path, f"{{python}} -S {script} {pids}", tmp_path / "state")
+    search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    st = _kill_when(search, tmp_path / "state" / "org--fake.json",
+                    lambda st: st["running"] is not None and pids.exists() and pids.read_text())
+    token = st["running"]["token"]
+    assert _gone(token, within=5)
+    assert not any(_alive(int(p)) for p in pids.read_text().split())
+
+
+def test_command_line_offers_the_cpu_validator_and_a_kill_leaves_no_rank(tiny_lm, tmp_path):
+    """``python -m workbook.llm.search --validator cpu``: the notebook's cpu validator (torchrun,
+    two gloo ranks). Killed while the ranks run, nothing of the try is left; resumed, it finds (2,
+    1, 2048) valid."""
+    cmd = [PY, "-m", "workbook.llm.search", "run", "--model", tiny_lm, "--validator", "cpu",
+           "--budget-gb", "0.05", "--state-dir", str(tmp_path), "--total-cores", "2",
+           "--cores-per-device", "1", "--heads", "8", "--max-positions", "4096",
+           "--batch-sizes", "1", "--min-seq", "2048", "--timeout", "300"]
+    search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def ranks_run(st):  # validate, torchrun and two ranks
+        return st["running"] is not None and len(_procs_with_token(st["running"]["token"])) >= 4
+
+    st = _kill_when(search, es.state_path(tmp_path, tiny_lm), ranks_run, limit=120)
+    assert _gone(st["running"]["token"])
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "optimal: tp=2 batch=1 seq=2048" in p.stdout
+    final = json.loads(es.state_path(tmp_path, tiny_lm).read_text())
+    assert final["validator"] == ("torch-cpu: tensor-parallel load + one forward on cpu, 0.05 GB "
+                                  "per device, float32")
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["--validator", "cuda", "--budget-gb", "1"], "Parameter --validator='cuda' is not allowed"),
+    (["--validator", "cpu"], "Parameter --budget-gb=None is not allowed: a positive number of GB "
+                             "per device with the cpu validator."),
+    (["--validator", "cmd"], "Parameter --template=None is not allowed"),
+    (["--validator", "cpu", "--budget-gb", "1", "--total-cores", "4096"],
+     "Parameter --total-cores=4096 is not allowed: at most the"),
+    (["--validator", "cpu", "--budget-gb", "1", "--timeout", "0"], "Parameter --timeout=0.0"),
+])
+def test_command_line_refuses_bad_arguments_in_one_sentence(tmp_path, args, sentence):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    base = {"--model": "m", "--state-dir": str(tmp_path), "--total-cores": "2",
+            "--cores-per-device": "1", "--heads": "4096", "--max-positions": "4096",
+            "--timeout": "5"}
+    for k, val in zip(args[::2], args[1::2]):
+        base[k] = val
+    argv = [x for kv in base.items() for x in kv]
+    p = subprocess.run([PY, "-m", "workbook.llm.search", "run"] + argv, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and sentence in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert not list(tmp_path.iterdir())  # refused before anything started
+
+
+# ---- the notebook's first cell (workbook.experiments.export_search.configure) --------------------
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """The tiny Mistral: 8 attention heads, 4096 positions."""
@@ -476,39 +665,48 @@ def tiny_lm(tmp_path_factory):
 
 
 def _es_params(model, state_dir, **kw):
-    from workbook.params import notebook_parameters
-    from workbook.paths import notebooks_dir
+    """The notebook's first cell: its parameters checked by the spec (``SPEC.take`` does this)."""
+    from workbook.specs.export_search import SPEC
 
-    p = {n: q.default for n, q in notebook_parameters(notebooks_dir() / "export_search.ipynb").items()}
-    p.update(model=model, validator="cpu", batch_sizes=[1], min_seq=2048, state_dir=str(state_dir))
-    p.update(kw)
-    return p
+    return SPEC.check(dict(model=model, validator="cpu", batch_sizes=[1], min_seq=2048,
+                           state_dir=str(state_dir)) | kw)
 
 
 def _es_refusal(model, state_dir, **kw) -> str:
     from workbook.experiments.export_search import configure
 
     with pytest.raises(ParameterError) as e:
-        configure(**_es_params(model, state_dir, **kw))
+        configure(_es_params(model, state_dir, **kw))
     msg = str(e.value)
     assert msg.endswith(".") and "\n" not in msg
     return msg
 
 
-CPUS = len(os.sched_getaffinity(0))
+CPUS = proc.usable_cpus()
+
+
+NOT_ALLOWED = "Parameter {} is not allowed: {}."
 
 
 @pytest.mark.parametrize("kw, sentence", [
-    (dict(dtype="float64"), "Parameter dtype='float64' is not allowed: one of float32, bfloat16, float16."),
-    (dict(timeout_s=0), "Parameter timeout_s=0 is not allowed: a positive number of seconds per attempt."),
-    (dict(cores_per_device=0), "Parameter cores_per_device=0 is not allowed: a positive integer (NeuronCores per "
-                               "device, 2 on trn1/inf2)."),
-    (dict(min_seq=1000), "Parameter min_seq=1000 is not allowed: a positive power of two."),
-    (dict(min_seq=8192), "Parameter min_seq=8192 is not allowed: a power of two below the model's 4096 positions."),
-    (dict(total_cores=2, cores_per_device=3), "Parameter cores_per_device=3 is not allowed: at most total_cores=2."),
-    pytest.param(dict(total_cores=8), f"Parameter total_cores=8 is not allowed: at most the {CPUS} CPU cores this "
-                 "process may use, for the cpu validator (one process per rank).",
-                 marks=pytest.mark.skipif(CPUS >= 8, reason="tp 8 fits this machine's CPU cores"), id="more-than-cpus"),
+    (dict(dtype="float64"), NOT_ALLOWED.format(
+        "dtype='float64'", "one of float32, bfloat16, float16")),
+    (dict(timeout_s=0), NOT_ALLOWED.format(
+        "timeout_s=0", "a positive number of seconds per attempt")),
+    (dict(total_cores=1), NOT_ALLOWED.format(
+        "total_cores=1", "an integer of at least 2 (tensor parallelism needs two cores)")),
+    (dict(cores_per_device=0), NOT_ALLOWED.format(
+        "cores_per_device=0", "a positive integer (NeuronCores per device, 2 on trn1/inf2)")),
+    (dict(min_seq=1000), NOT_ALLOWED.format("min_seq=1000", "a positive power of two")),
+    (dict(min_seq=8192), NOT_ALLOWED.format(
+        "min_seq=8192", "a power of two below the model's 4096 positions")),
+    (dict(total_cores=2, cores_per_device=3), NOT_ALLOWED.format(
+        "cores_per_device=3", "at most total_cores=2")),
+    pytest.param(dict(total_cores=8), NOT_ALLOWED.format(
+        "total_cores=8", f"at most the {CPUS} CPU cores this process may use, for the cpu "
+        "validator (one process per rank)"),
+        marks=pytest.mark.skipif(CPUS >= 8, reason="tp 8 fits this machine's CPU cores"),
+        id="more-than-cpus"),
 ])
 def test_configure_refuses_with_one_sentence(tiny_lm, tmp_path, kw, sentence):
     assert _es_refusal(tiny_lm, tmp_path / "state", **kw) == sentence
@@ -517,38 +715,41 @@ def test_configure_refuses_with_one_sentence(tiny_lm, tmp_path, kw, sentence):
 def test_configure_names_total_cores_when_no_tp_divides_the_heads(tmp_path):
     from workbook.models import mistral
 
-    odd = str(mistral.create_tiny(tmp_path / "odd", seed=0, num_attention_heads=3, num_key_value_heads=1,
-                                  hidden_size=48))
-    assert _es_refusal(odd, tmp_path / "state", total_cores=2) == (
-        "Parameter total_cores=2 is not allowed: a count that allows a tensor-parallel size (at least 2, a multiple "
-        "of cores_per_device=1) dividing the model's 3 attention heads.")
+    odd = str(mistral.create_tiny(tmp_path / "odd", seed=0, num_attention_heads=3,
+                                  num_key_value_heads=1, hidden_size=48))
+    assert _es_refusal(odd, tmp_path / "state", total_cores=2) == NOT_ALLOWED.format(
+        "total_cores=2", "a count that allows a tensor-parallel size (at least 2, a multiple of "
+        "cores_per_device=1) dividing the model's 3 attention heads")
 
 
 def test_state_dir_that_is_a_file_is_refused(tiny_lm, tmp_path):
     f = tmp_path / "state.json"
     f.write_text("{}")
-    assert _es_refusal(tiny_lm, f) == \
-        f"Parameter state_dir={str(f)!r} is not allowed: a folder, or empty for the default (it is a file)."
+    assert _es_refusal(tiny_lm, f) == NOT_ALLOWED.format(
+        f"state_dir={str(f)!r}", "a folder, or empty for the default (it is a file)")
 
 
 def test_state_made_with_other_settings_is_refused_in_the_first_cell(tiny_lm, tmp_path):
-    """A resumed search trusts every result in the file: results under another memory budget are not resumed."""
+    """A resumed search trusts every result in the file: results under another memory budget are not
+    resumed."""
     from workbook.experiments import export_search as exp
 
     state = tmp_path / "state"
-    cfg = exp.configure(**_es_params(tiny_lm, state, memory_budget_gb=0.05))
+    cfg = exp.configure(_es_params(tiny_lm, state, memory_budget_gb=0.05))
     v = exp.validator(cfg)
     path = es.state_path(state, cfg.model)
     state.mkdir()
-    es.write_json_atomic(path, {"model": cfg.model, "model_name": es.model_name(cfg.model), "validator_name": v.name,
-                                "validator": v.describe(), "attempts": [{"tp": 2, "batch": 1, "seq": 2048,
-                                                                         "status": "valid"}]})
-    exp.configure(**_es_params(tiny_lm, state, memory_budget_gb=0.05))  # the same settings resume
+    write_json_atomic(path, {"model": cfg.model, "model_name": es.model_name(cfg.model),
+                             "validator_name": v.name, "validator": v.describe(),
+                             "attempts": [{"tp": 2, "batch": 1, "seq": 2048, "status": "valid"}]})
+    exp.configure(_es_params(tiny_lm, state, memory_budget_gb=0.05))  # the same settings resume
     msg = _es_refusal(tiny_lm, state, memory_budget_gb=0.01)
-    assert msg.startswith(f"Parameter state_dir={str(state)!r} is not allowed: a folder without results made with "
-                          "other settings:") and "0.05 GB per device" in msg and "0.01 GB per device" in msg
+    assert msg.startswith(f"Parameter state_dir={str(state)!r} is not allowed: a folder without "
+                          "results made with other settings:")
+    assert "0.05 GB per device" in msg and "0.01 GB per device" in msg
     msg = _es_refusal(tiny_lm, state, dtype="bfloat16")
     assert "float32" in msg and "bfloat16" in msg
-    with pytest.raises(ParameterError, match="made with other settings"):  # and the search itself refuses it too
-        es.search(cfg.model, es.TorchValidator(lambda *a: [PY, "-c", "pass"], name=v.name, description="other"),
+    # and the search itself refuses it too
+    with pytest.raises(ParameterError, match="made with other settings"):
+        es.search(cfg.model, at.TorchValidator("cpu", 0.02, "float32", 5),
                   {"tps": [2], "batches": [1], "seqs": [2048]}, state, 5, log=_quiet)

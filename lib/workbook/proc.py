@@ -1,12 +1,13 @@
 """Child processes that cannot outlive their caller: the Neuron compile worker, torchrun, export
 attempts.
 
-Each child runs in its own process group (so a compiler's sub-processes go with it), under a timeout,
-with Linux's parent-death signal set so that a SIGKILLed caller does not leave it running. When the
-wait ends for any reason (exit, timeout, Ctrl-C) the whole group is killed: SIGTERM first with a grace
-period where asked, then SIGKILL. The last lines of its log are at hand for the error message.
-Processes that leave the group (torchrun's ranks start sessions of their own) are found by a mark in
-their environment: :func:`reaper` kills them when a block ends or its caller dies, however it dies.
+Each child runs in its own process group (so a compiler's sub-processes go with it), under a
+timeout, with Linux's parent-death signal set so that a SIGKILLed caller does not leave it running.
+When the wait ends for any reason (exit, timeout, Ctrl-C) the whole group is killed: SIGTERM first
+with a grace period where asked, then SIGKILL. The last lines of its log are at hand for the error
+message. Processes that leave the group (torchrun's ranks start sessions of their own) are found by
+a mark in their environment: :func:`reaper` kills them when a block ends or its caller dies, however
+it dies.
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ class Result:
 
 
 def usable_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    """CPU cores this process may run on (its affinity mask, which a container or taskset
+    narrows)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -108,7 +110,9 @@ def find_env(name: str, value: str) -> list[int]:
     needle, found = f"{name}={value}".encode(), []
     for d in Path("/proc").glob("[0-9]*"):
         try:
-            if int(d.name) == os.getpid() or needle not in (d / "environ").read_bytes().split(b"\0"):
+            if int(d.name) == os.getpid():
+                continue
+            if needle not in (d / "environ").read_bytes().split(b"\0"):
                 continue
             if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
                 found.append(int(d.name))
@@ -138,9 +142,9 @@ def reaper(name: str, value: str):
     """While the block runs, a watchdog in a session of its own waits on a pipe from this process.
     When the block ends, or this process dies however it dies (SIGKILL included, which no handler
     sees), the pipe closes and the watchdog kills every process whose environment holds
-    ``name=value``, also those in sessions of their own, which the parent-death signal of :func:`run`
-    (set on the direct child only) does not reach. Put ``name=value`` in the children's environment,
-    not in this process's."""
+    ``name=value``, also those in sessions of their own, which the parent-death signal of
+    :func:`run` (set on the direct child only) does not reach. Put ``name=value`` in the children's
+    environment, not in this process's."""
     r, w = os.pipe()  # both ends non-inheritable: only the watchdog holds r (as its stdin)
     try:
         dog = subprocess.Popen([sys.executable, "-m", "workbook.proc", "reap", name, value],

@@ -1,4 +1,5 @@
-"""The export_search notebook's parameters."""
+"""The export_search notebook's parameters, and the choice lists the search's lower layers take from
+here (validators, dtypes, Neuron instance types)."""
 from workbook.spec import Param, Spec
 
 VALIDATORS = ("auto", "neuron", "cuda", "cpu")
@@ -6,25 +7,29 @@ DTYPES = ("float32", "bfloat16", "float16")
 INSTANCE_TYPES = ("trn1", "inf2", "trn2")
 
 SPEC = Spec("export_search", [
-    Param("model", "str", "", "hub id or local folder of a causal LM; empty writes and uses a tiny seeded "
-          "Mistral"),
-    Param("validator", "str", "auto", "auto, neuron (optimum-cli export + load), cuda or cpu (torchrun "
-          "tensor-parallel load + forward)", choices=VALIDATORS),
-    Param("total_cores", "int", 2, "NeuronCores, GPUs or CPU cores the search may use", low=1),
-    Param("cores_per_device", "int", 1, "cores per device (2 on trn1/inf2 NeuronCore pairs); tp is a "
-          "multiple of it", low=1),
+    Param("model", "str", "",
+          "hub id or local folder of a causal LM; empty: a tiny seeded Mistral"),
+    Param("validator", "str", "auto",
+          "auto, neuron (optimum-cli export + load), cuda or cpu (torchrun)", choices=VALIDATORS),
+    Param("total_cores", "int", 2, "NeuronCores, GPUs or CPU cores the search may use", low=2,
+          allowed="an integer of at least 2 (tensor parallelism needs two cores)"),
+    Param("cores_per_device", "int", 1,
+          "cores per device (2 on trn1/inf2); tp is a multiple of it", low=1,
+          allowed="a positive integer (NeuronCores per device, 2 on trn1/inf2)"),
     Param("batch_sizes", "list", [1, 4, 8, 16, 32, 64, 128], "batch sizes to try (largest first)",
           item="int", low=1, nonempty=True),
-    Param("min_seq", "int", 1024, "shortest sequence length tried (powers of two from here, below the "
-          "maximum positions)", low=1),
-    Param("memory_budget_gb", "float", 0.05, "per device, in GiB: weights + KV cache per rank must fit "
-          "(cuda: measured peak too)", above=0, allowed="a positive number of GiB per device"),
+    Param("min_seq", "int", 1024,
+          "shortest sequence tried (powers of two from it, below the model's positions)", low=1),
+    Param("memory_budget_gb", "float", 0.05,
+          "GB (10**9 B) per device: weights + KV cache per rank (cuda: peak)", above=0,
+          allowed="a positive number of GB per device"),
     Param("dtype", "str", "float32", "weights and cache dtype for the cuda and cpu validators",
           choices=DTYPES),
     Param("timeout_s", "float", 300, "per attempt (all its steps)", above=0,
           allowed="a positive number of seconds per attempt"),
-    Param("state_dir", "str", "", "where <model>.json and the attempts' logs live; empty: "
-          "outputs/export_search/state"),
-    Param("instance_type", "str", "", "neuron without a device: trn1, inf2 or trn2 (passed to optimum-cli)",
+    Param("state_dir", "str", "",
+          "folder of <model>.json and attempt logs; empty: outputs/export_search/state"),
+    Param("instance_type", "str", "",
+          "neuron without a device: trn1, inf2 or trn2 (passed to optimum-cli)",
           choices=("",) + INSTANCE_TYPES, allowed="empty or one of " + ", ".join(INSTANCE_TYPES)),
 ])
