@@ -1,10 +1,12 @@
-"""Backends (cpu, cuda) behind the one interface, and how ``auto`` and explicit requests are resolved.
+"""Backends (cpu, cuda) behind the one interface, and how ``auto`` and explicit requests resolve
+(targets.resolve with the Neuron probe).
 
-This machine has no GPU and no Neuron SDK: ``auto`` must land on the CPU and say why the others were
-skipped, and an explicit ``cuda`` must be a clear error (what is missing, how to install it), never a
-silent fallback. The CPU backend runs for real: eager, and torch.compile with the artifact cache (one
-miss and one hit, compiled once each in a module fixture since a CPU compile costs seconds). CUDA
-parts that need no GPU (availability, core count, tf32 switch) run here; GPU runs are marked ``gpu``.
+This machine has no GPU and no Neuron SDK: ``auto`` must land on the CPU and say why the others
+were skipped, and an explicit ``cuda`` must be a clear error (what is missing, how to install it),
+never a silent fallback. The CPU backend runs for real: eager, and torch.compile with the artifact
+cache (one miss and one hit, compiled once each in a module fixture since a CPU compile costs
+seconds). CUDA parts that need no GPU (the probe, memory without a GPU, the tf32 switch) run here;
+GPU runs are marked ``gpu``.
 """
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ import os
 import pytest
 import torch
 
-from workbook import artifacts
-from workbook.backends import NAMES, Backend, BackendUnavailable, Prepared, get, resolve
+from workbook import artifacts, targets
+from workbook.backends import NAMES, Backend, BackendUnavailable, Prepared, get, neuron
 from workbook.backends.cpu import CPUBackend
 from workbook.backends.cuda import COMPILE_MODES, CUDABackend, set_matmul_precision
 from workbook.errors import ParameterError, WorkbookError
 
 HAS_CUDA = torch.cuda.is_available()
 THREADS = len(os.sched_getaffinity(0))
-no_gpu_here = pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU behaviour; torch sees a CUDA GPU here")
+INDUCTOR_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE",
+                 "TORCHINDUCTOR_AUTOGRAD_CACHE")
+no_gpu_here = pytest.mark.skipif(HAS_CUDA,
+                                 reason="checks the no-GPU behaviour; torch sees a CUDA GPU here")
 
 
 def mlp(seed: int = 0) -> torch.nn.Module:
@@ -40,6 +45,11 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
 
 
+def prepare(b, model, x, *, mode, dtype, cores, cache=None):
+    """``b.prepare`` without compiler options."""
+    return b.prepare(model, x, mode=mode, dtype=dtype, cores=cores, options={}, cache=cache)
+
+
 @pytest.fixture
 def keep_threads():
     n = torch.get_num_threads()
@@ -47,19 +57,24 @@ def keep_threads():
     torch.set_num_threads(n)
 
 
-# --- resolve / get ------------------------------------------------------------------------------------------
+# --- which backend: targets.resolve with the Neuron probe, then get -------------------------------
+
+
+def resolve(name: str):
+    return targets.resolve(name, neuron=neuron.probe)
 
 
 def test_names():
-    assert NAMES == ("auto", "cpu", "cuda", "neuron")
+    assert NAMES == ("cpu", "cuda", "neuron")
 
 
 @no_gpu_here
 def test_auto_picks_the_cpu_and_says_why_neuron_and_cuda_were_skipped():
-    if get("neuron").available()[0]:
+    if neuron.probe()[0]:
         pytest.skip("a Neuron SDK with NeuronCores is visible here")
-    b, reason = resolve("auto")
-    assert isinstance(b, CPUBackend) and b.name == "cpu"
+    t = resolve("auto")
+    assert t.name == "cpu" and isinstance(get(t.name), CPUBackend)
+    reason = t.reason
     assert reason.startswith("auto: the CPU, since ")
     assert "neuron: " in reason and "cuda: " in reason
     assert reason.index("neuron: ") < reason.index("cuda: ")  # in the order auto tries them
@@ -68,32 +83,31 @@ def test_auto_picks_the_cpu_and_says_why_neuron_and_cuda_were_skipped():
 
 
 def test_explicit_cpu_is_requested():
-    b, reason = resolve("cpu")
-    assert isinstance(b, CPUBackend)
-    assert reason.startswith("requested")
-    assert "the CPU is always there" in reason
+    t = resolve("cpu")
+    assert t.name == "cpu" and t.reason == "requested" and t.devices == THREADS
 
 
 @no_gpu_here
 def test_explicit_cuda_without_gpu_is_a_clear_error_not_a_fallback():
-    with pytest.raises(BackendUnavailable) as e:
+    with pytest.raises(ParameterError) as e:
         resolve("cuda")
     err = e.value
-    assert isinstance(err, ParameterError) and isinstance(err, WorkbookError) and isinstance(err, ValueError)
+    assert isinstance(err, WorkbookError) and isinstance(err, ValueError)
     msg = str(err)
     assert "backend='cuda'" in msg
     assert "torch sees no CUDA GPU" in msg  # what is missing
     assert "install a CUDA build of torch" in msg  # how to install it
-    assert "\x1b[1;31mBackendUnavailable" in err._render_traceback_()[0]  # one line in a notebook
+    assert "\x1b[1;31mParameterError" in err._render_traceback_()[0]  # one line in a notebook
 
 
 @pytest.mark.parametrize("name", ["tpu", "CPU", "", "gpu"])
 def test_unknown_backend_names_raise(name):
-    for fn in (get, resolve):
-        with pytest.raises(ParameterError) as e:
-            fn(name)
-        assert f"backend={name!r}" in str(e.value)
-        assert "one of auto, cpu, cuda, neuron" in str(e.value)
+    with pytest.raises(ParameterError) as e:
+        get(name)
+    assert f"backend={name!r}" in str(e.value) and "one of cpu, cuda, neuron" in str(e.value)
+    with pytest.raises(ParameterError) as e:
+        resolve(name)
+    assert f"backend={name!r}" in str(e.value) and "one of auto, cpu, cuda, neuron" in str(e.value)
 
 
 def test_get_returns_the_named_backends_without_needing_their_hardware():
@@ -107,48 +121,37 @@ def test_backend_unavailable_is_a_parameter_error():
     assert issubclass(BackendUnavailable, ParameterError)
 
 
-# --- CPU backend: checks ------------------------------------------------------------------------------------
+# --- CPU backend: what it states, and no rules of its own -----------------------------------------
 
 
-def test_cpu_available_and_describe():
-    b = CPUBackend()
-    assert b.available() == (True, "the CPU is always there")
-    assert b.core_count() == THREADS
-    d = b.describe()
+def test_cpu_describe():
+    d = CPUBackend().describe()
     assert d["backend"] == "cpu" and d["threads_available"] == THREADS
     assert d["torch"] == torch.__version__
     assert d["hardware"]
 
 
-def test_cpu_check_accepts_what_it_has():
-    b = CPUBackend()
-    for mode in ("eager", "compile"):
-        for dtype in ("float32", "bfloat16"):
-            assert b.check(mode=mode, dtype=dtype, cores=1) is None  # accepted: no ParameterError
-    assert b.check(mode="eager", dtype="float32", cores=THREADS) is None
+def test_cpu_has_no_rules_of_its_own():
+    steps = [(m, d, 3) for m in ("eager", "compile") for d in ("float32", "bfloat16")]
+    assert CPUBackend().rules(steps=steps, cores=2, options={"compiler_args": []}) == []
 
 
-@pytest.mark.parametrize("kw, name, allowed", [
-    (dict(mode="compile-cudagraphs"), "mode='compile-cudagraphs'", "one of eager, compile on the cpu backend"),
-    (dict(mode="trace"), "mode='trace'", "one of eager, compile"),
-    (dict(dtype="float16"), "dtype='float16'", "one of float32, bfloat16 on the cpu backend"),
-    (dict(dtype="tfloat32"), "dtype='tfloat32'", "one of float32, bfloat16"),
-    (dict(cores=0), "cores=0", f"1 to {THREADS}: this machine has {THREADS} CPU threads"),
-    (dict(cores=THREADS + 1), f"cores={THREADS + 1}", f"this machine has {THREADS} CPU threads"),
-    (dict(cores=True), "cores=True", "1 to"),
-    (dict(cores="2"), "cores='2'", "1 to"),
-    (dict(cores=1.0), "cores=1.0", "1 to"),
+@pytest.mark.parametrize("kw, text", [
+    (dict(modes=["compile-cudagraphs"]), "modes of the cpu backend: eager, compile"),
+    (dict(modes=["trace"]), "modes of the cpu backend: eager, compile"),
+    (dict(dtypes=["float16"]), "dtypes of the cpu backend: float32, bfloat16"),
+    (dict(dtypes=["tfloat32"]), "dtypes of the cpu backend: float32, bfloat16"),
 ])
-def test_cpu_check_rejects(kw, name, allowed):
-    args = {"mode": "eager", "dtype": "float32", "cores": 1, **kw}
-    with pytest.raises(ParameterError) as e:
-        CPUBackend().check(**args)
-    msg = str(e.value)
-    assert f"Parameter {name} is not allowed" in msg
-    assert allowed in msg
+def test_modes_and_dtypes_the_cpu_lacks_are_refused(kw, text):
+    """The siglip_neuron configure checks a run's modes and dtypes against the backend's own."""
+    from workbook.experiments.siglip_neuron import _matrix
+    from workbook.specs.siglip_neuron import SPEC
+
+    with pytest.raises(ParameterError, match=text):
+        _matrix(SPEC.check(kw), CPUBackend())
 
 
-# --- CPU backend: eager -------------------------------------------------------------------------------------
+# --- CPU backend: eager ---------------------------------------------------------------------------
 
 
 def test_cpu_prepare_eager_float32_is_the_model(keep_threads, tmp_path):
@@ -157,22 +160,22 @@ def test_cpu_prepare_eager_float32_is_the_model(keep_threads, tmp_path):
     with torch.inference_mode():
         want = m(x)
     b = CPUBackend()
-    prep = b.prepare(copy.deepcopy(m), x, mode="eager", dtype="float32", cores=1, options={}, cache=None)
+    prep = prepare(b, copy.deepcopy(m), x, mode="eager", dtype="float32", cores=1)
     assert isinstance(prep, Prepared)
-    assert (prep.backend, prep.mode, prep.dtype, prep.batch, prep.cores) == ("cpu", "eager", "float32", 3, 1)
-    assert prep.cache == "none" and prep.compile_s is None and prep.load_s is None and prep.artifact is None
+    assert (prep.backend, prep.mode, prep.dtype) == ("cpu", "eager", "float32")
+    assert (prep.batch, prep.cores) == (3, 1)
+    assert prep.cache == "none" and prep.compile_s is None and prep.load_s is None
+    assert prep.artifact is None
     assert torch.get_num_threads() == 1  # cores = threads
     with torch.inference_mode():
         got = b.to_output(prep.fn(b.to_input(x, "float32")))
     assert got.dtype == torch.float32
     assert torch.equal(got, want)
-    assert prep.summary() == {"backend": "cpu", "mode": "eager", "dtype": "float32", "batch": 3, "cores": 1,
-                              "compile_s": None, "load_s": None, "cache": "none"}
 
 
 def test_cpu_prepare_eager_ignores_a_cache_entry(keep_threads, tmp_path):
     e = artifacts.entry(tmp_path, "cpu", {"model": "mlp"})
-    prep = CPUBackend().prepare(mlp(), example(), mode="eager", dtype="float32", cores=1, options={}, cache=e)
+    prep = prepare(CPUBackend(), mlp(), example(), mode="eager", dtype="float32", cores=1, cache=e)
     assert prep.cache == "none" and not e.exists()  # eager has nothing to compile or store
 
 
@@ -184,7 +187,7 @@ def test_cpu_prepare_eager_bfloat16(keep_threads):
     b = CPUBackend()
     xb = b.to_input(x, "bfloat16")
     assert xb.dtype == torch.bfloat16 and xb.device.type == "cpu"
-    prep = b.prepare(copy.deepcopy(m), x, mode="eager", dtype="bfloat16", cores=1, options={}, cache=None)
+    prep = prepare(b, copy.deepcopy(m), x, mode="eager", dtype="bfloat16", cores=1)
     with torch.inference_mode():
         raw = prep.fn(xb)
     assert raw.dtype == torch.bfloat16
@@ -196,7 +199,7 @@ def test_cpu_prepare_eager_bfloat16(keep_threads):
 
 def test_cpu_prepare_leaves_the_callers_model_as_it_was(keep_threads):
     m = mlp()
-    CPUBackend().prepare(m, example(), mode="eager", dtype="bfloat16", cores=1, options={}, cache=None)
+    prepare(CPUBackend(), m, example(), mode="eager", dtype="bfloat16", cores=1)
     assert next(m.parameters()).dtype == torch.float32
 
 
@@ -212,15 +215,17 @@ def test_base_hooks_are_harmless_on_cpu():
     b.reset_peak_memory()
     y = torch.ones(2, 2, dtype=torch.bfloat16, requires_grad=True) * 2
     out = b.to_output(y)
-    assert out.dtype == torch.float32 and not out.requires_grad and torch.equal(out, torch.full((2, 2), 2.0))
+    assert out.dtype == torch.float32 and not out.requires_grad
+    assert torch.equal(out, torch.full((2, 2), 2.0))
 
 
-# --- CPU backend: torch.compile with the artifact cache (compiles exactly twice: one miss, one hit) ------------
+# --- CPU backend: torch.compile with the artifact cache (compiles exactly twice: one miss, one hit)
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Compile a small MLP twice into the same cache entry; environment and thread count restored after."""
+    """Compile a small MLP twice into the same cache entry; environment and thread count restored
+    after."""
     from torch._dynamo.utils import counters
 
     root = tmp_path_factory.mktemp("artifacts")
@@ -228,32 +233,36 @@ def compiled(tmp_path_factory):
     x = example(2)
     with torch.inference_mode():
         want = m(x)
-    parts = {"model": "mlp", "weights": artifacts.weights_digest(m), "shape": list(x.shape), "dtype": "float32",
+    parts = {"model": "mlp", "weights": artifacts.weights_digest(m), "shape": list(x.shape),
+             "dtype": "float32",
              "mode": "compile", "cores": 1, "options": {}, "versions": {"torch": torch.__version__}}
     b = CPUBackend()
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
-            mp.setenv(var, "")  # recorded, so the value the backend sets is undone when the context ends
+        for var in INDUCTOR_VARS:
+            mp.setenv(var, "")  # recorded, so the value the backend sets is undone at the end
             mp.delenv(var)
         entry = artifacts.entry(root, "cpu", parts)
         before = entry.exists()
         hits0 = counters["inductor"]["fxgraph_cache_hit"]
-        miss = b.prepare(copy.deepcopy(m), x, mode="compile", dtype="float32", cores=1, options={}, cache=entry)
+        miss = prepare(b, copy.deepcopy(m), x, mode="compile", dtype="float32", cores=1,
+                       cache=entry)
         with torch.inference_mode():
             out_miss = b.to_output(miss.fn(b.to_input(x, "float32")))
         meta_after_miss = entry.meta() if entry.exists() else None
         hits1 = counters["inductor"]["fxgraph_cache_hit"]
-        again = artifacts.entry(root, "cpu", dict(parts))  # a later run makes the same entry from the same parts
-        hit = b.prepare(copy.deepcopy(m), x, mode="compile", dtype="float32", cores=1, options={}, cache=again)
+        # a later run makes the same entry from the same parts
+        again = artifacts.entry(root, "cpu", dict(parts))
+        hit = prepare(b, copy.deepcopy(m), x, mode="compile", dtype="float32", cores=1, cache=again)
         with torch.inference_mode():
             out_hit = b.to_output(hit.fn(b.to_input(x, "float32")))
         hits2 = counters["inductor"]["fxgraph_cache_hit"]
         env_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     torch._dynamo.reset()
     torch.set_num_threads(threads)
-    return dict(entry=entry, again=again, before=before, miss=miss, hit=hit, want=want, out_miss=out_miss,
-                out_hit=out_hit, meta=meta_after_miss, hit_delta_miss=hits1 - hits0, hit_delta_hit=hits2 - hits1,
+    return dict(entry=entry, again=again, before=before, miss=miss, hit=hit, want=want,
+                out_miss=out_miss, out_hit=out_hit, meta=meta_after_miss,
+                hit_delta_miss=hits1 - hits0, hit_delta_hit=hits2 - hits1,
                 env_dir=env_dir)
 
 
@@ -274,10 +283,11 @@ def test_compile_hit_loads_from_the_same_entry(compiled):
     e, again, hit, miss = compiled["entry"], compiled["again"], compiled["hit"], compiled["miss"]
     assert again.key == e.key and again.dir == e.dir
     assert hit.cache == "hit"
-    assert hit.compile_s is not None and hit.compile_s > 0  # the (short) time of the second compile is reported
+    # the (short) time of the second compile is reported
+    assert hit.compile_s is not None and hit.compile_s > 0
     assert hit.compile_s < miss.compile_s
-    assert compiled["hit_delta_hit"] >= 1  # inductor really loaded its compiled graph from the entry's folder
-    assert e.meta()["compile_s"] == pytest.approx(miss.compile_s)  # a hit does not rewrite the entry
+    assert compiled["hit_delta_hit"] >= 1  # inductor loaded its compiled graph from the entry
+    assert e.meta()["compile_s"] == pytest.approx(miss.compile_s)  # a hit does not rewrite it
 
 
 def test_compile_caches_live_in_the_entry_folder(compiled):
@@ -297,7 +307,7 @@ def test_compile_outputs_match_eager(compiled):
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
 
 
-# --- CUDA backend: what can be checked without a GPU --------------------------------------------------------
+# --- CUDA backend: what can be checked without a GPU ----------------------------------------------
 
 
 def test_cuda_backend_declares_its_modes_and_dtypes():
@@ -311,28 +321,33 @@ def test_cuda_backend_declares_its_modes_and_dtypes():
 
 @no_gpu_here
 def test_cuda_unavailable_here_with_an_install_hint():
-    ok, why = CUDABackend().available()
+    ok, why = targets.cuda_probe()
     assert ok is False
     assert "torch sees no CUDA GPU" in why and torch.__version__ in why
     assert "install a CUDA build of torch" in why
 
 
 @no_gpu_here
-def test_cuda_core_count_is_zero_and_check_says_so():
+def test_cuda_backend_without_a_gpu_reads_no_memory():
     b = CUDABackend()
-    assert b.core_count() == 0
-    with pytest.raises(ParameterError) as e:
-        b.check(mode="eager", dtype="float32", cores=1)
-    assert "cores=1" in str(e.value) and "this machine has 0 GPUs for the cuda backend" in str(e.value)
-    assert CUDABackend().memory() == {}
+    assert b.memory() == {} and b.describe()["gpus"] == []
+    b.synchronize()
+    b.reset_peak_memory()
 
 
-def test_cuda_check_rejects_a_mode_or_dtype_it_lacks_before_counting_gpus():
-    b = CUDABackend()
-    with pytest.raises(ParameterError, match=r"mode='trace'.*one of eager, compile, compile-cudagraphs"):
-        b.check(mode="trace", dtype="float32", cores=1)
-    with pytest.raises(ParameterError, match=r"dtype='float64'.*one of float32, tfloat32, bfloat16, float16"):
-        b.check(mode="eager", dtype="float64", cores=1)
+@pytest.mark.parametrize("kw, text", [
+    (dict(modes=["trace"]), "modes of the cuda backend: eager, compile, compile-cudagraphs"),
+    (dict(dtypes=["float16", "tfloat32"]), None),
+])
+def test_cuda_modes_and_dtypes(kw, text):
+    from workbook.experiments.siglip_neuron import _matrix
+    from workbook.specs.siglip_neuron import SPEC
+
+    if text is None:
+        assert {d for _, d, _ in _matrix(SPEC.check(kw), CUDABackend())} == {"float16", "tfloat32"}
+        return
+    with pytest.raises(ParameterError, match=text):
+        _matrix(SPEC.check(kw), CUDABackend())
 
 
 @pytest.fixture
@@ -359,7 +374,7 @@ def test_set_matmul_precision_toggles_tf32(keep_matmul_precision):
     assert torch.get_float32_matmul_precision() == "highest"
 
 
-# --- CUDA backend on a GPU (skipped here) -------------------------------------------------------------------
+# --- CUDA backend on a GPU (skipped here) ---------------------------------------------------------
 
 
 def tiny_tower():
@@ -373,16 +388,16 @@ def tiny_images(batch: int) -> torch.Tensor:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("tfloat32", 2e-3), ("bfloat16", 2e-2), ("float16", 5e-3)])
+@pytest.mark.parametrize("dtype, tol", [("float32", 1e-4), ("tfloat32", 2e-3), ("bfloat16", 2e-2),
+                                        ("float16", 5e-3)])
 def test_cuda_eager_matches_cpu(dtype, tol, keep_matmul_precision):
     m = tiny_tower()
     x = tiny_images(4)
     with torch.inference_mode():
         ref = m(x)
     b = CUDABackend()
-    assert b.available()[0] and b.core_count() >= 1
-    b.check(mode="eager", dtype=dtype, cores=1)
-    prep = b.prepare(copy.deepcopy(m), x, mode="eager", dtype=dtype, cores=1, options={}, cache=None)
+    assert torch.cuda.device_count() >= 1
+    prep = prepare(b, copy.deepcopy(m), x, mode="eager", dtype=dtype, cores=1)
     assert prep.cache == "none" and prep.compile_s is None
     xi = b.to_input(x, dtype)
     assert xi.device == torch.device("cuda:0")
@@ -398,8 +413,8 @@ def test_cuda_eager_matches_cpu(dtype, tol, keep_matmul_precision):
 
 @pytest.mark.gpu
 def test_cuda_compile_miss_then_hit_matches_cpu(tmp_path, monkeypatch, keep_matmul_precision):
-    for var in ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE", "TORCHINDUCTOR_AUTOGRAD_CACHE"):
-        monkeypatch.setenv(var, "")  # recorded, so the value the backend sets is undone after the test
+    for var in INDUCTOR_VARS:
+        monkeypatch.setenv(var, "")  # recorded, so the value the backend sets is undone after
         monkeypatch.delenv(var)
     m = tiny_tower()
     x = tiny_images(2)
@@ -411,7 +426,7 @@ def test_cuda_compile_miss_then_hit_matches_cpu(tmp_path, monkeypatch, keep_matm
     preps = []
     for _ in range(2):
         e = artifacts.entry(tmp_path, "cuda", parts)
-        prep = b.prepare(copy.deepcopy(m), x, mode="compile", dtype="float32", cores=1, options={}, cache=e)
+        prep = prepare(b, copy.deepcopy(m), x, mode="compile", dtype="float32", cores=1, cache=e)
         with torch.inference_mode():
             out = b.to_output(prep.fn(b.to_input(x, "float32")))
         assert rel_l2(out, ref) <= 1e-4
@@ -428,9 +443,8 @@ def test_cuda_two_gpu_scatter_gather_equals_one_gpu(keep_matmul_precision):
     m = tiny_tower()
     x = tiny_images(6)
     b = CUDABackend()
-    b.check(mode="eager", dtype="float32", cores=2)
-    one = b.prepare(copy.deepcopy(m), x, mode="eager", dtype="float32", cores=1, options={}, cache=None)
-    two = b.prepare(copy.deepcopy(m), x, mode="eager", dtype="float32", cores=2, options={}, cache=None)
+    one = prepare(b, copy.deepcopy(m), x, mode="eager", dtype="float32", cores=1)
+    two = prepare(b, copy.deepcopy(m), x, mode="eager", dtype="float32", cores=2)
     xi = b.to_input(x, "float32")
     with torch.inference_mode():
         y1 = one.fn(xi)

@@ -1,9 +1,10 @@
-"""The siglip_neuron experiment on the CPU: every bad parameter is one clear sentence from configure(), and
-the whole flow (build, CPU reference, runs, report tables) works end to end on the tiny config.
+"""The siglip_neuron experiment on the CPU: every bad parameter is one clear sentence from the spec
+or configure(), and the whole flow (build, CPU reference, runs, report tables) works end to end on
+the tiny config.
 
 SigLIP-Tiny (2 blocks, width 64, patch 14, 112 px) builds in milliseconds, so nothing here builds a
-real SigLIP size or reaches a model hub. Only eager runs happen here (torch.compile is covered, once,
-in test_backends.py), so the file runs in seconds.
+real SigLIP size or reaches a model hub. Only eager runs happen here (torch.compile is covered,
+once, in test_backends.py), so the file runs in seconds.
 """
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbook.backends import BackendUnavailable
 from workbook.backends.cpu import CPUBackend
 from workbook.errors import ParameterError
 from workbook.experiments import siglip_neuron as exp
+from workbook.experiments import siglip_rows
 from workbook.params import notebook_parameters
 from workbook.record import Recorder
+from workbook.specs.siglip_neuron import SPEC
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "siglip_neuron.ipynb"
 THREADS = len(os.sched_getaffinity(0))
@@ -44,35 +46,39 @@ def _keep_threads():
 
 
 def defaults(**kw) -> dict:
-    """configure() keyword arguments: the notebook's parameter-cell defaults, on the tiny config and the CPU."""
-    p = {name: param.default for name, param in notebook_parameters(NOTEBOOK).items()}
+    """The parameters as a notebook run gives them: the spec's defaults, on the tiny config and the
+    CPU."""
+    p = dict(SPEC.defaults())
     p.update(model="SigLIP-Tiny", image_size=112, backend="cpu", batch_sizes=[1, 2],
              cores=min(p["cores"], THREADS), artifact_dir=str(_ROOT["dir"] / "artifacts"))
     p.update(kw)
     return p
 
 
-def bad(exc=ParameterError, **kw) -> str:
-    with pytest.raises(exc) as e:
-        exp.configure(**defaults(**kw))
+def config(**kw) -> exp.Config:
+    """The first cell's checks: the spec's (SPEC.take), then configure's."""
+    return exp.configure(SPEC.check(defaults(**kw)))
+
+
+def bad(**kw) -> str:
+    with pytest.raises(ParameterError) as e:
+        config(**kw)
     return str(e.value)
 
 
-# --- the defaults and a good configuration ------------------------------------------------------------------
+# --- the defaults and a good configuration --------------------------------------------------------
 
 
-def test_notebook_parameters_are_configures_arguments():
-    params = set(notebook_parameters(NOTEBOOK))
-    sig = inspect.signature(exp.configure).parameters
-    assert params == set(sig)  # every notebook parameter reaches configure, and configure needs nothing else
-    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in sig.values())
+def test_notebook_parameters_are_the_spec_and_configure_takes_them_checked():
+    assert list(notebook_parameters(NOTEBOOK)) == list(SPEC.params)
+    assert list(inspect.signature(exp.configure).parameters) == ["p"]
 
 
 def test_configure_defaults_on_the_tiny_config():
-    cfg = exp.configure(**defaults())
-    assert isinstance(cfg.backend, CPUBackend)
-    assert cfg.backend_reason.startswith("requested")
-    assert cfg.model == "SigLIP-Tiny" and cfg.image_size == 112 and cfg.weights == {}
+    cfg = config()
+    assert isinstance(cfg.backend, CPUBackend) and cfg.target.name == "cpu"
+    assert cfg.target.reason.startswith("requested")
+    assert cfg.p.model == "SigLIP-Tiny" and cfg.p.image_size == 112 and cfg.weights == {}
     assert cfg.modes == ["eager"] and cfg.dtypes == ["float32"] and cfg.batch_sizes == [1, 2]
     assert cfg.steps == [("eager", "float32", 1), ("eager", "float32", 2)]
     assert cfg.artifact_dir == _ROOT["dir"] / "artifacts"
@@ -82,18 +88,19 @@ def test_configure_defaults_on_the_tiny_config():
 
 
 def test_steps_are_modes_times_dtypes_times_batches_without_duplicates():
-    cfg = exp.configure(**defaults(modes=["eager", "compile"], dtypes=["float32", "bfloat16"], batch_sizes=[2, 1, 2]))
+    cfg = config(modes=["eager", "compile"], dtypes=["float32", "bfloat16"], batch_sizes=[2, 1, 2])
     assert cfg.batch_sizes == [2, 1]
-    assert cfg.steps == [(m, d, b) for m in ("eager", "compile") for d in ("float32", "bfloat16") for b in (2, 1)]
+    assert cfg.steps == [(m, d, b) for m in ("eager", "compile") for d in ("float32", "bfloat16")
+                         for b in (2, 1)]
 
 
 def test_empty_artifact_dir_means_the_default():
     from workbook import artifacts
 
-    assert exp.configure(**defaults(artifact_dir="")).artifact_dir == artifacts.default_dir()
+    assert config(artifact_dir="").artifact_dir == artifacts.default_dir()
 
 
-# --- bad input: one clear sentence (parameter, value, what is allowed) ---------------------------------------
+# --- bad input: one clear sentence (parameter, value, what is allowed) ----------------------------
 
 
 def test_unknown_model_lists_the_closest_names():
@@ -110,22 +117,28 @@ def test_image_size_not_a_multiple_of_the_patch_suggests_neighbours():
     assert "98 or 112" in msg
 
 
-@pytest.mark.parametrize("size", [0, 7, -14, True])
-def test_image_size_below_one_patch(size):
+def test_image_size_below_one_patch():
+    msg = bad(image_size=7)
+    assert "image_size=7" in msg
+    assert "multiple of the patch size (14 px for SigLIP-Tiny), e.g. 14" in msg
+
+
+@pytest.mark.parametrize("size", [0, -14, True])
+def test_image_size_not_a_positive_integer(size):
     msg = bad(image_size=size)
-    assert f"image_size={size!r}" in msg and "multiple of the patch size (14 px" in msg
+    assert f"image_size={size!r}" in msg and "a multiple of the model's patch size" in msg
 
 
 @pytest.mark.parametrize("batches", [[0], [-1], ["a"], [], [1, 0], [True], [1.5]])
 def test_bad_batch_sizes(batches):
     msg = bad(batch_sizes=batches)
-    assert f"batch_sizes={batches!r}" in msg
+    assert msg.startswith("Parameter batch_sizes=")
     assert "a non-empty list of integers of at least 1" in msg
 
 
 def test_batch_sizes_from_the_command_line_text():
-    assert exp.configure(**defaults(batch_sizes="1, 4")).batch_sizes == [1, 4]
-    assert exp.configure(**defaults(batch_sizes="[2]")).batch_sizes == [2]
+    assert config(batch_sizes="1, 4").batch_sizes == [1, 4]
+    assert config(batch_sizes="[2]").batch_sizes == [2]
 
 
 def test_cores_more_than_the_machine_has_says_how_many():
@@ -135,23 +148,23 @@ def test_cores_more_than_the_machine_has_says_how_many():
 
 
 def test_cores_zero():
-    assert f"this machine has {THREADS} CPU threads" in bad(cores=0)
+    assert "cores=0 is not allowed: an integer of at least 1" in bad(cores=0)
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the no-GPU behaviour; torch sees a CUDA GPU here")
 def test_cuda_requested_without_a_gpu():
-    msg = bad(BackendUnavailable, backend="cuda")
+    msg = bad(backend="cuda")
     assert "backend='cuda'" in msg
     assert "torch sees no CUDA GPU" in msg and "install a CUDA build of torch" in msg
 
 
 def test_neuron_requested_without_the_sdk():
-    from workbook.backends import get
+    from workbook.backends.neuron import probe
 
-    ok, why = get("neuron").available()
+    ok, why = probe()
     if ok:
         pytest.skip("a Neuron SDK with NeuronCores is visible here")
-    msg = bad(BackendUnavailable, backend="neuron")
+    msg = bad(backend="neuron")
     assert "backend='neuron'" in msg and why in msg
 
 
@@ -168,13 +181,14 @@ def test_dtype_the_cpu_lacks():
 
 def test_dtype_nobody_has():
     msg = bad(dtypes=["float64"])
-    assert "dtypes=['float64']" in msg and "a list from float32, tfloat32, bfloat16, float16" in msg
+    assert "dtypes=['float64']" in msg and "from float32, tfloat32, bfloat16, float16" in msg
 
 
 def test_mode_the_cpu_lacks():
     msg = bad(modes=["compile-cudagraphs"])
-    assert "modes=['compile-cudagraphs']" in msg and "modes of the cpu backend: eager, compile" in msg
-    assert "a non-empty list from eager, compile" in bad(modes=[])
+    assert "modes=['compile-cudagraphs']" in msg
+    assert "modes of the cpu backend: eager, compile" in msg
+    assert "a non-empty list of names from eager, compile" in bad(modes=[])
 
 
 def test_tolerances_missing_a_dtype():
@@ -184,10 +198,17 @@ def test_tolerances_missing_a_dtype():
 
 
 def test_tolerances_as_yaml_text_are_accepted():
-    cfg = exp.configure(**defaults(dtypes=["float32", "bfloat16"], tolerances="{float32: 1.0e-4, bfloat16: 2e-2}"))
-    assert set(cfg.tolerances) == {"float32", "bfloat16"}
-    assert float(cfg.tolerances["float32"]) == 1e-4
-    assert float(cfg.tolerances["bfloat16"]) == 2e-2  # YAML 1.1 reads 2e-2 as text; run_matrix float()s it
+    cfg = config(dtypes=["float32", "bfloat16"], tolerances="{float32: 1.0e-4, bfloat16: 2e-2}")
+    assert cfg.tolerances == {"float32": 1e-4, "bfloat16": 2e-2}  # YAML 1.1 reads 2e-2 as text
+
+
+def test_tolerances_for_a_dtype_that_does_not_exist():
+    msg = bad(tolerances={"float32": 1e-4, "bfloat61": 1e-2})
+    assert msg.startswith("Parameter tolerances=") and "a mapping from dtypes (float32, " in msg
+
+
+def test_negative_tolerance():
+    assert "numbers of at least 0" in bad(tolerances={"float32": -1e-4})
 
 
 def test_tolerances_not_a_mapping():
@@ -203,7 +224,8 @@ def test_non_numeric_tolerance_is_a_parameter_error():
 
 
 def test_runs_dtype_without_a_tolerance_is_a_parameter_error():
-    assert "tolerances=" in bad(runs=["eager:bfloat16:1"], dtypes=["float32"], tolerances={"float32": 1e-4})
+    msg = bad(runs=["eager:bfloat16:1"], dtypes=["float32"], tolerances={"float32": 1e-4})
+    assert "tolerances=" in msg
 
 
 def test_checkpoint_path_that_does_not_exist():
@@ -220,9 +242,11 @@ def test_images_folder_that_does_not_exist(tmp_path):
 @pytest.mark.parametrize("kw, text", [
     (dict(warmup=-1), "warmup=-1 is not allowed: an integer of at least 0"),
     (dict(iters=0), "iters=0 is not allowed: an integer of at least 1"),
-    (dict(cpu_reference_max_batch=-1), "cpu_reference_max_batch=-1 is not allowed: an integer of at least 0"),
+    (dict(cpu_reference_max_batch=-1),
+     "cpu_reference_max_batch=-1 is not allowed: an integer of at least 0"),
     (dict(auto_cast="some"), "auto_cast='some' is not allowed: one of none, matmult, all"),
-    (dict(auto_cast_type="int3"), "auto_cast_type='int3' is not allowed: one of bf16, fp16, tf32, fp8_e4m3"),
+    (dict(auto_cast_type="int3"),
+     "auto_cast_type='int3' is not allowed: one of bf16, fp16, tf32, fp8_e4m3"),
     (dict(seed=-1), "seed=-1 is not allowed: an integer from 0 to 4294967295"),
     (dict(seed="abc"), "seed='abc' is not allowed: an integer from 0 to 4294967295"),
 ])
@@ -234,38 +258,48 @@ def test_artifact_dir_that_is_a_file_is_refused_before_anything_runs(tmp_path):
     f = tmp_path / "cache.txt"
     f.write_text("not a folder")
     msg = bad(artifact_dir=str(f))
-    assert msg == f"Parameter artifact_dir={str(f)!r} is not allowed: a folder, or empty for the default (it is a file)."
+    assert msg == (f"Parameter artifact_dir={str(f)!r} is not allowed: a folder, or empty for the "
+                   "default (it is a file).")
 
 
 def test_auto_cast_flags_in_compiler_args_are_not_merged_with_the_parameters():
-    """Off Neuron the options are only carried; --auto-cast in compiler_args drops the two parameters, never both."""
-    cfg = exp.configure(**defaults(compiler_args="--model-type transformer --auto-cast none"))
+    """Off Neuron the options are only carried; --auto-cast in compiler_args drops the two
+    parameters, never both."""
+    cfg = config(compiler_args="--model-type transformer --auto-cast none")
     assert cfg.options == {"compiler_args": ["--model-type", "transformer", "--auto-cast", "none"]}
-    cfg = exp.configure(**defaults())
+    assert not any("--auto-cast" in n for n in cfg.notes)  # a note of the neuron backend only
+    cfg = config()
     assert cfg.options == {"compiler_args": ["--model-type", "transformer"], "auto_cast": "matmult",
                            "auto_cast_type": "bf16"}
 
 
-# --- runs: explicit mode:dtype:batch triples ------------------------------------------------------------------
+# --- runs: explicit mode:dtype:batch triples ------------------------------------------------------
 
 
 def test_runs_accepted():
-    cfg = exp.configure(**defaults(runs=["eager:float32:1"]))
-    assert cfg.steps == [("eager", "float32", 1)] and cfg.batch_sizes == [1] and cfg.dtypes == ["float32"]
-    cfg = exp.configure(**defaults(runs="eager:bfloat16:2,compile:float32:1"))  # as text from the command line
+    cfg = config(runs=["eager:float32:1"])
+    assert cfg.steps == [("eager", "float32", 1)] and cfg.batch_sizes == [1]
+    assert cfg.dtypes == ["float32"]
+    cfg = config(runs="eager:bfloat16:2,compile:float32:1")  # as text from the command line
     assert cfg.steps == [("eager", "bfloat16", 2), ("compile", "float32", 1)]
     assert cfg.batch_sizes == [2, 1] and cfg.dtypes == ["bfloat16", "float32"]
 
 
-@pytest.mark.parametrize("runs", [["nope:float32:1"], ["eager:float32:0"], ["eager:float64:1"], ["eager:float32"],
-                                  ["eager:float32:x"], ["eager:float16:1"], ["compile-cudagraphs:float32:1"]])
+def test_runs_override_modes_the_backend_lacks():
+    """runs replaces modes x dtypes x batch_sizes, so modes it replaces are not checked."""
+    assert config(modes=["trace"], runs=["eager:float32:1"]).steps == [("eager", "float32", 1)]
+
+
+@pytest.mark.parametrize("runs", [["nope:float32:1"], ["eager:float32:0"], ["eager:float64:1"],
+                                  ["eager:float32"], ["eager:float32:x"], ["eager:float16:1"],
+                                  ["compile-cudagraphs:float32:1"]])
 def test_runs_rejected(runs):
     msg = bad(runs=runs)
     assert f"runs={runs!r}" in msg
     assert "mode:dtype:batch triples with modes eager, compile and dtypes float32, bfloat16" in msg
 
 
-# --- checkpoints ----------------------------------------------------------------------------------------------
+# --- checkpoints ----------------------------------------------------------------------------------
 
 
 def test_checkpoint_of_another_model_fails_in_build(tmp_path):
@@ -274,7 +308,7 @@ def test_checkpoint_of_another_model_fails_in_build(tmp_path):
     other = build_tower("SigLIP-Tiny", overrides=dict(embed_dim=32))
     path = tmp_path / "other.pt"
     torch.save(other.model.state_dict(), path)
-    cfg = exp.configure(**defaults(pretrained=str(path)))  # the file exists: configure cannot tell yet
+    cfg = config(pretrained=str(path))  # the file exists: configure cannot tell yet
     assert cfg.weights == {"checkpoint": str(path)}
     with pytest.raises(ParameterError) as e:
         exp.build(cfg)
@@ -287,7 +321,7 @@ def test_unreadable_checkpoint_fails_in_build(tmp_path):
     path = tmp_path / "broken.pt"
     path.write_bytes(b"this is not a torch file")
     with pytest.raises(ParameterError) as e:
-        exp.build(exp.configure(**defaults(pretrained=str(path))))
+        exp.build(config(pretrained=str(path)))
     assert f"pretrained={str(path)!r}" in str(e.value) and "can be read" in str(e.value)
 
 
@@ -297,28 +331,29 @@ def test_checkpoint_that_fits_is_loaded(tmp_path):
 
     src = build_tower("SigLIP-Tiny", seed=7)
     path = tmp_path / "tiny-open-clip.pt"
-    torch.save({"state_dict": {"visual.trunk." + k: v for k, v in src.model.state_dict().items()}}, path)
-    cfg = exp.configure(**defaults(pretrained=str(path)))
+    state = {"visual.trunk." + k: v for k, v in src.model.state_dict().items()}
+    torch.save({"state_dict": state}, path)
+    cfg = config(pretrained=str(path))
     tower = exp.build(cfg)
     assert tower.weights == "checkpoint tiny-open-clip.pt"
     assert artifacts.weights_digest(tower.model) == artifacts.weights_digest(src.model)
-    seeded = exp.build(exp.configure(**defaults()))  # the same config without the checkpoint: seed 0 weights
+    seeded = exp.build(config())  # the same config without the checkpoint: seed 0 weights
     assert artifacts.weights_digest(seeded.model) != artifacts.weights_digest(src.model)
     x = exp.inputs(cfg, 2)
     with torch.inference_mode():
         torch.testing.assert_close(tower.model(x), src.model(x), rtol=0, atol=0)
 
 
-# --- inputs ---------------------------------------------------------------------------------------------------
+# --- inputs ---------------------------------------------------------------------------------------
 
 
 def test_seeded_inputs_are_reproducible_and_in_range():
-    cfg = exp.configure(**defaults())
+    cfg = config()
     a, b = exp.inputs(cfg, 3), exp.inputs(cfg, 3)
     assert a.shape == (3, 3, 112, 112) and a.dtype == torch.float32
     assert torch.equal(a, b)
     assert a.min() >= -1 and a.max() <= 1 and a.std() > 0.3
-    assert not torch.equal(exp.inputs(exp.configure(**defaults(seed=1)), 3), a)
+    assert not torch.equal(exp.inputs(config(seed=1), 3), a)
 
 
 def write_images(folder: Path) -> None:
@@ -335,7 +370,7 @@ def write_images(folder: Path) -> None:
 def test_images_folder_gives_normalised_tensors_repeated_to_fill(tmp_path):
     folder = tmp_path / "imgs"
     write_images(folder)
-    cfg = exp.configure(**defaults(images=str(folder)))
+    cfg = config(images=str(folder))
     x = exp.inputs(cfg, 5)
     assert x.shape == (5, 3, 112, 112) and x.dtype == torch.float32
     assert x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
@@ -344,7 +379,7 @@ def test_images_folder_gives_normalised_tensors_repeated_to_fill(tmp_path):
     torch.testing.assert_close(red[1:], -torch.ones(2, 112, 112))
     torch.testing.assert_close(blue[2], torch.ones(112, 112))
     torch.testing.assert_close(blue[:2], -torch.ones(2, 112, 112))
-    assert grad.min() < -0.8 and grad.max() > 0.8  # a gradient spans the range (mean 0.5, std 0.5 normalisation)
+    assert grad.min() < -0.8 and grad.max() > 0.8  # a gradient spans the range (mean=std=0.5)
     assert torch.equal(x[3], x[0]) and torch.equal(x[4], x[1])  # 3 images repeated to fill 5
     assert torch.equal(exp.inputs(cfg, 2), x[:2])
 
@@ -353,34 +388,33 @@ def test_images_folder_without_images(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no pictures")
     with pytest.raises(ParameterError) as e:  # refused in the first cell, before anything runs
-        exp.configure(**defaults(images=str(tmp_path / "empty")))
+        config(images=str(tmp_path / "empty"))
     assert "images=" in str(e.value) and "jpg/png/webp" in str(e.value)
 
 
-# --- end to end on the CPU ------------------------------------------------------------------------------------
+# --- end to end on the CPU ------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory):
-    """The notebook's cells in order, on SigLIP-Tiny: eager float32 and bfloat16 at batch 1 and 2."""
+    """The notebook's cells in order, on SigLIP-Tiny: eager float32 and bfloat16, batch 1 and 2."""
     run_dir = tmp_path_factory.mktemp("siglip-run")
     threads = torch.get_num_threads()
-    cfg = exp.configure(**defaults(modes=["eager"], dtypes=["float32", "bfloat16"]))
+    cfg = config(modes=["eager"], dtypes=["float32", "bfloat16"])
     tower = exp.build(cfg)
     rec = Recorder("siglip_neuron", {}, run_dir=run_dir)
     exp.start_record(cfg, tower, rec)
     described = exp.describe(cfg, tower)
     pool = exp.inputs(cfg, exp.ACCURACY_IMAGES)
     ref, cpu_rows = exp.cpu_reference(cfg, tower, pool, rec)
-    rows = exp.run_matrix(cfg, tower, pool, ref, cpu_rows, rec)
-    exp.headline(rows, rec)
+    rows = exp.run_matrix(cfg, tower, pool, ref, cpu_rows, rec)  # records the headline too
     summ = exp.summary(rows, cpu_rows)
     hist = exp.histogram_rows(rec.table("error_histogram"))
     mem = exp.memory_rows(rows)
     rec.finish()
     torch.set_num_threads(threads)
-    return dict(cfg=cfg, tower=tower, rec=rec, described=described, pool=pool, ref=ref, cpu_rows=cpu_rows,
-                rows=rows, summary=summ, hist=hist, mem=mem, run_dir=run_dir)
+    return dict(cfg=cfg, tower=tower, rec=rec, described=described, pool=pool, ref=ref,
+                cpu_rows=cpu_rows, rows=rows, summary=summ, hist=hist, mem=mem, run_dir=run_dir)
 
 
 def test_e2e_record_states_backend_model_and_weights(e2e):
@@ -402,8 +436,9 @@ def test_e2e_describe(e2e):
     d = {r["parameter"]: r["value"] for r in e2e["described"]}
     assert d["backend"].startswith("cpu (requested")
     assert "SigLIP-Tiny → vit_so400m_patch14_siglip_224" in d["model"] and "112 px" in d["model"]
-    assert d["runs (mode:dtype:batch)"] == "eager:float32:1, eager:float32:2, eager:bfloat16:1, eager:bfloat16:2"
-    assert d["cores"] == f"{e2e['cfg'].cores} CPU threads"
+    assert d["runs (mode:dtype:batch)"] == ("eager:float32:1, eager:float32:2, eager:bfloat16:1, "
+                                            "eager:bfloat16:2")
+    assert d["cores"] == f"{e2e['cfg'].p.cores} CPU threads"
     assert d["batch sizes"] == "1, 2" and d["warm-up / timed iterations"] == "1 / 3"
 
 
@@ -414,7 +449,8 @@ def test_e2e_cpu_reference(e2e):
     assert torch.isfinite(ref).all() and ref.abs().max() > 0
     assert [r["batch"] for r in cpu_rows] == [1, 2]  # both are ≤ cpu_reference_max_batch (8)
     for r in cpu_rows:
-        assert (r["backend"], r["mode"], r["dtype"], r["threads"]) == ("cpu", "eager", "float32", THREADS)
+        assert (r["backend"], r["mode"], r["dtype"]) == ("cpu", "eager", "float32")
+        assert r["threads"] == THREADS
         assert r["latency_median_ms"] > 0
         assert r["ms_per_image"] == pytest.approx(r["latency_median_ms"] / r["batch"])
         assert r["throughput_img_s"] == pytest.approx(1e3 / r["ms_per_image"])
@@ -423,7 +459,8 @@ def test_e2e_cpu_reference(e2e):
 def test_e2e_runs_float32_matches_and_bfloat16_differs(e2e):
     rows = e2e["rows"]
     assert [(r["mode"], r["dtype"], r["batch"]) for r in rows] == [
-        ("eager", "float32", 1), ("eager", "float32", 2), ("eager", "bfloat16", 1), ("eager", "bfloat16", 2)]
+        ("eager", "float32", 1), ("eager", "float32", 2), ("eager", "bfloat16", 1),
+        ("eager", "bfloat16", 2)]
     for r in rows:
         assert r["backend"] == "cpu" and r["cache"] == "none" and r["compile_s"] is None
         assert r["first_inference_s"] > 0 and r["latency_median_ms"] > 0
@@ -444,8 +481,8 @@ def test_e2e_runs_float32_matches_and_bfloat16_differs(e2e):
 
 def test_e2e_error_histogram(e2e):
     table = e2e["rec"].table("error_histogram")
-    assert [(h["dtype"], h["batch"]) for h in table] == [("float32", 1), ("float32", 2), ("bfloat16", 1),
-                                                         ("bfloat16", 2)]
+    assert [(h["dtype"], h["batch"]) for h in table] == [("float32", 1), ("float32", 2),
+                                                         ("bfloat16", 1), ("bfloat16", 2)]
     for h, r in zip(table, e2e["rows"]):
         n = min(exp.ACCURACY_IMAGES, r["batch"]) * 64
         assert h["zero_count"] + sum(h["counts"]) == n  # every element in exactly one bin
@@ -453,7 +490,8 @@ def test_e2e_error_histogram(e2e):
     hist = e2e["hist"]
     assert hist and {h["configuration"] for h in hist} >= {"eager bfloat16 b1", "eager bfloat16 b2"}
     for h in hist:
-        assert h["count"] > 0 and math.isfinite(h["abs_diff_upper"]) and 0 < h["abs_diff_upper"] <= 1
+        assert h["count"] > 0 and math.isfinite(h["abs_diff_upper"])
+        assert 0 < h["abs_diff_upper"] <= 1
     assert max(h["abs_diff_upper"] for h in hist if "bfloat16" in h["configuration"]) >= 1e-4
 
 
@@ -461,8 +499,9 @@ def test_e2e_summary(e2e):
     s = e2e["summary"]
     assert len(s) == 2 + 4
     assert [r["accuracy"] for r in s[:2]] == ["reference", "reference"]
-    assert s[0]["configuration"] == f"cpu eager float32 ×{THREADS} threads, batch 1" and s[0]["speedup_vs_cpu"] == 1.0
-    cores = e2e["cfg"].cores
+    assert s[0]["configuration"] == f"cpu eager float32 ×{THREADS} threads, batch 1"
+    assert s[0]["speedup_vs_cpu"] == 1.0
+    cores = e2e["cfg"].p.cores
     assert s[2]["configuration"] == f"cpu eager float32 ×{cores}, batch 1 (cache none)"
     assert s[5]["configuration"] == f"cpu eager bfloat16 ×{cores}, batch 2 (cache none)"
     assert s[2]["accuracy"] == "pass (rel L2 ≤ 0.0001)"
@@ -478,7 +517,8 @@ def test_e2e_headline(e2e):
     assert head["best_throughput_img_s"] == max(r["throughput_img_s"] for r in rows)
     best = max(rows, key=lambda r: r["throughput_img_s"])
     assert head["best_throughput_config"] == f"eager {best['dtype']} b{best['batch']}"
-    assert head["best_b1_latency_ms"] == min(r["latency_median_ms"] for r in rows if r["batch"] == 1)
+    b1 = [r["latency_median_ms"] for r in rows if r["batch"] == 1]
+    assert head["best_b1_latency_ms"] == min(b1)
     assert head["best_b1_config"] in ("eager float32", "eager bfloat16")
 
 
@@ -497,7 +537,7 @@ def test_headline_without_rows_records_nothing(tmp_path):
 
 
 def test_no_cpu_timing_when_every_batch_is_above_the_limit(tmp_path):
-    cfg = exp.configure(**defaults(batch_sizes=[2], cpu_reference_max_batch=1, warmup=0, iters=1))
+    cfg = config(batch_sizes=[2], cpu_reference_max_batch=1, warmup=0, iters=1)
     tower = exp.build(cfg)
     rec = Recorder("siglip_neuron", {}, run_dir=tmp_path)
     pool = exp.inputs(cfg, exp.ACCURACY_IMAGES)
@@ -512,7 +552,7 @@ def test_no_cpu_timing_when_every_batch_is_above_the_limit(tmp_path):
 
 
 def test_float32_after_bfloat16_still_matches(tmp_path):
-    cfg = exp.configure(**defaults(runs=["eager:bfloat16:1", "eager:float32:1"], warmup=0, iters=1))
+    cfg = config(runs=["eager:bfloat16:1", "eager:float32:1"], warmup=0, iters=1)
     tower = exp.build(cfg)
     rec = Recorder("siglip_neuron", {}, run_dir=tmp_path)
     pool = exp.inputs(cfg, exp.ACCURACY_IMAGES)
@@ -522,12 +562,13 @@ def test_float32_after_bfloat16_still_matches(tmp_path):
     assert rows[1]["accuracy_pass"], rows[1]["rel_l2_err"]
 
 
-# --- helpers --------------------------------------------------------------------------------------------------
+# --- helpers --------------------------------------------------------------------------------------
 
 
 def test_error_histogram_bins():
     ref = torch.zeros(1, 6, dtype=torch.float32)
-    out = torch.tensor([[0.0, 0.0, 1.5e-3, -2.5e-3, 0.5, 3.0]])  # each nonzero |difference| in a bin of its own
+    # each nonzero |difference| in a bin of its own
+    out = torch.tensor([[0.0, 0.0, 1.5e-3, -2.5e-3, 0.5, 3.0]])
     h = exp.error_histogram(out, ref)
     assert h["zero_count"] == 2 and sum(h["counts"]) == 4
     edges = h["bin_upper_edges"]
@@ -535,7 +576,7 @@ def test_error_histogram_bins():
     want = [0] * len(edges)
     for v in out.double().abs().flatten().tolist():
         if v:
-            i = next(i for i, e in enumerate(edges) if e >= v)  # the first bin whose upper edge holds v
+            i = next(i for i, e in enumerate(edges) if e >= v)  # the first bin whose edge holds v
             assert i == 0 or edges[i - 1] < v
             want[i] += 1
     assert h["counts"] == want
@@ -546,31 +587,36 @@ def test_flat_memory_spreads_neuron_cores_into_columns():
     mem = {"host_peak_rss_mb": 10.0, "neuron_cores": [
         {"core": "nd0:nc0", "total_mb": 5.0, "peak_mb": 6, "kind": "text"},
         {"core": "nd0:nc1", "total_mb": 7.0}]}
-    assert exp._flat_memory(mem) == {"host_peak_rss_mb": 10.0, "nd0_nc0_total_mb": 5.0, "nd0_nc0_peak_mb": 6,
-                                     "nd0_nc1_total_mb": 7.0}
-    assert exp._flat_memory({"cuda0_peak_allocated_mb": 1.0}) == {"cuda0_peak_allocated_mb": 1.0}
+    assert siglip_rows.flat_memory(mem) == {"host_peak_rss_mb": 10.0, "nd0_nc0_total_mb": 5.0,
+                                            "nd0_nc0_peak_mb": 6, "nd0_nc1_total_mb": 7.0}
+    flat = siglip_rows.flat_memory({"cuda0_peak_allocated_mb": 1.0})
+    assert flat == {"cuda0_peak_allocated_mb": 1.0}
 
 
 def test_resumed_matrix_takes_finished_configurations(tmp_path, monkeypatch):
     from workbook import record
 
-    cfg = exp.configure(**defaults(runs=["eager:float32:1", "eager:bfloat16:1"], warmup=0, iters=1))
+    cfg = config(runs=["eager:float32:1", "eager:bfloat16:1"], warmup=0, iters=1)
     tower = exp.build(cfg)
     pool = exp.inputs(cfg, exp.ACCURACY_IMAGES)
     first = Recorder("siglip_neuron", {"n": 1}, run_dir=tmp_path / "first")
     ref, cpu_rows = exp.cpu_reference(cfg, tower, pool, first)
-    cfg_first = exp.configure(**defaults(runs=["eager:float32:1"], warmup=0, iters=1))  # killed after one
+    cfg_first = config(runs=["eager:float32:1"], warmup=0, iters=1)  # killed after one
     measured = exp.run_matrix(cfg_first, tower, pool, ref, cpu_rows, first)
 
     monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "first"))
     rec = Recorder("siglip_neuron", {"n": 1}, run_dir=tmp_path / "second")
     prepared = []
     real = cfg.backend.prepare
-    monkeypatch.setattr(cfg.backend, "prepare", lambda *a, **k: prepared.append(k["dtype"]) or real(*a, **k))
+    monkeypatch.setattr(cfg.backend, "prepare",
+                        lambda *a, **k: prepared.append(k["dtype"]) or real(*a, **k))
     rows = exp.run_matrix(cfg, tower, pool, ref, cpu_rows, rec)
     assert prepared == ["bfloat16"]  # the float32 configuration came from the first run
-    assert rows[0]["resumed_from"] == "first" and rows[0]["latency_median_ms"] == measured[0]["latency_median_ms"]
+    assert rows[0]["resumed_from"] == "first"
+    assert rows[0]["latency_median_ms"] == measured[0]["latency_median_ms"]
     assert "resumed_from" not in rows[1] and rows[1]["dtype"] == "bfloat16"
     hist = rec.table("error_histogram")
-    assert [(h["dtype"], h.get("resumed_from")) for h in hist] == [("float32", "first"), ("bfloat16", None)]
-    assert {r["configuration"] for r in exp.histogram_rows(hist)} == {"eager float32 b1", "eager bfloat16 b1"}
+    assert [(h["dtype"], h.get("resumed_from")) for h in hist] == [("float32", "first"),
+                                                                   ("bfloat16", None)]
+    names = {r["configuration"] for r in exp.histogram_rows(hist)}
+    assert names == {"eager float32 b1", "eager bfloat16 b1"}

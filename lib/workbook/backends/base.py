@@ -1,9 +1,11 @@
-"""The backend interface: one small contract that the CPU, CUDA and Neuron code paths all keep.
+"""The vision backend interface: what the CPU, CUDA and Neuron paths do to prepare and run a model.
 
-An experiment asks a backend to *prepare* a model for a fixed input shape (eager, compiled, traced — with
-the artifact cached on disk), then runs the prepared callable, times it with the backend's clock and
-reads its memory. Everything the report must say about the path that really ran (mode, dtype, compile
-or load time, cache hit or miss, stand-ins) is carried in :class:`Prepared` and :meth:`Backend.describe`.
+An experiment asks a backend to *prepare* a model for a fixed input shape (eager, compiled, traced,
+with the artifact cached on disk), then runs the prepared callable, times it with the backend's
+clock and reads its memory. Which backend runs, and whether it can run here, is decided before, by
+:func:`workbook.targets.resolve`; the parameters arrive checked. What the report must say about
+the path that really ran (compile or load time, cache hit or miss, stand-ins) travels in
+:class:`Prepared` and :meth:`Backend.describe`.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ from workbook.errors import ParameterError
 
 
 class BackendUnavailable(ParameterError):
-    """An explicitly requested backend cannot run here; the message says what is missing and how to install it."""
+    """A backend's software is missing here; the message says what and how to install it."""
 
 
 @dataclass
 class Prepared:
-    """A model made ready for one input shape. ``fn(x)`` takes a batch from :meth:`Backend.to_input`."""
+    """A model made ready for one input shape. ``fn(x)`` takes a batch from
+    :meth:`Backend.to_input`."""
 
     fn: Callable
     backend: str
@@ -34,48 +37,29 @@ class Prepared:
     artifact: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict:
-        return {"backend": self.backend, "mode": self.mode, "dtype": self.dtype, "batch": self.batch,
-                "cores": self.cores, "compile_s": self.compile_s, "load_s": self.load_s, "cache": self.cache}
-
 
 class Backend(ABC):
     name: str = ""
     modes: tuple[str, ...] = ()
     dtypes: tuple[str, ...] = ()
+    unit: str = "cores"  # what the cores parameter counts here
     clock: str = "cpu"  # the measure.time_fn device: "cuda" uses CUDA events
-
-    @abstractmethod
-    def available(self) -> tuple[bool, str]:
-        """(usable here, why or why not — for a missing SDK: what is missing and how to install it)."""
-
-    @abstractmethod
-    def core_count(self) -> int:
-        """How many units ``cores`` may use: CPU threads, GPUs, NeuronCores."""
 
     @abstractmethod
     def describe(self) -> dict:
         """What the report states about this backend's hardware and software."""
 
-    def check(self, *, mode: str, dtype: str, cores: int) -> None:
-        """Raise a ParameterError for a mode, dtype or core count this backend cannot run here."""
-        from workbook.errors import bad_param
-
-        if mode not in self.modes:
-            raise bad_param("mode", mode, f"one of {', '.join(self.modes)} on the {self.name} backend")
-        if dtype not in self.dtypes:
-            raise bad_param("dtype", dtype, f"one of {', '.join(self.dtypes)} on the {self.name} backend")
-        have = self.core_count()
-        if isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= have:
-            raise bad_param("cores", cores, f"1 to {have}: this machine has {have} {self.unit} for the "
-                                            f"{self.name} backend")
-
-    unit: str = "cores"
+    def rules(self, *, steps, cores: int, options: dict) -> list[str]:
+        """This backend's own rules on a run's (mode, dtype, batch) steps, cores and compiler
+        options: a ParameterError for what it cannot run, else the notes a reader needs."""
+        return []
 
     @abstractmethod
-    def prepare(self, model, example, *, mode: str, dtype: str, cores: int, options: dict, cache) -> Prepared:
-        """Make ``model`` ready for inputs shaped like ``example`` (a CPU float32 batch). ``cache`` is an
-        :class:`workbook.artifacts.Entry` (or None) where compiled artifacts are stored and found."""
+    def prepare(self, model, example, *, mode: str, dtype: str, cores: int, options: dict,
+                cache) -> Prepared:
+        """Make ``model`` ready for inputs shaped like ``example`` (a CPU float32 batch).
+        ``cache`` is a :class:`workbook.artifacts.Entry` (or None) where compiled artifacts are
+        stored and found."""
 
     @abstractmethod
     def to_input(self, x, dtype: str):

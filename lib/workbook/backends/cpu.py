@@ -1,7 +1,7 @@
 """The CPU backend: eager and torch.compile, ``cores`` = threads.
 
-The CPU is where every accuracy comparison's reference runs (fp32 eager), and where the workbook runs
-end to end on a laptop or a CI machine.
+The CPU is where every accuracy comparison's reference runs (fp32 eager), and where the workbook
+runs end to end on a laptop or a CI machine.
 """
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def _shown(p) -> str:
 
 
 def inductor_cache(cache) -> dict:
-    """Point torch.compile's caches at the artifact folder so a later run reuses them (None: leave as is)."""
+    """Point torch.compile's caches at the artifact folder so a later run reuses them (None: leave
+    them as they are)."""
     if cache is None:
         return {}
     d = cache.dir / "inductor"
@@ -46,8 +47,9 @@ def inductor_cache(cache) -> dict:
 
 @contextlib.contextmanager
 def compile_log(cache):
-    """Send torch.compile's own chatter (autotuning tables, rejected kernel choices) to ``compile.log`` in the
-    artifact folder instead of the notebook: a report shows results, the log keeps the details."""
+    """Send torch.compile's own chatter (autotuning tables, rejected kernel choices) to
+    ``compile.log`` in the artifact folder instead of the notebook: a report shows results, the log
+    keeps the details."""
     import logging
     import sys
 
@@ -55,8 +57,8 @@ def compile_log(cache):
 
     path = (cache.dir if cache is not None else Path(tempfile.mkdtemp())) / "compile.log"
     cfg = torch._inductor.config
-    saved = {k: getattr(cfg, k) for k in ("autotune_num_choices_displayed", "max_autotune_report_choices_stats")
-             if hasattr(cfg, k)}
+    keys = ("autotune_num_choices_displayed", "max_autotune_report_choices_stats")
+    saved = {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
     for k in saved:
         setattr(cfg, k, 0 if k == "autotune_num_choices_displayed" else False)
     logger = logging.getLogger("torch._inductor")
@@ -76,6 +78,14 @@ def compile_log(cache):
         sys.stderr.flush()
 
 
+def cache_has_graphs(cache) -> bool:
+    return cache is not None and cache.exists() and any((cache.dir / "inductor").glob("*"))
+
+
+def inductor_note(cache) -> str:
+    return inductor_cache(cache).get("inductor_cache", "default")
+
+
 class CPUBackend(Backend):
     name = "cpu"
     modes = ("eager", "compile")
@@ -83,30 +93,27 @@ class CPUBackend(Backend):
     unit = "CPU threads"
     clock = "cpu"
 
-    def available(self) -> tuple[bool, str]:
-        return True, "the CPU is always there"
-
-    def core_count(self) -> int:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
     def describe(self) -> dict:
         import torch
 
+        from workbook.proc import usable_cpus
         from workbook.targets import cpu_name
 
-        return {"backend": "cpu", "hardware": cpu_name(), "threads_available": self.core_count(),
+        return {"backend": "cpu", "hardware": cpu_name(), "threads_available": usable_cpus(),
                 "torch": torch.__version__}
 
     def prepare(self, model, example, *, mode, dtype, cores, options, cache) -> Prepared:
         import torch
 
         torch.set_num_threads(cores)
-        model = copy.deepcopy(model).to("cpu", torch_dtype(dtype)).eval()  # the caller's model stays as it is
+        # a copy: the caller's model stays as it is
+        model = copy.deepcopy(model).to("cpu", torch_dtype(dtype)).eval()
         x = self.to_input(example, dtype)
-        prep = Prepared(fn=model, backend="cpu", mode=mode, dtype=dtype, batch=example.shape[0], cores=cores)
+        prep = Prepared(fn=model, backend="cpu", mode=mode, dtype=dtype, batch=example.shape[0],
+                        cores=cores)
         if mode == "compile":
-            had = cache is not None and cache.exists() and any((cache.dir / "inductor").glob("*"))
-            prep.notes.append(f"inductor cache: {inductor_cache(cache).get('inductor_cache', 'default')}")
+            had = cache_has_graphs(cache)
+            prep.notes.append(f"inductor cache: {inductor_note(cache)}")
             torch._dynamo.reset()  # each configuration compiles afresh (or from the on-disk cache)
             fn = torch.compile(model)
             t0 = time.perf_counter()

@@ -1,18 +1,21 @@
-"""The CUDA backend: eager, torch.compile, compile with CUDA graphs, and max-autotune; fp32/tf32/bf16/fp16.
+"""The CUDA backend: eager, torch.compile, compile with CUDA graphs, and max-autotune;
+fp32/tf32/bf16/fp16.
 
-``cores`` is the number of GPUs used for data parallelism, done with one replica per GPU inside this
-process: the batch is split along dim 0, each chunk runs on its GPU (the launches overlap, since CUDA
-calls return at once), and the outputs are gathered on the first GPU. torch.compile's caches live in
-the artifact folder, so a second run finds its compiled kernels there.
+``cores`` is the number of GPUs used for data parallelism, done with one replica per GPU inside
+this process: the batch is split along dim 0, each chunk runs on its GPU (the launches overlap,
+since CUDA calls return at once), and the outputs are gathered on the first GPU. torch.compile's
+caches live in the artifact folder, so a second run finds its compiled kernels there.
 """
 from __future__ import annotations
 
 import time
 
 from workbook.backends.base import Backend, Prepared
-from workbook.backends.cpu import _shown, compile_log, inductor_cache, torch_dtype
+from workbook.backends.cpu import (cache_has_graphs, inductor_note, _shown, compile_log,
+                                   torch_dtype)
 
-COMPILE_MODES = {"compile": "default", "compile-cudagraphs": "reduce-overhead", "compile-max-autotune": "max-autotune"}
+COMPILE_MODES = {"compile": "default", "compile-cudagraphs": "reduce-overhead",
+                 "compile-max-autotune": "max-autotune"}
 
 
 def set_matmul_precision(dtype: str) -> None:
@@ -32,23 +35,10 @@ class CUDABackend(Backend):
     unit = "GPUs"
     clock = "cuda"
 
-    def available(self) -> tuple[bool, str]:
-        import torch
-
-        if not torch.cuda.is_available():
-            return False, (f"torch sees no CUDA GPU (torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
-                           "on a GPU machine install a CUDA build of torch (README: GPU machines)")
-        return True, f"torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-
-    def core_count(self) -> int:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
     def describe(self) -> dict:
         import torch
 
-        return {"backend": "cuda", "gpus": [torch.cuda.get_device_name(i) for i in range(self.core_count())],
+        return {"backend": "cuda", "gpus": [torch.cuda.get_device_name(i) for i in _gpus()],
                 "torch": torch.__version__, "cuda": torch.version.cuda,
                 "data_parallel": "one replica per GPU in one process, batch split along dim 0"}
 
@@ -58,10 +48,11 @@ class CUDABackend(Backend):
         set_matmul_precision(dtype)
         # copies: the caller's model keeps its dtype and stays on the CPU
         replicas = [_copy(model).to(f"cuda:{i}", torch_dtype(dtype)).eval() for i in range(cores)]
-        prep = Prepared(fn=None, backend="cuda", mode=mode, dtype=dtype, batch=example.shape[0], cores=cores)
+        prep = Prepared(fn=None, backend="cuda", mode=mode, dtype=dtype, batch=example.shape[0],
+                        cores=cores)
         if mode != "eager":
-            had = cache is not None and cache.exists() and any((cache.dir / "inductor").glob("*"))
-            prep.notes.append(f"inductor cache: {inductor_cache(cache).get('inductor_cache', 'default')}")
+            had = cache_has_graphs(cache)
+            prep.notes.append(f"inductor cache: {inductor_note(cache)}")
             torch._dynamo.reset()  # each configuration compiles afresh (or from the on-disk cache)
             replicas = [torch.compile(r, mode=COMPILE_MODES[mode]) for r in replicas]
             prep.cache = "hit" if had else ("miss" if cache is not None else "none")
@@ -87,23 +78,30 @@ class CUDABackend(Backend):
     def synchronize(self) -> None:
         import torch
 
-        for i in range(self.core_count()):
+        for i in _gpus():
             torch.cuda.synchronize(i)
 
     def reset_peak_memory(self) -> None:
         import torch
 
-        for i in range(self.core_count()):
+        for i in _gpus():
             torch.cuda.reset_peak_memory_stats(i)
 
     def memory(self) -> dict:
         import torch
 
         out = {}
-        for i in range(self.core_count()):
+        for i in _gpus():
             out[f"cuda{i}_peak_allocated_mb"] = torch.cuda.max_memory_allocated(i) / 2**20
             out[f"cuda{i}_peak_reserved_mb"] = torch.cuda.max_memory_reserved(i) / 2**20
         return out
+
+
+def _gpus() -> range:
+    """The GPU indices torch sees here (none without CUDA)."""
+    import torch
+
+    return range(torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 def _copy(model):
@@ -117,7 +115,8 @@ def _scatter_gather(replicas):
 
     def fn(x):
         chunks = torch.chunk(x, len(replicas), dim=0)
-        outs = [r(c.to(f"cuda:{i}", non_blocking=True)) for i, (r, c) in enumerate(zip(replicas, chunks))]
+        outs = [r(c.to(f"cuda:{i}", non_blocking=True))
+                for i, (r, c) in enumerate(zip(replicas, chunks))]
         return torch.cat([o.to("cuda:0") for o in outs], dim=0)
 
     return fn

@@ -1,40 +1,63 @@
 """The siglip_neuron notebook's parameters."""
+from workbook.errors import bad_param
 from workbook.spec import Param, Spec
 
 BACKENDS = ("auto", "cpu", "cuda", "neuron")
 DTYPES = ("float32", "tfloat32", "bfloat16", "float16")
-MODES = ("eager", "compile", "compile-cudagraphs", "compile-max-autotune", "trace")  # per backend: its own
+# each backend runs its own subset of these (workbook.backends.*.modes)
+MODES = ("eager", "compile", "compile-cudagraphs", "compile-max-autotune", "trace")
 AUTO_CAST = ("none", "matmult", "all")
 AUTO_CAST_TYPES = ("bf16", "fp16", "tf32", "fp8_e4m3")
 
+
+class Tolerances(Param):
+    """A mapping from dtype names to numbers of at least 0 (spec.Param takes a dict whole)."""
+
+    def check(self, value):
+        v = super().check(value)
+        out = {}
+        for k, x in v.items():
+            try:  # YAML 1.1 reads 2e-2 (no dot) as text
+                out[k] = float(x) if not isinstance(x, bool) else -1.0
+            except (TypeError, ValueError):
+                out[k] = -1.0
+            if k not in DTYPES or out[k] < 0:
+                raise bad_param(self.name, value, self.describe_allowed())
+        return out
+
+
 SPEC = Spec("siglip_neuron", [
-    Param("model", "str", "ViT-SO400M-14-SigLIP", "open_clip SigLIP config, or SigLIP-Tiny (a small "
-          "registered test config)", nonempty=True),
-    Param("pretrained", "str", "", "empty for seeded random weights, an open_clip pretrained tag, or a "
-          "local checkpoint path"),
-    Param("image_size", "int", 224, "input size in px, a multiple of the patch size", low=1),
+    Param("model", "str", "ViT-SO400M-14-SigLIP",
+          "open_clip SigLIP config, or SigLIP-Tiny (a small test config)", nonempty=True),
+    Param("pretrained", "str", "",
+          "empty for seeded random weights, an open_clip tag, or a checkpoint path"),
+    Param("image_size", "int", 224, "input size in px, a multiple of the patch size", low=1,
+          allowed="a positive integer, a multiple of the model's patch size"),
     Param("backend", "str", "auto", "auto, cpu, cuda or neuron", choices=BACKENDS),
-    Param("modes", "list", ["eager"], "cpu: eager, compile; cuda: eager, compile, compile-cudagraphs, "
-          "compile-max-autotune; neuron: trace", choices=MODES, item="str", nonempty=True),
+    Param("modes", "list", ["eager"],
+          "eager, compile (cpu, cuda), compile-* (cuda), trace (neuron)",
+          choices=MODES, item="str", nonempty=True),
     Param("dtypes", "list", ["float32"], "float32, tfloat32 (cuda), bfloat16, float16 (cuda)",
           choices=DTYPES, item="str", nonempty=True),
-    Param("cores", "int", 2, "cpu: threads; cuda: GPUs used for data parallelism; neuron: NeuronCores",
+    Param("cores", "int", 2, "cpu: threads; cuda: GPUs (data parallel); neuron: NeuronCores",
           low=1),
-    Param("batch_sizes", "list", [1, 2], "batch sizes to measure", item="int", low=1, nonempty=True),
-    Param("runs", "list", [], "explicit mode:dtype:batch triples instead of modes x dtypes x batch_sizes "
-          "(e.g. \"compile-cudagraphs:bfloat16:1\")", item="str"),
+    Param("batch_sizes", "list", [1, 2], "batch sizes to measure", item="int", low=1,
+          nonempty=True),
+    Param("runs", "list", [], "mode:dtype:batch triples instead of modes x dtypes x batch_sizes",
+          item="str"),
     Param("warmup", "int", 1, "untimed calls before timing", low=0),
     Param("iters", "int", 3, "timed calls per configuration", low=1),
-    Param("tolerances", "dict", {"float32": 1e-4, "tfloat32": 2e-3, "bfloat16": 2e-2, "float16": 5e-3},
-          "relative L2 error allowed against CPU fp32, per dtype"),
-    Param("artifact_dir", "str", "", "compiled-artifact cache folder; empty for artifacts/ at the "
-          "repository root"),
+    Tolerances("tolerances", "dict",
+               {"float32": 1e-4, "tfloat32": 2e-3, "bfloat16": 2e-2, "float16": 5e-3},
+               "relative L2 error allowed against CPU fp32, per dtype",
+               allowed="a mapping from dtypes (" + ", ".join(DTYPES) + ") to relative-L2-error "
+               "tolerances (numbers of at least 0)"),
+    Param("artifact_dir", "str", "", "compiled-artifact cache folder; empty for artifacts/"),
     Param("seed", "int", 0, "seed for weights and input tensors", low=0, high=2 ** 32 - 1),
-    Param("images", "str", "", "folder of real images (SigLIP preprocessing); empty for seeded tensors"),
-    Param("cpu_reference_max_batch", "int", 8, "largest batch timed on the CPU for the speed-up (CPU fp32 "
-          "eager)", low=0),
-    Param("compiler_args", "str", "--model-type transformer", "neuron: neuronx-cc flags, space-separated"),
-    Param("auto_cast", "str", "matmult", "neuron: none, matmult or all (SDK 2.27 changed the default to "
-          "none)", choices=AUTO_CAST),
+    Param("images", "str", "", "folder of real images; empty for seeded tensors"),
+    Param("cpu_reference_max_batch", "int", 8, "largest batch timed on the CPU (fp32 eager)",
+          low=0),
+    Param("compiler_args", "str", "--model-type transformer", "neuron: neuronx-cc flags"),
+    Param("auto_cast", "str", "matmult", "neuron: none, matmult or all", choices=AUTO_CAST),
     Param("auto_cast_type", "str", "bf16", "neuron: type for auto-cast", choices=AUTO_CAST_TYPES),
 ])

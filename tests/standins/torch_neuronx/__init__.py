@@ -1,23 +1,25 @@
-"""TEST STAND-IN for torch_neuronx: checks the documented call signatures and the artifact flow; it runs on the CPU and is not Neuron.
+"""TEST STAND-IN for torch_neuronx: checks the documented call signatures and the artifact flow; it
+runs on the CPU and is not Neuron.
 
 Used only by the tests (``tests/standins`` is put on ``sys.path`` and ``PYTHONPATH``). It keeps the
-documented contract of the real package (AWS Neuron docs, REFERENCE.md §3) and is stricter where the
-real one is lenient, so that misuse fails in a test:
+documented contract of the real package (the AWS Neuron documentation of torch_neuronx) and is
+stricter where the real one is lenient, so that misuse fails in a test:
 
-- ``trace(func, example_inputs, *_, input_output_aliases={}, compiler_workdir=None, compiler_args=None,
-  partitioner_config=None, inline_weights_to_neff=True, cpu_backend=False)``: everything after
-  ``example_inputs`` is keyword-only. The real one only warns about extra positional arguments ("likely
-  to become an error"); the stand-in raises TypeError. It writes marker files, not a NEFF, in
-  ``compiler_workdir`` and returns ``torch.jit.trace(func, example_inputs)`` — a CPU ScriptModule
-  (with check_trace off: the tests compare outputs themselves).
+- ``trace(func, example_inputs, *_, input_output_aliases={}, compiler_workdir=None,
+  compiler_args=None, partitioner_config=None, inline_weights_to_neff=True, cpu_backend=False)``:
+  everything after ``example_inputs`` is keyword-only. The real one only warns about extra
+  positional arguments ("likely to become an error"); the stand-in raises TypeError. It writes
+  marker files, not a NEFF, in ``compiler_workdir`` and returns ``torch.jit.trace(func,
+  example_inputs)`` — a CPU ScriptModule (with check_trace off: the tests compare outputs
+  themselves).
 - ``DataParallel(model, device_ids=None, dim=0, set_dynamic_batching=True)``: the model must be a
   ScriptModule; device ids (ints or ``"nc:#"``) are zero-based within the visible cores
-  (``NEURON_RT_VISIBLE_CORES``, else the fake sysfs tree in ``WORKBOOK_NEURON_SYSFS``); the batch is
-  split along ``dim``, each chunk run on the CPU and the outputs concatenated.
+  (``NEURON_RT_VISIBLE_CORES``, else the fake sysfs tree in ``WORKBOOK_NEURON_SYSFS``); the batch
+  is split along ``dim``, each chunk run on the CPU and the outputs concatenated.
 - ``move_trace_to_device(trace, device_id)``: checks its arguments and does nothing.
 
-Nothing here reads the real ``/sys`` or ``/dev``. Every call is appended to ``CALLS`` (in the process
-that made it).
+Nothing here reads the real ``/sys`` or ``/dev``. Every call is appended to ``CALLS`` (in the
+process that made it).
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ STANDIN = True
 __version__ = "0.0.0+standin"
 CALLS: list[dict] = []
 
-_NOT_NEURON = "TEST STAND-IN for torch_neuronx: this is not a NEFF and nothing here ran on Neuron.\n"
+_NOT_NEURON = ("TEST STAND-IN for torch_neuronx: this is not a NEFF and nothing here ran on "
+               "Neuron.\n")
 
 
 def _check_example(example_inputs) -> None:
@@ -41,7 +44,8 @@ def _check_example(example_inputs) -> None:
     if isinstance(example_inputs, tuple) and example_inputs and all(isinstance(t, torch.Tensor)
                                                                     for t in example_inputs):
         return
-    raise TypeError("torch_neuronx.trace: example_inputs must be a Tensor or a tuple of Tensors, got "
+    raise TypeError("torch_neuronx.trace: example_inputs must be a Tensor or a tuple of Tensors, "
+                    "got "
                     f"{type(example_inputs).__name__}")
 
 
@@ -52,37 +56,47 @@ def _check_compiler_args(compiler_args) -> list[str]:
         return compiler_args.split()
     if isinstance(compiler_args, list) and all(isinstance(a, str) for a in compiler_args):
         return list(compiler_args)
-    raise TypeError(f"torch_neuronx.trace: compiler_args must be None, a str or a list of str, got {compiler_args!r}")
+    raise TypeError("torch_neuronx.trace: compiler_args must be None, a str or a list of str, "
+                    f"got {compiler_args!r}")
 
 
-def trace(func, example_inputs, *_, input_output_aliases={}, compiler_workdir=None, compiler_args=None,  # noqa: B006
-          partitioner_config=None, inline_weights_to_neff=True, cpu_backend=False):
-    """The documented signature; returns ``torch.jit.trace(func, example_inputs)`` (CPU, not Neuron)."""
+def trace(func, example_inputs, *_, input_output_aliases={},  # noqa: B006
+          compiler_workdir=None, compiler_args=None, partitioner_config=None,
+          inline_weights_to_neff=True, cpu_backend=False):
+    """The documented signature; returns ``torch.jit.trace(func, example_inputs)`` (CPU, not
+    Neuron)."""
     if _:
         raise TypeError(f"torch_neuronx.trace takes 2 positional arguments (func, example_inputs); "
                         f"{len(_)} more were given: pass the rest by keyword")
     if not callable(func):
-        raise TypeError(f"torch_neuronx.trace: func must be an nn.Module or a callable, got {type(func).__name__}")
+        raise TypeError("torch_neuronx.trace: func must be an nn.Module or a callable, got "
+                        f"{type(func).__name__}")
     _check_example(example_inputs)
     if not isinstance(input_output_aliases, dict):
         raise TypeError("torch_neuronx.trace: input_output_aliases must be a dict")
     if compiler_workdir is not None and not isinstance(compiler_workdir, str):
-        raise TypeError(f"torch_neuronx.trace: compiler_workdir must be a str, got {type(compiler_workdir).__name__}")
+        raise TypeError("torch_neuronx.trace: compiler_workdir must be a str, got "
+                        f"{type(compiler_workdir).__name__}")
     args = _check_compiler_args(compiler_args)
     if partitioner_config is not None:
         raise NotImplementedError("the torch_neuronx stand-in does not model partitioner_config")
-    for name, v in (("inline_weights_to_neff", inline_weights_to_neff), ("cpu_backend", cpu_backend)):
+    for name, v in (("inline_weights_to_neff", inline_weights_to_neff),
+                    ("cpu_backend", cpu_backend)):
         if not isinstance(v, bool):
             raise TypeError(f"torch_neuronx.trace: {name} must be a bool, got {v!r}")
     if cpu_backend and not any(a.startswith("--target") for a in args):
-        raise ValueError("torch_neuronx.trace: cpu_backend=True needs a --target in compiler_args (trn1, inf2, trn2)")
+        raise ValueError("torch_neuronx.trace: cpu_backend=True needs a --target in compiler_args "
+                         "(trn1, inf2, trn2)")
     call = {"fn": "trace", "compiler_workdir": compiler_workdir, "compiler_args": args,
             "inline_weights_to_neff": inline_weights_to_neff, "cpu_backend": cpu_backend,
             # which cores a real trace would load onto: the runtime reads these when it starts
-            "env": {k: os.environ.get(k) for k in ("NEURON_RT_VISIBLE_CORES", "NEURON_RT_NUM_CORES")},
-            "example_shapes": [list(t.shape) for t in (example_inputs if isinstance(example_inputs, tuple)
+            "env": {k: os.environ.get(k)
+                    for k in ("NEURON_RT_VISIBLE_CORES", "NEURON_RT_NUM_CORES")},
+            "example_shapes": [list(t.shape) for t in (example_inputs
+                                                       if isinstance(example_inputs, tuple)
                                                        else (example_inputs,))]}
-    traced = torch.jit.trace(func, example_inputs, check_trace=False)  # outputs are compared by the tests
+    # check_trace off: the tests compare the outputs themselves
+    traced = torch.jit.trace(func, example_inputs, check_trace=False)
     if compiler_workdir is not None:
         wd = Path(compiler_workdir)
         wd.mkdir(parents=True, exist_ok=True)
@@ -104,13 +118,15 @@ def _parse_visible(value: str) -> list[int]:
 
 
 def visible_core_count() -> int:
-    """NeuronCores this process may use: NEURON_RT_VISIBLE_CORES, else the fake sysfs tree (never /sys)."""
+    """NeuronCores this process may use: NEURON_RT_VISIBLE_CORES, else the fake sysfs tree (never
+    /sys)."""
     vis = os.environ.get("NEURON_RT_VISIBLE_CORES")
     if vis:
         return len(_parse_visible(vis))
     root = os.environ.get("WORKBOOK_NEURON_SYSFS")
     if not root:
-        raise ValueError("stand-in: no visible NeuronCores (set NEURON_RT_VISIBLE_CORES or WORKBOOK_NEURON_SYSFS "
+        raise ValueError("stand-in: no visible NeuronCores (set NEURON_RT_VISIBLE_CORES or "
+                         "WORKBOOK_NEURON_SYSFS "
                          "to a fake sysfs tree; the stand-in never reads the real /sys)")
     return sum(1 for d in Path(root).glob("neuron*") if re.fullmatch(r"neuron\d+", d.name)
                for c in d.glob("neuron_core*") if re.fullmatch(r"neuron_core\d+", c.name))
@@ -138,19 +154,23 @@ def _gather(outs: list, dim: int):
 
 
 class DataParallel:
-    """Splits the batch along ``dim`` over ``device_ids``; here every chunk runs on the CPU in turn."""
+    """Splits the batch along ``dim`` over ``device_ids``; here every chunk runs on the CPU in
+    turn."""
 
     def __init__(self, model, device_ids=None, dim=0, set_dynamic_batching=True):
         if not isinstance(model, torch.jit.ScriptModule):
-            raise TypeError("DataParallel: model must be a torch.jit.ScriptModule from torch_neuronx.trace "
+            raise TypeError("DataParallel: model must be a torch.jit.ScriptModule from "
+                            "torch_neuronx.trace "
                             f"(or torch.jit.load), got {type(model).__name__}")
         n_visible = visible_core_count()
-        ids = list(range(n_visible)) if device_ids is None else [_device_index(d) for d in device_ids]
+        ids = (list(range(n_visible)) if device_ids is None
+               else [_device_index(d) for d in device_ids])
         if not ids:
             raise ValueError("DataParallel: device_ids is empty")
         for i in ids:
             if not 0 <= i < n_visible:
-                raise ValueError(f"DataParallel: device id {i} is out of range: {n_visible} NeuronCores are visible "
+                raise ValueError(f"DataParallel: device id {i} is out of range: {n_visible} "
+                                 "NeuronCores are visible "
                                  "(ids are zero-based within NEURON_RT_VISIBLE_CORES)")
         if len(set(ids)) != len(ids):
             raise ValueError(f"DataParallel: device_ids repeat a core: {device_ids!r}")
@@ -177,19 +197,24 @@ class DataParallel:
         n = tensors[0].shape[self.dim]
         cores = len(self.device_ids)
         if not self.dynamic_batching and n % cores:
-            raise ValueError(f"DataParallel: with dynamic batching off, input.shape[{self.dim}]={n} must split evenly "
+            raise ValueError("DataParallel: with dynamic batching off, "
+                             f"input.shape[{self.dim}]={n} must split evenly "
                              f"over {cores} NeuronCores")
         size = self.split_size or max(1, n // cores)
-        pieces = [x.split(size, dim=self.dim) if isinstance(x, torch.Tensor) else None for x in inputs]
+        pieces = [x.split(size, dim=self.dim) if isinstance(x, torch.Tensor) else None
+                  for x in inputs]
         k = len(next(p for p in pieces if p is not None))
-        outs = [self.module(*[p[j] if p is not None else x for p, x in zip(pieces, inputs)]) for j in range(k)]
+        outs = [self.module(*[p[j] if p is not None else x for p, x in zip(pieces, inputs)])
+                for j in range(k)]
         return _gather(outs, self.dim)
 
 
 def move_trace_to_device(trace, device_id):
-    """Documented for traces made with inline_weights_to_neff=False; the stand-in only checks its arguments."""
+    """Documented for traces made with inline_weights_to_neff=False; the stand-in only checks its
+    arguments."""
     if not isinstance(trace, torch.jit.ScriptModule):
         raise TypeError("move_trace_to_device: trace must be a torch.jit.ScriptModule")
     if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
-        raise TypeError(f"move_trace_to_device: device_id must be a non-negative int, got {device_id!r}")
+        raise TypeError("move_trace_to_device: device_id must be a non-negative int, got "
+                        f"{device_id!r}")
     CALLS.append({"fn": "move_trace_to_device", "device_id": device_id})
