@@ -1,4 +1,5 @@
-"""Each interpolation implementation against an independent computation (numpy, F.interpolate, timm)."""
+"""Each interpolation implementation against an independent computation (numpy, F.interpolate,
+timm)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +13,8 @@ from workbook import interp as I
 from workbook.errors import ParameterError
 
 # (N, out_hw): upsample, downsample, non-square, size 1, same size, odd ratios.
-CASES = [(4, (7, 7)), (7, (4, 4)), (5, (9, 9)), (4, (5, 9)), (6, (1, 1)), (6, (1, 5)), (5, (5, 5)), (3, (16, 11))]
+CASES = [(4, (7, 7)), (7, (4, 4)), (5, (9, 9)), (4, (5, 9)), (6, (1, 1)), (6, (1, 5)), (5, (5, 5)),
+         (3, (16, 11))]
 
 
 # ---- numpy reference: separable interpolation as two (out, in) matrices --------------------------
@@ -49,8 +51,9 @@ def matrix(kernel: str, n_in: int, src: np.ndarray) -> np.ndarray:
 
 
 def aa_matrix(n_in: int, n_out: int, a: float = -0.5) -> np.ndarray:
-    """PyTorch antialias=True cubic (PIL style): Keys a=-0.5, support widened by the downscale factor,
-    taps outside the input dropped and the weights renormalised (not clamped to the border)."""
+    """PyTorch antialias=True cubic (PIL style): Keys a=-0.5, support widened by the downscale
+    factor, taps outside the input dropped and the weights renormalised (not clamped to the
+    border)."""
     scale = n_in / n_out
     fs = max(1.0, scale)
     m = np.zeros((n_out, n_in))
@@ -64,7 +67,8 @@ def aa_matrix(n_in: int, n_out: int, a: float = -0.5) -> np.ndarray:
 
 def reference(table: np.ndarray, n: int, out_hw, kernel: str, align_corners: bool, *,
               clamp: bool | None = None) -> np.ndarray:
-    """Separable interpolation; by default PyTorch clamps negative src for linear modes, not cubic."""
+    """Separable interpolation; by default PyTorch clamps negative src for linear modes, not
+    cubic."""
     d = table.shape[1]
     clamp = (kernel == "bilinear") if clamp is None else clamp
     mh, mw = (matrix(kernel, n, src_coords(n, s, align_corners, clamp)) for s in out_hw)
@@ -86,7 +90,8 @@ def test_matches_numpy_reference(name, kernel, ac, n, out):
     t = table64(n)
     got = I.interpolate(name, t, out)
     assert got.shape == (out[0] * out[1], t.shape[1]) and got.dtype == torch.float64
-    np.testing.assert_allclose(got.numpy(), reference(t.numpy(), n, out, kernel, ac), atol=1e-10, rtol=0)
+    np.testing.assert_allclose(got.numpy(), reference(t.numpy(), n, out, kernel, ac), atol=1e-10,
+                               rtol=0)
 
 
 def test_reference_border_conventions_matter():
@@ -101,23 +106,26 @@ def test_reference_border_conventions_matter():
                                I.interpolate("bilinear", t, out).numpy(), atol=1e-10, rtol=0)
 
 
-# ---- gather4 --------------------------------------------------------------------------------------
+# ---- gather4 -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,out", CASES)
 def test_gather4_is_bilinear_align_corners(n, out):
     t = table64(n)
     got = I.interpolate("gather4", t, out)
     x = t.reshape(1, n, n, -1).permute(0, 3, 1, 2)
-    want = F.interpolate(x, size=out, mode="bilinear", align_corners=True).permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    want = F.interpolate(x, size=out, mode="bilinear", align_corners=True)
+    want = want.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
     # Coordinates are float32 (as in vLLM), so agreement is ~1e-7 unless they are dyadic.
     torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
-    np.testing.assert_allclose(got.numpy(), reference(t.numpy(), n, out, "bilinear", True), atol=2e-6, rtol=0)
+    np.testing.assert_allclose(got.numpy(), reference(t.numpy(), n, out, "bilinear", True),
+                               atol=2e-6, rtol=0)
 
 
 def test_gather4_exact_when_coordinates_are_dyadic():
     t = table64(5)  # 5 -> 9: step 0.5, exact in float32
     got = I.interpolate("gather4", t, (9, 9))
-    np.testing.assert_allclose(got.numpy(), reference(t.numpy(), 5, (9, 9), "bilinear", True), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(got.numpy(), reference(t.numpy(), 5, (9, 9), "bilinear", True),
+                               atol=1e-12, rtol=0)
     # 3 -> 16: step 2/15 is not dyadic; float32 coordinates (as in vLLM) show up in a float64 table.
     t3 = table64(3)
     want = reference(t3.numpy(), 3, (16, 16), "bilinear", True)
@@ -125,7 +133,7 @@ def test_gather4_exact_when_coordinates_are_dyadic():
     assert 1e-10 < err < 2e-6
 
 
-# ---- timm -----------------------------------------------------------------------------------------
+# ---- timm ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n,out", [(4, (7, 7)), (7, (4, 4)), (4, (5, 9)), (6, (1, 1)), (5, (3, 8))])
 def test_timm_bicubic_aa_matches_timm(n, out):
@@ -143,7 +151,8 @@ def test_timm_bicubic_aa_matches_timm(n, out):
 @pytest.mark.parametrize("n,out", CASES)
 def test_timm_bicubic_aa_matches_numpy_pil_cubic(n, out):
     t = table64(n)
-    want = np.einsum("hi,ijd,wj->hwd", aa_matrix(n, out[0]), t.numpy().reshape(n, n, -1), aa_matrix(n, out[1]))
+    want = np.einsum("hi,ijd,wj->hwd", aa_matrix(n, out[0]), t.numpy().reshape(n, n, -1),
+                     aa_matrix(n, out[1]))
     got = I.interpolate("timm_bicubic_aa", t, out)
     assert got.dtype == torch.float64  # cast back to the table dtype after float32 compute
     np.testing.assert_allclose(got.numpy(), want.reshape(-1, t.shape[1]), atol=2e-6, rtol=0)
@@ -152,11 +161,12 @@ def test_timm_bicubic_aa_matches_numpy_pil_cubic(n, out):
 def test_antialias_bicubic_differs_even_when_upsampling():
     """antialias=True is a different cubic (a=-0.5, renormalised borders), not just a low-pass."""
     t = table64(5)
-    diff = (I.interpolate("timm_bicubic_aa", t, (9, 9)) - I.interpolate("hf_bicubic", t, (9, 9))).abs().max()
+    aa, hf = (I.interpolate(name, t, (9, 9)) for name in ("timm_bicubic_aa", "hf_bicubic"))
+    diff = (aa - hf).abs().max()
     assert diff > 1e-2
 
 
-# ---- dtypes and identity --------------------------------------------------------------------------
+# ---- dtypes and identity -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", list(I.IMPLEMENTATIONS))
 def test_bf16_in_bf16_out(name):
@@ -179,7 +189,8 @@ def test_timm_computes_in_float32():
     assert torch.equal(got, I.interpolate("timm_bicubic_aa", t.float(), (11, 9)).bfloat16())
 
 
-@pytest.mark.parametrize("name", ["bicubic_ac", "bilinear_ac", "gather4", "bilinear", "hf_bicubic", "timm_bicubic_aa"])
+@pytest.mark.parametrize("name", ["bicubic_ac", "bilinear_ac", "gather4", "bilinear", "hf_bicubic",
+                                  "timm_bicubic_aa"])
 def test_same_size_is_identity(name):
     t = I.random_table(6, 8, std=1.0)
     torch.testing.assert_close(I.interpolate(name, t, (6, 6)), t, atol=1e-6, rtol=0)
@@ -197,18 +208,13 @@ def test_interpolate_unknown_name():
         I.interpolate("nearest", torch.zeros(9, 4), (3, 3))
 
 
-# ---- names, helpers -------------------------------------------------------------------------------
+# ---- names, helpers ------------------------------------------------------------------------------
 
-def test_check_names():
-    assert I.check_names(["gather4", "hf_bicubic"]) == ["gather4", "hf_bicubic"]
-    assert I.check_names(" bilinear, gather4 ,") == ["bilinear", "gather4"]
-    with pytest.raises(ParameterError) as e:
-        I.check_names(["gather4", "lanczos"], param="impls")
-    msg = str(e.value)
-    assert "impls=" in msg and "lanczos" in msg and all(k in msg for k in I.IMPLEMENTATIONS)
-    for empty in ([], "", " , "):
-        with pytest.raises(ParameterError, match="implementations="):
-            I.check_names(empty)
+def test_names_are_the_specs():
+    """The names the pos_interp spec lets through (which checks them) are the implementations."""
+    from workbook.specs.pos_interp import IMPLEMENTATIONS
+
+    assert IMPLEMENTATIONS == tuple(I.IMPLEMENTATIONS)
 
 
 def test_describe_and_registry():
@@ -237,8 +243,8 @@ def test_sincos_table():
     g = t.reshape(16, 16, 64)
     near_r = F.cosine_similarity(g[:-1].reshape(-1, 64), g[1:].reshape(-1, 64))
     near_c = F.cosine_similarity(g[:, :-1].reshape(-1, 64), g[:, 1:].reshape(-1, 64))
-    assert near_r.min() > 0.95 and near_c.min() > 0.95  # measured 0.979
-    assert F.cosine_similarity(t[:1], t).min() < 0.6  # far positions are distinguishable (measured 0.525)
+    assert near_r.min() > 0.95 and near_c.min() > 0.95
+    assert F.cosine_similarity(t[:1], t).min() < 0.6  # far positions are distinguishable
     # channel halves: first half depends on the row only, second on the column only
     assert torch.equal(g[3, 0, :32], g[3, 15, :32]) and torch.equal(g[0, 5, 32:], g[15, 5, 32:])
     assert torch.allclose(t[0], torch.tensor([0.0, 1.0]).repeat_interleave(16).repeat(2))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from workbook.errors import ParameterError
-from workbook.models import build_tower, images, load_pos_table, pos_table, resolve_model, use_interpolation
+from workbook.models import (build_tower, images, load_pos_table, pos_table, resolve_model,
+                             use_interpolation)
 
 NAME = "ViT-SO400M-14-SigLIP"  # patch 14, native grid 16 at 224
 TINY = dict(depth=1, embed_dim=64, num_heads=2)
@@ -16,7 +17,8 @@ TINY = dict(depth=1, embed_dim=64, num_heads=2)
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    """No hub: offline flag and an empty cache (huggingface_hub reads both at import, so patch constants)."""
+    """No hub: offline flag and an empty cache (huggingface_hub reads both at import, so patch
+    constants)."""
     import huggingface_hub.constants as hc
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -40,18 +42,18 @@ def test_resolve_model():
     with pytest.raises(ParameterError) as e:
         resolve_model("ViT-SO400M-14-SigLP")
     msg = str(e.value)
-    assert "model='ViT-SO400M-14-SigLP'" in msg and "ViT-SO400M-14-SigLIP" in msg and "closest" in msg
+    assert "model='ViT-SO400M-14-SigLP'" in msg and "ViT-SO400M-14-SigLIP" in msg
+    assert "closest" in msg
 
 
 def test_tower_facts():
     t = tiny()
-    assert (t.timm_name, t.patch, t.grid, t.width, t.depth) == ("vit_so400m_patch14_siglip_224", 14, 16, 64, 1)
+    assert t.timm_name == "vit_so400m_patch14_siglip_224"
+    assert (t.patch, t.grid, t.width, t.depth) == (14, 16, 64, 1)
     assert t.weights == "seeded random (seed=0)" and t.interp is None
     assert t.params == sum(p.numel() for p in t.model.parameters())
     assert not t.model.training and t.model.pos_embed.dtype == torch.float32
     assert pos_table(t).shape == (256, 64)
-    with pytest.raises(ParameterError, match="depth"):
-        build_tower(NAME, depth=-1)
 
 
 def test_seeded_weights():
@@ -65,7 +67,8 @@ def test_seeded_weights():
 def _save(tower, path, style):
     sd = tower.model.state_dict()
     if style == "open_clip":
-        torch.save({"state_dict": {f"module.visual.trunk.{k}": v for k, v in sd.items()}, "epoch": 3}, path)
+        state = {f"module.visual.trunk.{k}": v for k, v in sd.items()}
+        torch.save({"state_dict": state, "epoch": 3}, path)
     elif style == "timm":
         torch.save(sd, path)
     else:
@@ -101,10 +104,12 @@ def test_checkpoint_other_grid_is_resampled(tmp_path):
 
 def test_checkpoint_of_other_model(tmp_path):
     path = _save(tiny(overrides=dict(embed_dim=32)), tmp_path / "w32.pt", "timm")
-    with pytest.raises(ParameterError, match=r"checkpoint=.*a checkpoint of ViT-SO400M-14-SigLIP: .*shape"):
+    with pytest.raises(ParameterError,
+                       match=r"checkpoint=.*a checkpoint of ViT-SO400M-14-SigLIP: .*shape"):
         tiny(checkpoint=path)
     path = _save(tiny(overrides=dict(depth=2)), tmp_path / "d2.pt", "timm")
-    with pytest.raises(ParameterError, match=r"checkpoint=.*0 missing keys, \d+ unexpected like blocks\.1\."):
+    with pytest.raises(ParameterError,
+                       match=r"checkpoint=.*0 missing keys, \d+ unexpected like blocks\.1\."):
         tiny(checkpoint=path)
 
 
@@ -122,18 +127,19 @@ def test_checkpoint_errors(tmp_path):
         load_pos_table(str(tmp_path / "odd.pt"))
     src = tiny()
     path = _save(src, tmp_path / "ok.pt", "timm")
-    # a cut-down tower's checkpoint loads at its own depth; another depth is refused, saying which fits
+    # a cut-down tower's checkpoint loads at its own depth; another depth is refused, saying which
+    # fits (depth with pretrained weights is pos_interp's configure's to refuse, test_pos_interp)
     small = dict(embed_dim=64, num_heads=2)
     assert build_tower(NAME, checkpoint=path, depth=1, overrides=small).depth == 1
-    with pytest.raises(ParameterError, match=r"depth=2 is not allowed: 0 \(as configured\) or 1, the number of blocks"):
+    with pytest.raises(ParameterError, match=r"depth=2 is not allowed: 0 \(as configured\) or 1, "
+                                             "the number of blocks"):
         build_tower(NAME, checkpoint=path, depth=2, overrides=small)
-    with pytest.raises(ParameterError, match=r"depth=1 .*0 \(as configured\) when loading pretrained"):
-        build_tower(NAME, pretrained="webli", depth=1)
 
 
 def test_load_pos_table_layouts(tmp_path):
     table = torch.randn(49, 8)
-    torch.save({"vision_model.embeddings.position_embedding.weight": table.half()}, tmp_path / "hf.bin")
+    torch.save({"vision_model.embeddings.position_embedding.weight": table.half()},
+               tmp_path / "hf.bin")
     t, key = load_pos_table(str(tmp_path / "hf.bin"))
     assert key == "vision_model.embeddings.position_embedding.weight"
     assert t.dtype == torch.float32 and torch.equal(t, table.half().float())
@@ -150,7 +156,8 @@ def test_pretrained_offline_is_a_parameter_error():
     with pytest.raises(ParameterError) as e:
         build_tower(NAME, pretrained="webli")
     msg = str(e.value)
-    assert "pretrained='webli'" in msg and "checkpoint" in msg and "cannot reach the model hub" in msg
+    assert "pretrained='webli'" in msg and "checkpoint" in msg
+    assert "cannot reach the model hub" in msg
     with pytest.raises(ParameterError, match=r"pretrained='nope'.*webli.*checkpoint"):
         build_tower(NAME, pretrained="nope")
 
@@ -168,7 +175,8 @@ def test_use_interpolation_matches_timm_and_restores():
 
     use_interpolation(t, "bilinear_ac")
     assert not torch.allclose(out(t, x), ref["x"], atol=1e-6)
-    for impl in ("bilinear_ac", "bicubic_ac", "gather4"):  # align_corners=True: identity at the native grid
+    # align_corners=True: identity at the native grid
+    for impl in ("bilinear_ac", "bicubic_ac", "gather4"):
         use_interpolation(t, impl)
         assert torch.equal(out(t, native), ref["native"]), impl
 
@@ -187,6 +195,7 @@ def test_use_interpolation_refuses_prefix_tokens():
 
 def test_images():
     a, b = images(2, 32, seed=1), images(2, 32, seed=1)
-    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, images(2, 32, seed=2))
+    assert a.shape == (2, 3, 32, 32) and torch.equal(a, b)
+    assert not torch.equal(a, images(2, 32, seed=2))
     assert a.min() >= -1 and a.max() <= 1
     assert images(1, 8, dtype=torch.bfloat16).dtype == torch.bfloat16

@@ -1,7 +1,8 @@
-"""The pos_interp experiment module: parameter checks, claim logic, the 2x2 effects, fidelity and timing rows.
+"""The pos_interp experiment module: parameter checks, claim logic, the 2x2 effects, fidelity and
+timing rows.
 
-Parameter checks go through ``configure`` with the notebook's defaults (the first cell's call); everything
-that runs a tower uses a tiny SO400M-shaped one (1 block, width 64: patch 14, native grid 16 at 224 px),
+Parameter checks go through the spec and ``configure`` (the first cell's calls); everything that
+runs a tower uses a tiny SO400M-shaped one (1 block, width 64: patch 14, native grid 16 at 224 px),
 so the file runs in seconds on a CPU and reaches no model hub.
 """
 from __future__ import annotations
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from workbook import interp, metrics
-from workbook.targets import resolve_device
 from workbook.errors import ParameterError
 from workbook.experiments import pos_interp as P
+from workbook.experiments.pos_interp_claims import verdict
 from workbook.record import Recorder, load
+from workbook.specs.pos_interp import SPEC
 
 NAME = "ViT-SO400M-14-SigLIP"  # patch 14
 ALL = list(interp.IMPLEMENTATIONS)
@@ -21,17 +23,23 @@ TINY = dict(embed_dim=64, num_heads=2)
 
 
 def defaults(**kw) -> dict:
-    """The notebook's parameters, cheap: what ``configure`` gets from the first cell."""
+    """The notebook's parameters, cheap."""
     d = dict(device="cpu", implementations=list(ALL), reference="hf_bicubic", candidate="gather4",
-             resolutions=[224, 384], tower_resolutions=[224], dtypes=["float32"], tower_dtype="float32",
-             batch_sizes=[1], model=NAME, depth=1, pretrained="", checkpoint="", iterations=1, warmup=0, seed=0)
+             resolutions=[224, 384], tower_resolutions=[224], dtypes=["float32"],
+             tower_dtype="float32", batch_sizes=[1], model=NAME, depth=1, pretrained="",
+             checkpoint="", iterations=1, warmup=0, seed=0)
     d.update(kw)
     return d
 
 
+def config(**kw) -> P.Config:
+    """The first cell's checks: the spec's (SPEC.take), then configure's."""
+    return P.configure(SPEC.check(defaults(**kw)))
+
+
 def config_error(**kw) -> str:
     with pytest.raises(ParameterError) as e:
-        P.configure(**defaults(**kw))
+        config(**kw)
     return str(e.value)
 
 
@@ -44,13 +52,10 @@ def assert_sentence(msg: str, name: str, value, *allowed: str) -> None:
 
 
 def tiny_config(**kw) -> P.Config:
-    """A Config for the tiny tower (configure takes no overrides, so it is built directly)."""
-    d = dict(device=resolve_device("cpu"), implementations=list(ALL), reference="hf_bicubic", candidate="gather4",
-             resolutions=[32, 48], tower_resolutions=[48], dtypes=["float32"], tower_dtype="float32",
-             batch_sizes=[1], model=NAME, patch=14, depth=1, pretrained="", checkpoint="", iterations=1,
-             warmup=0, seed=0)
+    """A Config for the tiny tower's small grids (resolutions of a few patches)."""
+    d = dict(resolutions=[32, 48], tower_resolutions=[48])
     d.update(kw)
-    return P.Config(**d)
+    return config(**d)
 
 
 @pytest.fixture(scope="module")
@@ -74,38 +79,64 @@ KNOWN = "hf_bicubic, timm_bicubic_aa, bicubic_ac, bilinear, bilinear_ac, gather4
 
 BAD = [
     pytest.param(dict(implementations=["bicubicc"]), "implementations", ["bicubicc"],
-                 ["unknown bicubicc", "known implementations are " + KNOWN], id="unknown-implementation"),
+                 ["from " + KNOWN], id="unknown-implementation"),
     pytest.param(dict(implementations=["hf_bicubic", "gather4", "nope"]), "implementations",
-                 ["hf_bicubic", "gather4", "nope"], ["unknown nope;", KNOWN], id="one-unknown-among-known"),
-    pytest.param(dict(implementations=[]), "implementations", [], ["at least one", KNOWN], id="no-implementation"),
-    pytest.param(dict(reference="bicubicc"), "reference", "bicubicc", ["one of " + KNOWN], id="unknown-reference"),
-    pytest.param(dict(candidate="gather5"), "candidate", "gather5", ["one of " + KNOWN], id="unknown-candidate"),
-    pytest.param(dict(resolutions=[10]), "resolutions", [10], [PX, "integer"], id="smaller-than-a-patch"),
-    pytest.param(dict(resolutions=[224, 13]), "resolutions", [224, 13], [PX], id="one-below-a-patch"),
-    pytest.param(dict(resolutions=[224.5]), "resolutions", [224.5], ["integer image sizes", PX], id="not-integer"),
-    pytest.param(dict(resolutions=[224.0]), "resolutions", [224.0], ["integer image sizes"], id="float-224"),
-    pytest.param(dict(resolutions="abc"), "resolutions", "abc", ["integer image sizes", PX], id="string-abc"),
-    pytest.param(dict(resolutions="224.5"), "resolutions", "224.5", ["integer image sizes"], id="string-224.5"),
-    pytest.param(dict(resolutions=[]), "resolutions", [], ["a non-empty list"], id="empty-resolutions"),
-    pytest.param(dict(resolutions=[True]), "resolutions", [True], ["integer image sizes"], id="bool-resolution"),
-    pytest.param(dict(tower_resolutions=[10]), "tower_resolutions", [10], [PX], id="tower-smaller-than-a-patch"),
-    pytest.param(dict(device="tpu"), "device", "tpu", ["one of auto, cpu, cuda"], id="unknown-device"),
-    pytest.param(dict(batch_sizes=[0]), "batch_sizes", [0], ["integers of at least 1"], id="batch-0"),
-    pytest.param(dict(dtypes=["float64"]), "dtypes", ["float64"], ["float32, bfloat16, float16"], id="dtype-float64"),
-    pytest.param(dict(tower_dtype="int8"), "tower_dtype", "int8", ["one of float32, bfloat16, float16"],
-                 id="tower-dtype-int8"),
-    pytest.param(dict(iterations=0), "iterations", 0, ["an integer of at least 1"], id="iterations-0"),
-    pytest.param(dict(iterations=True), "iterations", True, ["an integer of at least 1"], id="iterations-bool"),
-    pytest.param(dict(warmup=-1), "warmup", -1, ["an integer of at least 0"], id="warmup-negative"),
+                 ["hf_bicubic", "gather4", "nope"], [KNOWN], id="one-unknown-among-known"),
+    pytest.param(dict(implementations=[]), "implementations", [], ["a non-empty list", KNOWN],
+                 id="no-implementation"),
+    pytest.param(dict(reference="bicubicc"), "reference", "bicubicc", ["one of " + KNOWN],
+                 id="unknown-reference"),
+    pytest.param(dict(candidate="gather5"), "candidate", "gather5", ["one of " + KNOWN],
+                 id="unknown-candidate"),
+    pytest.param(dict(resolutions=[10]), "resolutions", [10], [PX, "integer"],
+                 id="smaller-than-a-patch"),
+    pytest.param(dict(resolutions=[224, 13]), "resolutions", [224, 13], [PX],
+                 id="one-below-a-patch"),
+    # a list item that is not an integer is named by itself
+    pytest.param(dict(resolutions=[224.5]), "resolutions", 224.5,
+                 ["integer image sizes", "each at least one patch"], id="not-integer"),
+    pytest.param(dict(resolutions="abc"), "resolutions", "abc", ["integer image sizes"],
+                 id="string-abc"),
+    pytest.param(dict(resolutions="224.5"), "resolutions", 224.5, ["integer image sizes"],
+                 id="string-224.5"),
+    pytest.param(dict(resolutions=[]), "resolutions", [], ["a non-empty list"],
+                 id="empty-resolutions"),
+    pytest.param(dict(resolutions=[True]), "resolutions", True, ["integer image sizes"],
+                 id="bool-resolution"),
+    pytest.param(dict(tower_resolutions=[10]), "tower_resolutions", [10], [PX],
+                 id="tower-smaller-than-a-patch"),
+    pytest.param(dict(tower_resolutions=[]), "tower_resolutions", [], ["a non-empty list"],
+                 id="no-tower-resolution"),
+    pytest.param(dict(device="tpu"), "device", "tpu", ["one of auto, cpu, cuda"],
+                 id="unknown-device"),
+    pytest.param(dict(batch_sizes=[0]), "batch_sizes", [0], ["integers of at least 1"],
+                 id="batch-0"),
+    pytest.param(dict(dtypes=["float64"]), "dtypes", ["float64"], ["float32, bfloat16, float16"],
+                 id="dtype-float64"),
+    pytest.param(dict(tower_dtype="int8"), "tower_dtype", "int8",
+                 ["one of float32, bfloat16, float16"], id="tower-dtype-int8"),
+    pytest.param(dict(iterations=0), "iterations", 0, ["an integer of at least 1"],
+                 id="iterations-0"),
+    pytest.param(dict(iterations=True), "iterations", True, ["an integer of at least 1"],
+                 id="iterations-bool"),
+    pytest.param(dict(warmup=-1), "warmup", -1, ["an integer of at least 0"],
+                 id="warmup-negative"),
     pytest.param(dict(depth=-1), "depth", -1, ["an integer of at least 0"], id="depth-negative"),
     pytest.param(dict(model="ViT-SO400M-14-SigLIPP"), "model", "ViT-SO400M-14-SigLIPP",
-                 ["unknown model", "closest open_clip names:", "ViT-SO400M-14-SigLIP,"], id="unknown-model"),
+                 ["unknown model", "closest open_clip names:", "ViT-SO400M-14-SigLIP,"],
+                 id="unknown-model"),
     # checked before the checkpoint is read, so the path need not exist
     pytest.param(dict(pretrained="webli", checkpoint="/no/such/ckpt.pt"), "pretrained", "webli",
                  ["empty when a checkpoint is given"], id="pretrained-and-checkpoint"),
-    pytest.param(dict(seed=-1), "seed", -1, ["an integer from 0 to 4294967295"], id="seed-negative"),
-    pytest.param(dict(seed="abc"), "seed", "abc", ["an integer from 0 to 4294967295"], id="seed-text"),
-    pytest.param(dict(seed=2 ** 32), "seed", 2 ** 32, ["an integer from 0 to 4294967295"], id="seed-too-large"),
+    # before any download or random init
+    pytest.param(dict(pretrained="webli", depth=1), "depth", 1,
+                 ["0 (as configured) when loading pretrained weights"], id="pretrained-and-depth"),
+    pytest.param(dict(seed=-1), "seed", -1, ["an integer from 0 to 4294967295"],
+                 id="seed-negative"),
+    pytest.param(dict(seed="abc"), "seed", "abc", ["an integer from 0 to 4294967295"],
+                 id="seed-text"),
+    pytest.param(dict(seed=2 ** 32), "seed", 2 ** 32, ["an integer from 0 to 4294967295"],
+                 id="seed-too-large"),
 ]
 
 
@@ -117,12 +148,13 @@ def test_configure_rejects_bad_parameters(kw, name, value, allowed):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_configure_cuda_without_gpu():
     msg = config_error(device="cuda")
-    assert_sentence(msg, "device", "cuda", "no CUDA GPU", "device='cpu'")
+    assert_sentence(msg, "device", "cuda", "no CUDA GPU", "cpu here")
 
 
 def test_configure_checkpoint_errors(tmp_path):
     missing = str(tmp_path / "nope.pt")
-    assert_sentence(config_error(checkpoint=missing), "checkpoint", missing, "an existing file", ".safetensors")
+    assert_sentence(config_error(checkpoint=missing), "checkpoint", missing, "an existing file",
+                    ".safetensors")
 
     no_table = str(tmp_path / "foo.pt")
     torch.save({"foo": torch.zeros(3)}, no_table)
@@ -131,19 +163,11 @@ def test_configure_checkpoint_errors(tmp_path):
 
     with_table = str(tmp_path / "table.pt")
     torch.save({"pos_embed": torch.zeros(1, 16 * 16, 8)}, with_table)
-    # a file with a table passes; its depth is checked by the strict load in build (a cut-down tower's
-    # checkpoint loads at depth=1, see test_models_siglip), so configure keeps the depth given
+    # a file with a table passes; its depth is checked by the strict load in build (a cut-down
+    # tower's checkpoint loads at depth=1, see test_models_siglip), so configure keeps the depth
     for depth in (0, 1):
-        cfg = P.configure(**defaults(checkpoint=with_table, depth=depth))
-        assert cfg.checkpoint == with_table and cfg.depth == depth and cfg.pretrained == ""
-
-
-def test_pretrained_with_depth_fails_in_the_first_cell():
-    """configure lets pretrained through; build (same cell) refuses depth > 0 before any download or init."""
-    cfg = P.configure(**defaults(pretrained="webli"))
-    with pytest.raises(ParameterError) as e:
-        P.build(cfg)
-    assert_sentence(str(e.value), "depth", 1, "0 (as configured) when loading pretrained weights")
+        cfg = config(checkpoint=with_table, depth=depth)
+        assert (cfg.p.checkpoint, cfg.p.depth, cfg.p.pretrained) == (with_table, depth, "")
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -152,51 +176,54 @@ def test_pretrained_with_depth_fails_in_the_first_cell():
     ("384", [384]),
     ([384, 224, 384], [384, 224]),  # order kept, duplicates dropped
     ([14], [14]),  # exactly one patch is allowed
+    ([224.0], [224]),  # a whole number is an integer
 ])
 def test_configure_resolution_forms(given, expected):
-    cfg = P.configure(**defaults(resolutions=given, tower_resolutions=given))
+    cfg = config(resolutions=given, tower_resolutions=given)
     assert cfg.resolutions == expected and cfg.tower_resolutions == expected
 
 
-@pytest.mark.parametrize("given", ["[hf_bicubic, gather4]", '["hf_bicubic", "gather4"]', "hf_bicubic, gather4",
-                                   ["hf_bicubic", "gather4", "hf_bicubic"]])
+@pytest.mark.parametrize("given", ["[hf_bicubic, gather4]", '["hf_bicubic", "gather4"]',
+                                   "hf_bicubic, gather4", ["hf_bicubic", "gather4", "hf_bicubic"]])
 def test_configure_implementation_forms(given):
     """Plain papermill (-p) hands lists over as strings; every form gives the same list."""
-    assert P.configure(**defaults(implementations=given)).implementations == ["hf_bicubic", "gather4"]
+    assert config(implementations=given).implementations == ["hf_bicubic", "gather4"]
 
 
 def test_configure_valid():
-    cfg = P.configure(**defaults())
+    cfg = config()
     assert isinstance(cfg, P.Config)
-    assert cfg.device.device == "cpu" and cfg.patch == 14 and cfg.model == NAME
+    assert cfg.target.name == "cpu" and cfg.target.reason == "requested"
+    assert cfg.patch == 14 and cfg.p.model == NAME
     assert cfg.implementations == ALL and cfg.resolutions == [224, 384] and cfg.notes == []
     # reference and candidate are always measured, even when not listed
-    cfg = P.configure(**defaults(implementations=["bilinear"]))
+    cfg = config(implementations=["bilinear"])
     assert cfg.implementations == ["bilinear", "hf_bicubic", "gather4"]
-    cfg = P.configure(**defaults(implementations="bilinear, gather4", reference="bicubic_ac"))
+    cfg = config(implementations="bilinear, gather4", reference="bicubic_ac")
     assert cfg.implementations == ["bilinear", "gather4", "bicubic_ac"]
-    assert (cfg.reference, cfg.candidate) == ("bicubic_ac", "gather4")
-    cfg = P.configure(**defaults(dtypes="float32,bfloat16", batch_sizes="[1, 8]"))
+    assert (cfg.p.reference, cfg.p.candidate) == ("bicubic_ac", "gather4")
+    cfg = config(dtypes="float32,bfloat16", batch_sizes="[1, 8]")
     assert cfg.dtypes == ["float32", "bfloat16"] and cfg.batch_sizes == [1, 8]
     # float16 on the CPU is allowed, with a note a reader sees
-    cfg = P.configure(**defaults(tower_dtype="float16"))
+    cfg = config(tower_dtype="float16")
     assert len(cfg.notes) == 1 and "float16" in cfg.notes[0]
 
 
 # ---- verdicts and the claim check (synthetic rows, no compute) -----------------------------------
 
 def test_verdict_outcomes():
-    assert P._verdict(20.0, 1.0, 10.0).startswith("not contradicted")
-    assert P._verdict(10.0, 1.0, 10.0).startswith("not contradicted")  # at the low end of the claim
-    assert P._verdict(1.0, 0.5, 10.0).startswith("not supported")
-    assert P._verdict(-5.0, 1.0, 3.0).startswith("not supported")  # slower is not a saving
-    assert P._verdict(8.0, 5.0, 10.0).startswith("inconclusive")  # the spread reaches the claim
-    assert P._verdict(12.0, 15.0, 10.0).startswith("inconclusive")  # above the claim but inside the noise
+    assert verdict(20.0, 1.0, 10.0).startswith("not contradicted")
+    assert verdict(10.0, 1.0, 10.0).startswith("not contradicted")  # at the low end of the claim
+    assert verdict(1.0, 0.5, 10.0).startswith("not supported")
+    assert verdict(-5.0, 1.0, 3.0).startswith("not supported")  # slower is not a saving
+    assert verdict(8.0, 5.0, 10.0).startswith("inconclusive")  # the spread reaches the claim
+    assert verdict(12.0, 15.0, 10.0).startswith("inconclusive")  # above the claim, inside the noise
 
 
 def speed(res, batch, impl, median, ref_median, *, spread=0.1, native=False):
     return {"resolution": res, "batch": batch, "implementation": impl, "native": native,
-            "forward_median_ms": median, "forward_p10_ms": median - spread / 2, "forward_p90_ms": median + spread / 2,
+            "forward_median_ms": median, "forward_p10_ms": median - spread / 2,
+            "forward_p90_ms": median + spread / 2,
             "saving_vs_reference_pct": 100 * (1 - median / ref_median)}
 
 
@@ -213,7 +240,8 @@ def test_claim_check_speed_verdicts(rec, tmp_path):
     cfg = tiny_config(resolutions=[224, 384], tower_resolutions=[384, 512], batch_sizes=[1])
     rows = [
         # 384 px: a clear 20 % saving with a 1 % spread
-        speed(384, 1, "hf_bicubic", 100.0, 100.0, spread=1.0), speed(384, 1, "gather4", 80.0, 100.0, spread=1.0),
+        speed(384, 1, "hf_bicubic", 100.0, 100.0, spread=1.0),
+        speed(384, 1, "gather4", 80.0, 100.0, spread=1.0),
         # 512 px: 1 % saved with a tiny spread
         speed(512, 1, "hf_bicubic", 100.0, 100.0), speed(512, 1, "gather4", 99.0, 100.0),
         # other implementations do not enter the verdict, however fast
@@ -223,21 +251,23 @@ def test_claim_check_speed_verdicts(rec, tmp_path):
     assert out["TTFT -10..15 % overall (serving benchmark)"]["verdict"].startswith("not measured")
     assert out["TTFT -10..15 % overall (serving benchmark)"]["measured"] == "-"
     assert out["384 px"]["verdict"].startswith("not contradicted")
-    assert "+20.0 % saved" in out["384 px"]["measured"] and "100 -> 80 ms" in out["384 px"]["measured"]
+    assert "+20.0 % saved" in out["384 px"]["measured"]
+    assert "100 -> 80 ms" in out["384 px"]["measured"]
     assert out["512 px"]["verdict"].startswith("not supported")
     assert "+1.0 % saved" in out["512 px"]["measured"]
     assert out["1024 px"]["verdict"] == "not measured at 1024 px (add it to tower_resolutions)"
     assert out["1024 px"]["measured"] == "-"
     saved = load(tmp_path / "results.json")
-    assert [r["claim"] for r in saved["tables"]["claim_check"]] == [c["claim"] for c in P.CLAIMS] + [
-        "cosine similarity > 0.91 (gather4 vs hf_bicubic)"]
+    assert [r["claim"] for r in saved["tables"]["claim_check"]] == [
+        c["claim"] for c in P.CLAIMS] + ["cosine similarity > 0.91 (gather4 vs hf_bicubic)"]
     # the tower saving at the largest tower resolution and smallest batch is a headline figure
     assert saved["headline"]["tower_saving_pct_512px_b1"] == pytest.approx(1.0)
 
 
 def test_claim_check_native_grid_and_mixed_batches(rec):
     cfg = tiny_config(resolutions=[384], tower_resolutions=[384, 512], batch_sizes=[1, 8])
-    rows = [speed(384, b, i, m, 100.0, native=True) for b in (1, 8) for i, m in (("hf_bicubic", 100.0), ("gather4", 50.0))]
+    rows = [speed(384, b, i, m, 100.0, native=True) for b in (1, 8)
+            for i, m in (("hf_bicubic", 100.0), ("gather4", 50.0))]
     rows += [speed(512, 1, "hf_bicubic", 100.0, 100.0), speed(512, 1, "gather4", 70.0, 100.0),
              speed(512, 8, "hf_bicubic", 100.0, 100.0), speed(512, 8, "gather4", 99.5, 100.0)]
     out = by_claim(P.claim_check(cfg, [], rows, [], [], rec))
@@ -252,20 +282,24 @@ def test_claim_check_cosine_and_headline(rec, tmp_path):
     tables = [
         table_row("random", "gather4", 0.5),
         table_row("sincos", "gather4", 0.99),
-        table_row("sincos", "gather4", 0.0, grid="16->16"),  # native grid: no interpolation, not counted
+        table_row("sincos", "gather4", 0.0, grid="16->16"),  # native grid: not interpolated
         table_row("sincos", "gather4", 0.0, dtype="bfloat16"),  # only the first dtype is counted
         table_row("sincos", "bilinear", 0.0),  # not the candidate
     ]
     fid = [{"resolution": 384, "batch": 1, "implementation": "gather4", "cosine_min": 0.98},
            {"resolution": 384, "batch": 1, "implementation": "bicubic_ac", "cosine_min": 0.1}]
-    interp_rows = [{"resolution": 384, "dtype": "float32", "implementation": i, "interp_median_ms": ms}
-                   for i, ms in (("hf_bicubic", 2.0), ("timm_bicubic_aa", 0.1), ("gather4", 0.5), ("bilinear", 0.25))]
-    interp_rows.append({"resolution": 224, "dtype": "float32", "implementation": "bilinear", "interp_median_ms": 0.01})
+    times = (("hf_bicubic", 2.0), ("timm_bicubic_aa", 0.1), ("gather4", 0.5), ("bilinear", 0.25))
+    interp_rows = [{"resolution": 384, "dtype": "float32", "implementation": i,
+                    "interp_median_ms": ms} for i, ms in times]
+    interp_rows.append({"resolution": 224, "dtype": "float32", "implementation": "bilinear",
+                        "interp_median_ms": 0.01})
     speed_rows = [speed(384, 1, "hf_bicubic", 100.0, 100.0), speed(384, 1, "gather4", 96.0, 100.0)]
     cos = P.claim_check(cfg, tables, speed_rows, fid, interp_rows, rec)[-1]
     assert cos["low"] == P.COSINE_CLAIM == 0.91
-    assert cos["verdict"].startswith("fails on the random table (")  # sincos (0.99) and the embedding pass
-    assert cos["measured"] == "min per-position cosine: random table 0.5000, sincos table 0.9900, pooled embedding 0.9800"
+    # sincos (0.99) and the embedding pass
+    assert cos["verdict"].startswith("fails on the random table (")
+    assert cos["measured"] == ("min per-position cosine: random table 0.5000, sincos table 0.9900, "
+                               "pooled embedding 0.9800")
 
     head = load(tmp_path / "results.json")["headline"]
     assert head["interp_ms_hf_bicubic_384px_float32"] == 2.0
@@ -280,8 +314,8 @@ def test_claim_check_cosine_boundary_and_pass(rec):
     cfg = tiny_config(resolutions=[384])
     at = P.claim_check(cfg, [table_row("sincos", "gather4", 0.91)], [], [], [], rec)[-1]
     assert at["verdict"].startswith("fails on the sincos table")  # the claim is "above 0.91"
-    ok = P.claim_check(cfg, [table_row("sincos", "gather4", 0.95)], [], [
-        {"resolution": 384, "batch": 1, "implementation": "gather4", "cosine_min": 0.97}], [], rec)[-1]
+    emb = [{"resolution": 384, "batch": 1, "implementation": "gather4", "cosine_min": 0.97}]
+    ok = P.claim_check(cfg, [table_row("sincos", "gather4", 0.95)], [], emb, [], rec)[-1]
     assert ok["verdict"].startswith("holds on every table and embedding")
     assert "sincos table 0.9500" in ok["measured"] and "pooled embedding 0.9700" in ok["measured"]
 
@@ -313,7 +347,8 @@ def test_effects(tabs, rec, tmp_path):
             both = mine[-1]
             g = res // 14
             tab = tabs[tname].double()
-            direct = metrics.compare(interp.interpolate("gather4", tab, (g, g)), interp.interpolate("hf_bicubic", tab, (g, g)))
+            direct = metrics.compare(interp.interpolate("gather4", tab, (g, g)),
+                                     interp.interpolate("hf_bicubic", tab, (g, g)))
             assert (both["cosine_min"], both["cosine_mean"], both["max_abs_diff"]) == (
                 direct["cosine_min"], direct["cosine_mean"], direct["max_abs_diff"])
             # every effect changes something: none of the four changes is an identity
@@ -332,9 +367,10 @@ def test_table_fidelity(tabs, rec, tmp_path):
     for tname in tabs:
         for res in cfg.resolutions:
             ref32 = get[tname, res, "float32", "hf_bicubic"]
-            assert ref32["cosine_min"] > 0.999999 and ref32["norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+            assert ref32["cosine_min"] > 0.999999
+            assert ref32["norm_ratio"] == pytest.approx(1.0, abs=1e-6)
             ref16 = get[tname, res, "bfloat16", "hf_bicubic"]
-            assert 0.999 < ref16["cosine_min"] < ref32["cosine_min"]  # bfloat16 rounding costs a little
+            assert 0.999 < ref16["cosine_min"] < ref32["cosine_min"]  # bfloat16 rounding costs
             # gather4 is bilinear with align_corners=True, computed another way
             assert get[tname, res, "float32", "gather4"]["cosine_min"] == pytest.approx(
                 get[tname, res, "float32", "bilinear_ac"]["cosine_min"], abs=1e-6)
@@ -347,12 +383,15 @@ def test_table_fidelity(tabs, rec, tmp_path):
 # ---- per-call speed and the tower forward on the tiny tower --------------------------------------
 
 def test_interp_speed_and_tower_runs(tower, rec, tmp_path):
-    cfg = tiny_config(resolutions=[32, 48], tower_resolutions=[48, 224])  # 224 px is the native grid 16
+    cfg = tiny_config(resolutions=[32, 48], tower_resolutions=[48, 224])  # 224 px: native grid 16
     irows = P.interp_speed(cfg, tower, rec)
     # per-call speed covers the table resolutions and the tower's, so every forward has its share
-    assert {(r["resolution"], r["implementation"]) for r in irows} == {(s, i) for s in (32, 48, 224) for i in ALL}
-    assert all(r["interp_median_ms"] > 0 and r["interp_iters"] == 5 and r["dtype"] == "float32" for r in irows)
-    assert {(r["resolution"], r["grid"], r["native"]) for r in irows} == {(32, 2, False), (48, 3, False), (224, 16, True)}
+    assert {(r["resolution"], r["implementation"]) for r in irows} == {
+        (s, i) for s in (32, 48, 224) for i in ALL}
+    assert all(r["interp_median_ms"] > 0 and r["interp_iters"] == 5 and r["dtype"] == "float32"
+               for r in irows)
+    assert {(r["resolution"], r["grid"], r["native"]) for r in irows} == {
+        (32, 2, False), (48, 3, False), (224, 16, True)}
 
     speed_rows, fid = P.tower_runs(cfg, tower, irows, rec)
     assert len(speed_rows) == len(fid) == 2 * len(ALL)
@@ -367,7 +406,7 @@ def test_interp_speed_and_tower_runs(tower, rec, tmp_path):
     for r in fid:
         if r["implementation"] == "hf_bicubic":
             assert r["cosine_min"] == pytest.approx(1.0, abs=1e-12) and r["max_abs_diff"] == 0.0
-        if r["resolution"] == 224:  # at the native grid every implementation returns the table itself
+        if r["resolution"] == 224:  # at the native grid every implementation returns the table
             assert r["max_abs_diff"] == 0.0
     off_grid = [r for r in fid if r["resolution"] == 48 and r["implementation"] == "gather4"][0]
     assert 0.9 < off_grid["cosine_min"] < 1.0  # a real but small change to the pooled embedding
@@ -380,8 +419,8 @@ def test_interp_speed_and_tower_runs(tower, rec, tmp_path):
 
 
 def test_resumed_run_takes_finished_steps(tower, tmp_path, monkeypatch):
-    """A run killed after its first tower step resumes: the finished interpolation timings and tower step are
-    taken (marked ``resumed_from``), only the rest is measured."""
+    """A run killed after its first tower step resumes: the finished interpolation timings and tower
+    step are taken (marked ``resumed_from``), only the rest is measured."""
     from workbook import record
 
     first = Recorder("pos_interp", {}, run_dir=tmp_path / "first")
@@ -394,25 +433,29 @@ def test_resumed_run_takes_finished_steps(tower, tmp_path, monkeypatch):
     cfg = tiny_config(resolutions=[32], tower_resolutions=[48, 224])
     timed = []
     real = P.measure.time_interleaved
-    monkeypatch.setattr(P.measure, "time_interleaved", lambda fns, **k: timed.append(len(fns)) or real(fns, **k))
+    monkeypatch.setattr(P.measure, "time_interleaved",
+                        lambda fns, **k: timed.append(len(fns)) or real(fns, **k))
     irows = P.interp_speed(cfg, tower, rec)
-    assert [(r["resolution"], r.get("resumed_from")) for r in irows if r["implementation"] == "gather4"] == [
-        (32, "first"), (48, "first"), (224, None)]
-    assert [r["interp_median_ms"] for r in irows[:2 * len(ALL)]] == [r["interp_median_ms"] for r in irows_first]
+    assert [(r["resolution"], r.get("resumed_from")) for r in irows
+            if r["implementation"] == "gather4"] == [(32, "first"), (48, "first"), (224, None)]
+    assert [r["interp_median_ms"] for r in irows[:2 * len(ALL)]] == [
+        r["interp_median_ms"] for r in irows_first]
     speed_rows, fid = P.tower_runs(cfg, tower, irows, rec)
-    assert len(timed) == 2  # the 224 px interpolation timing and the 224 px tower step, nothing else
-    assert [r["forward_median_ms"] for r in speed_rows[:len(ALL)]] == [r["forward_median_ms"] for r in speed_first]
+    assert len(timed) == 2  # the 224 px interpolation timing and the 224 px tower step, no more
+    assert [r["forward_median_ms"] for r in speed_rows[:len(ALL)]] == [
+        r["forward_median_ms"] for r in speed_first]
     assert {r.get("resumed_from") for r in speed_rows[:len(ALL)]} == {"first"}
     assert {r.get("resumed_from") for r in speed_rows[len(ALL):]} == {None}
     assert [r["cosine_min"] for r in fid[:len(ALL)]] == [r["cosine_min"] for r in fid_first]
     assert {r["resolution"] for r in fid} == {48, 224} and len(fid) == 2 * len(ALL)
     saved = load(tmp_path / "second" / "results.json")
-    assert saved["resumed"]["groups"] == {"interp_speed": 2, "tower_speed": 1, "embedding_fidelity": 1}
+    assert saved["resumed"]["groups"] == {"interp_speed": 2, "tower_speed": 1,
+                                          "embedding_fidelity": 1}
 
 
 def test_resumed_on_another_machine_times_everything_here(tower, tmp_path, monkeypatch):
-    """The unfinished run measured on another machine: its timings are measured again (so every speed-up
-    compares times from one machine) and the fidelity rows are not doubled."""
+    """The unfinished run measured on another machine: its timings are measured again (so every
+    speed-up compares times from one machine) and the fidelity rows are not doubled."""
     import json
 
     from workbook import record

@@ -2,16 +2,17 @@
 
 SigLIP-style vision towers learn an absolute position table for a square N x N patch grid (no CLS
 token).  At another resolution the table is resampled, and codebases disagree on how: HF
-transformers and vLLM's SigLIP use bicubic in the table's dtype, timm/open_clip upcast to float32 and
-antialias, vLLM's Qwen3-VL gathers four corners with ``align_corners=True`` bilinear weights.  The
-pos_interp experiment compares their fidelity and speed, so each implementation here reproduces the
-exact semantics of the code it mimics (dtype of the arithmetic included), and two controls
+transformers and vLLM's SigLIP use bicubic in the table's dtype, timm/open_clip upcast to float32
+and antialias, vLLM's Qwen3-VL gathers four corners with ``align_corners=True`` bilinear weights.
+The pos_interp experiment compares their fidelity and speed, so each implementation here reproduces
+the exact semantics of the code it mimics (dtype of the arithmetic included), and two controls
 (``bicubic_ac``, ``bilinear``) separate the effect of the kernel (bicubic vs bilinear) from that of
 corner alignment (``align_corners`` False vs True).
 
-Note that PyTorch's ``antialias=True`` bicubic is a different cubic (Keys a=-0.5 as in PIL, taps past
-the border dropped and weights renormalised) from plain bicubic (a=-0.75, border taps clamped), so
-``timm_bicubic_aa`` differs from ``hf_bicubic`` even when upsampling, not only when downsampling.
+Note that PyTorch's ``antialias=True`` bicubic is a different cubic (Keys a=-0.5 as in PIL, taps
+past the border dropped and weights renormalised) from plain bicubic (a=-0.75, border taps
+clamped), so ``timm_bicubic_aa`` differs from ``hf_bicubic`` even when upsampling, not only when
+downsampling.
 
 A table is a 2-D tensor (N*N, D), any float dtype, any device; every implementation returns
 (h*w, D), row-major over (h, w), in the table's dtype on the table's device.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,21 +44,24 @@ class Impl:
     fn: InterpFn
 
 
-def _resize(mode: str, align_corners: bool, antialias: bool = False, upcast: bool = False) -> InterpFn:
+def _resize(mode: str, align_corners: bool, antialias: bool = False,
+            upcast: bool = False) -> InterpFn:
     """F.interpolate on the table seen as a (1, D, N, N) image, as HF/timm/vLLM reshape it."""
 
     def fn(table: torch.Tensor, n: int, out_hw: tuple[int, int]) -> torch.Tensor:
         d = table.shape[1]
         x = table.float() if upcast else table
         x = x.reshape(1, n, n, d).permute(0, 3, 1, 2)
-        x = F.interpolate(x, size=tuple(out_hw), mode=mode, align_corners=align_corners, antialias=antialias)
+        x = F.interpolate(x, size=tuple(out_hw), mode=mode, align_corners=align_corners,
+                          antialias=antialias)
         return x.permute(0, 2, 3, 1).reshape(-1, d).to(table.dtype)
 
     return fn
 
 
 def _gather4(table: torch.Tensor, n: int, out_hw: tuple[int, int]) -> torch.Tensor:
-    """vLLM Qwen3-VL ``fast_pos_embed_interpolate``: bilinear, align_corners=True, one batched lookup.
+    """vLLM Qwen3-VL ``fast_pos_embed_interpolate``: bilinear, align_corners=True, one batched
+    lookup.
 
     Coordinates and weights are float32 (as in vLLM) even for a float64 table; the weights are then
     cast to the table dtype and the four weighted corners are added in that dtype, in vLLM's order.
@@ -69,7 +73,8 @@ def _gather4(table: torch.Tensor, n: int, out_hw: tuple[int, int]) -> torch.Tens
     r1, c1 = (r0 + 1).clamp(max=n - 1), (c0 + 1).clamp(max=n - 1)
     dh, dw = (rows - r0)[:, None], (cols - c0)[None, :]
     w11 = dh * dw
-    weights = torch.stack([1 - dh - dw + w11, dw - w11, dh - w11, w11]).reshape(4, -1)  # 00, 01, 10, 11
+    # corners 00, 01, 10, 11
+    weights = torch.stack([1 - dh - dw + w11, dw - w11, dh - w11, w11]).reshape(4, -1)
     idx = torch.stack([
         (r0[:, None] * n + c0[None, :]), (r0[:, None] * n + c1[None, :]),
         (r1[:, None] * n + c0[None, :]), (r1[:, None] * n + c1[None, :]),
@@ -90,7 +95,8 @@ IMPLEMENTATIONS: dict[str, Impl] = {i.name: i for i in [
     Impl("bilinear", "bilinear", False, False, "table dtype",
          "control: F.interpolate bilinear", _resize("bilinear", align_corners=False)),
     Impl("bilinear_ac", "bilinear", True, False, "table dtype",
-         "control: F.interpolate bilinear with corner alignment", _resize("bilinear", align_corners=True)),
+         "control: F.interpolate bilinear with corner alignment",
+         _resize("bilinear", align_corners=True)),
     Impl("gather4", "bilinear", True, False, "table dtype",
          "vLLM Qwen3-VL fast_pos_embed_interpolate (PR #25337)", _gather4),
 ]}
@@ -124,35 +130,24 @@ def interpolate(name: str, table: torch.Tensor, out_hw: tuple[int, int]) -> torc
     return IMPLEMENTATIONS[name].fn(table, grid_side(table), (h, w))
 
 
-def check_names(names: str | Iterable[str], param: str = "implementations") -> list[str]:
-    """Validate implementation names (a list, or one comma-separated string); return them deduplicated."""
-    given = names
-    if isinstance(names, str):
-        names = names.split(",")
-    out = list(dict.fromkeys(str(x).strip() for x in names if str(x).strip()))
-    if not out:
-        raise bad_param(param, given, "give at least one; " + _known())
-    unknown = [x for x in out if x not in IMPLEMENTATIONS]
-    if unknown:
-        raise bad_param(param, given, f"unknown {', '.join(unknown)}; {_known()}")
-    return out
-
-
 def grid_for(image_size: int, patch: int) -> int:
     """Patch-grid side for an image, floored as timm and HF do (a partial last patch is dropped)."""
     return image_size // patch
 
 
 def random_table(n: int, d: int, *, seed: int = 0, std: float = 0.02,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> torch.Tensor:
-    """A seeded normal (N*N, D) table, like a freshly initialised embedding; same values on any device."""
+                 dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu") -> torch.Tensor:
+    """A seeded normal (N*N, D) table, like a freshly initialised embedding; same values on any
+    device."""
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n * n, d, generator=g) * std).to(dtype=dtype, device=device)
 
 
 def sincos_table(n: int, d: int, *, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu") -> torch.Tensor:
-    """MAE-style 2-D sin-cos table (N*N, D): a smooth table, where interpolation error is meaningful.
+    """MAE-style 2-D sin-cos table (N*N, D): a smooth table, where interpolation error is
+    meaningful.
 
     Channels [0, d/2) encode the row, [d/2, d) the column; each half is sin then cos of
     position * omega_i with omega_i = 1 / 10000**(i / (d/4)), i < d/4.
@@ -172,5 +167,6 @@ def sincos_table(n: int, d: int, *, dtype: torch.dtype = torch.float32,
 
 def describe() -> list[dict]:
     """One row per implementation, for a report table."""
-    return [{"name": i.name, "kernel": i.kernel, "align_corners": i.align_corners, "antialias": i.antialias,
-             "compute": i.compute, "mimics": i.mimics} for i in IMPLEMENTATIONS.values()]
+    return [{"name": i.name, "kernel": i.kernel, "align_corners": i.align_corners,
+             "antialias": i.antialias, "compute": i.compute, "mimics": i.mimics}
+            for i in IMPLEMENTATIONS.values()]

@@ -1,35 +1,30 @@
-"""The pos_interp experiment: does a 4-point bilinear gather beat SigLIP's bicubic, and at what cost?
+"""The pos_interp experiment: does a 4-point bilinear gather beat SigLIP's bicubic, and at what
+cost?
 
-Seed claim (vLLM PR #25337 style ``fast_pos_embed_interpolate`` applied to SigLIP): swapping the
-position-embedding interpolation from bicubic to a vectorised 4-point bilinear gather cuts
-time-to-first-token 10-15 % (384 px 3-5 %, 512 px 8-12 %, 1024 px 15-20 %) with cosine similarity
-above 0.91. This module measures what can be measured without a vLLM server: per-call speed, the
-vision tower's forward with each implementation (an upper bound on any TTFT saving, since TTFT also
-holds the language model's prefill), and fidelity on tables and pooled embeddings — with the kernel
-change and the corner-alignment change measured apart. The notebook narrates; the work is here.
+The seed claims that swapping SigLIP's position-embedding interpolation from bicubic to vLLM's
+vectorised 4-point bilinear gather cuts time-to-first-token with little loss of fidelity. Without
+a vLLM server, this module measures what can be measured: per-call speed, the vision tower's
+forward with each implementation (an upper bound on any TTFT saving, since TTFT also holds the
+language model's prefill), and fidelity on tables and pooled embeddings, with the kernel change and
+the corner-alignment change measured apart. The notebook narrates; the work is here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from workbook import interp, measure, metrics, targets
 from workbook.console import progress as tqdm
-
-from workbook import checks, interp, measure, metrics
-from workbook.targets import DeviceChoice, resolve_device
 from workbook.errors import bad_param
-from workbook.params import as_list
+from workbook.experiments.pos_interp_claims import (  # noqa: F401 - the notebook's last step
+    CLAIMS, COSINE_CLAIM, claim_check,
+)
+from workbook.spec import Values
+from workbook.specs.pos_interp import DEVICES, DTYPES as DTYPE_NAMES, PX
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
-# The seed's expectations, as ranges of TTFT reduction in percent.
-CLAIMS = [
-    {"claim": "TTFT -10..15 % overall (serving benchmark)", "resolution": None, "low": 10.0, "high": 15.0},
-    {"claim": "384 px: TTFT -3..5 %", "resolution": 384, "low": 3.0, "high": 5.0},
-    {"claim": "512 px: TTFT -8..12 %", "resolution": 512, "low": 8.0, "high": 12.0},
-    {"claim": "1024 px: TTFT -15..20 %", "resolution": 1024, "low": 15.0, "high": 20.0},
-]
-COSINE_CLAIM = 0.91
 # The 2x2 design that separates the two changes the seed's switch makes at once.
 EFFECTS = [
     ("kernel (align_corners=False)", "hf_bicubic", "bilinear"),
@@ -42,108 +37,88 @@ EFFECTS = [
 
 @dataclass
 class Config:
-    device: DeviceChoice
-    implementations: list[str]
-    reference: str
-    candidate: str
-    resolutions: list[int]
+    p: Values  # the checked parameters
+    target: targets.Target
+    implementations: list[str]  # as given, then the reference and the candidate if missing
+    resolutions: list[int]  # the lists without repeats, in the order given
     tower_resolutions: list[int]
     dtypes: list[str]
-    tower_dtype: str
     batch_sizes: list[int]
-    model: str
     patch: int
-    depth: int
-    pretrained: str
-    checkpoint: str
-    iterations: int
-    warmup: int
-    seed: int
     notes: list[str] = field(default_factory=list)
 
 
-def _int_list(name: str, value, allowed: str, minimum: int) -> list[int]:
-    return list(dict.fromkeys(checks.integers(name, value, minimum, allowed)))
-
-
-def _str_list(name: str, value, known) -> list[str]:
-    values = [str(v) for v in as_list(name, value)]
-    if not values or any(v not in known for v in values):
-        raise bad_param(name, value, "a non-empty list from " + ", ".join(known))
-    return list(dict.fromkeys(values))
-
-
-def configure(*, device: str, implementations, reference: str, candidate: str, resolutions, tower_resolutions,
-              dtypes, tower_dtype: str, batch_sizes, model: str, depth: int, pretrained: str, checkpoint: str,
-              iterations: int, warmup: int, seed: int) -> Config:
-    """Check every parameter and return the run's configuration; a bad one raises one clear sentence."""
-    checks.injected_are_parameters(configure)  # a misspelt `papermill -p` name is refused, not ignored
-    impls = interp.check_names([str(v) for v in as_list("implementations", implementations)], "implementations")
-    for name, value in (("reference", reference), ("candidate", candidate)):
-        if not isinstance(value, str) or value not in interp.IMPLEMENTATIONS:
-            raise bad_param(name, value, "one of " + ", ".join(interp.IMPLEMENTATIONS))
-        if value not in impls:
-            impls.append(value)
-    dts = _str_list("dtypes", dtypes, DTYPES)
-    if not isinstance(tower_dtype, str) or tower_dtype not in DTYPES:
-        raise bad_param("tower_dtype", tower_dtype, "one of " + ", ".join(DTYPES))
-    for name, v, lo in (("iterations", iterations, 1), ("warmup", warmup, 0), ("depth", depth, 0)):
-        checks.integer(name, v, lo)
-    checks.seed(seed)
-    batches = _int_list("batch_sizes", batch_sizes, "a non-empty list of integers of at least 1", 1)
+def configure(p: Values) -> Config:
+    """The rules between parameters, the model and the machine; a bad combination is one sentence
+    here, before anything is built."""
     from workbook.models import patch_size
 
-    patch = patch_size(model)
-    px = f"a non-empty list of integer image sizes in pixels, each at least one patch ({patch} px for {model})"
-    res = _int_list("resolutions", resolutions, px, patch)
-    tres = _int_list("tower_resolutions", tower_resolutions, px, patch)
-    if pretrained and checkpoint:
-        raise bad_param("pretrained", pretrained, "empty when a checkpoint is given")
-    if checkpoint:
+    impls = list(dict.fromkeys([*p.implementations, p.reference, p.candidate]))
+    patch = patch_size(p.model)  # unknown names raise with the closest names
+    for name in ("resolutions", "tower_resolutions"):
+        if any(r < patch for r in p[name]):
+            raise bad_param(name, p[name], f"{PX} ({patch} px for {p.model})")
+    if p.pretrained and p.checkpoint:
+        raise bad_param("pretrained", p.pretrained, "empty when a checkpoint is given")
+    if p.pretrained and p.depth:
+        raise bad_param("depth", p.depth, "0 (as configured) when loading pretrained weights")
+    if p.checkpoint:
         from workbook.models import load_pos_table
 
-        load_pos_table(checkpoint)  # raises if the file is missing or holds no position table
-    dev = resolve_device(device)
-    cfg = Config(dev, impls, reference, candidate, res, tres, dts, tower_dtype, batches, model, patch, depth,
-                 pretrained, checkpoint, iterations, warmup, seed)
-    if dev.device == "cpu" and "float16" in dts + [tower_dtype]:
-        cfg.notes.append("float16 on the CPU runs through slow fallback kernels; its timings say little about a GPU.")
+        load_pos_table(p.checkpoint)  # raises if the file is missing or holds no position table
+    target = targets.resolve(p.device, param="device", choices=DEVICES)
+    cfg = Config(p, target, impls, _unique(p.resolutions), _unique(p.tower_resolutions),
+                 _unique(p.dtypes), _unique(p.batch_sizes), patch)
+    if target.name == "cpu" and "float16" in [*cfg.dtypes, p.tower_dtype]:
+        cfg.notes.append("float16 on the CPU runs through slow fallback kernels; its timings say "
+                         "little about a GPU.")
     return cfg
 
 
+def _unique(values: list) -> list:
+    return list(dict.fromkeys(values))
+
+
 def describe(cfg: Config) -> list[dict]:
+    p, t = cfg.p, cfg.target
+    weights = p.checkpoint or (f"pretrained {p.pretrained}" if p.pretrained
+                               else f"seeded random (seed {p.seed})")
     return [{"parameter": k, "value": v} for k, v in (
-        ("device", f"{cfg.device.device} ({cfg.device.name}; {cfg.device.reason})"),
-        ("model", f"{cfg.model}, patch {cfg.patch}, depth {'as configured' if not cfg.depth else cfg.depth}"),
-        ("weights", cfg.checkpoint or (f"pretrained {cfg.pretrained}" if cfg.pretrained else f"seeded random (seed {cfg.seed})")),
-        ("reference -> candidate", f"{cfg.reference} -> {cfg.candidate}"),
+        ("device", f"{t.name} ({t.device_name}; {t.reason})"),
+        ("model", f"{p.model}, patch {cfg.patch}, depth "
+                  f"{'as configured' if not p.depth else p.depth}"),
+        ("weights", weights),
+        ("reference -> candidate", f"{p.reference} -> {p.candidate}"),
         ("implementations", ", ".join(cfg.implementations)),
         ("resolutions (px)", ", ".join(map(str, cfg.resolutions))),
         ("tower resolutions (px)", ", ".join(map(str, cfg.tower_resolutions))),
-        ("dtypes / tower dtype", f"{', '.join(cfg.dtypes)} / {cfg.tower_dtype}"),
+        ("dtypes / tower dtype", f"{', '.join(cfg.dtypes)} / {p.tower_dtype}"),
         ("batch sizes", ", ".join(map(str, cfg.batch_sizes))),
-        ("iterations / warm-up", f"{cfg.iterations} / {cfg.warmup}"),
+        ("iterations / warm-up", f"{p.iterations} / {p.warmup}"),
     )]
 
 
 def describe_tower(tower) -> list[dict]:
-    return [{"parameter": "tower", "value": f"{tower.timm_name}: {tower.params / 1e6:.1f} M parameters, width "
-             f"{tower.width}, depth {tower.depth}, native grid {tower.grid}x{tower.grid}; weights: {tower.weights}"}]
+    return [{"parameter": "tower", "value": f"{tower.timm_name}: {tower.params / 1e6:.1f} M "
+             f"parameters, width {tower.width}, depth {tower.depth}, native grid "
+             f"{tower.grid}x{tower.grid}; weights: {tower.weights}"}]
 
 
 def start_record(cfg: Config, tower, rec) -> None:
     """What every reader of the results must know, written before any measurement."""
-    rec.set(device=cfg.device.device, device_name=cfg.device.name, device_reason=cfg.device.reason,
-            model=cfg.model, timm_model=tower.timm_name, weights=tower.weights, tower_params=tower.params,
-            tower_depth=tower.depth, native_grid=tower.grid, patch=tower.patch)
-    rec.not_measured("TTFT and TPOT under a vLLM server", "this workbook has no vLLM; the vision tower's forward "
-                     "is measured instead, an upper bound on the TTFT saving")
-    if not (cfg.checkpoint or cfg.pretrained):
-        rec.note(f"Seeded random weights (seed {cfg.seed}): speed is representative, pooled-embedding fidelity "
-                 "describes an untrained tower.")
-    if cfg.depth:
-        rec.note(f"The tower has {cfg.depth} block(s) instead of its configured depth (parameter depth); "
-                 "the interpolation's share of the forward is larger than in the full model.")
+    rec.set(device=cfg.target.name, device_name=cfg.target.device_name,
+            device_reason=cfg.target.reason, model=cfg.p.model, timm_model=tower.timm_name,
+            weights=tower.weights, tower_params=tower.params, tower_depth=tower.depth,
+            native_grid=tower.grid, patch=tower.patch)
+    rec.not_measured("TTFT and TPOT under a vLLM server", "this workbook has no vLLM; the vision "
+                     "tower's forward is measured instead, an upper bound on the TTFT saving")
+    if not (cfg.p.checkpoint or cfg.p.pretrained):
+        rec.note(f"Seeded random weights (seed {cfg.p.seed}): speed is representative, "
+                 "pooled-embedding fidelity describes an untrained tower.")
+    if cfg.p.depth:
+        rec.note(f"The tower has {cfg.p.depth} block(s) instead of its configured depth (parameter "
+                 "depth); the interpolation's share of the forward is larger than in the full "
+                 "model.")
     for n in cfg.notes:
         rec.note(n)
 
@@ -151,18 +126,22 @@ def start_record(cfg: Config, tower, rec) -> None:
 def build(cfg: Config):
     from workbook.models import build_tower
 
-    return build_tower(cfg.model, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, depth=cfg.depth, seed=cfg.seed)
+    p = cfg.p
+    return build_tower(p.model, pretrained=p.pretrained, checkpoint=p.checkpoint, depth=p.depth,
+                       seed=p.seed)
 
 
 def tables(cfg: Config, tower) -> dict[str, torch.Tensor]:
-    """The tables fidelity is measured on: random, smooth 2-D sin-cos, the tower's own, a checkpoint's."""
+    """The tables fidelity is measured on: random, smooth 2-D sin-cos, the tower's own, a
+    checkpoint's."""
     from workbook.models import load_pos_table, pos_table
 
     n, d = tower.grid, tower.width
-    out = {"random": interp.random_table(n, d, seed=cfg.seed), "sincos": interp.sincos_table(n, d)}
-    if cfg.checkpoint:
-        out["checkpoint"], _ = load_pos_table(cfg.checkpoint)
-    elif cfg.pretrained:
+    out = {"random": interp.random_table(n, d, seed=cfg.p.seed),
+           "sincos": interp.sincos_table(n, d)}
+    if cfg.p.checkpoint:
+        out["checkpoint"], _ = load_pos_table(cfg.p.checkpoint)
+    elif cfg.p.pretrained:
         out["pretrained"] = pos_table(tower).float().clone()
     return out
 
@@ -172,22 +151,24 @@ def _grid(cfg: Config, res: int) -> int:
 
 
 def table_fidelity(cfg: Config, tabs: dict, rec) -> list[dict]:
-    """Each implementation in each dtype against the reference's exact (float64) result, per position."""
+    """Each implementation in each dtype against the reference's exact (float64) result, per
+    position."""
     rows = []
-    dev = cfg.device.device
+    dev = cfg.target.name
     for tname, tab in tqdm(tabs.items(), desc="table fidelity"):
         n = interp.grid_side(tab)
         for res in cfg.resolutions:
             g = _grid(cfg, res)
-            ref = interp.interpolate(cfg.reference, tab.to(dev, torch.float64), (g, g))
+            ref = interp.interpolate(cfg.p.reference, tab.to(dev, torch.float64), (g, g))
             for dt in cfg.dtypes:
                 for name in cfg.implementations:
                     out = interp.interpolate(name, tab.to(dev, DTYPES[dt]), (g, g))
                     m = metrics.compare(out, ref)
-                    row = {"table": tname, "resolution": res, "grid": f"{n}->{g}", "dtype": dt, "implementation": name,
-                           "max_abs_diff": m["max_abs_diff"], "cosine_min": m["cosine_min"],
-                           "cosine_mean": m["cosine_mean"],
-                           "norm_ratio": (out.double().norm(dim=-1).mean() / ref.norm(dim=-1).mean()).item()}
+                    norms = out.double().norm(dim=-1).mean() / ref.norm(dim=-1).mean()
+                    row = {"table": tname, "resolution": res, "grid": f"{n}->{g}", "dtype": dt,
+                           "implementation": name, "max_abs_diff": m["max_abs_diff"],
+                           "cosine_min": m["cosine_min"], "cosine_mean": m["cosine_mean"],
+                           "norm_ratio": norms.item()}
                     rec.add("table_fidelity", row)
                     rows.append(row)
     return rows
@@ -196,14 +177,16 @@ def table_fidelity(cfg: Config, tabs: dict, rec) -> list[dict]:
 def effects(cfg: Config, tabs: dict, rec) -> list[dict]:
     """Kernel vs alignment, each measured with the other held fixed, in float64 (semantics only)."""
     rows = []
+    names = {x for e in EFFECTS for x in e[1:]}
     for tname, tab in tabs.items():
         for res in cfg.resolutions:
             g = _grid(cfg, res)
-            outs = {k: interp.interpolate(k, tab.double(), (g, g)) for k in {x for e in EFFECTS for x in e[1:]}}
+            outs = {k: interp.interpolate(k, tab.double(), (g, g)) for k in names}
             for effect, a, b in EFFECTS:
                 m = metrics.compare(outs[b], outs[a])
                 row = {"table": tname, "resolution": res, "effect": effect, "from": a, "to": b,
-                       "cosine_min": m["cosine_min"], "cosine_mean": m["cosine_mean"], "max_abs_diff": m["max_abs_diff"]}
+                       "cosine_min": m["cosine_min"], "cosine_mean": m["cosine_mean"],
+                       "max_abs_diff": m["max_abs_diff"]}
                 rec.add("effects", row)
                 rows.append(row)
     return rows
@@ -214,12 +197,13 @@ def interp_speed(cfg: Config, tower, rec) -> list[dict]:
     from workbook.models import pos_table
 
     rows = []
-    dev = cfg.device.device
+    dev = cfg.target.name
     base = pos_table(tower).detach().to(dev, torch.float32)
     grids = sorted(set(cfg.resolutions) | set(cfg.tower_resolutions))
     if dev == "cuda":
-        measure.spin(lambda: interp.interpolate(cfg.reference, base, (64, 64)), device=dev, seconds=2.0)
-    for dt in dict.fromkeys(cfg.dtypes + [cfg.tower_dtype]):
+        measure.spin(lambda: interp.interpolate(cfg.p.reference, base, (64, 64)), device=dev,
+                     seconds=2.0)
+    for dt in dict.fromkeys(cfg.dtypes + [cfg.p.tower_dtype]):
         tab = base.to(DTYPES[dt])
         for res in tqdm(grids, desc=f"interpolation speed {dt}"):
             done = rec.done_group("interp_speed", timed=True, dtype=dt, resolution=res)
@@ -227,61 +211,43 @@ def interp_speed(cfg: Config, tower, rec) -> list[dict]:
                 rows.extend(done)
                 continue
             g = _grid(cfg, res)
-            fns = {name: (lambda name=name: interp.interpolate(name, tab, (g, g))) for name in cfg.implementations}
-            times = measure.time_interleaved(fns, device=dev, warmup=max(cfg.warmup, 1), iters=cfg.iterations * 5)
-            group = [{"resolution": res, "grid": g, "dtype": dt, "implementation": name, "native": g == tower.grid,
-                      **t.as_dict("interp_")} for name, t in times.items()]
+            fns = {name: (lambda name=name: interp.interpolate(name, tab, (g, g)))
+                   for name in cfg.implementations}
+            times = measure.time_interleaved(fns, device=dev, warmup=max(cfg.p.warmup, 1),
+                                             iters=cfg.p.iterations * 5)
+            group = [{"resolution": res, "grid": g, "dtype": dt, "implementation": name,
+                      "native": g == tower.grid, **t.as_dict("interp_")}
+                     for name, t in times.items()]
             rec.add_group("interp_speed", group, dtype=dt, resolution=res)
             rows.extend(group)
     return rows
 
 
 def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[dict], list[dict]]:
-    """Forward time of the tower with each implementation, its interpolation share, and embedding fidelity."""
+    """Forward time of the tower with each implementation, its interpolation share, and embedding
+    fidelity."""
     from workbook.models import images, use_interpolation
 
-    dev, dt = cfg.device.device, DTYPES[cfg.tower_dtype]
+    dev, dt = cfg.target.name, DTYPES[cfg.p.tower_dtype]
     tower.model.to(dev, dt).eval()
     per_call = {(r["resolution"], r["implementation"]): r["interp_median_ms"]
-                for r in interp_rows if r["dtype"] == cfg.tower_dtype}
+                for r in interp_rows if r["dtype"] == cfg.p.tower_dtype}
     speed, fid = [], []
     steps = [(res, b) for res in cfg.tower_resolutions for b in cfg.batch_sizes]
     if dev == "cuda":  # bring the GPU to its working clocks before the first configuration is timed
-        x0 = images(steps[0][1], _grid(cfg, steps[0][0]) * tower.patch, seed=cfg.seed, device=dev, dtype=dt)
+        x0 = images(steps[0][1], _grid(cfg, steps[0][0]) * tower.patch, seed=cfg.p.seed,
+                    device=dev, dtype=dt)
         with torch.inference_mode():
-            measure.spin(lambda: use_interpolation(tower, cfg.reference).model(x0), device=dev, seconds=3.0)
+            measure.spin(lambda: use_interpolation(tower, cfg.p.reference).model(x0), device=dev,
+                         seconds=3.0)
     for res, b in tqdm(steps, desc="vision tower"):
         done = rec.done_group("tower_speed", timed=True, resolution=res, batch=b)
-        if done is not None:  # measured by the unfinished run this one resumes (its fidelity rows went in first)
+        if done is not None:  # measured by the run this one resumes (its fidelity rows went first)
             speed.extend(done)
             fid.extend(rec.done_group("embedding_fidelity", resolution=res, batch=b))
             continue
-        g = _grid(cfg, res)
-        x = images(b, g * tower.patch, seed=cfg.seed, device=dev, dtype=dt)  # the pixels a valid conv uses
-        order = [cfg.reference] + [i for i in cfg.implementations if i != cfg.reference]
-        embeds = {}
-        with torch.inference_mode():
-            for name in order:  # the first output of each is its embedding (and a warm-up call)
-                embeds[name] = use_interpolation(tower, name).model(x).float()
-            fns = {name: (lambda name=name: use_interpolation(tower, name).model(x)) for name in order}
-            times = measure.time_interleaved(fns, device=dev, warmup=cfg.warmup, iters=cfg.iterations)
-        ref_ms = times[cfg.reference].median_ms
-        step_speed = []
-        for name, t in times.items():
-            call = per_call.get((res, name))
-            step_speed.append({"resolution": res, "pixels": g * tower.patch, "grid": g, "batch": b,
-                               "dtype": cfg.tower_dtype, "implementation": name, "native": g == tower.grid,
-                               **t.as_dict("forward_"), "interp_ms": call,
-                               "interp_share_pct": 100 * call / t.median_ms if call else None,
-                               "saving_vs_reference_pct": 100 * (1 - t.median_ms / ref_ms)})
-        use_interpolation(tower, None)
-        step_fid = []
-        for name in cfg.implementations:
-            m = metrics.compare(embeds[name], embeds[cfg.reference])
-            step_fid.append({"resolution": res, "batch": b, "implementation": name, "native": g == tower.grid,
-                             "cosine_min": m["cosine_min"], "cosine_mean": m["cosine_mean"],
-                             "max_abs_diff": m["max_abs_diff"]})
-        # fidelity first: a step counts as done (and is skipped on resume) once its speed group is written
+        step_speed, step_fid = _tower_step(cfg, tower, per_call, res, b, dev, dt)
+        # fidelity first: a step counts as done (skipped on resume) once its speed group is written
         rec.add_group("embedding_fidelity", step_fid, resolution=res, batch=b)
         rec.add_group("tower_speed", step_speed, resolution=res, batch=b)
         speed.extend(step_speed)
@@ -289,89 +255,36 @@ def tower_runs(cfg: Config, tower, interp_rows: list[dict], rec) -> tuple[list[d
     return speed, fid
 
 
-def claim_check(cfg: Config, table_rows, speed_rows, fid_rows, interp_rows, rec) -> list[dict]:
-    """The seed's expectations beside what this run measured, with a verdict for each."""
-    out = []
-    for c in CLAIMS:
-        res = c["resolution"]
-        if res is None:
-            out.append({**c, "measured": "-", "verdict": "not measured: TTFT needs a vLLM server with a language "
-                        "model; this run times the vision tower only"})
-            continue
-        mine = [r for r in speed_rows if r["resolution"] == res and r["implementation"] in (cfg.reference, cfg.candidate)]
-        if not mine:
-            out.append({**c, "measured": "-", "verdict": f"not measured at {res} px (add it to tower_resolutions)"})
-            continue
-        parts, verdicts = [], []
-        for b in sorted({r["batch"] for r in mine}):
-            ref = next(r for r in mine if r["batch"] == b and r["implementation"] == cfg.reference)
-            cand = next(r for r in mine if r["batch"] == b and r["implementation"] == cfg.candidate)
-            saving = 100 * (1 - cand["forward_median_ms"] / ref["forward_median_ms"])
-            spread = max(ref["forward_p90_ms"] - ref["forward_p10_ms"], cand["forward_p90_ms"] - cand["forward_p10_ms"])
-            noise = 100 * spread / ref["forward_median_ms"]
-            parts.append(f"batch {b}: tower forward {ref['forward_median_ms']:.3g} -> {cand['forward_median_ms']:.3g} ms "
-                         f"({saving:+.1f} % saved; p10-p90 spread {noise:.1f} %)")
-            verdicts.append(_verdict(saving, noise, c["low"]))
-        if mine[0]["native"]:
-            verdict = "native grid: a real model does not interpolate at this size"
-        elif len(set(verdicts)) == 1:
-            verdict = verdicts[0]
-        else:
-            verdict = "; ".join(f"batch {b}: {v}" for b, v in zip(sorted({r['batch'] for r in mine}), verdicts))
-        out.append({**c, "measured": "; ".join(parts), "verdict": verdict})
-    cand_tab = [r for r in table_rows if r["implementation"] == cfg.candidate and r["dtype"] == cfg.dtypes[0]
-                and r["grid"].split("->")[0] != r["grid"].split("->")[1]]
-    per_table = {}
-    for r in cand_tab:
-        per_table[r["table"]] = min(per_table.get(r["table"], 1.0), r["cosine_min"])
-    cand_emb = [r for r in fid_rows if r["implementation"] == cfg.candidate and not r.get("native")]
-    worst_emb = min((r["cosine_min"] for r in cand_emb), default=None)
-    measured = {f"{k} table": v for k, v in per_table.items()}
-    if worst_emb is not None:
-        measured["pooled embedding"] = worst_emb
-    failing = [k for k, v in measured.items() if v <= COSINE_CLAIM]
-    weights_caveat = "" if (cfg.checkpoint or cfg.pretrained) else " (seeded-random tower; trained weights may differ)"
-    out.append({"claim": f"cosine similarity > {COSINE_CLAIM} ({cfg.candidate} vs {cfg.reference})",
-                "resolution": None, "low": COSINE_CLAIM, "high": None,
-                "measured": "min per-position cosine: " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()),
-                "verdict": "not measured: every resolution is the native grid and no tower run compared embeddings"
-                if not measured else (f"fails on the {', '.join(failing)}" if failing else
-                                      "holds on every table and embedding") + weights_caveat})
-    worst_tab = min(per_table.values(), default=None)
-    for row in out:
-        rec.add("claim_check", row)
-    _headline(cfg, interp_rows, speed_rows, worst_tab, worst_emb, rec)
-    return out
+def _tower_step(cfg: Config, tower, per_call: dict, res: int, b: int, dev: str, dt):
+    """One resolution and batch: the speed rows and the embedding-fidelity rows."""
+    from workbook.models import images, use_interpolation
 
-
-def _verdict(saving: float, noise: float, low: float) -> str:
-    """Tower-level saving (an upper bound on the TTFT saving) against the low end of a claimed TTFT cut."""
-    if saving >= low and saving > noise:
-        return ("not contradicted: the whole tower saves at least the claimed share; TTFT itself (tower + "
-                "language-model prefill) was not measured")
-    if saving + noise < low:
-        return ("not supported: even the whole vision-tower forward saves less than the TTFT cut claimed, and "
-                "TTFT also includes the language model's prefill")
-    return "inconclusive: the timing spread reaches the claimed share; run more iterations on a quieter machine"
-
-
-def _headline(cfg, interp_rows, speed_rows, worst_tab, worst_emb, rec) -> None:
-    top = max(cfg.resolutions)
-    dt = "bfloat16" if "bfloat16" in cfg.dtypes else cfg.dtypes[0]
-    at = {r["implementation"]: r["interp_median_ms"] for r in interp_rows if r["resolution"] == top and r["dtype"] == dt}
-    head = {}
-    bilinears = {k: v for k, v in at.items() if interp.IMPLEMENTATIONS[k].kernel == "bilinear"}
-    if "hf_bicubic" in at and bilinears:
-        fastest = min(bilinears, key=bilinears.get)
-        head.update({f"interp_ms_hf_bicubic_{top}px_{dt}": at["hf_bicubic"],
-                     f"interp_ms_fastest_bilinear_{top}px_{dt}": bilinears[fastest],
-                     "fastest_bilinear": fastest, f"interp_speedup_{top}px": at["hf_bicubic"] / bilinears[fastest]})
-    tower_top = [r for r in speed_rows if r["resolution"] == max(cfg.tower_resolutions) and r["batch"] == min(cfg.batch_sizes)
-                 and r["implementation"] == cfg.candidate]
-    if tower_top:
-        head[f"tower_saving_pct_{max(cfg.tower_resolutions)}px_b{min(cfg.batch_sizes)}"] = tower_top[0]["saving_vs_reference_pct"]
-    if worst_tab is not None:
-        head["cosine_min_tables"] = worst_tab
-    if worst_emb is not None:
-        head["cosine_min_embedding"] = worst_emb
-    rec.headline(**head)
+    g = _grid(cfg, res)
+    native = g == tower.grid
+    x = images(b, g * tower.patch, seed=cfg.p.seed, device=dev, dtype=dt)  # what a valid conv uses
+    ref_name = cfg.p.reference
+    order = [ref_name] + [i for i in cfg.implementations if i != ref_name]
+    embeds = {}
+    with torch.inference_mode():
+        for name in order:  # the first output of each is its embedding (and a warm-up call)
+            embeds[name] = use_interpolation(tower, name).model(x).float()
+        fns = {name: (lambda name=name: use_interpolation(tower, name).model(x)) for name in order}
+        times = measure.time_interleaved(fns, device=dev, warmup=cfg.p.warmup,
+                                         iters=cfg.p.iterations)
+    use_interpolation(tower, None)
+    ref_ms = times[ref_name].median_ms
+    speed = []
+    for name, t in times.items():
+        call = per_call.get((res, name))
+        speed.append({"resolution": res, "pixels": g * tower.patch, "grid": g, "batch": b,
+                      "dtype": cfg.p.tower_dtype, "implementation": name, "native": native,
+                      **t.as_dict("forward_"), "interp_ms": call,
+                      "interp_share_pct": 100 * call / t.median_ms if call else None,
+                      "saving_vs_reference_pct": 100 * (1 - t.median_ms / ref_ms)})
+    fid = []
+    for name in cfg.implementations:
+        m = metrics.compare(embeds[name], embeds[ref_name])
+        fid.append({"resolution": res, "batch": b, "implementation": name, "native": native,
+                    "cosine_min": m["cosine_min"], "cosine_mean": m["cosine_mean"],
+                    "max_abs_diff": m["max_abs_diff"]})
+    return speed, fid

@@ -4,12 +4,13 @@ open_clip's SigLIP models are timm VisionTransformers (no CLS token, MAP pooling
 open_clip config name.  This machine cannot reach a model hub, so experiments build the tower from
 its config with seeded random weights: timings and the effect of interpolating the position table
 do not need trained weights, and the same seed gives the same tower everywhere.  The real loading
-paths (an open_clip pretrained tag, a local open_clip/timm/safetensors checkpoint) are kept, so that
-a notebook run where the weights exist uses them unchanged.
+paths (an open_clip pretrained tag, a local open_clip/timm/safetensors checkpoint) are kept, so
+that a notebook run where the weights exist uses them unchanged.
 
 Towers are built with ``dynamic_img_size=True``: timm then resamples the position table on every
-forward to the input's patch grid (bicubic, antialias, float32).  :func:`use_interpolation` swaps that
-resample for any implementation of :mod:`workbook.interp`, leaving the rest of the forward as is.
+forward to the input's patch grid (bicubic, antialias, float32).  :func:`use_interpolation` swaps
+that resample for any implementation of :mod:`workbook.interp`, leaving the rest of the forward as
+is.
 """
 from __future__ import annotations
 
@@ -46,14 +47,16 @@ class Tower:
     interp: str | None = None  # None: timm's own resample (see use_interpolation)
 
 
-# Small configs registered here for tests and quick runs: name -> (timm model, overrides of its args).
+# Small configs registered for tests and quick runs: name -> (timm model, overrides of its args).
 TINY_MODELS = {
-    "SigLIP-Tiny": ("vit_so400m_patch14_siglip_224", dict(depth=2, embed_dim=64, num_heads=2, img_size=112)),
+    "SigLIP-Tiny": ("vit_so400m_patch14_siglip_224",
+                    dict(depth=2, embed_dim=64, num_heads=2, img_size=112)),
 }
 
 
 def resolve_model(name: str) -> str:
-    """open_clip config name (or a timm ViT name, or a TINY_MODELS name) -> timm model name of its vision tower."""
+    """open_clip config name (or a timm ViT name, or a TINY_MODELS name) -> timm model name of its
+    vision tower."""
     if name in TINY_MODELS:
         return TINY_MODELS[name][0]
     import open_clip
@@ -64,26 +67,32 @@ def resolve_model(name: str) -> str:
     if cfg is not None:
         timm_name = cfg.get("vision_cfg", {}).get("timm_model_name")
         if not timm_name:
-            raise bad_param("model", name, "an open_clip config with a timm vision tower, like the SigLIP ones; "
-                                           "this one uses open_clip's own ViT")
+            raise bad_param("model", name, "an open_clip config with a timm vision tower, like the "
+                            "SigLIP ones; this one uses open_clip's own ViT")
         return timm_name
-    if timm.is_model(name) and model_entrypoint(name).__module__ == "timm.models.vision_transformer":
+    vit = "timm.models.vision_transformer"
+    if timm.is_model(name) and model_entrypoint(name).__module__ == vit:
         return name
-    close = difflib.get_close_matches(name, open_clip.list_models() + list(TINY_MODELS), n=3, cutoff=0.5)
-    raise bad_param("model", name, "unknown model; use an open_clip SigLIP config name (e.g. ViT-SO400M-14-SigLIP)"
+    close = difflib.get_close_matches(name, open_clip.list_models() + list(TINY_MODELS), n=3,
+                                      cutoff=0.5)
+    raise bad_param("model", name, "unknown model; use an open_clip SigLIP config name (e.g. "
+                    "ViT-SO400M-14-SigLIP)"
                     + (f"; closest open_clip names: {', '.join(close)}" if close else ""))
 
 
 def patch_size(model: str) -> int:
-    """The patch size of ``model``'s tower, read from its timm name (``*_patch14_*``) without building it."""
+    """The patch size of ``model``'s tower, read from its timm name (``*_patch14_*``) without
+    building it."""
     m = re.search(r"patch(\d+)", resolve_model(model))
     if not m:
-        raise bad_param("model", model, "a SigLIP tower whose timm name gives its patch size (e.g. *_patch14_*)")
+        raise bad_param("model", model, "a SigLIP tower whose timm name gives its patch size "
+                        "(e.g. *_patch14_*)")
     return int(m.group(1))
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Flat state dict from a .safetensors or torch file: unwrapped, without a DDP "module." prefix."""
+    """Flat state dict from a .safetensors or torch file: unwrapped, without a DDP "module."
+    prefix."""
     if not path or not os.path.isfile(path):
         raise bad_param("checkpoint", path, _FILE)
     try:
@@ -94,8 +103,10 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise bad_param("checkpoint", path, f"{_FILE} that can be read ({type(e).__name__}: {e})") from e
-    while isinstance(sd, dict) and any(isinstance(sd.get(k), dict) for k in ("state_dict", "model")):
+        raise bad_param("checkpoint", path,
+                        f"{_FILE} that can be read ({type(e).__name__}: {e})") from e
+    wrappers = ("state_dict", "model")
+    while isinstance(sd, dict) and any(isinstance(sd.get(k), dict) for k in wrappers):
         sd = sd["state_dict"] if isinstance(sd.get("state_dict"), dict) else sd["model"]
     if not isinstance(sd, dict):
         raise bad_param("checkpoint", path, "a file holding a state dict")
@@ -105,23 +116,27 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
 def _create(timm_name: str, overrides: dict) -> torch.nn.Module:
     import timm
 
-    return timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, **overrides)
+    return timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True,
+                             **overrides)
 
 
 def _fit_checkpoint(model, sd: dict, path: str, name: str) -> str:
-    """Trunk keys of ``sd`` resampled to the model's grid as timm does on load; loads strictly. -> note."""
+    """Trunk keys of ``sd`` resampled to the model's grid as timm does on load; loads strictly.
+    -> note."""
     from timm.layers import resample_abs_pos_embed
 
     prefix = next((p for p in ("visual.trunk.", "trunk.") if any(k.startswith(p) for k in sd)), "")
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     note = ""
     pe = sd.get("pos_embed")
-    if pe is not None and pe.dim() == 3 and model.pos_embed is not None and pe.shape[1] != model.pos_embed.shape[1]:
+    own_pe = model.pos_embed
+    if pe is not None and pe.dim() == 3 and own_pe is not None and pe.shape[1] != own_pe.shape[1]:
         n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
         old = math.isqrt(pe.shape[1] - n_prefix)
         if old * old == pe.shape[1] - n_prefix:
             new = tuple(model.patch_embed.grid_size)
-            sd["pos_embed"] = resample_abs_pos_embed(pe, new_size=list(new), num_prefix_tokens=n_prefix,
+            sd["pos_embed"] = resample_abs_pos_embed(pe, new_size=list(new),
+                                                     num_prefix_tokens=n_prefix,
                                                      interpolation="bicubic", antialias=True)
             note = f", pos_embed resampled {old}x{old} -> {new[0]}x{new[1]} (bicubic, antialias)"
     own = model.state_dict()
@@ -133,38 +148,40 @@ def _fit_checkpoint(model, sd: dict, path: str, name: str) -> str:
                f"{len(unexpected)} unexpected" + (f" like {unexpected[0]}" if unexpected else "")]
         if shape:
             k = shape[0]
-            why.append(f"{len(shape)} of another shape like {k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}")
+            why.append(f"{len(shape)} of another shape like {k} {tuple(sd[k].shape)} vs "
+                       f"{tuple(own[k].shape)}")
         raise bad_param("checkpoint", path, f"a checkpoint of {name}: " + ", ".join(why))
     model.load_state_dict(sd, strict=True)
     return f"checkpoint {os.path.basename(path)}{note}"
 
 
-def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth: int = 0, seed: int = 0,
-                overrides: dict | None = None) -> Tower:
+def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth: int = 0,
+                seed: int = 0, overrides: dict | None = None) -> Tower:
     """Build the vision tower of ``model`` (eval mode, float32, CPU).
 
-    Weights: ``checkpoint`` (local file) or ``pretrained`` (open_clip tag, needs the hub), else random
-    from ``seed``.  ``depth`` > 0 keeps only that many blocks: with random weights, or with a checkpoint
-    of such a cut-down tower (the strict load refuses a checkpoint of another depth).  ``overrides`` are
-    extra timm model kwargs (e.g. ``embed_dim``, ``num_heads``) for tiny test towers; not for notebooks.
+    Weights: ``checkpoint`` (local file) or ``pretrained`` (open_clip tag, needs the hub; not with
+    ``depth`` > 0, nor with a checkpoint: the caller's configure refuses both), else random from
+    ``seed``.  ``depth`` > 0 keeps only that many blocks: with random weights, or with a checkpoint
+    of such a cut-down tower (the strict load refuses a checkpoint of another depth).
+    ``overrides`` are extra timm model kwargs (e.g. ``embed_dim``, ``num_heads``) for tiny test
+    towers; not for notebooks.
     """
     timm_name = resolve_model(model)
-    if depth < 0:
-        raise bad_param("depth", depth, "0 (as configured) or a positive number of blocks")
-    if pretrained and checkpoint:
-        raise bad_param("pretrained", pretrained, "empty when a checkpoint is given")
-    if depth > 0 and pretrained:
-        raise bad_param("depth", depth, "0 (as configured) when loading pretrained weights")
     kw = {**TINY_MODELS.get(model, (None, {}))[1], **(overrides or {})}
     if depth > 0:
         kw["depth"] = depth
-    # weights first: a missing file or an unreachable hub fails before the (slow, for SO400M) random init
-    sd = _read_state_dict(checkpoint) if checkpoint else _pretrained_trunk(model, pretrained) if pretrained else None
+    # weights first: a missing file or an unreachable hub fails before the (slow) random init
+    sd = None
+    if checkpoint:
+        sd = _read_state_dict(checkpoint)
+    elif pretrained:
+        sd = _pretrained_trunk(model, pretrained)
     if checkpoint and depth > 0:
-        blocks = {int(m.group(1)) for k in sd for m in [re.search(r"(?:^|\.)blocks\.(\d+)\.", k)] if m}
+        blocks = {int(m.group(1)) for k in sd
+                  for m in [re.search(r"(?:^|\.)blocks\.(\d+)\.", k)] if m}
         if blocks and len(blocks) != depth:
-            raise bad_param("depth", depth, f"0 (as configured) or {len(blocks)}, the number of blocks in "
-                                            f"checkpoint {os.path.basename(checkpoint)}")
+            raise bad_param("depth", depth, f"0 (as configured) or {len(blocks)}, the number of "
+                            f"blocks in checkpoint {os.path.basename(checkpoint)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = _create(timm_name, kw)
@@ -180,29 +197,33 @@ def build_tower(model: str, *, pretrained: str = "", checkpoint: str = "", depth
         weights = f"open_clip pretrained {pretrained}"
     net = net.float().eval()
     n = net.patch_embed.grid_size
-    return Tower(model=net, name=model, timm_name=timm_name, patch=net.patch_embed.patch_size[0], grid=n[0],
-                 width=net.embed_dim, depth=len(net.blocks), weights=weights,
+    return Tower(model=net, name=model, timm_name=timm_name, patch=net.patch_embed.patch_size[0],
+                 grid=n[0], width=net.embed_dim, depth=len(net.blocks), weights=weights,
                  params=sum(p.numel() for p in net.parameters()))
 
 
 def _pretrained_trunk(model: str, tag: str) -> dict[str, torch.Tensor]:
-    """State dict of the timm trunk of open_clip ``model`` with weights ``tag`` (downloads, or the hub cache)."""
+    """State dict of the timm trunk of open_clip ``model`` with weights ``tag`` (downloads, or the
+    hub cache)."""
     import open_clip
 
     tags = open_clip.list_pretrained_tags_by_model(model)
     if tag not in tags:
-        raise bad_param("pretrained", tag, f"an open_clip tag of {model} ({', '.join(tags) or 'none'}), "
-                                           "or pass a local checkpoint path as checkpoint= instead")
+        raise bad_param("pretrained", tag, f"an open_clip tag of {model} "
+                        f"({', '.join(tags) or 'none'}), or pass a local checkpoint path as "
+                        "checkpoint= instead")
     try:
         full = open_clip.create_model(model, pretrained=tag)
     except Exception as e:  # noqa: BLE001 - offline shows up as many exception types
-        raise bad_param("pretrained", tag, "a tag that can be downloaded; this machine cannot reach the model hub "
-                        f"({type(e).__name__}) — pass a local checkpoint path instead") from e
+        raise bad_param("pretrained", tag, "a tag that can be downloaded; this machine cannot "
+                        f"reach the model hub ({type(e).__name__}) — pass a local checkpoint path "
+                        "instead") from e
     return full.visual.trunk.state_dict()
 
 
 def pos_table(tower: Tower) -> torch.Tensor:
-    """The tower's native position table (N*N, D), detached (a view: shares storage with the model)."""
+    """The tower's native position table (N*N, D), detached (a view: shares storage with the
+    model)."""
     return tower.model.pos_embed[0].detach()
 
 
@@ -222,15 +243,17 @@ def load_pos_table(path: str) -> tuple[torch.Tensor, str]:
             t = t[1:]  # CLS row
         if math.isqrt(t.shape[0]) ** 2 == t.shape[0] and t.shape[0] > 0:
             return t.float(), key
-    raise bad_param("checkpoint", path, "a checkpoint holding a square position table under one of the keys "
-                    + ", ".join(TABLE_KEYS))
+    raise bad_param("checkpoint", path, "a checkpoint holding a square position table under one of "
+                    "the keys " + ", ".join(TABLE_KEYS))
 
 
 def _interp_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-    """timm ``VisionTransformer._pos_embed`` for no prefix tokens and dynamic_img_size, interp swapped.
+    """timm ``VisionTransformer._pos_embed`` for no prefix tokens and dynamic_img_size, interp
+    swapped.
 
     x is the patch embedding, NHWC (B, H, W, C); returns (B, H*W, C) with the table added, after
-    ``pos_drop``.  Unlike timm there is no shortcut at the native grid: the implementation always runs.
+    ``pos_drop``.  Unlike timm there is no shortcut at the native grid: the implementation always
+    runs.
     """
     from workbook.interp import interpolate
 
@@ -240,10 +263,12 @@ def _interp_pos_embed(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def use_interpolation(tower: Tower, impl: str | None) -> Tower:
-    """Resample the position table with ``workbook.interp`` implementation ``impl`` in every forward.
+    """Resample the position table with ``workbook.interp`` implementation ``impl`` in every
+    forward.
 
-    ``None`` restores timm's own path (resample_abs_pos_embed: bicubic, antialias, float32, skipped at
-    the native grid).  Only towers without prefix tokens (SigLIP: no CLS/register tokens) are supported.
+    ``None`` restores timm's own path (resample_abs_pos_embed: bicubic, antialias, float32, skipped
+    at the native grid).  Only towers without prefix tokens (SigLIP: no CLS/register tokens) are
+    supported.
     """
     from workbook.interp import IMPLEMENTATIONS
 
@@ -253,20 +278,26 @@ def use_interpolation(tower: Tower, impl: str | None) -> Tower:
         tower.interp = None
         return tower
     if impl not in IMPLEMENTATIONS:
-        raise bad_param("implementation", impl, "None (timm's own) or one of " + ", ".join(IMPLEMENTATIONS))
-    if net.num_prefix_tokens or net.cls_token is not None or getattr(net, "reg_token", None) is not None:
-        raise bad_param("model", tower.name, "a tower without prefix (class/register) tokens, like SigLIP's, "
-                                             "to swap the position interpolation")
+        raise bad_param("implementation", impl,
+                        "None (timm's own) or one of " + ", ".join(IMPLEMENTATIONS))
+    prefix = (net.num_prefix_tokens or net.cls_token is not None
+              or getattr(net, "reg_token", None) is not None)
+    if prefix:
+        raise bad_param("model", tower.name, "a tower without prefix (class/register) tokens, like "
+                        "SigLIP's, to swap the position interpolation")
     if not net.dynamic_img_size:
-        raise bad_param("model", tower.name, "a tower built with dynamic_img_size=True (use build_tower)")
+        raise bad_param("model", tower.name,
+                        "a tower built with dynamic_img_size=True (use build_tower)")
     net._workbook_interp = impl
     net._pos_embed = types.MethodType(_interp_pos_embed, net)
     tower.interp = impl
     return tower
 
 
-def images(batch: int, size: int, *, seed: int = 0, device="cpu", dtype=torch.float32) -> torch.Tensor:
-    """Seeded images (B, 3, size, size), uniform in [-1, 1] (SigLIP's mean=std=0.5 normalised range).
+def images(batch: int, size: int, *, seed: int = 0, device="cpu",
+           dtype=torch.float32) -> torch.Tensor:
+    """Seeded images (B, 3, size, size), uniform in [-1, 1] (SigLIP's mean=std=0.5 normalised
+    range).
 
     Drawn on the CPU, then moved, so the values are the same on every device.
     """
