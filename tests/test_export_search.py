@@ -607,26 +607,39 @@ def test_no_process_of_a_try_outlives_a_killed_search(tmp_path):
     assert not any(_alive(int(p)) for p in pids.read_text().split())
 
 
-def test_command_line_offers_the_cpu_validator_and_a_kill_leaves_no_rank(tiny_lm, tmp_path):
-    """``python -m workbook.llm.search --validator cpu``: the notebook's cpu validator (torchrun,
-    two gloo ranks). Killed while the ranks run, nothing of the try is left; resumed, it finds (2,
-    1, 2048) valid."""
-    cmd = [PY, "-m", "workbook.llm.search", "run", "--model", tiny_lm, "--validator", "cpu",
-           "--budget-gb", "0.05", "--state-dir", str(tmp_path), "--total-cores", "2",
-           "--cores-per-device", "1", "--heads", "8", "--max-positions", "4096",
-           "--batch-sizes", "1", "--min-seq", "2048", "--timeout", "300"]
-    search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _cpu_cli(model, state_dir, budget_gb):
+    return [PY, "-m", "workbook.llm.search", "run", "--model", model, "--validator", "cpu",
+            "--budget-gb", str(budget_gb), "--state-dir", str(state_dir), "--total-cores", "2",
+            "--cores-per-device", "1", "--heads", "8", "--max-positions", "4096",
+            "--batch-sizes", "1", "--min-seq", "2048", "--timeout", "300"]
+
+
+def test_command_line_offers_the_cpu_validator(tiny_lm, tmp_path):
+    """``python -m workbook.llm.search --validator cpu`` tries with the notebook's cpu validator
+    (here refused by its memory rule, before any rank starts: the notebook run loads for real)."""
+    p = subprocess.run(_cpu_cli(tiny_lm, tmp_path, 1e-6), capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "statuses: failed 1" in p.stdout
+    final = json.loads(es.state_path(tmp_path, tiny_lm).read_text())
+    assert final["validator"] == ("torch-cpu: tensor-parallel load + one forward on cpu, 1e-06 GB "
+                                  "per device, float32")
+    (a,) = final["attempts"]
+    assert a["exit_code"] == 3 and "-m workbook.llm.validate" in a["steps"][0]
+    assert any(ln.startswith("refused:") for ln in a["log_tail"])
+
+
+def test_a_killed_search_leaves_no_rank_of_the_cpu_validator(tiny_lm, tmp_path):
+    """The chain search -> ``python -m workbook.llm.validate`` -> torchrun -> ranks (each rank in a
+    session of its own): killed while the ranks run, nothing of the try is left."""
+    search = subprocess.Popen(_cpu_cli(tiny_lm, tmp_path, 0.05), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+
     def ranks_run(st):  # validate, torchrun and two ranks
         return st["running"] is not None and len(_procs_with_token(st["running"]["token"])) >= 4
 
     st = _kill_when(search, es.state_path(tmp_path, tiny_lm), ranks_run, limit=120)
     assert _gone(st["running"]["token"])
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "optimal: tp=2 batch=1 seq=2048" in p.stdout
-    final = json.loads(es.state_path(tmp_path, tiny_lm).read_text())
-    assert final["validator"] == ("torch-cpu: tensor-parallel load + one forward on cpu, 0.05 GB "
-                                  "per device, float32")
 
 
 @pytest.mark.parametrize("args, sentence", [
