@@ -132,6 +132,7 @@ def run(cfg: Config, rec, log=print) -> dict:
     return state
 
 
+# what the notebook shows, straight from the search
 counts, summary, optimal = search.counts, search.summary, search.optimal
 
 
