@@ -26,10 +26,11 @@ from workbook import proc
 from workbook.errors import ParameterError, WorkbookError
 from workbook.llm import attempts as at
 from workbook.llm import search as es
+from workbook.llm import search_plan as sp
 from workbook.record import write_json_atomic
 
 PY = sys.executable
-# = es.candidates(8, 2, 8, 8192, [1, 4, 8])
+# = sp.candidates(8, 2, 8, 8192, [1, 4, 8])
 CANDS = {"tps": [8, 4, 2], "batches": [8, 4, 1], "seqs": [4096, 2048, 1024]}
 
 # A fake try: notes its start and end in a side file, then is valid iff batch * seq <= tp * 4096.
@@ -73,7 +74,7 @@ def _fake_validator(tmp_path, pause=0.2, slow=""):
 
 
 def _statuses(state):
-    return {(r["tp"], r["batch"], r["seq"]): r["status"] for r in es.summary(state)}
+    return {(r["tp"], r["batch"], r["seq"]): r["status"] for r in sp.summary(state)}
 
 
 def _alive(pid):
@@ -112,18 +113,18 @@ def _quiet(*_):
 # ---------------------------------------------------------------- candidates
 
 def test_candidates_hand_worked():
-    c = es.candidates(32, 2, 32, 32768)
+    c = sp.candidates(32, 2, 32, 32768)
     assert c == {"tps": [32, 16, 8, 4, 2], "batches": [128, 64, 32, 16, 8, 4, 1],
                  "seqs": [16384, 8192, 4096, 2048, 1024]}
     # 24 heads: 16 and 32 do not divide them; 6, 12 and 24 do (multiples of 2 cores, at most 32)
-    assert es.candidates(32, 2, 24, 32768)["tps"] == [24, 12, 8, 6, 4, 2]
+    assert sp.candidates(32, 2, 24, 32768)["tps"] == [24, 12, 8, 6, 4, 2]
     # tp equal to every core is a candidate ("not above" the total); 8 cores per device allow only
     # 8, 16, 32
-    assert es.candidates(32, 8, 32, 4096, batch_sizes=[4, 1])["tps"] == [32, 16, 8]
+    assert sp.candidates(32, 8, 32, 4096, batch_sizes=[4, 1])["tps"] == [32, 16, 8]
     # max positions 4096: strictly below -> 2048 and 1024; a non-power max keeps the powers below it
-    assert es.candidates(2, 2, 2, 4096)["seqs"] == [2048, 1024]
-    assert es.candidates(2, 2, 2, 5000, min_seq=512)["seqs"] == [4096, 2048, 1024, 512]
-    assert es.candidates(4, 1, 8, 2048, batch_sizes=(2, 16, 1)) == {
+    assert sp.candidates(2, 2, 2, 4096)["seqs"] == [2048, 1024]
+    assert sp.candidates(2, 2, 2, 5000, min_seq=512)["seqs"] == [4096, 2048, 1024, 512]
+    assert sp.candidates(4, 1, 8, 2048, batch_sizes=(2, 16, 1)) == {
         "tps": [4, 2], "batches": [16, 2, 1], "seqs": [1024]}
 
 
@@ -142,7 +143,7 @@ def test_candidates_hand_worked():
 def test_candidates_bad_input_names_the_parameter(kwargs, name):
     args = dict(total_cores=32, cores_per_device=2, num_heads=32, max_positions=32768) | kwargs
     with pytest.raises(ParameterError) as e:
-        es.candidates(**args)
+        sp.candidates(**args)
     msg = str(e.value)
     assert msg.startswith(f"Parameter {name}=") and "not allowed" in msg and msg.count("\n") == 0
 
@@ -150,8 +151,8 @@ def test_candidates_bad_input_names_the_parameter(kwargs, name):
 # ---------------------------------------------------------------- pruning rules
 
 def test_valid_implies_shorter_sequences():
-    c = es.candidates(32, 2, 32, 32768)
-    rows = {r[:3]: r[3:] for r in es.plan(c, {(8, 4, 4096): "valid"})}
+    c = sp.candidates(32, 2, 32, 32768)
+    rows = {r[:3]: r[3:] for r in sp.plan(c, {(8, 4, 4096): "valid"})}
     for s in (2048, 1024):
         status, reason = rows[(8, 4, s)]
         assert status == "valid-by-rule" and "(8, 4, 4096)" in reason
@@ -164,10 +165,10 @@ def test_valid_implies_shorter_sequences():
 
 
 def test_resume_skips_batches_above_the_largest_valid_one():
-    c = es.candidates(32, 2, 32, 32768)
+    c = sp.candidates(32, 2, 32, 32768)
     results = [{"tp": 8, "batch": 16, "seq": 8192, "status": "valid"},
                {"tp": 8, "batch": 32, "seq": 1024, "status": "failed"}]
-    rows = {r[:3]: r[3:] for r in es.plan(c, results)}
+    rows = {r[:3]: r[3:] for r in sp.plan(c, results)}
     for b in (32, 64, 128):
         for s in c["seqs"]:
             if (b, s) == (32, 1024):
@@ -186,13 +187,13 @@ def test_plan_order_drives_a_hand_worked_search():
     """Following plan() (first pending, then re-plan) tries exactly the hand-worked sequence,
     largest first."""
     results, tried = {}, []
-    while pending := [r for r in es.plan(CANDS, results) if r[3] == "pending"]:
+    while pending := [r for r in sp.plan(CANDS, results) if r[3] == "pending"]:
         key = pending[0][:3]
         tried.append(key)
         results[key] = _oracle(*key)
     assert tried == EXPECTED_TRIES
-    final = {r[:3]: r[3] for r in es.plan(CANDS, results)}
-    assert all((st in es.VALID) == (_oracle(*k) == "valid") for k, st in final.items())
+    final = {r[:3]: r[3] for r in sp.plan(CANDS, results)}
+    assert all((st in sp.VALID) == (_oracle(*k) == "valid") for k, st in final.items())
     assert Counter(final.values()) == {"valid": 9, "failed": 4, "valid-by-rule": 14}
 
 
@@ -205,7 +206,7 @@ def _hand_state():
 
 
 def test_optimal_is_the_per_tp_pareto_front():
-    opt = [(r["tp"], r["batch"], r["seq"]) for r in es.optimal(_hand_state())]
+    opt = [(r["tp"], r["batch"], r["seq"]) for r in sp.optimal(_hand_state())]
     # tp 8: (8, 4096) beats everything; tp 4: (8, 2048) and (4, 4096);
     # tp 2: (8, 1024), (4, 2048), (1, 4096)
     assert opt == [(8, 8, 4096), (4, 8, 2048), (4, 4, 4096),
@@ -214,14 +215,14 @@ def test_optimal_is_the_per_tp_pareto_front():
 
 def test_grid_and_summary():
     state = _hand_state()
-    g = es.grid(state, 2)
+    g = sp.grid(state, 2)
     assert g["batches"] == [1, 4, 8] and g["seqs"] == [1024, 2048, 4096]
     assert g["status"] == [["valid-by-rule", "valid-by-rule", "valid"],
                            ["valid-by-rule", "valid", "failed"],
                            ["valid", "failed", "failed"]]
     with pytest.raises(ParameterError, match="Parameter tp=16"):
-        es.grid(state, 16)
-    rows = es.summary(state)
+        sp.grid(state, 16)
+    rows = sp.summary(state)
     assert len(rows) == 27 and set(rows[0]) >= {"tp", "batch", "seq", "status"}
     assert [r["seconds"] for r in rows if r["status"] == "valid-by-rule"] == [None] * 14
 
@@ -350,11 +351,11 @@ def test_resume_tests_nothing_twice_and_refuses_another_validator(tmp_path):
     first = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=lines.append)
     assert [(a["tp"], a["batch"], a["seq"]) for a in first["attempts"]] == EXPECTED_TRIES
     oracle = {k: _oracle(*k) for k in EXPECTED_TRIES}
-    assert _statuses(first) == {r[:3]: r[3] for r in es.plan(CANDS, oracle)}
+    assert _statuses(first) == {r[:3]: r[3] for r in sp.plan(CANDS, oracle)}
     again = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=lines.append)
     assert side.read_text().count("start") == len(EXPECTED_TRIES)  # nothing ran the second time
     assert again["attempts"] == first["attempts"] and len(again["sessions"]) == 2
-    assert again["rules_version"] == es.RULES_VERSION and again["candidates"] == CANDS
+    assert again["rules_version"] == sp.RULES_VERSION and again["candidates"] == CANDS
     assert again["seconds_total"] >= first["seconds_total"] > 0
     assert any("resuming" in ln for ln in lines)
     with pytest.raises(WorkbookError, match="validator 'cmd'"):
@@ -516,7 +517,7 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
     v, side = _fake_validator(run, pause=0.3)
     cmd = _cli(tmp_path, shlex.join(v.steps[0]), run / "state")
     path = run / "state" / "org--fake.json"
-    assert es.candidates(8, 2, 8, 8192, [1, 4, 8]) == CANDS
+    assert sp.candidates(8, 2, 8, 8192, [1, 4, 8]) == CANDS
 
     kills = [
         (0.3, None),  # right after start: before or during the first try
@@ -579,7 +580,7 @@ def test_two_kills_in_the_same_try_resume_to_the_uninterrupted_answer(tmp_path):
     assert [i["outcome"] for i in final["interruptions"]] == ["tried again", "tried again"]
     assert {(i["tp"], i["batch"], i["seq"]) for i in final["interruptions"]} == {(2, 8, 1024)}
     assert _statuses(final) == _statuses(reference) and _statuses(final)[(2, 8, 1024)] == "valid"
-    assert es.optimal(final) == es.optimal(reference)
+    assert sp.optimal(final) == sp.optimal(reference)
     assert side.read_text().count("done 2 8 1024") == 1
 
 

@@ -1,10 +1,10 @@
 """The export_search experiment: the (tp, batch size, sequence length) at which a decoder exports.
 
-The search itself is :mod:`workbook.llm.search` (candidates, rules, the resumable state file) with
-its tries in :mod:`workbook.llm.attempts`; this module fits it to the notebook: it resolves the
-validator for this machine, applies the rules between the parameters, the model and the machine
-before anything is tried, records what the search found, and shapes it for the report. The notebook
-calls only this module.
+The search itself is :mod:`workbook.llm.search` (the resumable state file), with its candidates and
+rules in :mod:`workbook.llm.search_plan` and its tries in :mod:`workbook.llm.attempts`; this module
+fits it to the notebook: it resolves the validator for this machine, applies the rules between the
+parameters, the model and the machine before anything is tried, records what the search found, and
+shapes it for the report. The notebook calls only this module.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from workbook import checks, targets
 from workbook.errors import ParameterError, bad_param
 from workbook.llm import attempts, search
+from workbook.llm import search_plan as sp
 from workbook.paths import outputs_dir, shown
 from workbook.spec import Values
 from workbook.specs.export_search import VALIDATORS
@@ -52,7 +53,7 @@ def configure(P: Values) -> Config:
     state = checks.directory("state_dir", P.state_dir)
     heads, positions = config.num_attention_heads, config.max_position_embeddings
     try:
-        cands = search.candidates(P.total_cores, P.cores_per_device, heads, positions,
+        cands = sp.candidates(P.total_cores, P.cores_per_device, heads, positions,
                                   P.batch_sizes, P.min_seq)
     except ParameterError as e:  # the model's figures are not parameters: name the one to change
         if e.name == "max_positions":
@@ -117,28 +118,28 @@ def run(cfg: Config, rec, log=print) -> dict:
     optimal ones and the headline; returns the final state."""
     state = search.search(cfg.model, validator(cfg), cfg.cands, cfg.state_dir, cfg.p.timeout_s,
                           progress=True, log=log)
-    for r in search.counts(state):
+    for r in sp.counts(state):
         rec.add("counts", r)
-    rows = search.summary(state)
+    rows = sp.summary(state)
     for r in rows:
         rec.add("configurations", r)
     rec.keys("configurations", ["tp", "batch", "seq"])
-    best = search.optimal(state)
+    best = sp.optimal(state)
     for r in best:
         rec.add("optimal", r)
-    rec.headline(valid=sum(r["status"] in search.VALID for r in rows),
+    rec.headline(valid=sum(r["status"] in sp.VALID for r in rows),
                  tested=len(state["attempts"]), search_seconds=state.get("seconds_total"),
                  optimal=", ".join(f"tp{r['tp']}/b{r['batch']}/s{r['seq']}" for r in best))
     return state
 
 
 # what the notebook shows, straight from the search
-counts, summary, optimal = search.counts, search.summary, search.optimal
+counts, summary, optimal = sp.counts, sp.summary, sp.optimal
 
 
 def counts_sentence(state: dict) -> str:
     """The counts by status as the one line the report reads above the maps."""
-    rows = search.counts(state)
+    rows = sp.counts(state)
     total = sum(r["configurations"] for r in rows)
     parts = [f"{r['configurations']} {r['status'].replace('-', ' ')}" for r in rows]
     return f"{total} configurations: " + " · ".join(parts) + f"; {len(state['attempts'])} tested."
@@ -153,11 +154,11 @@ def failures(state: dict) -> list[dict]:
     """Tested configurations that did not work, with the last lines of their log."""
     return [{"tp": a["tp"], "batch": a["batch"], "seq": a["seq"], "status": a["status"],
              "log_tail": "\n".join(a.get("log_tail", [])[-6:])}
-            for a in state["attempts"] if a["status"] not in search.VALID]
+            for a in state["attempts"] if a["status"] not in sp.VALID]
 
 
 def heatmap_data(state: dict, tp: int) -> dict:
-    g = search.grid(state, tp)
+    g = sp.grid(state, tp)
     z = [[STATUS_CODE[s] for s in row] for row in g["status"]]
     return {"z": z, "x": [str(s) for s in g["seqs"]], "y": [str(b) for b in g["batches"]],
             "text": g["status"]}

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from workbook.errors import WorkbookError, bad_param
-from workbook.llm import attempts, search
+from workbook.llm import attempts, search, search_plan
 from workbook.specs.export_search import DTYPES, INSTANCE_TYPES
 
 VALIDATORS = ("cmd", "neuron", "cuda", "cpu")
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--cores-per-device", type=int, required=True)
     r.add_argument("--heads", type=int, required=True, help="num_attention_heads")
     r.add_argument("--max-positions", type=int, required=True, help="max_position_embeddings")
-    r.add_argument("--batch-sizes", default=",".join(map(str, search.DEFAULT_BATCHES)))
+    r.add_argument("--batch-sizes", default=",".join(map(str, search_plan.DEFAULT_BATCHES)))
     r.add_argument("--min-seq", type=int, default=1024)
     r.add_argument("--timeout", type=float, required=True, help="seconds for one try")
     ld = sub.add_parser("load-neuron", help="load an exported model with NeuronModelForCausalLM")
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
         except ValueError:
             raise bad_param("--batch-sizes", args.batch_sizes,
                             "comma-separated positive integers") from None
-        cands = search.candidates(args.total_cores, args.cores_per_device, args.heads,
+        cands = search_plan.candidates(args.total_cores, args.cores_per_device, args.heads,
                                   args.max_positions, batches, args.min_seq)
         state = search.search(args.model, _validator(args, cands), cands, args.state_dir,
                               args.timeout, log=lambda m: print(m, flush=True))
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("statuses: " + ", ".join(f"{r['status']} {r['configurations']}"
-                                   for r in search.counts(state)))
-    for r in search.optimal(state):
+                                   for r in search_plan.counts(state)))
+    for r in search_plan.optimal(state):
         print(f"optimal: tp={r['tp']} batch={r['batch']} seq={r['seq']}")
     return 0
