@@ -1,5 +1,5 @@
-"""Tests that need a CUDA GPU (marked ``gpu``; skipped elsewhere): the interpolation implementations and the
-timing helpers on the device, where kernels and dtypes behave differently from the CPU."""
+"""Tests that need a CUDA GPU (marked ``gpu``; skipped elsewhere): the interpolation implementations
+and the timing helpers on the device, where kernels and dtypes behave differently from the CPU."""
 import pytest
 import torch
 
@@ -28,8 +28,9 @@ def test_cuda_event_timing_is_positive_and_ordered():
 
 
 def test_time_queued_separates_the_hosts_queueing_from_the_devices_work():
-    """A call that spends 3 ms on the host and microseconds on the GPU: plain events time the host's 3 ms; with
-    the host queued ahead the device time is the kernel's alone, and the 3 ms show as queueing time."""
+    """A call that spends 3 ms on the host and microseconds on the GPU: plain events time the host's
+    3 ms; with the host queued ahead the device time is the kernel's alone, and the 3 ms show as
+    queueing time."""
     import time
 
     x = torch.randn(256, 256, device="cuda")
@@ -46,7 +47,8 @@ def test_time_queued_separates_the_hosts_queueing_from_the_devices_work():
 
 
 def test_time_queued_lengthens_a_head_start_that_proves_too_short():
-    """Warm-up is quick, then queueing gets slow: the first timed call is late (counted), later ones are not."""
+    """Warm-up is quick, then queueing gets slow: the first timed call is late (counted), later ones
+    are not."""
     import time
 
     x = torch.randn(256, 256, device="cuda")

@@ -1,11 +1,12 @@
-"""Triton kernels (``workbook.kernels``): the GEMM and its epilogues, LayerNorm, the fused MLP and projections.
+"""Triton kernels (``workbook.kernels``): GEMM and epilogues, LayerNorm, fused MLP and projections.
 
-On a CPU they run under the Triton interpreter (``TRITON_INTERPRET=1``, set by conftest before anything
-imports the kernels), so these tests check the real kernel numerics at tiny, odd shapes. Precision rule for
-fp16/bf16 (FlashAttention/quack style): from the same rounded inputs compute an fp64 reference and the eager
-PyTorch result in the same dtype, and require ``max|triton - ref64| <= 2 * max|eager - ref64| + atol`` for the
-output and every gradient. fp32 is held to a tight absolute bound as well (the GEMM uses IEEE dots; tf32 would
-be ~1e-3 off). Tests marked ``gpu`` repeat the checks on CUDA at SigLIP-2 so400m sizes.
+On a CPU they run under the Triton interpreter (``TRITON_INTERPRET=1``, set by conftest before
+anything imports the kernels), so these tests check the real kernel numerics at tiny, odd shapes.
+Precision rule for fp16/bf16 (FlashAttention/quack style): from the same rounded inputs compute an
+fp64 reference and the eager PyTorch result in the same dtype, and require ``max|triton - ref64| <=
+2 * max|eager - ref64| + atol`` for the output and every gradient. fp32 is held to a tight absolute
+bound as well (the GEMM uses IEEE dots; tf32 would be ~1e-3 off). Tests marked ``gpu`` repeat the
+checks on CUDA at SigLIP-2 so400m sizes.
 """
 from __future__ import annotations
 
@@ -18,24 +19,27 @@ pytest.importorskip("triton", reason="triton is an optional extra ('.[triton]')"
 from workbook.kernels import runtime  # noqa: E402
 from workbook.kernels.gemm import gemm, gemm_gelu_backward  # noqa: E402
 from workbook.kernels.heads import ln_qkv_heads, ln_qkv_heads_reference, pack_heads  # noqa: E402
-from workbook.kernels.layernorm import (MAX_HIDDEN, add_ln_forward, layer_norm, layer_norm_reference,  # noqa: E402
-                                       ln_apply, ln_backward, ln_backward_residual, ln_forward, ln_output)
-from workbook.kernels.mlp import (add_ln_mlp, add_ln_mlp_reference, gelu_backward_recompute,  # noqa: E402
-                                  linear_gelu, linear_gelu_reference, ln_linear, ln_mlp, mlp, mlp_reference, qkv,
-                                  qkv_reference, qkv_weights)
+from workbook.kernels.layernorm import (MAX_HIDDEN, add_ln_forward, layer_norm,  # noqa: E402
+                                       layer_norm_reference, ln_apply, ln_backward,
+                                       ln_backward_residual, ln_forward, ln_output)
+from workbook.kernels.mlp import (add_ln_mlp, add_ln_mlp_reference,  # noqa: E402
+                                  gelu_backward_recompute, linear_gelu, linear_gelu_reference,
+                                  ln_linear, ln_mlp, mlp, mlp_reference, qkv, qkv_reference,
+                                  qkv_weights)
 
-# Where the small tests run: the interpreter on a CPU, or the GPU when there is one (conftest sets the
-# interpreter only without CUDA).
+# Where the small tests run: the interpreter on a CPU, or the GPU when there is one (conftest sets
+# the interpreter only without CUDA).
 DEVICE = "cuda" if torch.cuda.is_available() and not runtime.INTERPRET else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 EPS = 1e-6
 
 # Skip (not fail) when the kernels cannot run here, e.g. TRITON_INTERPRET was not set before import.
-pytestmark = pytest.mark.skipif(runtime.unavailable_reason(DEVICE) is not None,
-                                reason=f"Triton kernels unavailable: {runtime.unavailable_reason(DEVICE)}")
+WHY_NOT = runtime.unavailable_reason(DEVICE)
+pytestmark = pytest.mark.skipif(WHY_NOT is not None,
+                                reason=f"Triton kernels unavailable: {WHY_NOT}")
 
 
-# --------------------------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------------------------------ helpers
 def rand(*shape, dtype=torch.float32, scale=1.0, shift=0.0, seed=0, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(*shape, generator=g) * scale + shift).to(device=device, dtype=dtype)
@@ -53,20 +57,22 @@ def ln_params(n, dtype, seed, device=DEVICE):
 
 
 def ulp(ref: torch.Tensor, dtype) -> torch.Tensor:
-    """One unit in the last place of ``dtype`` at each value of ``ref`` (floored at 1e-3 of its rms)."""
+    """One unit in the last place of ``dtype`` at each value of ``ref`` (floored at 1e-3 of rms)."""
     ref = ref.double()
     floor = 1e-3 * ref.pow(2).mean().sqrt()
-    return torch.exp2(torch.floor(torch.log2(torch.maximum(ref.abs(), floor)))) * torch.finfo(dtype).eps
+    top = torch.maximum(ref.abs(), floor)
+    return torch.exp2(torch.floor(torch.log2(top))) * torch.finfo(dtype).eps
 
 
 def run(fn, inputs, dout, *, dtype=None):
-    """``fn(*inputs)`` and the gradients of ``<out, dout>`` w.r.t. every floating input (None stays None).
+    """``fn(*inputs)`` and the gradients of ``<out, dout>`` w.r.t. every floating input (None stays
+    None).
 
-    With ``dtype`` the inputs are first cast (e.g. to fp64 for the reference); otherwise they are used as
-    they are, strides included (``detach`` keeps a non-contiguous view non-contiguous).
+    With ``dtype`` the inputs are first cast (e.g. to fp64 for the reference); otherwise they are
+    used as they are, strides included (``detach`` keeps a non-contiguous view non-contiguous).
     """
-    leaves = [t if not isinstance(t, torch.Tensor) else (t.to(dtype) if dtype else t).detach().requires_grad_()
-              for t in inputs]
+    leaves = [t if not isinstance(t, torch.Tensor)
+              else (t.to(dtype) if dtype else t).detach().requires_grad_() for t in inputs]
     out = fn(*leaves)
     if isinstance(out, (tuple, list)):
         out = torch.cat(out, -1)
@@ -75,8 +81,9 @@ def run(fn, inputs, dout, *, dtype=None):
 
 
 def check_rule(name, tri, eager, ref, dtype):
-    """``max|tri - ref| <= 2 max|eager - ref| + atol``; for fp32 also an absolute bound (IEEE, not tf32)."""
-    assert tri.shape == ref.shape and tri.dtype == eager.dtype, (name, tri.shape, ref.shape, tri.dtype, eager.dtype)
+    """``max|tri - ref| <= 2 max|eager - ref| + atol``; fp32 also within an absolute bound."""
+    assert tri.shape == ref.shape and tri.dtype == eager.dtype, (
+        name, tri.shape, ref.shape, tri.dtype, eager.dtype)
     assert torch.isfinite(tri).all(), f"{name}: non-finite values"
     ref = ref.double()
     scale = ref.abs().max().item()
@@ -84,20 +91,23 @@ def check_rule(name, tri, eager, ref, dtype):
     err_eager = (eager.double() - ref).abs().max().item()
     atol = torch.finfo(dtype).eps * max(scale, 1e-3)  # one ulp at the largest magnitude
     assert err_tri <= 2 * err_eager + atol, (
-        f"{name} ({dtype}): triton err {err_tri:.3g} > 2 * eager err {err_eager:.3g} + {atol:.3g} (scale {scale:.3g})")
+        f"{name} ({dtype}): triton err {err_tri:.3g} > 2 * eager err {err_eager:.3g} + "
+        f"{atol:.3g} (scale {scale:.3g})")
     if dtype == torch.float32:
-        assert err_tri <= 1e-5 * max(scale, 1.0), f"{name}: fp32 error {err_tri:.3g} at scale {scale:.3g}"
+        assert err_tri <= 1e-5 * max(scale, 1.0), (
+            f"{name}: fp32 error {err_tri:.3g} at scale {scale:.3g}")
 
 
 def assert_same_values(name, p, q, dtype):
-    """p and q computed from the same values by one kernel, along paths that may reduce in another order.
+    """p and q computed from the same values by one kernel, on paths that may reduce otherwise.
 
-    Under the interpreter (one config, numpy) they must be the same bits. On a GPU, Triton compiles a kernel
-    again for another autotune key or for strides that are or are not multiples of 16, and a row reduction
-    (``tl.sum``) can then add in another tree. In fp32 the statistics then differ in their last bits, which
-    moves every output of the row by a few units of the row's largest terms (a LayerNorm output near zero is
-    the difference of such terms): allowed up to 4 units at the tensor's largest value. 16-bit outputs may
-    differ by one unit where the fp32 value lies near a rounding boundary. Nothing more is allowed.
+    Under the interpreter (one config, numpy) they must be the same bits. On a GPU, Triton compiles
+    a kernel again for another autotune key or for strides that are or are not multiples of 16, and
+    a row reduction (``tl.sum``) can then add in another tree. In fp32 the statistics then differ in
+    their last bits, which moves every output of the row by a few units of the row's largest terms
+    (a LayerNorm output near zero is the difference of such terms): allowed up to 4 units at the
+    tensor's largest value. 16-bit outputs may differ by one unit where the fp32 value lies near a
+    rounding boundary. Nothing more is allowed.
     """
     assert p.shape == q.shape and p.dtype == q.dtype, (name, p.shape, q.shape, p.dtype, q.dtype)
     if DEVICE == "cpu":
@@ -106,14 +116,16 @@ def assert_same_values(name, p, q, dtype):
     diff = (p.double() - q.double()).abs()
     if dtype == torch.float32:
         unit = torch.finfo(dtype).eps * q.abs().max().item()
-        assert diff.max().item() <= 4 * unit, f"{name}: {diff.max().item() / unit:.1f} units of the largest value apart"
+        assert diff.max().item() <= 4 * unit, (
+            f"{name}: {diff.max().item() / unit:.1f} units of the largest value apart")
     else:
         off = diff > ulp(q, dtype)
         assert not off.any(), f"{name}: {int(off.sum())} values differ by more than one ulp"
 
 
 def check_fwd_bwd(names, fn_tri, fn_ref, inputs, dout, dtype):
-    """Triton vs eager (same dtype) vs fp64 reference, for the output and every gradient in ``names``."""
+    """Triton vs eager (same dtype) vs fp64 reference, for the output and every gradient in
+    ``names``."""
     tri = run(fn_tri, inputs, dout)
     eager = run(fn_ref, inputs, dout)
     ref = run(fn_ref, inputs, dout, dtype=torch.float64)
@@ -130,7 +142,7 @@ def gelu_grad_ref(dact, pre):
     return torch.ops.aten.gelu_backward(dact, pre, approximate="tanh")
 
 
-# ------------------------------------------------------------------------------------------------ GEMM
+# --------------------------------------------------------------------------------------------- GEMM
 GEMM_SHAPES = [(37, 24, 40), (5, 72, 100), (70, 40, 3)]
 
 
@@ -149,7 +161,8 @@ def test_gemm_plain(dtype, M, K, N, bias):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gemm_strided_operands(dtype):
-    """Any strides: a non-contiguous A (every other column) and B both as a transposed view and contiguous."""
+    """Any strides: a non-contiguous A (every other column) and B both as a transposed view and
+    contiguous."""
     M, K, N = 33, 24, 40
     a_full = rand(M, 2 * K, dtype=dtype, seed=3)
     a = a_full[:, ::2]
@@ -176,7 +189,8 @@ def test_gemm_gelu_epilogue_and_stored_preactivation(dtype, M, K, N):
     if dtype == torch.float32:
         assert (pre.double() - lin64).abs().max().item() < 1e-5
     else:
-        diff = pre != lin32.to(dtype)  # only sums within fp32 summation noise of a rounding tie may differ
+        # only sums within fp32 summation noise of a rounding tie may differ
+        diff = pre != lin32.to(dtype)
         assert diff.float().mean().item() < 5e-3
         assert ((pre.float() - lin32).abs() <= ulp(lin32, dtype).float())[diff].all()
     # without store_aux nothing is returned and the output is the same
@@ -187,9 +201,11 @@ def test_gemm_gelu_epilogue_and_stored_preactivation(dtype, M, K, N):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("M,K,N", [(37, 40, 24), (9, 72, 100)])
 def test_gemm_gelu_grad_epilogue(dtype, M, K, N):
-    """``(dout @ W2) * GELU'(pre)``: fc1's activation backward fused into fc2's data-gradient GEMM."""
+    """``(dout @ W2) * GELU'(pre)``: fc1's activation backward fused into fc2's data-gradient
+    GEMM."""
     dout = rand(M, K, dtype=dtype, seed=7)
-    w2 = rand(K, N, dtype=dtype, scale=N ** -0.5, seed=8)  # fc2.weight is [out, in]: dact = dout @ fc2.weight
+    # fc2.weight is [out, in]: dact = dout @ fc2.weight
+    w2 = rand(K, N, dtype=dtype, scale=N ** -0.5, seed=8)
     pre = rand(M, N, dtype=dtype, scale=1.5, seed=9)
     c, aux = gemm(dout, w2, epilogue="gelu_grad", aux=pre)
     assert aux is None and c.shape == (M, N) and c.dtype == dtype
@@ -198,8 +214,8 @@ def test_gemm_gelu_grad_epilogue(dtype, M, K, N):
 
 
 def check_gelu_backward(dpre, act, db, dout, w2, pre, dtype):
-    """gemm_gelu_backward's three outputs against fp64, beside eager (2x rule; fp32: a few ulp, since eager is
-    within about one rounding there and GELU' in sigmoid form is a few ulp off)."""
+    """gemm_gelu_backward's three outputs against fp64, beside eager (2x rule; fp32: a few ulp,
+    since eager is within about one rounding there and GELU' in sigmoid form is a few ulp off)."""
     ref = gelu_grad_ref(dout.double() @ w2.double(), pre.double())
     eager = gelu_grad_ref(dout @ w2, pre)
     act_ref = F.gelu(pre.double(), approximate="tanh")
@@ -217,8 +233,9 @@ def check_gelu_backward(dpre, act, db, dout, w2, pre, dtype):
 @pytest.mark.parametrize("M,K,N", [(70, 40, 24), (9, 72, 100)])
 @pytest.mark.parametrize("kmajor", [False, True], ids=["w2", "w2-kmajor"])
 def test_gemm_gelu_backward(dtype, M, K, N, kmajor):
-    """dpre, the recomputed activation and fc1's bias gradient (column sums over row bands, 70 rows = two
-    full 32-row bands and a part) from one GEMM, each within the 2x rule of eager against fp64."""
+    """dpre, the recomputed activation and fc1's bias gradient (column sums over row bands, 70 rows
+    = two full 32-row bands and a part) from one GEMM, each within the 2x rule of eager against
+    fp64."""
     dout = rand(M, K, dtype=dtype, seed=7)
     w2 = rand(K, N, dtype=dtype, scale=N ** -0.5, seed=8)
     if kmajor:
@@ -233,8 +250,9 @@ def test_gemm_gelu_backward(dtype, M, K, N, kmajor):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gelu_backward_recompute_overwrite(dtype):
-    """The one-pass GELU backward the MLP uses: dpre, the recomputed activation and fc1's bias gradient by the
-    same checks as the fused GEMM; with ``overwrite`` dpre lands in dact's own buffer with the same values."""
+    """The one-pass GELU backward the MLP uses: dpre, the recomputed activation and fc1's bias
+    gradient by the same checks as the fused GEMM; with ``overwrite`` dpre lands in dact's own
+    buffer with the same values."""
     dout = rand(70, 40, dtype=dtype, seed=7)
     w2 = rand(40, 100, dtype=dtype, scale=0.1, seed=8)
     pre = rand(70, 100, dtype=dtype, scale=1.5, seed=9)
@@ -246,7 +264,8 @@ def test_gelu_backward_recompute_overwrite(dtype):
     assert torch.equal(dpre2, dpre) and torch.equal(act2, act) and torch.equal(db2, db)
     with pytest.raises(ValueError, match="overwrite"):
         gelu_backward_recompute((dout @ w2).t().contiguous().t(), pre, overwrite=True)
-    own = pre.clone()  # act_over_pre: the recomputed activation lands in pre's buffer, the values unchanged
+    # act_over_pre: the recomputed activation lands in pre's buffer, the values unchanged
+    own = pre.clone()
     dpre3, act3, db3 = gelu_backward_recompute(dout @ w2, own, overwrite=True, act_over_pre=True)
     assert act3.data_ptr() == own.data_ptr()
     assert torch.equal(dpre3, dpre) and torch.equal(act3, act) and torch.equal(db3, db)
@@ -256,14 +275,18 @@ def test_gelu_backward_recompute_overwrite(dtype):
 
 @pytest.mark.parametrize("fused", ["linear_gelu", "mlp"])
 def test_backward_that_writes_over_its_saved_tensors_runs_once(fused):
-    """linear_gelu and the MLP write GELU' and the recomputed activation over their spent saved buffers; a
-    second backward through a retained graph must then raise autograd's in-place error, not use other values."""
+    """linear_gelu and the MLP write GELU' and the recomputed activation over their spent saved
+    buffers; a second backward through a retained graph must then raise autograd's in-place error,
+    not use other values."""
     dtype = torch.float32
     x = rand(24, 40, dtype=dtype, seed=1).requires_grad_(True)
     w1, b1 = rand(56, 40, dtype=dtype, scale=0.2, seed=2), rand(56, dtype=dtype, scale=0.1, seed=3)
     w2, b2 = rand(40, 56, dtype=dtype, scale=0.2, seed=4), rand(40, dtype=dtype, scale=0.1, seed=5)
     out = linear_gelu(x, w1, b1) if fused == "linear_gelu" else mlp(x, w1, b1, w2, b2)
-    ref = linear_gelu_reference(x, w1, b1) if fused == "linear_gelu" else mlp_reference(x, w1, b1, w2, b2)
+    if fused == "linear_gelu":
+        ref = linear_gelu_reference(x, w1, b1)
+    else:
+        ref = mlp_reference(x, w1, b1, w2, b2)
     dy = rand(*out.shape, dtype=dtype, seed=6)
     (g_ref,) = torch.autograd.grad(ref, x, dy)
     (g,) = torch.autograd.grad(out, x, dy, retain_graph=True)
@@ -272,14 +295,15 @@ def test_backward_that_writes_over_its_saved_tensors_runs_once(fused):
         torch.autograd.grad(out, x, dy)
 
 
-# under the interpreter tl.sigmoid's numpy exp overflows to inf there, and 1 / (1 + inf) = 0 is the right limit
+# under the interpreter tl.sigmoid's numpy exp overflows to inf there, and 1 / (1 + inf) = 0 is the
+# right limit
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gelu_grad_tails(dtype):
-    """GELU' where the sigmoid saturates: pre-activations out to +-60 (``exp(-2u)`` would overflow past about
-    -10 without the clamp, and ``1 - s`` cancels for s near 1), through the one-pass kernel and fc2's fused
-    GEMM epilogue, finite and within the 2x rule of eager against fp64 (fp16 cannot hold 60^3, so it stops
-    at 30)."""
+    """GELU' where the sigmoid saturates: pre-activations out to +-60 (``exp(-2u)`` would overflow
+    past about -10 without the clamp, and ``1 - s`` cancels for s near 1), through the one-pass
+    kernel and fc2's fused GEMM epilogue, finite and within the 2x rule of eager against fp64 (fp16
+    cannot hold 60^3, so it stops at 30)."""
     top = 30.0 if dtype == torch.float16 else 60.0
     pre = torch.linspace(-top, top, 70 * 100).reshape(70, 100).to(device=DEVICE, dtype=dtype)
     dout = rand(70, 40, dtype=dtype, seed=7)
@@ -290,13 +314,15 @@ def test_gelu_grad_tails(dtype):
     fused, _ = gemm(dout, w2, epilogue="gelu_grad", aux=pre)
     for name, t in (("one pass", dpre), ("GEMM epilogue", fused)):
         check_rule(name, t, gelu_grad_ref(dact, pre), ref, dtype)
-    check_rule("act", act, F.gelu(pre, approximate="tanh"), F.gelu(pre.double(), approximate="tanh"), dtype)
+    check_rule("act", act, F.gelu(pre, approximate="tanh"),
+               F.gelu(pre.double(), approximate="tanh"), dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_gelu_rounded_reproduces_eager_and_gelu_beats_it(dtype):
-    """``gelu_rounded`` rounds the pre-activation as eager does and so has eager's error; ``gelu`` (GELU on the
-    fp32 accumulator, one rounding) has a lower mean ULP error against fp64 (the seed report's claim)."""
+    """``gelu_rounded`` rounds the pre-activation as eager does and so has eager's error; ``gelu``
+    (GELU on the fp32 accumulator, one rounding) has a lower mean ULP error against fp64 (the seed
+    report's claim)."""
     M, K, N = 64, 128, 96
     a = rand(M, K, dtype=dtype, seed=10)
     w, b = linear_params(N, K, dtype, seed=11)
@@ -308,17 +334,18 @@ def test_gelu_rounded_reproduces_eager_and_gelu_beats_it(dtype):
     u = ulp(ref, dtype)
     err = {k: ((v.double() - ref).abs() / u).mean().item() for k, v in
            dict(eager=eager, rounded=rounded, fused=fused).items()}
-    # same pre-activation as eager up to rare ties: both round an fp32 sum, summed in another order (eager's
-    # CPU GEMM also differs between CPU instruction sets), so they may differ where that sum cancels; there
-    # by no more than an ulp plus the a-priori bound of fp32 summation, K * eps32 * sum|a||w| + |b|
+    # same pre-activation as eager up to rare ties: both round an fp32 sum, summed in another order
+    # (eager's CPU GEMM also differs between CPU instruction sets), so they may differ where that
+    # sum cancels; there by no more than an ulp plus the a-priori bound of fp32 summation, K * eps32
+    # * sum|a||w| + |b|
     lin = F.linear(a, w, b)
     differ = pre_r != lin
     assert differ.float().mean().item() < 2e-3
     bound = (ulp(lin, dtype) + K * torch.finfo(torch.float32).eps
              * (a.double().abs() @ w.double().abs().t() + b.double().abs()))
     assert ((pre_r.double() - lin.double()).abs() <= bound)[differ].all()
-    # from the same pre-activation the output agrees with eager except for rare 1-ulp flips, where the
-    # fp32 values of x*sigmoid(2u) and eager's 0.5x(1+tanh u) straddle a rounding boundary
+    # from the same pre-activation the output agrees with eager except for rare 1-ulp flips, where
+    # the fp32 values of x*sigmoid(2u) and eager's 0.5x(1+tanh u) straddle a rounding boundary
     same = pre_r == lin
     bits = (rounded.view(torch.int16).int() - eager.view(torch.int16).int()).abs()[same]
     assert bits.max().item() <= 1 and (bits > 0).float().mean().item() < 2e-3
@@ -347,7 +374,7 @@ def test_gemm_rejects_bad_arguments():
         gemm(a, b, epilogue="gelu_grad", aux=torch.zeros(4, 5, device=DEVICE))
 
 
-# ------------------------------------------------------------------------------------------- LayerNorm
+# ---------------------------------------------------------------------------------------- LayerNorm
 LN_SHAPES = [(37, 72), (2, 9, 72), (5, 100)]
 
 
@@ -357,7 +384,8 @@ def test_layer_norm_forward_backward(dtype, shape):
     x = rand(*shape, dtype=dtype, scale=2.0, shift=0.5, seed=12)
     w, b = ln_params(shape[-1], dtype, seed=13)
     dy = rand(*shape, dtype=dtype, seed=14)
-    check_fwd_bwd(["y", "dx", "dw", "db", None], layer_norm, layer_norm_reference, [x, w, b, EPS], dy, dtype)
+    check_fwd_bwd(["y", "dx", "dw", "db", None], layer_norm, layer_norm_reference, [x, w, b, EPS],
+                  dy, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -366,7 +394,8 @@ def test_layer_norm_non_contiguous_input(dtype):
     assert not x.is_contiguous()
     w, b = ln_params(72, dtype, seed=16)
     dy = rand(4, 9, 72, dtype=dtype, seed=17)
-    tri = check_fwd_bwd(["y", "dx", "dw", "db", None], layer_norm, layer_norm_reference, [x, w, b, EPS], dy, dtype)
+    tri = check_fwd_bwd(["y", "dx", "dw", "db", None], layer_norm, layer_norm_reference,
+                        [x, w, b, EPS], dy, dtype)
     assert tri[1].shape == x.shape
     # the values of a contiguous copy (the same bits under the interpreter)
     tri_c = run(layer_norm, [x.contiguous(), w, b, EPS], dy)
@@ -392,27 +421,31 @@ def test_ln_forward_statistics_are_fp32(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(37, 72), (5, 100), (3, 1152)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(37, 72), (5, 100), (3, 1152)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_ln_apply_reproduces_the_forward_output_bit_for_bit(dtype, shape):
-    """The backward's recompute from saved statistics must be the forward's output exactly, or gradients
-    taken with recompute_norm would differ from those with the output stored."""
+    """The backward's recompute from saved statistics must be the forward's output exactly, or
+    gradients taken with recompute_norm would differ from those with the output stored."""
     x = rand(*shape, dtype=dtype, scale=3.0, shift=1.0, seed=23)
     w, b = ln_params(shape[-1], dtype, seed=24)
     y, mean, rstd = ln_forward(x, w, b, EPS)
     assert torch.equal(ln_apply(x, w, b, mean, rstd), y)
     assert torch.equal(ln_output(x, None, w, b, mean, rstd), y)
     assert ln_output(x, y, w, b, mean, rstd) is y  # a stored output is used as it is
-    wide = rand(shape[0], 2 * shape[1], dtype=dtype, scale=3.0, shift=1.0, seed=23)[:, ::2]  # strided rows
+    wide = rand(shape[0], 2 * shape[1], dtype=dtype, scale=3.0, shift=1.0, seed=23)
+    wide = wide[:, ::2]  # strided rows
     yw, mw, rw = ln_forward(wide, w, b, EPS)
     assert torch.equal(ln_apply(wide, w, b, mw, rw), yw)
 
 
-@pytest.mark.parametrize("dtype,M", [(torch.bfloat16, 320), (torch.float32, 64)], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("dtype,M", [(torch.bfloat16, 320), (torch.float32, 64)],
+                         ids=["bf16", "fp32"])
 def test_ln_backward_weight_bias_grads_are_summed_in_fp32(dtype, M):
     """dweight/dbias are the fp64 sums over rows up to the final rounding to the weight's dtype.
 
-    In bf16 they must equal the correctly rounded fp64 sums exactly (an fp32 accumulator is ~1e-6 off, far
-    below half a bf16 ulp); dy in [0.75, 1) makes a bf16 accumulator stall at 256, as the control shows.
+    In bf16 they must equal the correctly rounded fp64 sums exactly (an fp32 accumulator is ~1e-6
+    off, far below half a bf16 ulp); dy in [0.75, 1) makes a bf16 accumulator stall at 256, as the
+    control shows.
     """
     N = 8
     x = rand(M, N, dtype=dtype, seed=20)
@@ -431,7 +464,8 @@ def test_ln_backward_weight_bias_grads_are_summed_in_fp32(dtype, M):
     else:
         assert torch.equal(dw, dw64.to(dtype)), (dw, dw64)
         assert torch.equal(db, db64.to(dtype)), (db, db64)
-        # control: the same sum accumulated in bf16 stalls far below, so the check above discriminates
+        # control: the same sum accumulated in bf16 stalls far below, so the check above
+        # discriminates
         acc = torch.zeros(N, dtype=dtype, device=DEVICE)
         for row in dy:
             acc = acc + row
@@ -471,11 +505,13 @@ def test_ln_backward_residual_adds_and_sums_the_residual_gradient(dtype):
     assert torch.equal(dw, dw0) and torch.equal(db, db0) and ds.dtype == torch.float32
     # dx = dres + the LayerNorm gradient, rounded once (not twice, as a separate add would)
     exact = (dx0.double() + dres.double())
-    assert (dx.double() - exact).abs().max().item() <= 2 * torch.finfo(dtype).eps * exact.abs().max().item()
-    assert (ds.double() - dres.double().sum(0)).abs().max().item() <= 1e-5 * dres.double().abs().sum(0).max().item()
+    top = exact.abs().max().item()
+    assert (dx.double() - exact).abs().max().item() <= 2 * torch.finfo(dtype).eps * top
+    col = dres.double().abs().sum(0).max().item()
+    assert (ds.double() - dres.double().sum(0)).abs().max().item() <= 1e-5 * col
 
 
-# ------------------------------------------------------------------------------------------- fused MLP
+# ---------------------------------------------------------------------------------------- fused MLP
 T, D, I = 37, 72, 100  # tokens, hidden, intermediate: odd sizes that exercise every mask
 
 
@@ -485,7 +521,8 @@ def test_linear_gelu(dtype, shape):
     x = rand(*shape, dtype=dtype, seed=30)
     w, b = linear_params(I, D, dtype, seed=31)
     dout = rand(*shape[:-1], I, dtype=dtype, seed=32)
-    tri = check_fwd_bwd(["out", "dx", "dw", "db"], linear_gelu, linear_gelu_reference, [x, w, b], dout, dtype)
+    tri = check_fwd_bwd(["out", "dx", "dw", "db"], linear_gelu, linear_gelu_reference, [x, w, b],
+                        dout, dtype)
     assert tri[0].shape == (*shape[:-1], I)
 
 
@@ -494,11 +531,13 @@ def test_linear_gelu_no_bias_and_rounded_preactivation(dtype):
     x = rand(T, D, dtype=dtype, seed=33)
     w, _ = linear_params(I, D, dtype, seed=34)
     dout = rand(T, I, dtype=dtype, seed=35)
-    tri = check_fwd_bwd(["out", "dx", "dw", None], linear_gelu, linear_gelu_reference, [x, w, None], dout, dtype)
+    tri = check_fwd_bwd(["out", "dx", "dw", None], linear_gelu, linear_gelu_reference, [x, w, None],
+                        dout, dtype)
     assert tri[3] is None
     # round_preact=True follows eager's double rounding, and stays within the rule too
     rounded = lambda x, w, b: linear_gelu(x, w, b, round_preact=True)  # noqa: E731
-    check_fwd_bwd(["out", "dx", "dw", None], rounded, linear_gelu_reference, [x, w, None], dout, dtype)
+    check_fwd_bwd(["out", "dx", "dw", None], rounded, linear_gelu_reference, [x, w, None], dout,
+                  dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -508,8 +547,8 @@ def test_mlp(dtype, shape):
     w1, b1 = linear_params(I, D, dtype, seed=41)
     w2, b2 = linear_params(D, I, dtype, seed=43)
     dout = rand(*shape, dtype=dtype, seed=45)
-    tri = check_fwd_bwd(["out", "dx", "dw1", "db1", "dw2", "db2"], mlp, mlp_reference, [x, w1, b1, w2, b2], dout,
-                        dtype)
+    tri = check_fwd_bwd(["out", "dx", "dw1", "db1", "dw2", "db2"], mlp, mlp_reference,
+                        [x, w1, b1, w2, b2], dout, dtype)
     assert tri[0].shape == shape
 
 
@@ -520,8 +559,8 @@ def test_mlp_non_contiguous_input(dtype):
     w1, b1 = linear_params(I, D, dtype, seed=47)
     w2, b2 = linear_params(D, I, dtype, seed=48)
     dout = rand(T, D, dtype=dtype, seed=49)
-    tri = check_fwd_bwd(["out", "dx", "dw1", "db1", "dw2", "db2"], mlp, mlp_reference, [x, w1, b1, w2, b2], dout,
-                        dtype)
+    tri = check_fwd_bwd(["out", "dx", "dw1", "db1", "dw2", "db2"], mlp, mlp_reference,
+                        [x, w1, b1, w2, b2], dout, dtype)
     assert tri[1].shape == x.shape
 
 
@@ -555,8 +594,8 @@ def ln_mlp_residual_reference(x, ln_w, ln_b, eps, w1, b1, w2, b2):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_ln_mlp_residual(dtype):
-    """``x + mlp(layer_norm(x))`` as one node: the residual's gradient and fc2's bias gradient come from the
-    LayerNorm backward pass."""
+    """``x + mlp(layer_norm(x))`` as one node: the residual's gradient and fc2's bias gradient come
+    from the LayerNorm backward pass."""
     inputs, dout = ln_mlp_inputs(dtype, shape=(2, 37, D))
     fn = lambda *a: ln_mlp(*a, residual=True)  # noqa: E731
     check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_residual_reference, inputs, dout, dtype)
@@ -580,7 +619,8 @@ def test_ln_linear(dtype, triton_gemm):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_recompute_norm_gives_identical_gradients(dtype):
-    """Recomputing the LayerNorm output in backward gives the stored one's bits: same outputs, same grads."""
+    """Recomputing the LayerNorm output in backward gives the stored one's bits: same outputs, same
+    grads."""
     inputs, dout = ln_mlp_inputs(dtype)
     a = run(lambda *t: ln_mlp(*t, recompute_norm=True), inputs, dout)
     b = run(lambda *t: ln_mlp(*t, recompute_norm=False), inputs, dout)
@@ -619,12 +659,14 @@ def test_qkv_weights_concatenates_and_is_differentiable():
     q, k, v = (torch.nn.Linear(D, D, device=DEVICE) for _ in range(3))
     w, b = qkv_weights(q, k, v)
     assert w.shape == (3 * D, D) and b.shape == (3 * D,)
-    assert torch.equal(w, torch.cat([q.weight, k.weight, v.weight])) and torch.equal(b[D:2 * D], k.bias)
+    assert torch.equal(w, torch.cat([q.weight, k.weight,
+                                     v.weight])) and torch.equal(b[D:2 * D], k.bias)
     x = rand(T, D, seed=74)
     outs = qkv(x, w, b)
     for o, ref in zip(outs, qkv_reference(x, q.weight, q.bias, k.weight, k.bias, v.weight, v.bias)):
         assert (o - ref).abs().max().item() < 1e-5
-    sum(o.pow(2).sum() * (i + 1) for i, o in enumerate(outs)).backward()  # a different weight per projection
+    # a different weight per projection
+    sum(o.pow(2).sum() * (i + 1) for i, o in enumerate(outs)).backward()
     gx = [2 * (i + 1) * (x @ m.weight.t() + m.bias) for i, m in enumerate((q, k, v))]
     for m, g in zip((q, k, v), gx):
         assert (m.weight.grad - g.t() @ x).abs().max().item() < 1e-3 * g.abs().max().item()
@@ -634,20 +676,21 @@ def test_qkv_weights_concatenates_and_is_differentiable():
     assert b is None and w.shape == (3 * D, D)
 
 
-# ------------------------------------------------------------------- heads: LN + QKV + split, pack_heads
+# -------------------------------------------------------------- heads: LN + QKV + split, pack_heads
 @pytest.mark.parametrize("layout", ["bshd", "bhsd"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_pack_heads_copies_exactly_and_sums_in_fp32(layout, dtype):
     B, H, S, Dh = 2, 3, 5, 24
     g = [rand(B, S, H, Dh, dtype=dtype, seed=100 + i) for i in range(3)]
-    heads = [t.transpose(1, 2) for t in g]  # [B, H, S, D] views in cuDNN's [B, S, H, D] memory order
+    heads = [t.transpose(1, 2) for t in g]  # [B, H, S, D] views in cuDNN's [B, S, H, D] order
     if layout == "bhsd":
         heads = [t.contiguous() for t in heads]
     packed, sums = pack_heads(*heads)
     expect = torch.cat([t.reshape(B * S, H * Dh) for t in g], -1)
     assert packed.dtype == dtype and torch.equal(packed, expect)
     assert sums.dtype == torch.float32
-    assert (sums.double() - expect.double().sum(0)).abs().max().item() < 1e-5 * expect.abs().sum(0).max().item()
+    col = expect.abs().sum(0).max().item()
+    assert (sums.double() - expect.double().sum(0)).abs().max().item() < 1e-5 * col
     packed2, none = pack_heads(*heads, bias_grad=False)
     assert none is None and torch.equal(packed2, packed)
     with pytest.raises(ValueError, match=r"\[B, H, S, D\]"):
@@ -655,18 +698,23 @@ def test_pack_heads_copies_exactly_and_sums_in_fp32(layout, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("recompute_norm,projection", [(True, "planes"), (False, "planes"), (True, "concat"),
-                                                       (False, "concat"), (True, "triton")],
-                         ids=["planes-recompute", "planes-store", "concat-recompute", "concat-store", "triton"])
+@pytest.mark.parametrize("recompute_norm,projection",
+                         [(True, "planes"), (False, "planes"), (True, "concat"), (False, "concat"),
+                          (True, "triton")],
+                         ids=["planes-recompute", "planes-store", "concat-recompute",
+                              "concat-store", "triton"])
 def test_ln_qkv_heads(dtype, recompute_norm, projection):
     H = 3
     x = rand(2, 9, D, dtype=dtype, scale=2.0, seed=110)
     ln_w, ln_b = ln_params(D, dtype, seed=111)
     w, b = linear_params(3 * D, D, dtype, seed=113)
-    dout = rand(2, H, 9, 3 * (D // H), dtype=dtype, seed=115)  # q, k, v concatenated on the last dim
-    fn = lambda *a: ln_qkv_heads(*a, recompute_norm=recompute_norm, projection=projection)  # noqa: E731
-    tri = check_fwd_bwd(["qkv", "dx", "dln_w", "dln_b", None, "dw", "db", None], fn, ln_qkv_heads_reference,
-                        [x, ln_w, ln_b, EPS, w, b, H], dout, dtype)
+    dout = rand(2, H, 9, 3 * (D // H), dtype=dtype, seed=115)  # q, k, v concatenated, last dim
+
+    def fn(*a):
+        return ln_qkv_heads(*a, recompute_norm=recompute_norm, projection=projection)
+
+    tri = check_fwd_bwd(["qkv", "dx", "dln_w", "dln_b", None, "dw", "db", None], fn,
+                        ln_qkv_heads_reference, [x, ln_w, ln_b, EPS, w, b, H], dout, dtype)
     assert tri[1].shape == x.shape
     with pytest.raises(ValueError, match="3 x heads"):
         ln_qkv_heads(x, ln_w, ln_b, EPS, w[:-1], b, H)
@@ -675,8 +723,9 @@ def test_ln_qkv_heads(dtype, recompute_norm, projection):
 
 
 def attention_half(x, branch, ln_w, ln_b, eps, w, b, heads, wo, bo):
-    """``h + out_proj(SDPA(q, k, v))`` for ``h = x + branch`` on the fused node (the first half of an encoder
-    layer): the node adds branch in its LayerNorm pass, passes h through and owns out_proj's bias gradient."""
+    """``h + out_proj(SDPA(q, k, v))`` for ``h = x + branch`` on the fused node (the first half of
+    an encoder layer): the node adds branch in its LayerNorm pass, passes h through and owns
+    out_proj's bias gradient."""
     B, S, n = x.shape
     q, k, v, res = ln_qkv_heads(x, ln_w, ln_b, eps, w, b, heads, residual_bias=bo, branch=branch)
     o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, S, n)
@@ -693,8 +742,8 @@ def attention_half_reference(x, branch, ln_w, ln_b, eps, w, b, heads, wo, bo):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("with_branch", [False, True], ids=["x", "x+branch"])
 def test_ln_qkv_heads_residual(dtype, with_branch):
-    """The residual's gradient added to dx in LN1's backward, out_proj's bias gradient taken there, and (with
-    a branch) the previous block's residual add done in the LayerNorm pass."""
+    """The residual's gradient added to dx in LN1's backward, out_proj's bias gradient taken there,
+    and (with a branch) the previous block's residual add done in the LayerNorm pass."""
     H = 3
     x = rand(2, 9, D, dtype=dtype, scale=2.0, seed=116)
     branch = rand(2, 9, D, dtype=dtype, seed=121) if with_branch else None
@@ -702,7 +751,8 @@ def test_ln_qkv_heads_residual(dtype, with_branch):
     w, b = linear_params(3 * D, D, dtype, seed=118)
     wo, bo = linear_params(D, D, dtype, seed=119)
     dout = rand(2, 9, D, dtype=dtype, seed=120)
-    names = ["out", "dx", "dbranch" if with_branch else None, "dln_w", "dln_b", None, "dw", "db", None, "dwo", "dbo"]
+    names = ["out", "dx", "dbranch" if with_branch else None, "dln_w", "dln_b", None, "dw", "db",
+             None, "dwo", "dbo"]
     tri = check_fwd_bwd(names, attention_half, attention_half_reference,
                         [x, branch, ln_w, ln_b, EPS, w, b, H, wo, bo], dout, dtype)
     if with_branch:  # x and branch reach the sum alike: one gradient
@@ -711,14 +761,16 @@ def test_ln_qkv_heads_residual(dtype, with_branch):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_add_ln_forward(dtype):
-    """h = x + a rounded as eager's add, and LayerNorm of that h: both within the 2x rule of eager."""
+    """h = x + a rounded as eager's add, and LayerNorm of that h: both within the 2x rule of
+    eager."""
     x = rand(37, D, dtype=dtype, scale=2.0, shift=0.3, seed=122)
     a = rand(37, D, dtype=dtype, seed=123)
     ln_w, ln_b = ln_params(D, dtype, seed=124)
     h, y, mean, rstd = add_ln_forward(x, a, ln_w, ln_b, EPS)
     assert torch.equal(h, x + a)
     y_plain, mean_plain, rstd_plain = ln_forward(x + a, ln_w, ln_b, EPS)
-    assert torch.equal(y, y_plain) and torch.equal(mean, mean_plain) and torch.equal(rstd, rstd_plain)
+    assert torch.equal(y, y_plain) and torch.equal(mean, mean_plain)
+    assert torch.equal(rstd, rstd_plain)
     with pytest.raises(ValueError, match="added before the LayerNorm"):
         add_ln_forward(x, a[:-1], ln_w, ln_b, EPS)
 
@@ -726,19 +778,22 @@ def test_add_ln_forward(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("recompute_norm", [True, False], ids=["recompute", "store"])
 def test_add_ln_mlp(dtype, recompute_norm):
-    """``(h, mlp(layer_norm(h)))`` for h = x + branch, consumed as a sum (as the next layer does) and as two
-    separate outputs with different gradients (fc2's bias gradient then is not dres's column sum)."""
+    """``(h, mlp(layer_norm(h)))`` for h = x + branch, consumed as a sum (as the next layer does)
+    and as two separate outputs with different gradients (fc2's bias gradient then is not dres's
+    column sum)."""
     inputs, dout = ln_mlp_inputs(dtype, shape=(2, 37, D))
     branch = rand(2, 37, D, dtype=dtype, seed=125)
     args = [inputs[0], branch] + inputs[1:]
     fn = lambda *a: add_ln_mlp(*a, recompute_norm=recompute_norm)  # noqa: E731
     names = ["out", "dx", "dbranch", "dln_w", "dln_b", None, "dw1", "db1", "dw2", "db2"]
-    check_fwd_bwd(names, lambda *a: sum(fn(*a)), lambda *a: sum(add_ln_mlp_reference(*a)), args, dout, dtype)
-    dh = rand(2, 37, D, dtype=dtype, seed=126)  # out = cat(h, mlp): h and the MLP output get their own gradients
+    check_fwd_bwd(names, lambda *a: sum(fn(*a)), lambda *a: sum(add_ln_mlp_reference(*a)), args,
+                  dout, dtype)
+    # out = cat(h, mlp): h and the MLP output get their own gradients
+    dh = rand(2, 37, D, dtype=dtype, seed=126)
     check_fwd_bwd(names, fn, add_ln_mlp_reference, args, torch.cat([dh, dout], -1), dtype)
 
 
-# ------------------------------------------------------------------------ GPU: so400m sizes, bf16/fp32
+# --------------------------------------------------------------------- GPU: so400m sizes, bf16/fp32
 TOKENS, HIDDEN, MLP_DIM = 4096, 1152, 4304
 GPU_DTYPES = [torch.bfloat16, torch.float32]
 
@@ -746,7 +801,8 @@ GPU_DTYPES = [torch.bfloat16, torch.float32]
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 def test_gpu_ln_mlp(dtype):
-    inputs, dout = ln_mlp_inputs(dtype, shape=(TOKENS, HIDDEN), device="cuda", hidden=HIDDEN, inter=MLP_DIM)
+    inputs, dout = ln_mlp_inputs(dtype, shape=(TOKENS, HIDDEN), device="cuda", hidden=HIDDEN,
+                                 inter=MLP_DIM)
     for recompute in (True, False):
         fn = lambda *a: ln_mlp(*a, recompute_norm=recompute)  # noqa: E731
         check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_reference, inputs, dout, dtype)
@@ -759,9 +815,11 @@ def test_gpu_mlp_and_linear_gelu(dtype):
     w1, b1 = linear_params(MLP_DIM, HIDDEN, dtype, seed=81, device="cuda")
     w2, b2 = linear_params(HIDDEN, MLP_DIM, dtype, seed=83, device="cuda")
     dout = rand(TOKENS, HIDDEN, dtype=dtype, seed=85, device="cuda")
-    check_fwd_bwd(["out", "dx", "dw1", "db1", "dw2", "db2"], mlp, mlp_reference, [x, w1, b1, w2, b2], dout, dtype)
+    check_fwd_bwd(["out", "dx", "dw1", "db1", "dw2", "db2"], mlp, mlp_reference,
+                  [x, w1, b1, w2, b2], dout, dtype)
     d1 = rand(TOKENS, MLP_DIM, dtype=dtype, seed=86, device="cuda")
-    check_fwd_bwd(["out", "dx", "dw", "db"], linear_gelu, linear_gelu_reference, [x, w1, b1], d1, dtype)
+    check_fwd_bwd(["out", "dx", "dw", "db"], linear_gelu, linear_gelu_reference, [x, w1, b1], d1,
+                  dtype)
 
 
 @pytest.mark.gpu
@@ -770,13 +828,15 @@ def test_gpu_layer_norm_and_qkv(dtype):
     x = rand(TOKENS, HIDDEN, dtype=dtype, scale=2.0, seed=90, device="cuda")
     ln_w, ln_b = ln_params(HIDDEN, dtype, seed=91, device="cuda")
     dy = rand(TOKENS, HIDDEN, dtype=dtype, seed=93, device="cuda")
-    check_fwd_bwd(["y", "dx", "dw", "db", None], layer_norm, layer_norm_reference, [x, ln_w, ln_b, EPS], dy, dtype)
+    check_fwd_bwd(["y", "dx", "dw", "db", None], layer_norm, layer_norm_reference,
+                  [x, ln_w, ln_b, EPS], dy, dtype)
     w, b = linear_params(3 * HIDDEN, HIDDEN, dtype, seed=94, device="cuda")
     d = rand(TOKENS, 3 * HIDDEN, dtype=dtype, seed=96, device="cuda")
-    check_fwd_bwd(["qkv", "dx", "dw", "db"], lambda *a: qkv(*a, triton_gemm=True), qkv_split_reference, [x, w, b], d,
-               dtype)
-    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db"], lambda *a: ln_linear(*a, triton_gemm=True),
-               ln_linear_reference, [x, ln_w, ln_b, EPS, w, b], d, dtype)
+    check_fwd_bwd(["qkv", "dx", "dw", "db"], lambda *a: qkv(*a, triton_gemm=True),
+                  qkv_split_reference, [x, w, b], d, dtype)
+    check_fwd_bwd(["out", "dx", "dln_w", "dln_b", None, "dw", "db"],
+                  lambda *a: ln_linear(*a, triton_gemm=True), ln_linear_reference,
+                  [x, ln_w, ln_b, EPS, w, b], d, dtype)
 
 
 @pytest.mark.gpu
@@ -796,7 +856,8 @@ def test_gpu_gelu_epilogue_ulp():
     u = ulp(ref, torch.bfloat16)
     eager = ((linear_gelu_reference(a, w, b).double() - ref).abs() / u).mean().item()
     fused = ((gemm(a, w.t(), b, epilogue="gelu")[0].double() - ref).abs() / u).mean().item()
-    rounded = ((gemm(a, w.t(), b, epilogue="gelu_rounded")[0].double() - ref).abs() / u).mean().item()
+    rounded = ((gemm(a, w.t(), b,
+                     epilogue="gelu_rounded")[0].double() - ref).abs() / u).mean().item()
     assert fused < 0.8 * eager and rounded == pytest.approx(eager, rel=0.05)
 
 
@@ -808,7 +869,8 @@ def test_gpu_gemm_gelu_backward_and_ln_mlp_residual(dtype):
     pre = rand(TOKENS, MLP_DIM, dtype=dtype, scale=1.5, seed=122, device="cuda")
     for b in (w2, w2.t().contiguous().t()):  # both TMA operand layouts on Hopper
         check_gelu_backward(*gemm_gelu_backward(d, b, pre), d, b, pre, dtype)
-    inputs, dout = ln_mlp_inputs(dtype, shape=(TOKENS, HIDDEN), device="cuda", hidden=HIDDEN, inter=MLP_DIM)
+    inputs, dout = ln_mlp_inputs(dtype, shape=(TOKENS, HIDDEN), device="cuda", hidden=HIDDEN,
+                                 inter=MLP_DIM)
     for dgrad in (False, True):
         fn = lambda *a: ln_mlp(*a, residual=True, dgrad_gemm=dgrad)  # noqa: E731
         check_fwd_bwd(LN_MLP_NAMES, fn, ln_mlp_residual_reference, inputs, dout, dtype)
@@ -818,7 +880,8 @@ def test_gpu_gemm_gelu_backward_and_ln_mlp_residual(dtype):
 @pytest.mark.parametrize("dtype", GPU_DTYPES, ids=str)
 @pytest.mark.parametrize("projection", ["planes", "concat"])
 def test_gpu_ln_qkv_heads_through_sdpa(dtype, projection):
-    """so400m widths, the gradients SDPA (cuDNN on Hopper) hands back, used as views or packed by pack_heads."""
+    """so400m widths, the gradients SDPA (cuDNN on Hopper) hands back, used as views or packed by
+    pack_heads."""
     H = 16
     x = rand(16, 256, HIDDEN, dtype=dtype, scale=2.0, seed=130, device="cuda")
     ln_w, ln_b = ln_params(HIDDEN, dtype, seed=131, device="cuda")

@@ -1,11 +1,12 @@
-"""SigLIP-2 vision tower on the Triton kernels (``workbook.models.siglip2``) against transformers' model.
+"""The SigLIP-2 tower on the Triton kernels (``workbook.models.siglip2``) against transformers.
 
-``FusedSiglip2Vision`` must give transformers' ``Siglip2VisionModel`` outputs (last hidden state and pooler)
-and gradients (every parameter and the input) from the same weights: to ~1e-4 in fp32, for full patch grids
-and for mixed grids with padding. Also: named configs and the shape checks, seeded weights, NaFlex inputs,
-the position-table resize, and loading ``Siglip2VisionModel`` state dicts from checkpoint files the tests
-write (keys with and without ``vision_model.``). The tiny config runs under the Triton interpreter on a CPU
-(conftest sets ``TRITON_INTERPRET=1``); tests marked ``gpu`` repeat the comparison at so400m width on CUDA.
+``FusedSiglip2Vision`` must give transformers' ``Siglip2VisionModel`` outputs (last hidden state and
+pooler) and gradients (every parameter and the input) from the same weights: to ~1e-4 in fp32, for
+full patch grids and for mixed grids with padding. Also: named configs and the shape checks, seeded
+weights, NaFlex inputs, the position-table resize, and loading ``Siglip2VisionModel`` state dicts
+from checkpoint files the tests write (keys with and without ``vision_model.``). The tiny config
+runs under the Triton interpreter on a CPU (conftest sets ``TRITON_INTERPRET=1``); tests marked
+``gpu`` repeat the comparison at so400m width on CUDA.
 """
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ pytest.importorskip("triton", reason="triton is an optional extra ('.[triton]')"
 from workbook.errors import ParameterError  # noqa: E402
 from workbook.kernels import runtime  # noqa: E402
 from workbook.kernels.layernorm import MAX_HIDDEN  # noqa: E402
-from workbook.models.siglip2 import (CONFIGS, FusedOptions, FusedSiglip2Vision, check_shapes,  # noqa: E402
-                                     config, from_hf, hf_model, inputs, load_hf_state_dict, resize_positions)
+from workbook.models.siglip2 import (CONFIGS, FusedOptions, FusedSiglip2Vision,  # noqa: E402
+                                     check_shapes, config, from_hf, hf_model, inputs,
+                                     load_hf_state_dict, resize_positions)
 
 DEVICE = "cuda" if torch.cuda.is_available() and not runtime.INTERPRET else "cpu"
 MIXED = [(4, 4), (3, 5), (2, 2)]  # 16, 15 and 4 of the tiny config's 16 patches: two images padded
 TOL = 1e-4
 
-kernels = pytest.mark.skipif(runtime.unavailable_reason(DEVICE) is not None,
-                             reason=f"Triton kernels unavailable: {runtime.unavailable_reason(DEVICE)}")
+WHY_NOT = runtime.unavailable_reason(DEVICE)
+kernels = pytest.mark.skipif(WHY_NOT is not None, reason=f"Triton kernels unavailable: {WHY_NOT}")
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +46,8 @@ def loss_weights(x_shape, p_shape, dtype, device, seed=1):
 
 
 def forward_backward(model, px, mask, shapes, *, hf: bool):
-    """Outputs, input grad and parameter grads (by transformers' name, prefix stripped) of a fixed loss on
-    the valid tokens' hidden states and the pooled output."""
+    """Outputs, input grad and parameter grads (by transformers' name, prefix stripped) of a fixed
+    loss on the valid tokens' hidden states and the pooled output."""
     model.zero_grad(set_to_none=True)
     px = px.detach().clone().requires_grad_()
     if hf:
@@ -68,8 +70,9 @@ def max_diff(a, b, mask=None):
 
 
 def assert_matches_hf(fused_res, hf_res, mask, tol, *, relative_grads=False):
-    """Outputs, input grad and every parameter grad within ``tol`` (absolute; for parameter grads relative
-    to their largest magnitude when ``relative_grads``, for sums over thousands of tokens)."""
+    """Outputs, input grad and every parameter grad within ``tol`` (absolute; for parameter grads
+    relative to their largest magnitude when ``relative_grads``, for sums over thousands of
+    tokens)."""
     (x, p, dpx, grads), (hx, hp, hdpx, hgrads) = fused_res, hf_res
     assert x.shape == hx.shape and p.shape == hp.shape
     assert max_diff(x, hx, mask) < tol, max_diff(x, hx, mask)
@@ -86,10 +89,11 @@ def assert_matches_hf(fused_res, hf_res, mask, tol, *, relative_grads=False):
     assert not bad, bad
 
 
-# -------------------------------------------------------------------------------- configs and checks
+# ------------------------------------------------------------------------------- configs and checks
 def test_importing_the_model_does_not_import_the_kernels():
-    """The kernels read TRITON_INTERPRET once, at import; the CPU run sets it after choosing the device, so
-    importing the model (its default options included) or the experiment must not import them first."""
+    """The kernels read TRITON_INTERPRET once, at import; the CPU run sets it after choosing the
+    device, so importing the model (its default options included) or the experiment must not import
+    them first."""
     import os
     import subprocess
     import sys
@@ -97,7 +101,8 @@ def test_importing_the_model_does_not_import_the_kernels():
     code = ("import sys, workbook.models.siglip2, workbook.experiments.triton_precision; "
             "print('workbook.kernels.runtime' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True)
     assert out.stdout.strip() == "False", out.stderr
 
 
@@ -105,7 +110,8 @@ def test_named_configs():
     cfg = config("tiny")
     for k, v in CONFIGS["tiny"].items():
         assert getattr(cfg, k) == v
-    assert cfg.hidden_act == "gelu_pytorch_tanh" and cfg.layer_norm_eps == 1e-6 and cfg.vision_use_head
+    assert cfg.hidden_act == "gelu_pytorch_tanh" and cfg.layer_norm_eps == 1e-6
+    assert cfg.vision_use_head
     big = config("so400m", num_hidden_layers=2)
     assert (big.hidden_size, big.intermediate_size, big.num_attention_heads) == (1152, 4304, 16)
     assert big.num_hidden_layers == 2  # the override
@@ -137,7 +143,8 @@ def test_hf_model_is_seeded():
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa[next(k for k in sa if k.endswith("fc1.weight"))],
                            sc[next(k for k in sc if k.endswith("fc1.weight"))])
-    assert hf_model(cfg, dtype=torch.bfloat16).embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    weight = hf_model(cfg, dtype=torch.bfloat16).embeddings.patch_embedding.weight
+    assert weight.dtype == torch.bfloat16
 
 
 def test_inputs():
@@ -154,7 +161,8 @@ def test_inputs():
     assert m3.all() and s3.tolist() == [[4, 4], [4, 4]]
 
 
-@pytest.mark.parametrize("grids", [MIXED, [(3, 5)], [(4, 4), (1, 7)]], ids=["mixed", "one-grid", "two"])
+@pytest.mark.parametrize("grids", [MIXED, [(3, 5)], [(4, 4), (1, 7)]],
+                         ids=["mixed", "one-grid", "two"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_resize_positions_matches_transformers(grids, dtype):
     from transformers.models.siglip2.modeling_siglip2 import Siglip2VisionEmbeddings
@@ -164,15 +172,17 @@ def test_resize_positions_matches_transformers(grids, dtype):
     ours = resize_positions(table, shapes, 16)
     ref = Siglip2VisionEmbeddings.resize_positional_embeddings(table, shapes, 16)
     assert ours.shape == ref.shape == (5, 16, 24) and ours.dtype == dtype
-    # the same resize, to rounding: transformers 5.17 called F.interpolate per image as we do (bit-equal),
-    # newer releases (seen: 5.24) compute it as a matmul of the separable weights, which can move the last bit
+    # the same resize, to rounding: transformers 5.17 called F.interpolate per image as we do
+    # (bit-equal), newer releases (seen: 5.24) compute it as a matmul of the separable weights,
+    # which can move the last bit
     eps = torch.finfo(dtype).eps
-    torch.testing.assert_close(ours.float(), ref.float(), rtol=eps, atol=eps * ref.abs().max().item())
+    torch.testing.assert_close(ours.float(), ref.float(), rtol=eps,
+                               atol=eps * ref.abs().max().item())
     with pytest.raises(ValueError, match="does not fit"):
         resize_positions(table, torch.tensor([[5, 4]]), 16)
 
 
-# ------------------------------------------------------------------------- agreement with transformers
+# ---------------------------------------------------------------------- agreement with transformers
 @kernels
 @pytest.mark.parametrize("grids", [None, MIXED], ids=["full", "mixed-padded"])
 def test_fused_matches_transformers_fp32(grids):
@@ -193,13 +203,15 @@ def test_fused_matches_transformers_fp32(grids):
 
 @kernels
 def test_fused_options_match_transformers():
-    """Storing the LayerNorm outputs gives the recomputing default's bits; the Triton QKV GEMM matches too."""
+    """Storing the LayerNorm outputs gives the recomputing default's bits; the Triton QKV GEMM
+    matches too."""
     cfg = config("tiny")
     hf = hf_model(cfg, seed=2, device=DEVICE)
     px, mask, shapes = inputs(cfg, 3, grids=MIXED, device=DEVICE, seed=1)
     ref = forward_backward(hf, px, mask, shapes, hf=True)
     default = forward_backward(from_hf(hf), px, mask, shapes, hf=False)
-    stored = forward_backward(from_hf(hf, FusedOptions(recompute_norm=False)), px, mask, shapes, hf=False)
+    stored = forward_backward(from_hf(hf, FusedOptions(recompute_norm=False)), px, mask, shapes,
+                              hf=False)
     for a, b in zip(default[:3], stored[:3]):
         assert torch.equal(a, b)
     assert all(torch.equal(default[3][k], stored[3][k]) for k in default[3])
@@ -213,7 +225,8 @@ def test_fused_options_match_transformers():
 
 @kernels
 def test_fused_bf16_within_twice_eager_error():
-    """bf16 tower vs transformers in bf16, both against transformers in fp64 from the same bf16 weights."""
+    """bf16 tower vs transformers in bf16, both against transformers in fp64 from the same bf16
+    weights."""
     cfg = config("tiny")
     hf16 = hf_model(cfg, seed=0, dtype=torch.bfloat16, device=DEVICE)
     hf64 = hf_model(cfg, seed=0, device=DEVICE)
@@ -226,8 +239,9 @@ def test_fused_bf16_within_twice_eager_error():
         x, p = fused(px, mask, shapes)
         e = hf16(pixel_values=px, pixel_attention_mask=mask, spatial_shapes=shapes)
         r = hf64(pixel_values=px.double(), pixel_attention_mask=mask, spatial_shapes=shapes)
-    for name, ours, eager, ref in [("last_hidden_state", x, e.last_hidden_state, r.last_hidden_state),
-                                   ("pooler_output", p, e.pooler_output, r.pooler_output)]:
+    for name, ours, eager, ref in [
+            ("last_hidden_state", x, e.last_hidden_state, r.last_hidden_state),
+            ("pooler_output", p, e.pooler_output, r.pooler_output)]:
         valid = mask if ours.dim() == 3 else None
         err, err_eager = max_diff(ours, ref, valid), max_diff(eager, ref, valid)
         atol = torch.finfo(torch.bfloat16).eps * ref.abs().max().item()
@@ -235,12 +249,12 @@ def test_fused_bf16_within_twice_eager_error():
         assert err <= 2 * err_eager + atol, (name, err, err_eager, atol)
 
 
-# ------------------------------------------------------------------------------------ checkpoint loading
+# ------------------------------------------------------------------------------- checkpoint loading
 @kernels
 @pytest.mark.parametrize("prefix", ["vision_model.", ""], ids=["prefixed", "bare"])
 def test_checkpoint_round_trip(tmp_path, prefix):
-    """A ``Siglip2VisionModel`` state dict saved by the test loads into a fresh tower, which then gives the
-    same outputs as ``from_hf`` of the model that was saved."""
+    """A ``Siglip2VisionModel`` state dict saved by the test loads into a fresh tower, which then
+    gives the same outputs as ``from_hf`` of the model that was saved."""
     cfg = config("tiny")
     hf = hf_model(cfg, seed=5)
     sd = {prefix + strip(k): v for k, v in hf.state_dict().items()}
@@ -284,9 +298,10 @@ def test_load_hf_state_dict_is_strict(tmp_path):
         load_hf_state_dict(FusedSiglip2Vision(cfg), torch.load(path, weights_only=True))
 
 
-# ---------------------------------------------------------------------------- GPU: so400m width, 4096 tokens
+# ------------------------------------------------------------------- GPU: so400m width, 4096 tokens
 @pytest.mark.gpu
-@pytest.mark.parametrize("grids", [None, [(16, 16), (12, 20), (8, 8), (15, 17)]], ids=["full", "mixed-padded"])
+@pytest.mark.parametrize("grids", [None, [(16, 16), (12, 20), (8, 8), (15, 17)]],
+                         ids=["full", "mixed-padded"])
 def test_gpu_so400m_matches_transformers(grids):
     cfg = config("so400m", num_hidden_layers=2)
     hf = hf_model(cfg, seed=0, device="cuda")
@@ -305,7 +320,8 @@ def test_gpu_so400m_bf16_within_twice_eager_error():
     hf64.load_state_dict(hf16.state_dict())
     hf64 = hf64.double()
     fused = from_hf(hf16)
-    px, mask, shapes = inputs(cfg, 16, grids=[(16, 16), (12, 20)], dtype=torch.bfloat16, device="cuda")
+    px, mask, shapes = inputs(cfg, 16, grids=[(16, 16), (12, 20)], dtype=torch.bfloat16,
+                              device="cuda")
     with torch.no_grad():
         x, p = fused(px, mask, shapes)
         e = hf16(pixel_values=px, pixel_attention_mask=mask, spatial_shapes=shapes)

@@ -1,9 +1,9 @@
 """workbook.telemetry: clock, power and energy of a measured window, through a stand-in NVML.
 
-This machine has no NVIDIA driver, so the real pynvml cannot open a device here (one test checks that this is
-reported as such). ``StandInNVML`` (tests/conftest.py, through the ``standin_nvml`` fixture) is a TEST STAND-IN
-for the few pynvml calls the module makes: it answers from scripted sequences, so the summary's arithmetic and
-the fallbacks are checked against known values.
+This machine has no NVIDIA driver, so the real pynvml cannot open a device here (one test checks
+that this is reported as such). ``StandInNVML`` (tests/conftest.py, through the ``standin_nvml``
+fixture) is a TEST STAND-IN for the few pynvml calls the module makes: it answers from scripted
+sequences, so the summary's arithmetic and the fallbacks are checked against known values.
 """
 from __future__ import annotations
 
@@ -26,13 +26,16 @@ def _window(nvml, seconds=0.15, **kw):
 def test_reason_names_decode_the_nvml_bits():
     assert telemetry.reason_names(0) == []
     assert telemetry.reason_names(0x4) == ["sw power cap"]
-    assert telemetry.reason_names(0x1 | 0x4 | 0x40) == ["idle", "sw power cap", "hw thermal slowdown"]
-    assert telemetry.reason_names(0x4 | 0x10000) == ["sw power cap", "0x10000"]  # a bit this module does not know
+    assert telemetry.reason_names(0x1 | 0x4 | 0x40) == ["idle", "sw power cap",
+                                                        "hw thermal slowdown"]
+    # a bit this module does not know
+    assert telemetry.reason_names(0x4 | 0x10000) == ["sw power cap", "0x10000"]
 
 
 def test_summary_gives_clock_power_energy_per_step_and_the_power_cap_share(standin_nvml):
     # the first sample is at full clock, every later one at the power cap with a lower clock
-    nvml = standin_nvml(clocks=(1980, 1600), power_mw=(300_000, 690_000), reasons=(0, 0x4), temps_c=(40, 60))
+    nvml = standin_nvml(clocks=(1980, 1600), power_mw=(300_000, 690_000), reasons=(0, 0x4),
+                        temps_c=(40, 60))
     tm = _window(nvml)
     s = tm.summary(steps=4)
     n = s["telemetry_samples"]
@@ -41,7 +44,8 @@ def test_summary_gives_clock_power_energy_per_step_and_the_power_cap_share(stand
     assert s["sm_clock_min_mhz"] == 1600
     assert s["power_w"] == pytest.approx((300 + 690 * (n - 1)) / n)
     assert s["power_max_w"] == 690
-    assert s["energy_j_per_step"] == pytest.approx(2400 / 4)  # from the counter: 2.4e6 mJ over 4 steps
+    # from the counter: 2.4e6 mJ over 4 steps
+    assert s["energy_j_per_step"] == pytest.approx(2400 / 4)
     assert s["energy_source"] == "NVML energy counter"
     assert s["power_capped_share"] == pytest.approx((n - 1) / n)
     assert s["clock_reasons"] == "sw power cap"
@@ -97,15 +101,18 @@ def test_cuda_visible_devices_maps_the_cuda_index_to_nvml_numbering(monkeypatch,
     nvml = standin_nvml()
     Telemetry(1, nvml=nvml)
     Telemetry(0, nvml=nvml)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5f3c")  # UUIDs: NVML's own order is the best guess left
+    # UUIDs: NVML's own order is the best guess left
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-5f3c")
     Telemetry(0, nvml=nvml)
     assert nvml.opened == [1, 3, 0]
 
 
 def test_windows_of_one_telemetry_add_up_and_each_opens_and_closes_nvml(standin_nvml):
-    """An interleaved benchmark enters one Telemetry per variant once a turn: samples, seconds and the energy
-    counter's differences add up over its windows, and what ran between them counts for nothing."""
-    nvml = standin_nvml(power_mw=(600_000,), energy_mj=(0, 1_000_000, 5_000_000, 5_500_000), temps_c=(50, 70))
+    """An interleaved benchmark enters one Telemetry per variant once a turn: samples, seconds and
+    the energy counter's differences add up over its windows, and what ran between them counts for
+    nothing."""
+    nvml = standin_nvml(power_mw=(600_000,), energy_mj=(0, 1_000_000, 5_000_000, 5_500_000),
+                        temps_c=(50, 70))
     tm = Telemetry(0, period_s=0.005, nvml=nvml)
     for _ in range(2):
         with tm:
@@ -114,10 +121,13 @@ def test_windows_of_one_telemetry_add_up_and_each_opens_and_closes_nvml(standin_
         time.sleep(0.03)  # another variant's turn: no sample is taken
         assert len(tm.samples) == n_after
     s = tm.summary(steps=3)
-    assert s["energy_j_per_step"] == pytest.approx((1000 + 500) / 3)  # 0 -> 1e6 mJ, then 5e6 -> 5.5e6 mJ
+    # 0 -> 1e6 mJ, then 5e6 -> 5.5e6 mJ
+    assert s["energy_j_per_step"] == pytest.approx((1000 + 500) / 3)
     assert s["energy_source"] == "NVML energy counter"
-    assert 0.1 <= tm.seconds < 0.13 + 0.2  # the two windows, not the gaps between them (with slack for a busy host)
-    assert nvml.shutdowns == 2 and nvml.opened == [0, 0]  # opened at construction, then again for the second window
+    # the two windows, not the gaps between them (with slack for a busy host)
+    assert 0.1 <= tm.seconds < 0.13 + 0.2
+    # opened at construction, then again for the second window
+    assert nvml.shutdowns == 2 and nvml.opened == [0, 0]
     assert s["gpu_temp_start_c"] == 50 and s["gpu_temp_max_c"] == 70
 
 
@@ -136,18 +146,21 @@ def test_a_window_without_the_energy_counter_makes_the_whole_energy_come_from_sa
 
 
 def test_an_energy_counter_that_did_not_advance_is_not_read_as_zero_joules(standin_nvml):
-    """The driver updates the counter less often than a tiny model's window lasts (seen on an H100 with the tiny
-    stack: 0 J a step); such a window gives no counter energy, and the whole comes from the samples."""
+    """The driver updates the counter less often than a tiny model's window lasts (seen on an H100
+    with the tiny stack: 0 J a step); such a window gives no counter energy, and the whole comes
+    from the samples."""
     nvml = standin_nvml(power_mw=(300_000,), energy_mj=(7_000, 7_000))
     tm = _window(nvml, seconds=0.02)
     s = tm.summary(steps=4)
     assert s["energy_source"] == "power samples x time"
-    assert s["energy_j_per_step"] == pytest.approx(300 * tm.seconds / 4) and s["energy_j_per_step"] > 0
+    assert s["energy_j_per_step"] == pytest.approx(300 * tm.seconds / 4)
+    assert s["energy_j_per_step"] > 0
 
 @pytest.mark.gpu
 def test_the_real_nvml_reads_a_busy_gpu():
-    """On a GPU: clock, power, temperature and the energy counter through the real pynvml, over two windows of
-    bf16 matrix products, agree with each other and with what a busy data-centre GPU can read."""
+    """On a GPU: clock, power, temperature and the energy counter through the real pynvml, over two
+    windows of bf16 matrix products, agree with each other and with what a busy data-centre GPU can
+    read."""
     import torch
 
     pytest.importorskip("pynvml")
@@ -169,6 +182,7 @@ def test_the_real_nvml_reads_a_busy_gpu():
     assert 0 < s["power_w"] <= s["power_max_w"] <= 1.3 * s["power_limit_w"]
     assert 10 <= s["gpu_temp_start_c"] <= s["gpu_temp_max_c"] <= 110
     assert s["energy_source"] == "NVML energy counter"
-    # the counter's mean power over the windows: a busy GPU's, under its limit. (Not compared with the samples'
-    # mean: NVML's power reading trails, an average over about a second, so it lags a window this short.)
+    # the counter's mean power over the windows: a busy GPU's, under its limit. (Not compared with
+    # the samples' mean: NVML's power reading trails, an average over about a second, so it lags a
+    # window this short.)
     assert 100 <= s["energy_j_per_step"] * 2 / tm.seconds <= 1.3 * s["power_limit_w"]

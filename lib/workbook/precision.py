@@ -1,9 +1,9 @@
 """Error statistics against an fp64 reference, in units that show rounding quality (ULP).
 
 Why: a kernel that rounds once (GELU on the fp32 accumulator) and eager PyTorch (which rounds the
-pre-activation too) have nearly the same *max* error; the difference shows in the mean ULP error and the
-share of outputs more than half an ULP off (research/triton.md 0.1). The verdict is the rule
-FlashAttention and PyTorch use: ``err_kernel <= k * err_eager_same_dtype + atol`` with k = 2.
+pre-activation too) have nearly the same *max* error; the difference shows in the mean ULP error and
+the share of outputs more than half an ULP off. The verdict is the rule FlashAttention and PyTorch
+use: ``err_kernel <= k * err_eager_same_dtype + atol`` with k = 2.
 
 ULP of a reference value ``r`` in dtype ``d``: ``2**floor(log2 |r|) * eps(d)``, with ``|r|`` clamped
 below at ``floor * rms(ref)`` so that outputs near zero (GELU's negative tail) do not dominate.
@@ -47,11 +47,12 @@ def stats(out: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype) -> dict:
 
 
 def verdict(kernel: dict, eager: dict, *, k: float = 2.0, atol: float = 0.0) -> bool:
-    """The 2x rule on max abs error: the kernel is no worse than k times eager in the same dtype (+ atol)."""
+    """The 2x rule on max abs error: the kernel is no worse than k times eager's, plus atol."""
     return kernel["max_abs"] <= k * eager["max_abs"] + atol
 
 
-def histogram(out: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype, edges=HIST_EDGES) -> list[float]:
+def histogram(out: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype,
+              edges=HIST_EDGES) -> list[float]:
     """Share of outputs in each ULP-error bin (``edges`` are bin boundaries)."""
     u = ulp_errors(out, ref64, dtype)
     e = torch.tensor(edges, dtype=torch.float64, device=u.device)
@@ -61,4 +62,5 @@ def histogram(out: torch.Tensor, ref64: torch.Tensor, dtype: torch.dtype, edges=
 
 
 def bin_labels(edges=HIST_EDGES) -> list[str]:
-    return [f"{a:g}-{b:g}" if b != float("inf") else f">{a:g}" for a, b in zip(edges[:-1], edges[1:])]
+    return [f"{a:g}-{b:g}" if b != float("inf") else f">{a:g}"
+            for a, b in zip(edges[:-1], edges[1:])]

@@ -1,21 +1,23 @@
 """The GPU's clock, power and energy while a benchmark runs, read through NVML (``nvidia-ml-py``).
 
-Why this exists: an H100/H200 running a dense bf16 training step sits at its board power limit (700 W on an
-H200 SXM), and the driver then lowers the SM clock until the power fits. Two models that do the same GEMMs
-therefore do not run them at the same speed: the one with fewer light, memory-bound gaps runs at a lower
-clock. A speed comparison that does not say at what clock, at what power and for how much energy each side
-ran hides the reason for its ratio. :class:`Telemetry` samples the SM clock, the power draw, the GPU
-temperature and the clock event reasons (NVML's name for what holds the clock down) on a background thread,
-and reads the board's energy counter at both ends of the window, so energy per step is measured, not
-integrated from samples. The temperature is there because, at a fixed power cap, a hotter chip leaks more
-power and so gets a lower clock for the same work: two variants timed one after the other under the cap may
+Why this exists: an H100/H200 running a dense bf16 training step sits at its board power limit
+(700 W on an H200 SXM), and the driver then lowers the SM clock until the power fits. Two models
+that do the same GEMMs therefore do not run them at the same speed: the one with fewer light,
+memory-bound gaps runs at a lower clock. A speed comparison that does not say at what clock, at
+what power and for how much energy each side ran hides the reason for its ratio.
+:class:`Telemetry` samples the SM clock, the power draw, the GPU temperature and the clock event
+reasons (NVML's name for what holds the clock down) on a background thread, and reads the board's
+energy counter at both ends of the window, so energy per step is measured, not integrated from
+samples. The temperature is there because, at a fixed power cap, a hotter chip leaks more power and
+so gets a lower clock for the same work: two variants timed one after the other under the cap may
 not have run at the same temperature, and the rows say so.
 
-A :class:`Telemetry` may be entered several times: the variants of an interleaved benchmark take turns on the
-GPU, and each variant's samples, seconds and energy add up over its own windows only.
+A :class:`Telemetry` may be entered several times: the variants of an interleaved benchmark take
+turns on the GPU, and each variant's samples, seconds and energy add up over its own windows only.
 
-Where NVML cannot be used (no NVIDIA driver, no ``nvidia-ml-py``, a GPU without the counters) the summary
-is ``None`` and :attr:`Telemetry.unavailable` says why in one sentence, for the report's "not measured" list.
+Where NVML cannot be used (no NVIDIA driver, no ``nvidia-ml-py``, a GPU without the counters) the
+summary is ``None`` and :attr:`Telemetry.unavailable` says why in one sentence, for the report's
+"not measured" list.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-# NVML clock event reason bits -> names used in reports (nvmlClocksEventReason*; the older "throttle" names
-# have the same values)
+# NVML clock event reason bits -> names used in reports (nvmlClocksEventReason*; the older
+# "throttle" names have the same values)
 REASONS = {
     0x1: "idle",
     0x2: "applications clocks setting",
@@ -41,7 +43,7 @@ POWER_CAP = 0x4
 
 
 def reason_names(mask: int) -> list[str]:
-    """The names of the reasons set in an NVML clock-event-reason bit mask (unknown bits by their hex value)."""
+    """The names of the reasons set in an NVML clock-event-reason bit mask (unknown bits in hex)."""
     names = [name for bit, name in REASONS.items() if mask & bit]
     rest = mask & ~sum(REASONS)
     if rest:
@@ -61,10 +63,10 @@ class Sample:
 class Telemetry:
     """Context manager around a measured window on CUDA device ``index``.
 
-    ``with Telemetry(0) as tm: ...`` (once, or once a turn) then ``tm.summary(steps)``, steps counted over
-    every window. ``period_s`` is the sampling period (NVML updates power about every 20-100 ms, so faster
-    sampling adds nothing). ``nvml`` is the module to use; tests pass a stand-in, everything else the real
-    ``pynvml``.
+    ``with Telemetry(0) as tm: ...`` (once, or once a turn) then ``tm.summary(steps)``, steps
+    counted over every window. ``period_s`` is the sampling period (NVML updates power about every
+    20-100 ms, so faster sampling adds nothing). ``nvml`` is the module to use; tests pass a
+    stand-in, everything else the real ``pynvml``.
     """
 
     index: int = 0
@@ -81,7 +83,8 @@ class Telemetry:
         self._thread = None
         self._handle = None
         self._e0 = self._t0 = None
-        self._energy_whole = True  # every window read the energy counter at both ends, and it advanced
+        # every window read the energy counter at both ends, and it advanced
+        self._energy_whole = True
         if self.nvml is None:
             try:
                 import pynvml
@@ -102,7 +105,7 @@ class Telemetry:
             return False
 
     def _nvml_index(self) -> int:
-        """NVML numbers GPUs in PCI order; CUDA_VISIBLE_DEVICES renumbers them for CUDA. Map through it."""
+        """NVML numbers GPUs in PCI order; CUDA_VISIBLE_DEVICES renumbers them for CUDA: map."""
         visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         if visible and all(v.strip().isdigit() for v in visible) and self.index < len(visible):
             return int(visible[self.index])
@@ -162,12 +165,13 @@ class Telemetry:
         energy = None
         if self._e0 is not None:
             try:
-                energy = float(self.nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle) - self._e0)
+                end = self.nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
+                energy = float(end - self._e0)
             except self.nvml.NVMLError:
                 pass
         if energy is None or energy <= 0:
-            # no counter, or one that did not advance: the driver updates it less often than this window lasted
-            # (a few ms of a tiny model), and a zero would read as a measured 0 J
+            # no counter, or one that did not advance: the driver updates it less often than this
+            # window lasted (a few ms of a tiny model), and a zero would read as a measured 0 J
             self._energy_whole = False
         else:
             self.energy_mj = (self.energy_mj or 0.0) + energy
@@ -179,29 +183,37 @@ class Telemetry:
         return False
 
     def summary(self, steps: int = 1) -> dict | None:
-        """Figures for a result row: mean/min SM clock, mean/max power, energy per step, the share of samples
-        at the power cap, every clock event reason seen and, where the GPU reports it, the first, mean and
-        highest GPU temperature. ``None`` (see :attr:`unavailable`) without NVML."""
+        """Figures for a result row: mean/min SM clock, mean/max power, energy per step, the share
+        of samples at the power cap, every clock event reason seen and, where the GPU reports it,
+        the first, mean and highest GPU temperature. ``None`` (see :attr:`unavailable`) without
+        NVML."""
         if self.seconds is None or self.unavailable:
-            return None  # no NVML, no window closed, or NVML failed part-way (samples would not cover it)
+            # no NVML, no window closed, or NVML failed part-way (samples would not cover it)
+            return None
         s = self.samples
         if not s:
             self.unavailable = f"no NVML sample in a window of {self.seconds * 1e3:.0f} ms"
             return None
-        counted = self.energy_mj is not None and self._energy_whole  # the counter read around every window
-        energy_j = self.energy_mj / 1000.0 if counted else sum(x.power_w for x in s) / len(s) * self.seconds
+        # the counter was read around every window; else energy from the power samples
+        counted = self.energy_mj is not None and self._energy_whole
+        mean_w = sum(x.power_w for x in s) / len(s)
+        energy_j = self.energy_mj / 1000.0 if counted else mean_w * self.seconds
         seen = 0
         for x in s:
             seen |= x.reasons
-        out = {"sm_clock_mhz": sum(x.sm_mhz for x in s) / len(s), "sm_clock_min_mhz": min(x.sm_mhz for x in s),
-               "power_w": sum(x.power_w for x in s) / len(s), "power_max_w": max(x.power_w for x in s),
+        out = {"sm_clock_mhz": sum(x.sm_mhz for x in s) / len(s),
+               "sm_clock_min_mhz": min(x.sm_mhz for x in s),
+               "power_w": sum(x.power_w for x in s) / len(s),
+               "power_max_w": max(x.power_w for x in s),
                "energy_j_per_step": energy_j / max(1, steps),
                "energy_source": "NVML energy counter" if counted else "power samples x time",
                "power_capped_share": sum(1 for x in s if x.reasons & POWER_CAP) / len(s),
-               "clock_reasons": ", ".join(reason_names(seen)) or "none", "telemetry_samples": len(s)}
+               "clock_reasons": ", ".join(reason_names(seen)) or "none",
+               "telemetry_samples": len(s)}
         if self.limit_w is not None:
             out["power_limit_w"] = self.limit_w
         temps = [x.temp_c for x in s if x.temp_c is not None]
         if temps:
-            out.update(gpu_temp_start_c=temps[0], gpu_temp_c=sum(temps) / len(temps), gpu_temp_max_c=max(temps))
+            out.update(gpu_temp_start_c=temps[0], gpu_temp_c=sum(temps) / len(temps),
+                       gpu_temp_max_c=max(temps))
         return out

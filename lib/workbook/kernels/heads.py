@@ -1,26 +1,24 @@
 """LayerNorm + fused QKV projection + head split as one autograd node, around torch SDPA.
 
-Why it exists: SDPA takes q, k, v as ``[B, H, S, D]`` while the fused projection writes ``[B, S, 3*H*D]``.
-The forward split is free (views), but backward must put dq, dk and dv back into one ``[B*S, 3*H*D]``
-gradient for the projection's two GEMMs. autograd's unbind/permute backward stacks and copies (in
-transformers' tower that is most of the device copies of a so400m training step at batch 256 on an H200), and
-three strided ``copy_`` calls into one buffer still cost much of that there (the timings:
-outputs/reference/nvidia-h200/README.md). :func:`pack_heads` is one
-Triton pass that writes the three head gradients into the projection's layout and sums the bias gradient
-in fp32 on the way (fixed per-program partial sums, so it is deterministic), which also saves the separate
-reduction over that gradient.
+Why it exists: SDPA takes q, k, v as ``[B, H, S, D]`` while the fused projection writes
+``[B, S, 3*H*D]``. The forward split is free (views), but backward must put dq, dk and dv back into
+one ``[B*S, 3*H*D]`` gradient for the projection's two GEMMs. autograd's unbind/permute backward
+stacks and copies (most of the device copies of transformers' tower in a so400m training step), and
+three strided ``copy_`` calls into one buffer still cost much of that. :func:`pack_heads` is one
+Triton pass that writes the three head gradients into the projection's layout and sums the bias
+gradient in fp32 on the way (fixed per-program partial sums, so it is deterministic), which also
+saves the separate reduction over that gradient.
 
 The LayerNorm output is recomputed in backward from the block input and its fp32 statistics unless
 ``recompute_norm=False`` (see :mod:`workbook.kernels.mlp`). The node also owns the attention half's
-residual connection (see :func:`ln_qkv_heads`): the previous block's residual add happens in its LayerNorm
-pass, and the residual's gradient and out_proj's bias gradient are taken in its LayerNorm backward pass,
-so neither residual add of an encoder layer, nor the sum of the two gradients reaching a block's input,
-costs a pass over memory of its own.
+residual connection (see :func:`ln_qkv_heads`): the previous block's residual add happens in its
+LayerNorm pass, and the residual's gradient and out_proj's bias gradient are taken in its LayerNorm
+backward pass, so neither residual add of an encoder layer, nor the sum of the two gradients
+reaching a block's input, costs a pass over memory of its own.
 
-q, k and v stay interleaved views of the projection's output. Giving cuDNN each of them contiguous in
-``[B, H, S, D]`` order instead (a copy after the GEMM) was slower on an H200 at batch 256 x 256 patches, with o
-and its gradient in the layout out_proj reads and writes: both attention forward+backward and packing its
-gradients from that order took longer. The timings are in outputs/reference/nvidia-h200/README.md.
+q, k and v stay interleaved views of the projection's output: handing cuDNN each of them contiguous
+in ``[B, H, S, D]`` order (a copy after the GEMM) made both attention and the packing of its
+gradients slower (outputs/reference/nvidia-h200/README.md).
 """
 from __future__ import annotations
 
@@ -38,7 +36,8 @@ from .runtime import sm_count
 @triton.jit
 def _pack_kernel(q_ptr, k_ptr, v_ptr, out_ptr, sum_ptr, M, HD, s_q, s_k, s_v, s_out,
                  COLSUM: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
-    """Rows of three ``[M, HD]`` matrices side by side into ``[M, 3*HD]``; column sums per program in fp32."""
+    """Rows of three ``[M, HD]`` matrices side by side into ``[M, 3*HD]``; column sums per program
+    in fp32."""
     pid = tl.program_id(0)
     progs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK)
@@ -70,9 +69,9 @@ def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_gra
     """``[B*S, 3*H*D]`` from three ``[B, H, S, D]`` tensors, and their column sums in fp32.
 
     Returns ``(packed, sums)``; ``sums`` (the QKV bias gradient, ``[3*H*D]`` fp32) is None without
-    ``bias_grad``. Values are copied exactly (the dtype is kept). cuDNN's SDPA backward returns its gradients
-    in ``[B, S, H, D]`` memory order, where each is a plain ``[B*S, H*D]`` matrix and the pass reads it in
-    wide vector loads; any other layout is first made so (one more copy).
+    ``bias_grad``. Values are copied exactly (the dtype is kept). cuDNN's SDPA backward returns its
+    gradients in ``[B, S, H, D]`` memory order, where each is a plain ``[B*S, H*D]`` matrix and the
+    pass reads it in wide vector loads; any other layout is first made so (one more copy).
     """
     if not (dq.shape == dk.shape == dv.shape) or dq.dim() != 4:
         raise ValueError(f"pack_heads needs three [B, H, S, D] tensors of one shape, got "
@@ -88,8 +87,9 @@ def pack_heads(dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, bias_gra
     rows = max(1, min(8, 8192 // block))
     progs = max(1, min(triton.cdiv(M, rows), sm_count(dq.device) * 4))
     sums = torch.empty((progs, 3 * HD), device=dq.device, dtype=torch.float32) if bias_grad else out
-    _pack_kernel[(progs,)](*gs, out, sums, M, HD, *(g.stride(0) for g in gs), out.stride(0), COLSUM=bias_grad,
-                           BLOCK=block, ROWS=rows, num_warps=8 if block >= 1024 else 4)
+    _pack_kernel[(progs,)](*gs, out, sums, M, HD, *(g.stride(0) for g in gs), out.stride(0),
+                           COLSUM=bias_grad, BLOCK=block, ROWS=rows,
+                           num_warps=8 if block >= 1024 else 4)
     return out, (sums.sum(0) if bias_grad else None)
 
 
@@ -97,7 +97,8 @@ def _project(y, weight, bias, heads, b, s, projection):
     """q, k, v ``[B, H, S, D]`` views of the projection of y, computed as ``projection`` says."""
     n3 = weight.shape[0]
     hd, d = n3 // 3, n3 // (3 * heads)
-    if projection == "planes":  # three cuBLAS GEMMs into three contiguous planes: SDPA gets transformers' strides
+    # "planes": three cuBLAS GEMMs into three contiguous planes, so SDPA gets transformers' strides
+    if projection == "planes":
         out = torch.empty((3, y.shape[0], hd), device=y.device, dtype=y.dtype)
         for i in range(3):
             w = weight[i * hd:(i + 1) * hd].t()
@@ -112,10 +113,11 @@ def _project(y, weight, bias, heads, b, s, projection):
 
 class LNQKVHeadsFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, projection, res_bias):
+    def forward(ctx, x, branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm, projection,
+                res_bias):
         b, s, n = x.shape
         x2 = x.reshape(b * s, n)
-        if branch is not None:  # the previous block's deferred residual add, in this LayerNorm's pass
+        if branch is not None:  # the previous block's deferred residual add, in this LayerNorm pass
             x2, y, mean, rstd = add_ln_forward(x2, branch.reshape(b * s, n), ln_w, ln_b, eps)
         else:
             y, mean, rstd = ln_forward(x2, ln_w, ln_b, eps)
@@ -132,8 +134,10 @@ class LNQKVHeadsFn(torch.autograd.Function):
         x2, y, mean, rstd, ln_w, ln_b, weight = ctx.saved_tensors
         y = ln_output(x2, y, ln_w, ln_b, mean, rstd)
         b, h, s, _ = dq.shape
-        if ctx.projection == "planes":  # three GEMMs per gradient on the head gradients as SDPA returns them
-            gs = [g.transpose(1, 2).reshape(b * s, -1) for g in (dq, dk, dv)]  # views for [B, S, H, D] order
+        # "planes": three GEMMs per gradient on the head gradients as SDPA returns them (views, for
+        # its [B, S, H, D] memory order)
+        if ctx.projection == "planes":
+            gs = [g.transpose(1, 2).reshape(b * s, -1) for g in (dq, dk, dv)]
             hd = gs[0].shape[1]
             dw = torch.empty_like(weight)
             for i, g in enumerate(gs):
@@ -143,44 +147,47 @@ class LNQKVHeadsFn(torch.autograd.Function):
             dy.addmm_(gs[1], weight[hd:2 * hd])
             dy.addmm_(gs[2], weight[2 * hd:])
             del gs
-        else:  # one [B*S, 3*H*D] gradient (and the bias gradient) from pack_heads, then two GEMMs
+        else:  # one [B*S, 3*H*D] gradient (and the bias gradient) from pack_heads, two GEMMs
             d2, db = pack_heads(dq, dk, dv, bias_grad=ctx.has_bias)
             dw = d2.t() @ y
             dy = d2 @ weight
             del d2
         db = None if db is None else db.to(weight.dtype)
         dres_sum = None
-        if ctx.residual:  # dx = dres + LN'(dy); dres's column sum is the residual branch's output bias grad
-            dx, dln_w, dln_b, dres_sum = ln_backward_residual(dy, x2, ln_w, mean, rstd, dres.reshape(x2.shape))
+        # dx = dres + LN'(dy); dres's column sum is the residual branch's output bias grad
+        if ctx.residual:
+            dx, dln_w, dln_b, dres_sum = ln_backward_residual(dy, x2, ln_w, mean, rstd,
+                                                              dres.reshape(x2.shape))
             dres_sum = dres_sum.to(weight.dtype)
         else:
             dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
         dx = dx.view(b, s, -1)
-        return (dx, dx if ctx.has_branch else None, dln_w, dln_b, None, dw, db, None, None, None, dres_sum)
+        return (dx, dx if ctx.has_branch else None, dln_w, dln_b, None, dw, db, None, None, None,
+                dres_sum)
 
 
 def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm: bool = True,
                  projection: str = "concat", residual_bias: torch.Tensor | None = None,
                  branch: torch.Tensor | None = None):
-    """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)`` for x ``[B, S, hidden]`` and the
-    ``[3*hidden, hidden]`` concatenated projection weight (q, k, v order), as one autograd node.
+    """q, k, v ``[B, H, S, D]`` of ``linear(layer_norm(x), weight, bias)``, one autograd node, for
+    x ``[B, S, hidden]`` and the ``[3*hidden, hidden]`` concatenated weight (q, k, v order).
 
-    ``projection``: "planes" (three cuBLAS GEMMs writing q, k and v each contiguous, as transformers'
-    separate projections do; backward runs three GEMMs per gradient straight on SDPA's head gradients),
-    "concat" (one cuBLAS GEMM over the concatenated weights, q/k/v interleaved views; backward through
-    :func:`pack_heads`) or "triton" (that one GEMM in Triton). On an H200 at batch 256 x 256 patches the
-    so400m step was a little faster with "concat" than with "planes", hence the default (the timings:
-    outputs/reference/nvidia-h200/README.md); the Triton GEMM is slower than cuBLAS at this shape (see the
-    notebook's kernel-speed table).
+    ``projection``: "planes" (three cuBLAS GEMMs writing q, k and v each contiguous, as
+    transformers' separate projections do; backward runs three GEMMs per gradient straight on SDPA's
+    head gradients), "concat" (one cuBLAS GEMM over the concatenated weights, q/k/v interleaved
+    views; backward through :func:`pack_heads`) or "triton" (that one GEMM in Triton). The so400m
+    step was a little faster with "concat" than with "planes", hence the default
+    (outputs/reference/nvidia-h200/README.md); the Triton GEMM is slower than cuBLAS at this shape
+    (the notebook's kernel-speed table).
 
-    With ``branch`` the input is ``x + branch``, added in the LayerNorm pass (the previous block's residual
-    add, deferred by :func:`workbook.kernels.mlp.add_ln_mlp`). With ``residual_bias`` (the bias of the
-    attention's output projection) it returns ``(q, k, v, res)``: ``res`` is the input (x, or x + branch)
-    for the residual connection ``res + out_proj(attention)``. Its gradient then reaches this node's
-    backward, which adds it to dx inside the LayerNorm backward pass (no separate accumulation of the
-    input's two gradients) and returns its column sum as ``residual_bias``'s gradient; the caller must
-    therefore add that bias without recording its gradient (``F.linear(o, w, b.detach())``), or it would be
-    counted twice.
+    With ``branch`` the input is ``x + branch``, added in the LayerNorm pass (the previous block's
+    residual add, deferred by :func:`workbook.kernels.mlp.add_ln_mlp`). With ``residual_bias`` (the
+    bias of the attention's output projection) it returns ``(q, k, v, res)``: ``res`` is the input
+    (x, or x + branch) for the residual connection ``res + out_proj(attention)``. Its gradient then
+    reaches this node's backward, which adds it to dx inside the LayerNorm backward pass (no
+    separate accumulation of the input's two gradients) and returns its column sum as
+    ``residual_bias``'s gradient; the caller must therefore add that bias without recording its
+    gradient (``F.linear(o, w, b.detach())``), or it would be counted twice.
     """
     if x.dim() != 3:
         raise ValueError(f"ln_qkv_heads needs x as [batch, seq, hidden], got {tuple(x.shape)}")
@@ -188,12 +195,12 @@ def ln_qkv_heads(x, ln_w, ln_b, eps, weight, bias, heads: int, *, recompute_norm
         raise ValueError(f"weight's {weight.shape[0]} rows are not 3 x heads ({heads}) x head_dim")
     if projection not in QKV_PROJECTIONS:
         raise ValueError(f"projection must be one of {QKV_PROJECTIONS}, got {projection!r}")
-    return LNQKVHeadsFn.apply(x.contiguous(), branch, ln_w, ln_b, eps, weight, bias, heads, recompute_norm,
-                              projection, residual_bias)
+    return LNQKVHeadsFn.apply(x.contiguous(), branch, ln_w, ln_b, eps, weight, bias, heads,
+                              recompute_norm, projection, residual_bias)
 
 
 def ln_qkv_heads_reference(x, ln_w, ln_b, eps, weight, bias, heads: int):
-    """What transformers computes: LayerNorm, the q/k/v projections, ``view`` + ``transpose`` into heads."""
+    """What transformers computes: LayerNorm, the q/k/v projections, ``view``, ``transpose``."""
     b, s, n = x.shape
     y = F.layer_norm(x, (n,), ln_w, ln_b, eps)
     ws, bs = weight.chunk(3, 0), (bias.chunk(3, 0) if bias is not None else (None,) * 3)

@@ -1,22 +1,23 @@
-"""The fused SigLIP-2 MLP and the LayerNorm-fused projections built on the Triton GEMM and LayerNorm.
+"""The fused SigLIP-2 MLP and the LayerNorm-fused projections, on the Triton GEMM and LayerNorm.
 
 What is fused, and what is recomputed instead of stored (the memory the seed report saves):
 
 - ``linear_gelu``: fc1 + bias + GELU(tanh) in one GEMM, the GELU applied to the fp32 accumulator. It
   stores the pre-activation (needed for GELU') and not the activation.
-- ``mlp``: fc1+GELU, then fc2 (cuBLAS). Backward recomputes the activation from the stored pre-activation
-  for fc2's weight gradient, in the same Triton pass as GELU' and fc1's bias gradient (or, with
-  ``dgrad_gemm``, in the epilogue of fc2's data-gradient GEMM). Only the pre-activation is kept between
-  forward and backward: eager also keeps the activation, one more tokens x 4304 tensor per layer. Backward
-  writes over its own buffers once they are spent (GELU' over fc2's data gradient, the recomputed activation
-  over the pre-activation; in ``linear_gelu`` GELU' over the pre-activation), so a retained graph cannot be
-  run backward twice: the second time raises autograd's in-place error.
-- ``ln_linear`` / ``ln_mlp``: the LayerNorm in front of the QKV projection / the MLP, fused into the same
-  autograd node. With ``recompute_norm`` (the default) the normalised activations are recomputed in
-  backward from the block input and the saved fp32 statistics (FlashAttention's ``layer_norm_linear_fn``
-  design), so the LayerNorm output
-  is not stored either. This is recomputation inside one fused operation, not activation checkpointing
-  (no forward is re-run); ``recompute_norm=False`` stores it and is reported as its own variant.
+- ``mlp``: fc1+GELU, then fc2 (cuBLAS). Backward recomputes the activation from the stored
+  pre-activation for fc2's weight gradient, in the same Triton pass as GELU' and fc1's bias gradient
+  (or, with ``dgrad_gemm``, in the epilogue of fc2's data-gradient GEMM). Only the pre-activation is
+  kept between forward and backward: eager also keeps the activation, one more tokens x 4304 tensor
+  per layer. Backward writes over its own buffers once they are spent (GELU' over fc2's data
+  gradient, the recomputed activation over the pre-activation; in ``linear_gelu`` GELU' over the
+  pre-activation), so a retained graph cannot be run backward twice: the second time raises
+  autograd's in-place error.
+- ``ln_linear`` / ``ln_mlp``: the LayerNorm in front of the QKV projection / the MLP, fused into the
+  same autograd node. With ``recompute_norm`` (the default) the normalised activations are
+  recomputed in backward from the block input and the saved fp32 statistics (FlashAttention's
+  ``layer_norm_linear_fn`` design), so the LayerNorm output is not stored either. This is
+  recomputation inside one fused operation, not activation checkpointing (no forward is re-run);
+  ``recompute_norm=False`` stores it and is reported as its own variant.
 - ``qkv``: the three projections as one GEMM over concatenated weights.
 - ``ln_mlp(..., residual=True)``: the encoder layer's whole second half, ``x + mlp(layer_norm(x))``.
 
@@ -37,29 +38,31 @@ from .runtime import INTERPRET
 
 
 @triton.jit
-def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, STORE_ACT: tl.constexpr, OUT_BF16: tl.constexpr,
-                     INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
+def _gelu_bwd_kernel(dact_ptr, pre_ptr, dpre_ptr, act_ptr, n, STORE_ACT: tl.constexpr,
+                     OUT_BF16: tl.constexpr, INTERPRET: tl.constexpr, BLOCK: tl.constexpr):
     """``dpre = dact * GELU'(pre)``; with ``STORE_ACT`` also the recomputed ``act = GELU(pre)``."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     pre = tl.load(pre_ptr + offs, mask=m, other=0.0).to(tl.float32)
     dpre = tl.load(dact_ptr + offs, mask=m, other=0.0).to(tl.float32) * gelu_tanh_grad(pre)
-    tl.store(dpre_ptr + offs, to_out(dpre, OUT_BF16, INTERPRET).to(dpre_ptr.dtype.element_ty), mask=m)
+    tl.store(dpre_ptr + offs, to_out(dpre, OUT_BF16, INTERPRET).to(dpre_ptr.dtype.element_ty),
+             mask=m)
     if STORE_ACT:
-        tl.store(act_ptr + offs, to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
+        tl.store(act_ptr + offs,
+                 to_out(gelu_tanh(pre), OUT_BF16, INTERPRET).to(act_ptr.dtype.element_ty), mask=m)
 
 
 def _written_over(t: torch.Tensor) -> None:
-    """Mark a tensor a Triton pass has written over (its stores do not bump autograd's version counter), so
-    that a backward that saved it (a second one through a retained graph) raises instead of reading other
-    values."""
+    """Mark a tensor a Triton pass has written over (its stores do not bump autograd's version
+    counter), so that a backward that saved it (a second one through a retained graph) raises
+    instead of reading other values."""
     torch.autograd.graph.increment_version(t)
 
 
 def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor, *, over_pre: bool = False) -> torch.Tensor:
-    """``dact * GELU'(pre)`` in one pass (fc1+GELU's backward when no fc2 GEMM follows it); with ``over_pre``
-    written over ``pre`` itself (each element is read before it is written, by the same program), for a caller
-    that owns ``pre`` and needs it no more."""
+    """``dact * GELU'(pre)`` in one pass (fc1+GELU's backward when no fc2 GEMM follows it); with
+    ``over_pre`` written over ``pre`` itself (each element is read before it is written, by the same
+    program), for a caller that owns ``pre`` and needs it no more."""
     if over_pre and not pre.is_contiguous():
         raise ValueError("over_pre needs pre contiguous")
     pre, dact = pre.contiguous(), dact.contiguous()
@@ -67,7 +70,8 @@ def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor, *, over_pre: bool = False)
     n = pre.numel()
     block = 1024
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, out, out, n, STORE_ACT=False,
-                                               OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block)
+                                               OUT_BF16=pre.dtype == torch.bfloat16,
+                                               INTERPRET=INTERPRET, BLOCK=block)
     if over_pre:
         _written_over(pre)
     return out
@@ -75,27 +79,26 @@ def _gelu_grad(pre: torch.Tensor, dact: torch.Tensor, *, over_pre: bool = False)
 
 def gelu_backward_recompute(dact: torch.Tensor, pre: torch.Tensor, *, overwrite: bool = False,
                             act_over_pre: bool = False):
-    """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's bias
-    gradient ``sum(dpre, 0)`` in fp32. With ``overwrite`` dpre is written over ``dact``, with ``act_over_pre``
-    act over ``pre`` (each element is read before it is written, by the same program), for a caller that owns
-    them: with both the MLP backward holds two tokens x 4304 tensors at its peak rather than four (eager's
-    holds three). (Column sums inside the pass were slower, on an H100 and again on an H200, with a 2-D
-    tiled pass than this flat pass plus a torch reduction at 65536 x 4304; a later 2-D pass summing in
-    registers and reducing once per program was no faster, in the kernel or in the so400m step. Taking the bias
-    gradient from fc1's weight-gradient GEMM through a column of ones appended to its input was slower still
-    on the H200: cuBLAS takes longer over the 1160-wide output. The timings are in
-    outputs/reference/nvidia-h200/README.md.)"""
-    if overwrite and not (dact.is_contiguous() and dact.shape == pre.shape and dact.dtype == pre.dtype):
+    """One pass: ``dpre = dact * GELU'(pre)`` and the recomputed ``act = GELU(pre)``; plus fc1's
+    bias gradient ``sum(dpre, 0)`` in fp32. With ``overwrite`` dpre is written over ``dact``, with
+    ``act_over_pre`` act over ``pre`` (each element is read before it is written, by the same
+    program), for a caller that owns them: with both the MLP backward holds two tokens x
+    intermediate tensors at its peak rather than four (eager's holds three). The bias gradient is a
+    torch reduction after this flat pass: column sums inside it, or through fc1's weight-gradient
+    GEMM, were slower (outputs/reference/nvidia-h200/README.md)."""
+    like_pre = dact.is_contiguous() and dact.shape == pre.shape and dact.dtype == pre.dtype
+    if overwrite and not like_pre:
         raise ValueError("overwrite needs dact contiguous and of pre's shape and dtype")
     if act_over_pre and not pre.is_contiguous():
         raise ValueError("act_over_pre needs pre contiguous")
     dact, pre = dact.contiguous(), pre.contiguous()
-    dpre, act = (dact if overwrite else torch.empty_like(pre)), (pre if act_over_pre else torch.empty_like(pre))
+    dpre = dact if overwrite else torch.empty_like(pre)
+    act = pre if act_over_pre else torch.empty_like(pre)
     n = pre.numel()
     block = 256 if INTERPRET else 2048
     _gelu_bwd_kernel[(triton.cdiv(n, block),)](dact, pre, dpre, act, n, STORE_ACT=True,
-                                               OUT_BF16=pre.dtype == torch.bfloat16, INTERPRET=INTERPRET, BLOCK=block,
-                                               num_warps=8)
+                                               OUT_BF16=pre.dtype == torch.bfloat16,
+                                               INTERPRET=INTERPRET, BLOCK=block, num_warps=8)
     for t, written in ((dact, overwrite), (pre, act_over_pre)):
         if written:
             _written_over(t)
@@ -107,16 +110,13 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _bias_grad(d: torch.Tensor, bias) -> torch.Tensor | None:
-    return None if bias is None else d.sum(0, dtype=torch.float32).to(bias.dtype)
-
-
-# ---------------------------------------------------------------------------------------------- fc1 + GELU
+# ----------------------------------------------------------------------------------- fc1 + GELU
 class LinearGeluFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, round_preact):
         x2 = _flat(x)
-        act, pre = gemm(x2, weight.t(), bias, epilogue="gelu_rounded" if round_preact else "gelu", store_aux=True)
+        act, pre = gemm(x2, weight.t(), bias, epilogue="gelu_rounded" if round_preact else "gelu",
+                        store_aux=True)
         ctx.save_for_backward(x2, weight, pre)
         ctx.has_bias = bias is not None
         return act.view(*x.shape[:-1], weight.shape[0])
@@ -124,7 +124,8 @@ class LinearGeluFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dact):
         x2, weight, pre = ctx.saved_tensors
-        dpre = _gelu_grad(pre, _flat(dact), over_pre=True)  # pre is this node's own and needed no more
+        # pre is this node's own and needed no more
+        dpre = _gelu_grad(pre, _flat(dact), over_pre=True)
         dx = (dpre @ weight).view(*dact.shape[:-1], weight.shape[1])
         dw = dpre.t() @ x2
         db = dpre.sum(0, dtype=torch.float32).to(weight.dtype) if ctx.has_bias else None
@@ -132,7 +133,8 @@ class LinearGeluFn(torch.autograd.Function):
 
 
 def linear_gelu(x, weight, bias=None, *, round_preact: bool = False):
-    """``gelu_tanh(x @ weight.T + bias)`` with GELU on the fp32 accumulator (``round_preact``: eager's rounding)."""
+    """``gelu_tanh(x @ weight.T + bias)``, GELU on the fp32 accumulator (``round_preact``: eager's
+    rounding)."""
     return LinearGeluFn.apply(x, weight, bias, round_preact)
 
 
@@ -140,10 +142,11 @@ def linear_gelu_reference(x, weight, bias=None):
     return F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
 
-# ------------------------------------------------------------------------- (LayerNorm +) fc1 + GELU + fc2
+# -------------------------------------------------------------- (LayerNorm +) fc1 + GELU + fc2
 class MLPFn(torch.autograd.Function):
-    """``mode``: "plain" (``mlp(ln(x))``), "residual" (``x + mlp(ln(x))``) or "deferred" (``x + branch`` is
-    the input, added inside the LayerNorm pass, and ``(h, mlp(ln(h)))`` is returned unsummed)."""
+    """``mode``: "plain" (``mlp(ln(x))``), "residual" (``x + mlp(ln(x))``) or "deferred" (the
+    input is ``x + branch``, added inside the LayerNorm pass, and ``(h, mlp(ln(h)))`` is returned
+    unsummed)."""
 
     @staticmethod
     def forward(ctx, x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, mode):
@@ -162,7 +165,8 @@ class MLPFn(torch.autograd.Function):
             out += x2
         keep_y = None if (has_ln and recompute_norm) else y
         ctx.save_for_backward(x2, keep_y, mean, rstd, ln_w, ln_b, w1, w2, pre)
-        ctx.eps, ctx.has_ln, ctx.has_b, ctx.dgrad_gemm = eps, has_ln, (b1 is not None, b2 is not None), dgrad_gemm
+        ctx.eps, ctx.has_ln, ctx.dgrad_gemm = eps, has_ln, dgrad_gemm
+        ctx.has_b = (b1 is not None, b2 is not None)
         ctx.mode, ctx.has_branch, ctx.shape = mode, branch is not None, x.shape
         out = out.view(*x.shape[:-1], w2.shape[0])
         return (x2.view(x.shape), out) if mode == "deferred" else out
@@ -179,11 +183,14 @@ class MLPFn(torch.autograd.Function):
         if ctx.mode == "residual":
             dres = d2
         y = ln_output(x2, y, ln_w, ln_b, mean, rstd)
-        if ctx.dgrad_gemm:  # GELU', the recomputed activation and fc1's bias grad in fc2's data-gradient GEMM
-            dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)  # K-major B: TMA's fast side
-        else:  # cuBLAS data gradient, then one Triton pass for GELU', the recomputed activation and fc1's bias grad
-            # dpre over its own product d2 @ w2, act over this node's saved pre
-            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, overwrite=True, act_over_pre=True)
+        # GELU', the recomputed activation and fc1's bias grad: in fc2's data-gradient GEMM, or
+        # after a cuBLAS one in one Triton pass (dpre over its own product d2 @ w2, act over this
+        # node's saved pre)
+        if ctx.dgrad_gemm:  # a K-major B: TMA's fast side
+            dpre, act, db1 = gemm_gelu_backward(d2, w2.t().contiguous().t(), pre)
+        else:
+            dpre, act, db1 = gelu_backward_recompute(d2 @ w2, pre, overwrite=True,
+                                                     act_over_pre=True)
         dw2 = d2.t() @ act
         del act
         dw1 = dpre.t() @ y
@@ -191,30 +198,31 @@ class MLPFn(torch.autograd.Function):
         dy = dpre @ w1
         del dpre
         dln_w = dln_b = dres_sum = None
-        if ctx.has_ln and dres is not None:  # dx = dres + LN'(dy), and dres's column sum, in the LayerNorm pass
+        # dx = dres + LN'(dy), and dres's column sum, in the LayerNorm pass
+        if ctx.has_ln and dres is not None:
             dx, dln_w, dln_b, dres_sum = ln_backward_residual(dy, x2, ln_w, mean, rstd, dres)
         elif ctx.has_ln:
             dx, dln_w, dln_b = ln_backward(dy, x2, ln_w, mean, rstd)
         else:
             dx = dy + dres if dres is not None else dy
         db2 = None
-        if ctx.has_b[1]:  # fc2's bias grad is dres's column sum when dres is the output's gradient itself
-            same = dres_sum is not None and dres.data_ptr() == d2.data_ptr() and dres.stride() == d2.stride()
+        # fc2's bias grad is dres's column sum when dres is the output's gradient itself
+        if ctx.has_b[1]:
+            same = (dres_sum is not None and dres.data_ptr() == d2.data_ptr()
+                    and dres.stride() == d2.stride())
             db2 = (dres_sum if same else d2.sum(0, dtype=torch.float32)).to(w2.dtype)
         dx = dx.view(ctx.shape)
-        return (dx, dx if ctx.has_branch else None, dln_w, dln_b, None, dw1, db1, dw2, db2, None, None, None)
+        return (dx, dx if ctx.has_branch else None, dln_w, dln_b, None, dw1, db1, dw2, db2,
+                None, None, None)
 
 
 def mlp(x, w1, b1, w2, b2, *, dgrad_gemm: bool = False):
-    """SigLIP-2 MLP ``fc2(gelu_tanh(fc1(x)))`` with the fused fc1 epilogue and the recomputing backward.
+    """SigLIP-2 MLP ``fc2(gelu_tanh(fc1(x)))``: the fused fc1 epilogue, the recomputing backward.
 
-    ``dgrad_gemm`` fuses GELU', the activation recompute and fc1's bias gradient into fc2's data-gradient
-    GEMM in Triton (:func:`gemm_gelu_backward`); by default that GEMM is cuBLAS and the three share one Triton
-    pass. The default is faster, on an H200 at 65536 x 1152 -> 4304, than the fused GEMM with TMA loads and
-    bulk stores in its epilogue, and faster still than with pointer loads and stores: its epilogue (a load, two
-    stores and column sums) is not hidden behind the main loop, though the same GEMM with no epilogue matches
-    cuBLAS. The so400m step at batch 256 is slower with ``dgrad_gemm`` too. The timings are in
-    outputs/reference/nvidia-h200/README.md.
+    ``dgrad_gemm`` fuses GELU', the activation recompute and fc1's bias gradient into fc2's
+    data-gradient GEMM in Triton (:func:`gemm_gelu_backward`); by default that GEMM is cuBLAS and
+    the three share one Triton pass, which was faster: the fused GEMM's epilogue (a load, two stores
+    and column sums) is not hidden behind its main loop (outputs/reference/nvidia-h200/README.md).
     """
     return MLPFn.apply(x, None, None, None, 0.0, w1, b1, w2, b2, True, dgrad_gemm, "plain")
 
@@ -223,26 +231,29 @@ def mlp_reference(x, w1, b1, w2, b2):
     return F.linear(F.gelu(F.linear(x, w1, b1), approximate="tanh"), w2, b2)
 
 
-def ln_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True, dgrad_gemm: bool = False,
-           residual: bool = False):
-    """``mlp(layer_norm(x))`` as one autograd node (the second half of an encoder layer); with ``residual``
-    ``x + mlp(layer_norm(x))``, whose backward adds the residual's gradient and sums fc2's bias gradient in
-    the LayerNorm backward pass instead of two more passes over memory."""
+def ln_mlp(x, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True,
+           dgrad_gemm: bool = False, residual: bool = False):
+    """``mlp(layer_norm(x))`` as one autograd node (the second half of an encoder layer); with
+    ``residual`` ``x + mlp(layer_norm(x))``, whose backward adds the residual's gradient and sums
+    fc2's bias gradient in the LayerNorm backward pass instead of two more passes over memory."""
     return MLPFn.apply(x, None, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm,
                        "residual" if residual else "plain")
 
 
 def add_ln_mlp(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, *, recompute_norm: bool = True,
                dgrad_gemm: bool = False):
-    """``(h, mlp(layer_norm(h)))`` for ``h = x + branch``, as one node, the sum left to the consumer.
+    """``(h, mlp(layer_norm(h)))`` for ``h = x + branch``, as one node, the sum left to the
+    consumer.
 
-    The encoder layer's second half with both residual adds moved into LayerNorm passes: ``x + branch``
-    (the attention half) is added in this node's LayerNorm, and ``h + mlp(...)`` is left for the next
-    layer's LayerNorm (:func:`workbook.kernels.heads.ln_qkv_heads` takes it as ``branch``). Backward adds h's
-    gradient to dx in the LayerNorm backward pass and returns dx for both x and branch; when h's gradient
-    and the output's are one tensor (as when a sum consumes them) its column sum there is fc2's bias grad.
+    The encoder layer's second half with both residual adds moved into LayerNorm passes: ``x +
+    branch`` (the attention half) is added in this node's LayerNorm, and ``h + mlp(...)`` is left
+    for the next layer's LayerNorm (:func:`workbook.kernels.heads.ln_qkv_heads` takes it as
+    ``branch``). Backward adds h's gradient to dx in the LayerNorm backward pass and returns dx for
+    both x and branch; when h's gradient and the output's are one tensor (as when a sum consumes
+    them) its column sum there is fc2's bias grad.
     """
-    return MLPFn.apply(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm, "deferred")
+    return MLPFn.apply(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2, recompute_norm, dgrad_gemm,
+                       "deferred")
 
 
 def add_ln_mlp_reference(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2):
@@ -250,7 +261,8 @@ def add_ln_mlp_reference(x, branch, ln_w, ln_b, eps, w1, b1, w2, b2):
     return h, mlp_reference(F.layer_norm(h, (h.shape[-1],), ln_w, ln_b, eps), w1, b1, w2, b2)
 
 
-# ------------------------------------------------------------------------------ LayerNorm + linear (QKV)
+# ------------------------------------------------------------------------------ LayerNorm + linear
+# (QKV)
 class LNLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, eps, weight, bias, recompute_norm, triton_gemm):
@@ -272,13 +284,16 @@ class LNLinearFn(torch.autograd.Function):
         return dx.view(*dout.shape[:-1], x2.shape[1]), dln_w, dln_b, None, dw, db, None, None
 
 
-def ln_linear(x, ln_w, ln_b, eps, weight, bias, *, recompute_norm: bool = True, triton_gemm: bool = False):
-    """``linear(layer_norm(x))`` as one autograd node; ``triton_gemm`` runs the projection in the Triton GEMM."""
+def ln_linear(x, ln_w, ln_b, eps, weight, bias, *, recompute_norm: bool = True,
+              triton_gemm: bool = False):
+    """``linear(layer_norm(x))`` as one autograd node; ``triton_gemm`` runs the projection in the
+    Triton GEMM."""
     return LNLinearFn.apply(x, ln_w, ln_b, eps, weight, bias, recompute_norm, triton_gemm)
 
 
 def qkv_weights(q, k, v):
-    """One ``[3*hidden, hidden]`` weight and ``[3*hidden]`` bias from three ``nn.Linear`` (differentiable)."""
+    """One ``[3*hidden, hidden]`` weight and ``[3*hidden]`` bias from three ``nn.Linear``
+    (differentiable)."""
     w = torch.cat([q.weight, k.weight, v.weight], 0)
     b = torch.cat([q.bias, k.bias, v.bias], 0) if q.bias is not None else None
     return w, b

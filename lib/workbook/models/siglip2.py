@@ -1,21 +1,25 @@
-"""SigLIP-2 vision model assembled from the Triton kernels, loading transformers' ``Siglip2VisionModel`` weights.
+"""The SigLIP-2 vision tower on the Triton kernels, loading transformers' weights.
 
-Why it exists: the fused kernels are only worth something if a whole SigLIP-2 tower built from them gives
-the same outputs and gradients as the model people use. :class:`FusedSiglip2Vision` has the same module
-names as transformers' ``Siglip2VisionModel`` (so ``load_state_dict`` takes its weights unchanged, with or
-without the older ``vision_model.`` prefix) and differs only in how each block computes:
+Why it exists: the fused kernels are only worth something if a whole SigLIP-2 tower built from them
+gives the same outputs and gradients as the model people use. :class:`FusedSiglip2Vision` has the
+same module names as transformers' ``Siglip2VisionModel`` (so ``load_state_dict`` takes its weights
+unchanged, with or without the older ``vision_model.`` prefix) and differs only in how each block
+computes:
 
-- LayerNorm + fused QKV projection + head split in one autograd node, then attention through torch SDPA;
-  that node's backward also takes the attention residual's gradient and out_proj's bias gradient;
-- LayerNorm + fused MLP in one node (GELU on the fp32 accumulator, activation recomputed in backward, the
-  residual's gradient and fc2's bias gradient taken in the LayerNorm backward pass);
-- both residual adds of a layer done inside the next LayerNorm's pass: the attention output is added in
-  LN2's, and the MLP output in the next layer's LN1 (each layer returns ``(h, mlp_out)`` unsummed);
-- the NaFlex position table resized once per distinct patch grid in the batch rather than once per image
-  (transformers loops over the images and writes each one into a slice), and the attention mask built
-  once per forward and dropped when no patch is padding.
+- LayerNorm + fused QKV projection + head split in one autograd node, then attention through torch
+  SDPA; that node's backward also takes the attention residual's gradient and out_proj's bias
+  gradient;
+- LayerNorm + fused MLP in one node (GELU on the fp32 accumulator, activation recomputed in
+  backward, the residual's gradient and fc2's bias gradient taken in the LayerNorm backward pass);
+- both residual adds of a layer done inside the next LayerNorm's pass: the attention output is added
+  in LN2's, and the MLP output in the next layer's LN1 (each layer returns ``(h, mlp_out)``
+  unsummed);
+- the NaFlex position table resized once per distinct patch grid in the batch rather than once per
+  image (transformers loops over the images and writes each one into a slice), and the attention
+  mask built once per forward and dropped when no patch is padding.
 
-Configs come from names (``so400m``, ``tiny``) with seeded random weights: no model hub is reachable here.
+Configs come from names (``so400m``, ``tiny``) with seeded random weights: no model hub is reachable
+here.
 """
 from __future__ import annotations
 
@@ -30,22 +34,22 @@ from workbook.errors import bad_param
 
 CONFIGS = {
     # google/siglip2-so400m-patch16-naflex vision tower
-    "so400m": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                   patch_size=16, num_patches=256, num_channels=3),
-    # small enough for the Triton interpreter on a 2-core CPU, with odd sizes that exercise the masks
+    "so400m": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                   num_attention_heads=16, patch_size=16, num_patches=256, num_channels=3),
+    # small enough for the Triton interpreter on a 2-core CPU; odd sizes exercise the masks
     "tiny": dict(hidden_size=72, intermediate_size=100, num_hidden_layers=2, num_attention_heads=3,
                  patch_size=4, num_patches=16, num_channels=3),
 }
 
 
 def config(name: str = "tiny", **overrides):
-    """A transformers ``Siglip2VisionConfig`` for a named size (``so400m``, ``tiny``), with overrides."""
+    """A transformers ``Siglip2VisionConfig`` for a named size (so400m, tiny), with overrides."""
     from transformers import Siglip2VisionConfig
 
     if name not in CONFIGS:
         raise bad_param("config", name, f"one of {', '.join(CONFIGS)}")
-    kw = dict(CONFIGS[name], hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6, attention_dropout=0.0,
-              vision_use_head=True)
+    kw = dict(CONFIGS[name], hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
+              attention_dropout=0.0, vision_use_head=True)
     kw.update(overrides)
     return Siglip2VisionConfig(**kw)
 
@@ -58,9 +62,11 @@ def check_shapes(cfg) -> None:
         raise bad_param("hidden_size", cfg.hidden_size,
                         f"a multiple of num_attention_heads ({cfg.num_attention_heads})")
     if cfg.hidden_size > MAX_HIDDEN:
-        raise bad_param("hidden_size", cfg.hidden_size, f"at most {MAX_HIDDEN} (one LayerNorm row per Triton program)")
+        raise bad_param("hidden_size", cfg.hidden_size,
+                        f"at most {MAX_HIDDEN} (one LayerNorm row per Triton program)")
     if int(math.isqrt(cfg.num_patches)) ** 2 != cfg.num_patches:
-        raise bad_param("num_patches", cfg.num_patches, "a perfect square (the position table is square)")
+        raise bad_param("num_patches", cfg.num_patches,
+                        "a perfect square (the position table is square)")
 
 
 def hf_model(cfg, *, seed: int = 0, dtype=torch.float32, device="cpu", attn: str = "sdpa"):
@@ -76,15 +82,15 @@ def hf_model(cfg, *, seed: int = 0, dtype=torch.float32, device="cpu", attn: str
 class FusedOptions:
     """How the fused model computes: ``recompute_norm`` (LayerNorm outputs recomputed in backward),
     ``qkv`` (how the QKV projection runs: "planes", "concat" or "triton", see
-    :func:`workbook.kernels.heads.ln_qkv_heads`) and ``dgrad_gemm`` (GELU' fused into fc2's data-gradient
-    GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
+    :func:`workbook.kernels.heads.ln_qkv_heads`) and ``dgrad_gemm`` (GELU' fused into fc2's
+    data-gradient GEMM in Triton rather than cuBLAS + one Triton elementwise pass)."""
 
     recompute_norm: bool = True
     qkv: str = "concat"
     dgrad_gemm: bool = False
 
     def __post_init__(self):
-        from workbook.kernels import QKV_PROJECTIONS  # the package alone: no Triton import (see there)
+        from workbook.kernels import QKV_PROJECTIONS  # the package alone: no Triton import
 
         if self.qkv not in QKV_PROJECTIONS:
             raise bad_param("qkv", self.qkv, f"one of {', '.join(QKV_PROJECTIONS)}")
@@ -112,7 +118,7 @@ class _MLP(nn.Module):
 
 
 class FusedEncoderLayer(nn.Module):
-    """One SigLIP-2 encoder layer: ``x + attn(LN1(x))``, then ``x + MLP(LN2(x))``, on the fused kernels."""
+    """One SigLIP-2 encoder layer on the fused kernels: ``x + attn(LN1(x))``, then the MLP's."""
 
     def __init__(self, cfg, options: FusedOptions = FusedOptions()):
         super().__init__()
@@ -127,9 +133,11 @@ class FusedEncoderLayer(nn.Module):
         h, f = self.forward_deferred(x, None, attn_mask)
         return h + f
 
-    def forward_deferred(self, x: torch.Tensor, branch: torch.Tensor | None, attn_mask: torch.Tensor | None):
-        """The layer on input ``x + branch`` (branch: the previous layer's MLP output, not yet added), returning
-        ``(h, mlp_out)`` whose sum is the layer's output: both residual adds happen inside LayerNorm passes."""
+    def forward_deferred(self, x: torch.Tensor, branch: torch.Tensor | None,
+                         attn_mask: torch.Tensor | None):
+        """The layer on input ``x + branch`` (branch: the previous layer's MLP output, not yet
+        added), returning ``(h, mlp_out)`` whose sum is the layer's output: both residual adds
+        happen inside LayerNorm passes."""
         from workbook.kernels.heads import ln_qkv_heads
         from workbook.kernels.mlp import add_ln_mlp, qkv_weights
 
@@ -141,17 +149,20 @@ class FusedEncoderLayer(nn.Module):
                                   recompute_norm=opt.recompute_norm, projection=opt.qkv,
                                   residual_bias=out_b, branch=branch)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=a.head_dim ** -0.5)
-        # out_proj's bias gradient is the residual gradient's column sum, taken in LN1's backward (ln_qkv_heads)
+        # out_proj's bias gradient is the residual gradient's column sum, taken in LN1's
+        # backward (ln_qkv_heads)
         attn = F.linear(o.transpose(1, 2).reshape(b, s, d), out_w, out_b.detach())
         m = self.mlp
-        return add_ln_mlp(x, attn, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias, m.fc2.weight,
-                          m.fc2.bias, recompute_norm=opt.recompute_norm, dgrad_gemm=opt.dgrad_gemm)
+        return add_ln_mlp(x, attn, ln2.weight, ln2.bias, self.eps, m.fc1.weight, m.fc1.bias,
+                          m.fc2.weight, m.fc2.bias, recompute_norm=opt.recompute_norm,
+                          dgrad_gemm=opt.dgrad_gemm)
 
 
 class _Encoder(nn.Module):
     def __init__(self, cfg, options):
         super().__init__()
-        self.layers = nn.ModuleList(FusedEncoderLayer(cfg, options) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(FusedEncoderLayer(cfg, options)
+                                    for _ in range(cfg.num_hidden_layers))
 
 
 class _Embeddings(nn.Module):
@@ -167,14 +178,17 @@ class _Embeddings(nn.Module):
         return patches + resize_positions(table, spatial_shapes, pixel_values.shape[1])
 
 
-def resize_positions(table: torch.Tensor, spatial_shapes: torch.Tensor, max_len: int) -> torch.Tensor:
-    """transformers' NaFlex position resize (bilinear, antialias, padding rows = first row), once per grid.
+def resize_positions(table: torch.Tensor, spatial_shapes: torch.Tensor,
+                     max_len: int) -> torch.Tensor:
+    """transformers' NaFlex position resize (bilinear, antialias, padding rows = first row), done
+    once per grid.
 
     Returns ``[batch, max_len, dim]`` (an expanded view when every image has the same grid).
     """
     dim, dtype = table.shape[-1], table.dtype
     src = table.permute(2, 0, 1).unsqueeze(0)
-    if src.device.type == "cpu":  # antialias has no bf16/fp16 CPU kernel; transformers upcasts the same way
+    # antialias has no bf16/fp16 CPU kernel; transformers upcasts the same way
+    if src.device.type == "cpu":
         src = src.float()
     shapes = [tuple(s) for s in spatial_shapes.tolist()]
     grids = list(dict.fromkeys(shapes))
@@ -197,7 +211,8 @@ class _Head(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.probe = nn.Parameter(torch.randn(1, 1, cfg.hidden_size))
-        self.attention = nn.MultiheadAttention(cfg.hidden_size, cfg.num_attention_heads, batch_first=True)
+        self.attention = nn.MultiheadAttention(cfg.hidden_size, cfg.num_attention_heads,
+                                               batch_first=True)
         self.layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = _MLP(cfg)
 
@@ -206,12 +221,13 @@ class _Head(nn.Module):
 
         probe = self.probe.expand(x.shape[0], -1, -1)
         h = self.attention(probe, x, x, key_padding_mask=key_padding, need_weights=False)[0]
-        h = h + self.mlp(layer_norm(h, self.layernorm.weight, self.layernorm.bias, self.layernorm.eps))
+        h = h + self.mlp(layer_norm(h, self.layernorm.weight, self.layernorm.bias,
+                                    self.layernorm.eps))
         return h[:, 0]
 
 
 class FusedSiglip2Vision(nn.Module):
-    """SigLIP-2 vision tower on the Triton kernels; returns ``(last_hidden_state, pooler_output)``."""
+    """The SigLIP-2 vision tower on the kernels; returns ``(last_hidden_state, pooler_output)``."""
 
     def __init__(self, cfg, options: FusedOptions = FusedOptions()):
         super().__init__()
@@ -230,7 +246,8 @@ class FusedSiglip2Vision(nn.Module):
         attn_mask = key_padding = None
         if pixel_attention_mask is not None:
             valid = pixel_attention_mask.bool()
-            if not bool(valid.all()):  # one check per forward; no mask at all lets SDPA pick its fastest kernel
+            # one check per forward; no mask at all lets SDPA pick its fastest kernel
+            if not bool(valid.all()):
                 attn_mask = valid[:, None, None, :]
                 key_padding = ~valid
         branch = None  # each layer's MLP output, added in the next layer's LayerNorm pass
@@ -251,7 +268,7 @@ def load_hf_state_dict(model: FusedSiglip2Vision, state_dict: dict) -> None:
 
 
 def from_hf(hf, options: FusedOptions = FusedOptions()) -> FusedSiglip2Vision:
-    """The fused tower with the weights, dtype and device of a transformers ``Siglip2VisionModel``."""
+    """The fused tower with the weights, dtype and device of a transformers Siglip2VisionModel."""
     p = next(hf.parameters())
     model = FusedSiglip2Vision(hf.config, options).to(device=p.device, dtype=p.dtype)
     load_hf_state_dict(model, hf.state_dict())
@@ -259,14 +276,16 @@ def from_hf(hf, options: FusedOptions = FusedOptions()) -> FusedSiglip2Vision:
 
 
 def inputs(cfg, batch: int, *, grids=None, dtype=torch.float32, device="cpu", seed: int = 0):
-    """NaFlex inputs: patchified pixels ``[B, num_patches, C*P*P]``, the padding mask and the patch grids.
+    """NaFlex inputs: patchified pixels ``[B, num_patches, C*P*P]``, padding mask, patch grids.
 
-    ``grids`` is a list of (h, w) cycled over the batch; by default every image uses the full square grid.
+    ``grids`` is a list of (h, w) cycled over the batch; by default every image uses the full square
+    grid.
     """
     side = int(math.isqrt(cfg.num_patches))
     grids = grids or [(side, side)]
     g = torch.Generator().manual_seed(seed)
-    pixels = torch.rand(batch, cfg.num_patches, cfg.num_channels * cfg.patch_size ** 2, generator=g) * 2 - 1
+    pixels = torch.rand(batch, cfg.num_patches, cfg.num_channels * cfg.patch_size ** 2,
+                        generator=g) * 2 - 1
     shapes = torch.tensor([grids[i % len(grids)] for i in range(batch)], dtype=torch.long)
     mask = torch.zeros(batch, cfg.num_patches, dtype=torch.long)
     for i, (h, w) in enumerate(shapes.tolist()):

@@ -1,9 +1,14 @@
-"""Session 30: the NaFlex embedding's forward+backward in this transformers, and (with PROFILE=1) where one
-batch-256 bf16 training step of transformers and of the fused model spends device time."""
+"""Median ms of transformers' so400m NaFlex embeddings, forward+backward at batch 256 in bf16, in
+the installed transformers; with PROFILE=1 also the device time, by kernel, of one batch-256 bf16
+training step of transformers (sdpa) and of the fused model.
+
+Run on a CUDA machine, from the repository root: ``[PROFILE=1] python <this file>`` (the output of
+the reference runs is in prof_517.txt and prof_525.txt beside it).
+"""
 import os, statistics, time, torch
 import transformers
 from workbook.models import siglip2 as S
-from workbook.experiments.triton_precision import stack_step
+from workbook.experiments.triton_precision.stack import build_variant
 
 print("transformers", transformers.__version__)
 cfg = S.config("so400m")
@@ -29,7 +34,7 @@ torch.cuda.empty_cache()
 if os.environ.get("PROFILE"):
     from torch.profiler import profile, ProfilerActivity
     for variant in ("transformers-sdpa", "fused"):
-        model, fwd = stack_step(variant, cfg, 256, "cuda", torch.bfloat16, 0)
+        model, fwd = build_variant(variant, cfg, 256, "cuda", torch.bfloat16, 0)
         def step():
             a, p = fwd()
             torch.autograd.backward([a, p], [torch.ones_like(a), torch.ones_like(p)])
