@@ -197,14 +197,14 @@ def test_gc_failed(mixed, capsys):
     assert _left(mixed) == {"ok", "interrupted", "live", "killed", "elsewhere", "reference"}
     assert "removed outputs/smoke/failed-11:00:00 (failed)" in out and "removed outputs/other/failed-12:00:00" in out
     assert "skipped outputs/smoke/live-14:00:00: still running" in out
-    assert "gc: removed 2 failed runs; kept 2 interrupted, 1 ok" in out
+    assert "gc: removed 2 failed runs; kept 1 interrupted, 1 killed, 1 ok" in out
 
 
 def test_gc_interrupted_takes_killed_runs_too(mixed, capsys):
     assert cli.main(["gc", "--interrupted"]) == 0
     out = capsys.readouterr().out
     assert _left(mixed) == {"ok", "failed", "failed2", "live", "elsewhere", "reference"}
-    assert "removed outputs/smoke/killed-15:00:00 (running)" in out  # recorded as running, its process gone
+    assert "removed outputs/smoke/killed-15:00:00 (killed)" in out  # recorded as running, its process gone
     assert "skipped outputs/smoke/away-16:00:00: recorded as running on host" in out
 
 

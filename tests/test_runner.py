@@ -175,12 +175,59 @@ def test_a_run_killed_outright_is_resumed_losing_nothing(wb_root):
     assert json.loads((first / "run.json").read_text())["status"] == "running"  # as the kill left it
     done = len(res["groups"]["g"])
     info = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0})
+    assert json.loads((first / "run.json").read_text())["status"] == "killed"  # settled when read
     rows = json.loads((info.run_dir / "results.json").read_text())["tables"]["g"]
     assert [r["size"] for r in rows] == [1, 2, 3]
     assert sum(r.get("resumed_from") == first.name for r in rows) == done >= 2
     forced = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0}, force=True)
     assert forced.data["resumed_from"] is None
     assert all("resumed_from" not in r for r in json.loads((forced.run_dir / "results.json").read_text())["tables"]["g"])
+
+
+def test_a_sigkilled_runner_lists_as_killed_and_gc_removes_it(wb_root, capsys):
+    """SIGKILL to `workbook run` alone (as the out-of-memory killer sends it): its run.json says
+    "running" as the kill left it, but `workbook list`, the index and gc read it as killed."""
+    proc = _smoke_cli(("sizes", "[1, 2, 3]"), ("pause", "3.0"))
+    try:
+        first = _wait_for_groups(wb_root, 1, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        run = json.loads((first / "run.json").read_text())
+        assert run["status"] == "running" and run["pid"] == proc.pid and run["process_start"]
+        assert cli.main(["list", "--status", "killed"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].split()[:3] == ["smoke", first.name, "killed"]
+        assert out[1].strip().startswith(f"killed: its process (pid {proc.pid}) ended without recording")
+        run = json.loads((first / "run.json").read_text())  # rewritten: the process cannot come back
+        assert run["status"] == "killed" and run["ended_at"] and run["duration_s"] >= 0
+        assert ">killed<" in runner.write_index().read_text()
+        assert _gone(json.loads((first / "results.json").read_text())["tables"]["g"][0]["pid"])
+        assert cli.main(["gc", "--interrupted"]) == 0
+        assert f"removed outputs/smoke/{first.name} (killed)" in capsys.readouterr().out
+        assert not first.exists()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the kernel, had it outlived the runner
+        except ProcessLookupError:
+            pass
+
+
+def test_a_reused_pid_is_not_taken_for_the_run(wb_root):
+    from workbook import liveness
+
+    me = liveness.identity()
+    assert liveness.alive(me) is True
+    assert liveness.alive({**me, "process_start": "another-boot:1"}) is False  # same pid, other process
+    assert liveness.alive({**me, "process_start": None}) is True  # recorded before start times were
+    assert liveness.alive({**me, "host": "not-" + me["host"]}) is None  # cannot tell from here
+    assert liveness.alive({**me, "pid": None}) is False
+    d = _fake_run(wb_root, "reused", "k", "running", pid=os.getpid())
+    run = json.loads((d / "run.json").read_text())
+    (d / "run.json").write_text(json.dumps({**run, "process_start": "another-boot:1"}))
+    assert runner.read_run(d)["status"] == "killed"
+    assert json.loads((d / "run.json").read_text())["status"] == "killed"
+    away = {**me, "status": "running", "host": "elsewhere"}
+    assert liveness.settle(away) == away and "on host 'elsewhere'" in liveness.elsewhere(away)
 
 
 def _fake_run(wb_root, name, key, status, *, groups=True, machine=None, pid=None, host=None):

@@ -91,7 +91,7 @@ def settle(run: dict, results: dict | None, nb) -> dict:
     """What run.json must say after the notebook as it was executed: ``{"status": ..., "error": ...}``, or {} to
     keep what the kernel recorded. A cell papermill stopped on makes the run failed even after ``finish()``, as
     under the runner; otherwise complete results make it ok."""
-    from workbook.runner import _alive
+    from workbook.liveness import KILLED, alive
 
     err = notebook_error(nb)
     complete = (results or {}).get("status") == "complete"
@@ -99,9 +99,9 @@ def settle(run: dict, results: dict | None, nb) -> dict:
         return {"status": "interrupted" if err[0].startswith("KeyboardInterrupt") else "failed", "error": err[0]}
     if complete:
         return {"status": "ok", "error": None}
-    if run.get("status") in ("failed", "interrupted") and run.get("error"):
+    if run.get("status") in ("failed", "interrupted", KILLED) and run.get("error"):
         return {}
-    if run.get("status") == "running" and _alive(run):
+    if run.get("status") == "running" and alive(run):
         return {"status": "running", "error": None}  # e.g. a JupyterLab kernel still working through the cells
     return {"status": "interrupted", "error": STOPPED}
 
@@ -152,7 +152,7 @@ def make_report(arg: str) -> tuple[Path, dict]:
         raise WorkbookError(f"NOTEBOOK {arg!r} names no workbook run; expected {EXPECTED}, run at least as far as "
                             "its first cell (whose record.start() names the run folder).")
     run_dir = run_folder(arg, mark)
-    run = load(run_dir / "run.json")
+    run = runner.read_run(run_dir) or load(run_dir / "run.json")  # a run whose process is gone: killed
     copy = run_dir / "notebook.ipynb"
     if not run["run_id"].startswith("adhoc-"):  # the runner's own run: its record stands, only re-render
         if not (copy.exists() and os.path.samefile(src, copy)):

@@ -7,7 +7,7 @@ same experiment can be re-run on another machine with one line.
     workbook run NOTEBOOK [-p NAME VALUE ...] [-f FILE.yaml] [--profile NAME] [--force]
         (an identical finished run is reused; an identical unfinished one is resumed; --force does neither)
     workbook run-all [--profile NAME] [--force]
-    workbook list [--notebook NAME] [--status ok|failed|interrupted|running] [--param NAME=VALUE ...] [-n N]
+    workbook list [--notebook NAME] [--status ok|failed|interrupted|killed|running] [--param NAME=VALUE ...] [-n N]
     workbook compare RUN_A RUN_B [--all] [--tolerance 0.05]
         (what changed beyond noise, as text and as outputs/compare/<A>__<B>.html with figures)
     workbook params NOTEBOOK        (the notebook's parameters with their help)
@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-STATUSES = ("ok", "failed", "interrupted", "running")
+STATUSES = ("ok", "failed", "interrupted", "killed", "running")
 
 
 def _count(text: str) -> int:
@@ -222,6 +222,7 @@ def _same(recorded, wanted) -> bool:
 
 
 def _print_list(runs: list[dict], filtered: bool = False) -> None:
+    from workbook import liveness
     from workbook.units import headline_items
 
     if not runs:
@@ -231,8 +232,9 @@ def _print_list(runs: list[dict], filtered: bool = False) -> None:
         dur = f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-"
         head = ", ".join(f"{k}: {v}" for k, v in headline_items(r.get("headline", {}))[:4])
         print(f"{r['notebook']:16} {r['run_id']:28} {r.get('status', '?'):11} {dur:>8}  {head}")
-        if r.get("error"):
-            print(f"{'':46}{r['error'][:100]}")
+        note = r.get("error") or liveness.elsewhere(r)
+        if note:
+            print(f"{'':46}{note[:100]}")
 
 
 if __name__ == "__main__":

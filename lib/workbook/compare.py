@@ -24,6 +24,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbook import liveness
 from workbook.errors import WorkbookError
 from workbook.paths import shown
 from workbook.provenance import hardware_label
@@ -211,6 +212,15 @@ def _notebook(d: Path, res: dict) -> str | None:
         return None
 
 
+def _status(d: Path) -> str | None:
+    """The run's status from its run.json (a run whose process is gone reads as killed)."""
+    try:
+        run = json.loads((d / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return liveness.settle(run).get("status") if isinstance(run, dict) else None
+
+
 def _band(row: dict, keys: tuple[str, str] | None) -> tuple[float, float] | None:
     if keys and _is_num(row.get(keys[0])) and _is_num(row.get(keys[1])):
         return float(row[keys[0]]), float(row[keys[1]])
@@ -285,7 +295,11 @@ def diff(dir_a, dir_b, *, tolerance: float = TOLERANCE) -> Comparison:
     heads = [classify(Figure(k, ha.get(k), hb.get(k)), tolerance) for k in list(ha) + [k for k in hb if k not in ha]]
     names = list(a.get("tables", {})) + [t for t in b.get("tables", {}) if t not in a.get("tables", {})]
     tables = [_table(n, a, b, tolerance) for n in names]
-    return Comparison(dir_a, dir_b, na or nb, tolerance, _context(a, b), fallbacks, heads, tables)
+    context = _context(a, b)
+    status = (_status(dir_a), _status(dir_b))
+    if any(st not in (None, "ok") for st in status):  # an unfinished run's figures are partial
+        context.insert(0, ("run status", status[0] or "-", status[1] or "-"))
+    return Comparison(dir_a, dir_b, na or nb, tolerance, context, fallbacks, heads, tables)
 
 
 def _line(f: Figure, indent: int = 6) -> str:

@@ -11,11 +11,12 @@ import html
 from collections import Counter
 from pathlib import Path
 
+from workbook.liveness import elsewhere
 from workbook.provenance import hardware_label, now_iso
 from workbook.units import headline_items
 
-COLORS = {"ok": "#2e7d32", "failed": "#c62828"}  # anything else (running, interrupted) in amber
-FOLDED = ("failed", "interrupted")
+COLORS = {"ok": "#2e7d32", "failed": "#c62828", "killed": "#c62828"}  # others (running, interrupted) amber
+FOLDED = ("failed", "interrupted", "killed")
 STYLE = """body{font-family:sans-serif;margin:24px}table{border-collapse:collapse;margin:6px 0 12px}
 td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;font-size:14px}th{background:#f4f4f4}
 tr.latest td{background:#f1f8e9}.tag{font-size:11px;color:#2e7d32;border:1px solid #2e7d32;border-radius:3px;
@@ -37,7 +38,8 @@ def _row(r: dict, outputs: Path, latest: bool = False) -> str:
     if latest:
         link += '<span class="tag">latest ok</span>'
     status = r.get("status", "?")
-    err = f"<br><small>{_e(r['error'])}</small>" if r.get("error") else ""
+    note = r.get("error") or elsewhere(r)
+    err = f"<br><small>{_e(note)}</small>" if note else ""
     head = "<br>".join(f"{_e(k)}: {_e(v)}" for k, v in headline_items(r.get("headline", {})))
     if r.get("fallbacks"):
         head += "<br><b>fallback:</b> " + _e("; ".join(r["fallbacks"]))

@@ -82,9 +82,7 @@ def run_record(notebook: str, run_id: str, *, params: dict, param_sources: dict,
                notebook_hash: str | None = None, lib_fingerprint: str | None = None,
                resumed_from: str | None = None, started_at: str | None = None) -> dict:
     """``run.json`` as it starts, for the runner and for a run made without it (:mod:`workbook.adhoc`) alike."""
-    import socket
-
-    from workbook import __version__
+    from workbook import __version__, liveness
     from workbook.provenance import now_iso  # (the ``provenance`` argument is the record's, not the module)
 
     return {
@@ -92,7 +90,7 @@ def run_record(notebook: str, run_id: str, *, params: dict, param_sources: dict,
         "params": params, "param_sources": param_sources, "profile": profile, "param_file": param_file,
         "key": key, "notebook_hash": notebook_hash, "lib_fingerprint": lib_fingerprint, "workbook_version": __version__,
         "started_at": started_at or now_iso(), "ended_at": None, "duration_s": None,
-        "command": command, "provenance": provenance, "pid": os.getpid(), "host": socket.gethostname(),
+        "command": command, "provenance": provenance, **liveness.identity(),
         "resumed_from": resumed_from,
     }
 

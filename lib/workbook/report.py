@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 
 from workbook import cells
+from workbook.liveness import elsewhere
 from workbook.paths import lib_dir
 from workbook.provenance import hardware_label
 
@@ -34,7 +35,9 @@ def summary_html(run: dict, results: dict | None) -> str:
              f"<p><b>Status: {_esc(status.upper())}</b>"]
     if run.get("duration_s") is not None:
         parts.append(f" · {run['duration_s']:.1f} s")
-    parts.append(f" · {_esc(run.get('started_at', ''))}</p>")
+    parts.append(f" · {_esc(run.get('started_at', ''))}")
+    where = elsewhere(run)
+    parts.append(f" · {_esc(where)}</p>" if where else "</p>")
     res = results or {}
     if res.get("lead"):  # the one line a run says before anything else (e.g. which path produced the numbers)
         parts.append(f'<p class="wb-lead"><b>{_esc(res["lead"])}</b></p>')

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from workbook import __version__, cells, console, params as P, provenance, report
+from workbook import __version__, cells, console, liveness, params as P, provenance, report
 from workbook.errors import cell_error
 from workbook.paths import lib_dir, outputs_dir, repo_root
 from workbook.record import RESUME_ENV, RUN_DIR_ENV, run_record, write_json_atomic
@@ -73,10 +72,23 @@ def run_key(nb_hash: str, params: dict, lib_fp: str) -> str:
 
 
 def read_run(run_dir: Path) -> dict | None:
+    """A run's run.json as it stands: "killed" where it says "running" but its process is gone
+    (:func:`workbook.liveness.settle`, which rewrites the run.json of a run folder to say so)."""
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text())
+        run = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(run, dict):
+        return None
+    return liveness.settle(run, Path(run_dir) if is_run_folder(run_dir) else None)
+
+
+def is_run_folder(d: Path) -> bool:
+    """``outputs/<notebook>/<run-id>`` with a run.json: not a committed reference, not a stray path."""
+    root = outputs_dir().resolve()
+    d = Path(d)
+    return (not d.is_symlink() and d.resolve().parent.parent == root and d.parent.name != "reference"
+            and (d / "run.json").is_file())
 
 
 def _runs_with_key(notebook: str, key: str):
@@ -101,30 +113,17 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived while a notebook ran (a time limit, a scheduler, ``timeout``)."""
 
 
-def _alive(run: dict) -> bool:
-    """Whether the process that wrote a 'running' run.json is still running (on this host)."""
-    pid = run.get("pid")
-    if run.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False  # another machine's run, or one recorded before pids were: treat as dead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
-
-
 def resume_caveat(prior: dict) -> str:
     """What the resume message adds for a prior run that says 'running' on another machine.
 
-    Such a run is resumed (this machine cannot tell whether its process is gone: a killed device job, a
-    preempted instance), but when it is in fact still going both runs measure what it has not finished.
+    Such a run is resumed (this machine cannot tell whether its process is gone: a killed device job,
+    a preempted instance), but when it is in fact still going both runs measure what it has not
+    finished.
     """
-    if prior.get("status") != "running" or prior.get("host") in (None, socket.gethostname()):
+    where = liveness.elsewhere(prior)
+    if not where:
         return ""
-    return (f"; it is recorded as still running on host {prior['host']!r}, which this machine cannot check: "
-            "if it is still going there, both measure the rest")
+    return f"; it is recorded as still running {where}: if it is still going there, both measure the rest"
 
 
 def _machine(prov: dict) -> tuple:
@@ -136,7 +135,7 @@ def _machine(prov: dict) -> tuple:
 def find_resumable(notebook: str, key: str, machine: tuple) -> Path | None:
     """The newest unfinished run with this key on this kind of machine that recorded some results."""
     for d, run in _runs_with_key(notebook, key):
-        if run.get("status") == "ok" or (run.get("status") == "running" and _alive(run)):
+        if run.get("status") == "ok" or (run.get("status") == "running" and liveness.alive(run)):
             continue  # finished (reused instead), or a run in progress rather than an abandoned one
         res = _read_results(d)
         if res and res.get("groups") and _machine(run.get("provenance", {})) == machine:
