@@ -21,9 +21,10 @@ from workbook.backends import NAMES, Backend, BackendUnavailable, Prepared, get,
 from workbook.backends.cpu import CPUBackend
 from workbook.backends.cuda import COMPILE_MODES, CUDABackend, set_matmul_precision
 from workbook.errors import ParameterError, WorkbookError
+from workbook.proc import usable_cpus
 
 HAS_CUDA = torch.cuda.is_available()
-THREADS = len(os.sched_getaffinity(0))
+THREADS = usable_cpus()
 INDUCTOR_VARS = ("TORCHINDUCTOR_CACHE_DIR", "TORCHINDUCTOR_FX_GRAPH_CACHE",
                  "TORCHINDUCTOR_AUTOGRAD_CACHE")
 no_gpu_here = pytest.mark.skipif(HAS_CUDA,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,12 @@ from workbook.errors import ParameterError
 from workbook.experiments import siglip_neuron as exp
 from workbook.experiments import siglip_rows
 from workbook.params import notebook_parameters
+from workbook.proc import usable_cpus
 from workbook.record import Recorder
 from workbook.specs.siglip_neuron import SPEC
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "siglip_neuron.ipynb"
-THREADS = len(os.sched_getaffinity(0))
+THREADS = usable_cpus()
 HAS_CUDA = torch.cuda.is_available()
 _ROOT: dict[str, Path] = {}
 

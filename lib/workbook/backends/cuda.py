@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from workbook.backends.base import Backend, Prepared
-from workbook.backends.cpu import (cache_has_graphs, inductor_note, _shown, compile_log,
+from workbook.backends.cpu import (_shown, cache_has_graphs, compile_log, inductor_note,
                                    torch_dtype)
 
 COMPILE_MODES = {"compile": "default", "compile-cudagraphs": "reduce-overhead",
