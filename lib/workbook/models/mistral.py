@@ -1,38 +1,41 @@
-"""Mistral for the tensor-parallel experiment: configs, a seeded tiny checkpoint, prompt encoding and the TP rules.
+"""Mistral for the tensor-parallel experiment: configs, a seeded tiny checkpoint, prompt encoding.
 
-No model hub is reachable here, so tests and CPU runs use :data:`TINY`, a Mistral with the real architecture
-(grouped-query attention, RoPE, SwiGLU) at toy size, written to disk by :func:`create_tiny` with seeded random
-weights and loaded through the same ``from_pretrained`` path a real checkpoint takes. :data:`MISTRAL_7B` is the
-shape of Mistral-7B (32 query heads, 8 KV heads) for memory planning and random-weight runs on a GPU.
+No model hub is reachable here, so tests and CPU runs use :data:`TINY`, a Mistral with the real
+architecture (grouped-query attention, RoPE, SwiGLU) at toy size, written to disk by
+:func:`create_tiny` with seeded random weights and loaded through the same ``from_pretrained`` path
+a real checkpoint takes. :data:`MISTRAL_7B` is the shape of Mistral-7B (32 query heads, 8 KV heads)
+for memory planning and random-weight runs on a GPU.
 
-Generation works on token ids. A checkpoint with tokenizer files is encoded with ``AutoTokenizer``; one without
-(the tiny checkpoint; we have no tokenizer files offline) uses a deterministic byte-level fallback: each UTF-8
-byte ``b`` becomes id ``b + 3`` (ids 0-2 stay free for pad/bos/eos as in Mistral's vocabulary), and the result
-says which encoding was used. :func:`create_tiny` writes a marker file saying so.
+Generation works on token ids. A checkpoint with tokenizer files is encoded with ``AutoTokenizer``;
+one without (the tiny checkpoint: no tokenizer files offline) uses a deterministic byte-level
+fallback: each UTF-8 byte ``b`` becomes id ``b + 3`` (ids 0-2 stay free for pad/bos/eos as in
+Mistral's vocabulary), and the result says which encoding was used. :func:`create_tiny` writes a
+marker file saying so.
 
-:func:`check_tp` states, before anything is launched, why a tensor-parallel degree cannot work: heads that do not
-split, more ranks than devices, weights plus KV cache that do not fit a device.
+:func:`param_count` splits the parameters into what tensor parallelism divides and what every rank
+holds whole, for :func:`workbook.llm.shard.check`'s memory rule.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from workbook.errors import bad_param
 
 # A Mistral small enough for a 2-core CPU, keeping Mistral-7B's ratio of 4 query heads per KV head.
 TINY = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
-            intermediate_size=128, vocab_size=512, max_position_embeddings=4096, sliding_window=None,
-            tie_word_embeddings=False)
+            intermediate_size=128, vocab_size=512, max_position_embeddings=4096,
+            sliding_window=None, tie_word_embeddings=False)
 # The shape of Mistral-7B-v0.1 (7.24 B parameters).
-MISTRAL_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                  intermediate_size=14336, vocab_size=32000, max_position_embeddings=32768, sliding_window=None,
-                  tie_word_embeddings=False)
+MISTRAL_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=8, intermediate_size=14336, vocab_size=32000,
+                  max_position_embeddings=32768,
+                  sliding_window=None, tie_word_embeddings=False)
 
 BYTE_MARKER = "workbook_byte_encoding.json"  # written beside a checkpoint that has no tokenizer
-RANDOM_MARKER = "workbook_random_init.json"  # a config-only folder: weights are seeded random, made where they run
-SHAPES = {"mistral-7b-shape": "MISTRAL_7B"}  # model names that stand for a config-only, random-weight folder
+RANDOM_MARKER = "workbook_random_init.json"  # config only: seeded weights drawn where they load
+SHAPES = {"mistral-7b-shape": "MISTRAL_7B"}  # model names that stand for a config-only folder
 BYTE_OFFSET = 3  # ids 0, 1, 2 are pad/unk, bos, eos
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
@@ -46,29 +49,37 @@ def mistral_config(**overrides):
 
 
 def create_config_only(path, seed: int = 0, **overrides) -> Path:
-    """Write only ``config.json`` and two markers: the weights are drawn (seeded) on the device that loads them.
+    """Write only ``config.json`` and two markers: the weights are drawn (seeded) where they load.
 
-    For model sizes where writing and reading random weight files would cost more than the experiment
-    (Mistral-7B shape: 14.5 GB in bf16); every rank draws the same weights from the same seed.
+    For model sizes where writing and reading random weight files would cost more than the
+    experiment (the Mistral-7B shape); every rank draws the same weights from the same seed.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     mistral_config(**overrides).save_pretrained(path)
-    (path / RANDOM_MARKER).write_text(json.dumps({"seed": seed, "why": "config only: seeded random weights are "
-                                                  "initialised on the loading device"}) + "\n")
-    (path / BYTE_MARKER).write_text(json.dumps({
-        "encoding": "utf-8 bytes", "offset": BYTE_OFFSET, "seed": seed,
-        "why": "no tokenizer files offline: prompts are encoded byte by byte (id = byte + offset)"}) + "\n")
+    (path / RANDOM_MARKER).write_text(json.dumps({
+        "seed": seed,
+        "why": "config only: seeded random weights are initialised on the loading device"}) + "\n")
+    _write_byte_marker(path, seed)
     return path
 
 
+def _write_byte_marker(path: Path, seed: int) -> None:
+    (path / BYTE_MARKER).write_text(json.dumps({
+        "encoding": "utf-8 bytes", "offset": BYTE_OFFSET, "seed": seed,
+        "why": "no tokenizer files offline: prompts are encoded byte by byte (id = byte + offset)"})
+        + "\n")
+
+
 def workbook_model(name: str = "") -> tuple[str, str]:
-    """A model folder the notebooks make themselves, and the sentence saying so: "" is the tiny seeded Mistral
-    (weights written once), a name of :data:`SHAPES` a config-only folder (weights drawn where they load)."""
+    """A model folder the notebooks make themselves, and the sentence saying so: "" is the tiny
+    seeded Mistral (weights written once), a name of :data:`SHAPES` a config-only folder (weights
+    drawn where they load)."""
     from workbook.paths import outputs_dir, shown
 
     if name and name not in SHAPES:
-        raise bad_param("model", name, "a folder or hub id, empty for the tiny Mistral, or one of " + ", ".join(SHAPES))
+        raise bad_param("model", name, "a folder or hub id, empty for the tiny Mistral, or one of "
+                        + ", ".join(SHAPES))
     path = outputs_dir() / "models" / (name or "tiny-mistral")
     if not (path / "config.json").exists():
         if name:
@@ -76,9 +87,10 @@ def workbook_model(name: str = "") -> tuple[str, str]:
         else:
             create_tiny(path, seed=0)
     if name:
-        return str(path), (f"{name}: the model's configuration with seeded random weights drawn on each device "
-                           f"(no weight files; written to {shown(path)})")
-    return str(path), f"a tiny Mistral (seeded random weights) written to {shown(path)}, since no model was given"
+        return str(path), (f"{name}: the model's configuration with seeded random weights drawn "
+                           f"on each device (no weight files; written to {shown(path)})")
+    return str(path), (f"a tiny Mistral (seeded random weights) written to {shown(path)}, since no "
+                       "model was given")
 
 
 def random_init_seed(model) -> int | None:
@@ -88,7 +100,7 @@ def random_init_seed(model) -> int | None:
 
 
 def create_tiny(path, seed: int = 0, **overrides) -> Path:
-    """Write a seeded random-weight tiny ``MistralForCausalLM`` (safetensors) and the byte-encoding marker."""
+    """Write a seeded random-weight tiny ``MistralForCausalLM`` and the byte-encoding marker."""
     import torch
     from transformers import MistralForCausalLM
 
@@ -96,31 +108,31 @@ def create_tiny(path, seed: int = 0, **overrides) -> Path:
     torch.manual_seed(seed)
     model = MistralForCausalLM(mistral_config(**overrides)).eval()
     model.save_pretrained(path, safe_serialization=True)
-    (path / BYTE_MARKER).write_text(json.dumps({
-        "encoding": "utf-8 bytes", "offset": BYTE_OFFSET, "seed": seed,
-        "why": "no tokenizer files offline: prompts are encoded byte by byte (id = byte + offset)"}) + "\n")
+    _write_byte_marker(path, seed)
     return path
 
 
 def encode(prompt: str, vocab_size: int) -> list[int]:
-    """Byte-level fallback encoding: UTF-8 byte ``b`` -> id ``b + 3`` (needs a vocabulary of at least 259)."""
+    """Byte-level fallback encoding: UTF-8 byte ``b`` -> id ``b + 3`` (a vocabulary of 259+)."""
     if vocab_size < 256 + BYTE_OFFSET:
-        raise bad_param("vocab_size", vocab_size, f"at least {256 + BYTE_OFFSET} for the byte-level encoding")
+        raise bad_param("vocab_size", vocab_size,
+                        f"at least {256 + BYTE_OFFSET} for the byte-level encoding")
     return [b + BYTE_OFFSET for b in prompt.encode("utf-8")]
 
 
 def decode(ids) -> str:
-    """Inverse of :func:`encode`; ids outside the byte range (pad/bos/eos, higher ids) are shown as U+FFFD."""
+    """Inverse of :func:`encode`; ids outside the byte range (pad/bos/eos, higher) become U+FFFD."""
     out = bytearray()
     for i in ids:
         i = int(i)
-        out += bytes([i - BYTE_OFFSET]) if BYTE_OFFSET <= i < 256 + BYTE_OFFSET else "\ufffd".encode()
+        inside = BYTE_OFFSET <= i < 256 + BYTE_OFFSET
+        out += bytes([i - BYTE_OFFSET]) if inside else "\ufffd".encode()
     return out.decode("utf-8", errors="replace")
 
 
 @dataclass
 class Encoder:
-    """How prompts are turned into ids for one model, and back: a real tokenizer or the byte fallback."""
+    """How prompts become ids for one model, and back: a real tokenizer or the byte fallback."""
 
     kind: str  # "tokenizer" or "bytes"
     why: str
@@ -139,29 +151,32 @@ class Encoder:
 
 
 def encoder_for(model: str, config) -> Encoder:
-    """``AutoTokenizer`` when ``model`` is a directory with tokenizer files, else the byte fallback, saying why.
+    """``AutoTokenizer`` when ``model`` is a directory with tokenizer files, else the byte fallback,
+    saying why.
 
-    A hub id is tried with ``AutoTokenizer`` too; when that fails (offline) the reason is kept in ``why``.
+    A hub id is tried with ``AutoTokenizer`` too; when that fails (offline) ``why`` says so.
     """
     p = Path(model)
     if p.is_dir():
         if not any((p / f).exists() for f in TOKENIZER_FILES):
             marker = " (marker file present)" if (p / BYTE_MARKER).exists() else ""
-            return Encoder("bytes", f"no tokenizer files in {p}{marker}: byte-level fallback", config.vocab_size)
+            return Encoder("bytes", f"no tokenizer files in {p}{marker}: byte-level fallback",
+                           config.vocab_size)
     from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(model)
     except Exception as e:  # noqa: BLE001 - any failure means no tokenizer; the reason is recorded
         if p.is_dir():
-            raise bad_param("model", model, f"a checkpoint whose tokenizer files load ({type(e).__name__}: {e})")
-        return Encoder("bytes", f"AutoTokenizer could not load {model!r} ({type(e).__name__}): byte-level fallback",
-                       config.vocab_size)
+            raise bad_param("model", model,
+                            f"a checkpoint whose tokenizer files load ({type(e).__name__}: {e})")
+        return Encoder("bytes", f"AutoTokenizer could not load {model!r} ({type(e).__name__}): "
+                       "byte-level fallback", config.vocab_size)
     return Encoder("tokenizer", f"AutoTokenizer from {model}", config.vocab_size, tok)
 
 
 def prompt_ids(enc: Encoder, prompts: list[str]) -> list[list[int]]:
-    """Each prompt's ids; a prompt that encodes to no token at all is refused (nothing to continue from)."""
+    """Each prompt's ids; a prompt that encodes to no token is refused (nothing to continue)."""
     ids = [enc.encode(p) for p in prompts]
     for p, i in zip(prompts, ids):
         if not i:
@@ -180,24 +195,26 @@ def _is_causal(config) -> bool:
 
 
 def load_config(model: str):
-    """The ``AutoConfig`` of ``model`` (a local directory or a hub id), which must be a causal language model."""
+    """The ``AutoConfig`` of ``model`` (a local folder or a hub id): a causal language model's."""
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(str(model))
-    except Exception as e:  # noqa: BLE001 - OSError, ValueError, EnvironmentError all mean "no usable config"
+    except Exception as e:  # noqa: BLE001 - OSError, ValueError...: no usable config
         raise bad_param("model", str(model),
                         f"a directory holding a config.json or a hub id reachable from here "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if not _is_causal(config):
         archs = getattr(config, "architectures", None) or [config.model_type]
         raise bad_param("model", str(model),
-                        f"a causal language model (its config describes {', '.join(archs)}, not a *ForCausalLM)")
+                        f"a causal language model (its config describes {', '.join(archs)}, "
+                        "not a *ForCausalLM)")
     return config
 
 
 def param_count(config) -> dict:
-    """Parameters from the config: ``embed`` and ``head`` (replicated per rank) and ``layers`` (split by TP)."""
+    """Parameters from the config: ``embed``, ``head`` and ``norms`` (whole on every rank),
+    attention and MLP (split by tensor parallelism) and ``total``."""
     h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
@@ -207,95 +224,6 @@ def param_count(config) -> dict:
     attn_kv = 2 * h * kv
     mlp = 3 * h * i
     norms = 2 * h
-    return {"embed": embed + h, "head": head, "attn_q_o": n * attn_q_o, "attn_kv": n * attn_kv, "mlp": n * mlp,
-            "norms": n * norms, "total": embed + head + h + n * (attn_q_o + attn_kv + mlp + norms)}
-
-
-@dataclass(frozen=True)
-class TPCheck:
-    """What a tensor-parallel degree means for one rank of one model."""
-
-    tp_degree: int
-    heads_per_rank: int
-    kv_heads_per_rank: int
-    kv_replicated: bool
-    weight_bytes_per_rank: int
-    kv_cache_bytes_per_rank: int
-    notes: list = field(default_factory=list)
-
-    @property
-    def bytes_per_rank(self) -> int:
-        return self.weight_bytes_per_rank + self.kv_cache_bytes_per_rank
-
-
-def _bytes(dtype) -> int:
-    name = str(dtype).replace("torch.", "")
-    if name not in DTYPE_BYTES:
-        raise bad_param("dtype", str(dtype), "one of " + ", ".join(DTYPE_BYTES))
-    return DTYPE_BYTES[name]
-
-
-def _gib(b: float) -> str:
-    return f"{b / 2**30:.3g} GiB"
-
-
-def check_tp(config, tp_degree: int, devices_available: int, bytes_per_device: int | None,
-             batch: int, seq: int, dtype="bfloat16", *, devices_are: str = "devices (or CPU cores)") -> TPCheck:
-    """Check that ``tp_degree`` ranks can hold ``config`` with a ``batch`` x ``seq`` KV cache; raise if not.
-
-    Rules: tp divides the query heads; tp divides the KV heads, or is a multiple of them (each KV head is then
-    replicated on tp / kv ranks, said in ``notes``); tp is at most ``devices_available``; weights (the layers
-    split tp ways, embeddings and LM head whole) plus the KV cache, ``2 * layers * batch * seq *
-    kv_heads_per_rank * head_dim * bytes``, fit ``bytes_per_device`` (None: unknown, not checked, noted).
-    """
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
-    if not isinstance(tp_degree, int) or tp_degree < 1:
-        raise bad_param("tp_degree", tp_degree, "a positive integer")
-    if heads % tp_degree:
-        ok = [d for d in range(1, heads + 1) if heads % d == 0]
-        raise bad_param("tp_degree", tp_degree, f"a divisor of the model's {heads} attention heads "
-                                                f"({', '.join(map(str, ok))})")
-    notes = []
-    if kv % tp_degree == 0:
-        kv_per_rank, replicated = kv // tp_degree, False
-    elif tp_degree % kv == 0:
-        kv_per_rank, replicated = 1, True
-        notes.append(f"tp_degree={tp_degree} exceeds the {kv} KV heads: each KV head is replicated on "
-                     f"{tp_degree // kv} ranks (every rank holds 1 KV head for its {heads // tp_degree} query heads), "
-                     f"so KV projections and cache are not split beyond {kv} ways")
-    else:
-        raise bad_param("tp_degree", tp_degree, f"a divisor or a multiple of the model's {kv} key/value heads "
-                                                f"(and a divisor of its {heads} attention heads)")
-    if tp_degree > devices_available:
-        raise bad_param("tp_degree", tp_degree, f"at most the {devices_available} {devices_are} available")
-    nb = _bytes(dtype)
-    p = param_count(config)
-    kv_share = kv_per_rank / kv
-    weights = nb * (p["embed"] + p["head"] + p["norms"] + (p["attn_q_o"] + p["mlp"]) / tp_degree
-                    + p["attn_kv"] * kv_share)
-    hd = getattr(config, "head_dim", None) or config.hidden_size // heads
-    cache = 2 * config.num_hidden_layers * batch * seq * kv_per_rank * hd * nb
-    check = TPCheck(tp_degree, heads // tp_degree, kv_per_rank, replicated, int(weights), int(cache), notes)
-    if bytes_per_device is None:
-        notes.append("device memory unknown: weights + KV cache per rank not checked against it")
-        return check
-    if weights > bytes_per_device:
-        raise bad_param("tp_degree", tp_degree,
-                        f"a degree whose weights fit one device: {_gib(weights)} of {dtype} weights per rank "
-                        f"exceed the {_gib(bytes_per_device)} of a device, so use a larger tp_degree")
-    if weights + cache > bytes_per_device:
-        raise bad_param("batch_size", batch,
-                        f"a batch whose KV cache fits beside the weights: at sequence_length={seq} the cache needs "
-                        f"{_gib(cache)} per rank on top of {_gib(weights)} of weights, over the "
-                        f"{_gib(bytes_per_device)} of a device, so lower batch_size or sequence_length")
-    notes.append(f"per rank: {_gib(weights)} weights + {_gib(cache)} KV cache of {_gib(bytes_per_device)}")
-    return check
-
-
-def as_row(check: TPCheck) -> dict:
-    """A flat results row (units in key names) for a :class:`TPCheck`."""
-    return {"tp_degree": check.tp_degree, "heads_per_rank": check.heads_per_rank,
-            "kv_heads_per_rank": check.kv_heads_per_rank, "kv_replicated": check.kv_replicated,
-            "weights_gib_per_rank": check.weight_bytes_per_rank / 2**30,
-            "kv_cache_gib_per_rank": check.kv_cache_bytes_per_rank / 2**30,
-            "total_gib_per_rank": check.bytes_per_rank / 2**30}
+    return {"embed": embed + h, "head": head, "attn_q_o": n * attn_q_o, "attn_kv": n * attn_kv,
+            "mlp": n * mlp, "norms": n * norms,
+            "total": embed + head + h + n * (attn_q_o + attn_kv + mlp + norms)}

@@ -1,7 +1,7 @@
-"""The plain-tensor parallel styles (``workbook.llm.styles``) and the per-step weight bytes of ``workbook.llm.worker``.
+"""The plain-tensor parallel styles (``workbook.llm.styles``) on one process.
 
-The styles are checked here on one process with a stand-in mesh (rank and size only) for what each rank keeps;
-that two ranks together compute what one process computes is checked through torchrun in ``test_tp.py``.
+A stand-in mesh (rank and size only) shows what each rank keeps; that two ranks together compute
+what one process computes is checked through torchrun in ``test_llm_launch.py``.
 """
 from __future__ import annotations
 
@@ -42,10 +42,12 @@ def test_colwise_keeps_this_ranks_rows_and_their_outputs(rank):
 
 
 def test_rowwise_partial_outputs_sum_to_the_full_layer(monkeypatch):
-    """Each rank's columns times its slice of the input, bias counted once: their sum is the full layer."""
+    """Each rank's columns times its slice of the input, bias counted once: their sum is the full
+    layer."""
     import torch.distributed._functional_collectives as funcol
 
-    monkeypatch.setattr(funcol, "all_reduce", lambda t, op, group: t)  # one process: see each partial sum
+    # one process: see each partial sum
+    monkeypatch.setattr(funcol, "all_reduce", lambda t, op, group: t)
     full = _linear(8, 5)
     x = torch.randn(3, 8)
     parts = []
@@ -64,15 +66,3 @@ def test_a_dimension_that_does_not_split_evenly_is_refused():
 def test_only_linear_layers_are_sharded():
     with pytest.raises(TypeError, match="nn.Linear only, not Embedding"):
         LocalRowwiseParallel()._apply(nn.Embedding(4, 4), StandInMesh(0, 2))
-
-
-def test_weight_bytes_per_step_leaves_out_the_input_embedding(tmp_path):
-    from transformers import AutoModelForCausalLM
-
-    from workbook.models import mistral
-    from workbook.llm.worker import weight_bytes_per_step
-
-    model = AutoModelForCausalLM.from_pretrained(str(mistral.create_tiny(tmp_path / "m", seed=0)))
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    emb = model.get_input_embeddings().weight
-    assert weight_bytes_per_step(model) == total - emb.numel() * emb.element_size()
