@@ -128,10 +128,6 @@ class NeuronBackend(Backend):
     def __init__(self) -> None:
         self._compiler_args: list[str] | None = None
 
-    @staticmethod
-    def core_count() -> int:  # for workbook.llm.neuron, until it calls neuron_sysfs.visible_cores
-        return visible_cores()
-
     def compiler_args(self, options: dict | None) -> list[str]:
         """The neuronx-cc flags ``prepare`` passes for these options (for cache keys, reports)."""
         return self._options(options)["compiler_args_final"]
