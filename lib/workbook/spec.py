@@ -39,7 +39,8 @@ class Param:
             return self.allowed
         if self.type == "bool":
             return "true or false"
-        what = {"int": "an integer", "float": "a number", "str": "text"}.get(self.type, "")
+        what = {"int": "an integer", "float": "a number", "dict": "a mapping such as {a: 1}",
+                "str": "non-empty text" if self.nonempty else "text"}.get(self.type, "")
         if self.type == "list":
             what = "a non-empty list" if self.nonempty else "a list"
             if self.item:
@@ -57,9 +58,11 @@ class Param:
             if self.nonempty and not v:
                 raise bad_param(self.name, value, self.describe_allowed())
             if self.item:
-                items = [_convert(Param(self.name, self.item, None, "", allowed=self.describe_allowed()), x)
-                         for x in v]
-                v = items
+                each = Param(self.name, self.item, None, "")
+                try:
+                    items = v = [_convert(each, x) for x in v]
+                except ValueError:  # the sentence names the whole value, not the item
+                    raise bad_param(self.name, value, self.describe_allowed()) from None
         elif self.type == "str" and self.nonempty and not v:
             raise bad_param(self.name, value, self.describe_allowed())
         for x in items:
@@ -114,7 +117,7 @@ def _yaml(text: str):
 
 def _convert(p: Param, value):
     """Plain papermill passes ``-p x false``, ``-p xs "[1, 2]"`` and ``-p d "{a: 1}"`` as text: read it."""
-    t = p.type
+    t, given = p.type, value  # the sentence names the value as given
     if t == "bool":
         if isinstance(value, bool):
             return value
@@ -155,7 +158,7 @@ def _convert(p: Param, value):
             value = _yaml(value)
         if isinstance(value, dict):
             return dict(value)
-    raise bad_param(p.name, value, p.describe_allowed())
+    raise bad_param(p.name, given, p.describe_allowed())
 
 
 class Values(dict):

@@ -88,6 +88,9 @@ def resolve(requested: str, *, param: str = "backend", choices: tuple[str, ...] 
     probes = {"cuda": cuda_probe, "cpu": lambda: (True, "the CPU")}
     if neuron is not None and "neuron" in choices:
         probes["neuron"] = neuron
+    if requested not in probes and requested != "auto":  # neuron, with no probe to say it can run
+        allowed = [c for c in choices if c in probes or c == "auto"]
+        raise bad_param(param, requested, "one of " + ", ".join(allowed))
     if requested != "auto":
         ok, why = probes[requested]()
         if not ok:
