@@ -1,1 +1,1 @@
-"""TEST STAND-IN: ``neuronx_distributed_inference.utils`` (see the package docstring). Not the SDK."""
+"""TEST STAND-IN: ``neuronx_distributed_inference.utils`` (see the package docstring)."""

@@ -1,1 +1,1 @@
-"""TEST STAND-IN: ``neuronx_distributed_inference.models.mistral`` (see the package docstring). Not the SDK."""
+"""TEST STAND-IN: ``neuronx_distributed_inference.models.mistral`` (see the package docstring)."""
