@@ -38,10 +38,6 @@ class Layout:
     kv_cache_bytes_per_rank: int
     notes: list = field(default_factory=list)
 
-    @property
-    def bytes_per_rank(self) -> int:
-        return self.weight_bytes_per_rank + self.kv_cache_bytes_per_rank
-
 
 def _dims(config, mechanism: str) -> list[tuple[str, int, bool]]:
     """(the dimension in words, its size, whether the plan may replicate it), each it must split."""
