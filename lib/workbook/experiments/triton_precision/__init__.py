@@ -26,7 +26,7 @@ from .precision import (by_dtype, claim_check, model_check, model_check_problems
 from .stack import COLUMNS as STACK_COLUMNS  # noqa: F401
 from .stack import stack_speed  # noqa: F401
 
-# duplicates dropped
+# list parameters whose repeated items configure drops
 LISTS = ("dtypes", "kernels", "speed_tokens", "stack_batches", "stack_variants")
 
 
