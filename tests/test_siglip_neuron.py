@@ -132,7 +132,7 @@ def test_image_size_not_a_positive_integer(size):
 @pytest.mark.parametrize("batches", [[0], [-1], ["a"], [], [1, 0], [True], [1.5]])
 def test_bad_batch_sizes(batches):
     msg = bad(batch_sizes=batches)
-    assert msg.startswith("Parameter batch_sizes=")
+    assert f"batch_sizes={batches!r}" in msg
     assert "a non-empty list of integers of at least 1" in msg
 
 
