@@ -8,7 +8,7 @@ slice of the weight as an ordinary ``Parameter``, and a row-parallel layer sums 
 with a functional all-reduce (``torch.distributed._functional_collectives``), which torch.compile
 traces into the graph and CUDA graphs capture. Megatron's rule holds: a column-parallel layer needs
 a replicated input and gives a sharded output, a row-parallel layer takes that sharded input and
-gives the replicated sum.
+gives the replicated sum. The measurements behind this choice: outputs/reference/nvidia-h200.
 """
 from __future__ import annotations
 
