@@ -1,9 +1,10 @@
-"""The compiled-artifact cache: keys that change with every input to compilation, and complete-or-absent entries.
+"""The compiled-artifact cache: keys that change with every input to compilation, and
+complete-or-absent entries.
 
 A key must be stable (same parts, same key, whatever the dict order) and must change when any part
-changes (model, weights, shape, dtype, backend options, library versions), or a stale artifact would be
-loaded for a different compile. Entries count as present only once committed, so a half-written folder
-from a crashed run is compiled afresh.
+changes (model, weights, shape, dtype, backend options, library versions), or a stale artifact would
+be loaded for a different compile. Entries count as present only once committed, so a half-written
+folder from a crashed run is compiled afresh.
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ PARTS = {
     "dtype": "float32",
     "mode": "compile",
     "cores": 1,
-    "options": {"compiler_args": ["--model-type", "transformer"], "auto_cast": "matmult", "auto_cast_type": "bf16"},
-    "versions": {"torch": "2.0.0", "timm": "1.0.0", "torch-neuronx": None, "neuronx-cc": None, "triton": None},
+    "options": {"compiler_args": ["--model-type", "transformer"], "auto_cast": "matmult",
+                "auto_cast_type": "bf16"},
+    "versions": {"torch": "2.0.0", "timm": "1.0.0", "torch-neuronx": None, "neuronx-cc": None,
+                 "triton": None},
 }
 
 
@@ -32,7 +35,8 @@ def tiny_module(seed: int = 0) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
 
 
-# --- make_key -----------------------------------------------------------------------------------------------
+# --- make_key
+# -----------------------------------------------------------------------------------------------
 
 
 def test_make_key_is_stable_and_order_independent():
@@ -73,7 +77,8 @@ def test_make_key_distinguishes_a_missing_part_from_a_none_one():
     assert artifacts.make_key(parts) != artifacts.make_key(PARTS)
 
 
-# --- weights_digest -----------------------------------------------------------------------------------------
+# --- weights_digest
+# -----------------------------------------------------------------------------------------
 
 
 def test_weights_digest_equal_for_identical_modules():
@@ -107,7 +112,8 @@ def test_weights_digest_handles_bfloat16():
     b = copy.deepcopy(tiny_module(0)).to(torch.bfloat16)
     da = artifacts.weights_digest(a)
     assert da == artifacts.weights_digest(b)
-    assert da != artifacts.weights_digest(tiny_module(0))  # fp32 and bf16 weights are different artifacts
+    # fp32 and bf16 weights are different artifacts
+    assert da != artifacts.weights_digest(tiny_module(0))
     with torch.no_grad():
         b[2].bias[0] += 1.0
     assert artifacts.weights_digest(b) != da
@@ -127,7 +133,8 @@ def test_weights_digest_sees_buffers():
     assert artifacts.weights_digest(a) != artifacts.weights_digest(b)
 
 
-# --- entry --------------------------------------------------------------------------------------------------
+# --- entry
+# --------------------------------------------------------------------------------------------------
 
 
 def test_entry_creates_folder_and_is_absent_until_commit(tmp_path):
@@ -137,7 +144,8 @@ def test_entry_creates_folder_and_is_absent_until_commit(tmp_path):
     assert e.dir == root / "cpu" / e.key
     assert e.key == artifacts.make_key({"backend": "cpu", **PARTS})
     assert not e.exists()
-    (e.dir / "half-written.pt").write_bytes(b"\0" * 8)  # an artifact without meta.json does not count
+    # an artifact without meta.json does not count
+    (e.dir / "half-written.pt").write_bytes(b"\0" * 8)
     assert not e.exists()
     e.commit(compile_s=1.5)
     assert e.exists()

@@ -1,4 +1,5 @@
-"""cells: one progress line per code cell, with an estimate from the last finished run, and how far a run got."""
+"""cells: one progress line per code cell, with an estimate from the last finished run, and how far
+a run got."""
 import nbformat
 import pytest
 
@@ -11,41 +12,50 @@ def _nb():
     params.metadata["tags"] = ["parameters"]
     injected = nbformat.v4.new_code_cell("n = 2")
     injected.metadata["tags"] = ["injected-parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# Title\ntext"), params, injected, nbformat.v4.new_code_cell("setup"),
-                nbformat.v4.new_markdown_cell("## Precision against fp64\nmore"), nbformat.v4.new_code_cell("a"),
-                nbformat.v4.new_code_cell("b"), nbformat.v4.new_markdown_cell("Plain words first\n\nthen more"),
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title\ntext"), params, injected,
+                nbformat.v4.new_code_cell("setup"),
+                nbformat.v4.new_markdown_cell("## Precision against fp64\nmore"),
+                nbformat.v4.new_code_cell("a"), nbformat.v4.new_code_cell("b"),
+                nbformat.v4.new_markdown_cell("Plain words first\n\nthen more"),
                 nbformat.v4.new_code_cell("c")]
     return nb
 
 
-@pytest.mark.parametrize("s,text", [(4.26, "4.3 s"), (45.4, "45 s"), (185, "3 min 05 s"), (3725, "1 h 02 min")])
+@pytest.mark.parametrize("s,text",
+                         [(4.26, "4.3 s"), (45.4, "45 s"), (185, "3 min 05 s"),
+                          (3725, "1 h 02 min")])
 def test_duration(s, text):
     assert cells.duration(s) == text
 
 
 def test_headings_skip_parameter_cells_and_take_the_last_heading_above():
-    assert cells.headings(_nb()) == {3: "Title", 5: "Precision against fp64", 6: "Precision against fp64",
-                                     8: "Plain words first"}
+    assert cells.headings(_nb()) == {3: "Title", 5: "Precision against fp64",
+                                     6: "Precision against fp64", 8: "Plain words first"}
 
 
 def test_tracker_prints_one_line_per_code_cell_with_an_estimate(tmp_path):
     lines = []
-    t = cells.Tracker(tmp_path / "log.txt", log=lines.append, prior=[1.0, 60.0, 120.0, 5.0], prior_id="RUN1")
+    t = cells.Tracker(tmp_path / "log.txt", log=lines.append, prior=[1.0, 60.0, 120.0, 5.0],
+                      prior_id="RUN1")
     nb = _nb()
     t.bind(nb)
     for i, cell in enumerate(nb.cells):
         t.start(i)
         if cell.cell_type == "code" and i == 5:
-            cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="x:  50%|##   | 1/2\nUserWarning: real\n")]
+            cell.outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                                   text="x:  50%|##   | 1/2\nUserWarning: real\n")]
         t.complete(cell, i)
     assert len([ln for ln in lines if "cell " in ln]) == 4
-    assert lines[0].startswith("  cell 1 of 4 · Title · ") and lines[0].endswith("about 3 min 06 s left (from run RUN1)")
-    assert "cell 2 of 4 · Precision against fp64" in lines[1] and lines[2] == "    UserWarning: real"
+    assert lines[0].startswith("  cell 1 of 4 · Title · ")
+    assert lines[0].endswith("about 3 min 06 s left (from run RUN1)")
+    assert "cell 2 of 4 · Precision against fp64" in lines[1]
+    assert lines[2] == "    UserWarning: real"
     assert lines[-1].endswith("about 5.0 s left (from run RUN1)")
     rec = t.record()
     assert [c["cell"] for c in rec["cells"]] == [1, 2, 3, 4] and rec["cells_total"] == 4
     assert rec["log"] == "log.txt" and rec["log_lines_moved"] == 1
-    assert "--- cell 2 of 4 · Precision against fp64\nx:  50%|##   | 1/2" in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    assert "--- cell 2 of 4 · Precision against fp64\nx:  50%|##   | 1/2" in log
 
 
 def test_no_estimate_when_the_prior_run_had_other_cells(tmp_path):
@@ -58,10 +68,14 @@ def test_no_estimate_when_the_prior_run_had_other_cells(tmp_path):
 
 def test_prior_cells_takes_the_newest_finished_run_of_the_same_notebook_and_profile():
     full = [{"cell": 1, "seconds": 2.0}, {"cell": 2, "seconds": 3.0}]
-    runs = [{"notebook": "a", "profile": "gpu", "status": "ok", "cells": full, "cells_total": 2, "run_id": "gpu1"},
-            {"notebook": "a", "profile": None, "status": "failed", "cells": full[:1], "cells_total": 2, "run_id": "f"},
-            {"notebook": "b", "profile": None, "status": "ok", "cells": full, "cells_total": 2, "run_id": "b1"},
-            {"notebook": "a", "profile": None, "status": "ok", "cells": full, "cells_total": 2, "run_id": "cpu1"}]
+    runs = [{"notebook": "a", "profile": "gpu", "status": "ok", "cells": full, "cells_total": 2,
+             "run_id": "gpu1"},
+            {"notebook": "a", "profile": None, "status": "failed", "cells": full[:1],
+             "cells_total": 2, "run_id": "f"},
+            {"notebook": "b", "profile": None, "status": "ok", "cells": full, "cells_total": 2,
+             "run_id": "b1"},
+            {"notebook": "a", "profile": None, "status": "ok", "cells": full, "cells_total": 2,
+             "run_id": "cpu1"}]
     assert cells.prior_cells(runs, "a", None) == ([2.0, 3.0], "cpu1")
     assert cells.prior_cells(runs, "a", "gpu") == ([2.0, 3.0], "gpu1")
     assert cells.prior_cells(runs, "c", None) == (None, "")
@@ -70,9 +84,12 @@ def test_prior_cells_takes_the_newest_finished_run_of_the_same_notebook_and_prof
 def test_how_far_names_the_cell_a_run_stopped_in():
     done = [{"cell": 1, "of": 3, "heading": "Set-up", "seconds": 1.0, "status": "ok"}]
     assert cells.how_far({"status": "ok", "cells": done}) is None
-    stopped = done + [{"cell": 2, "of": 3, "heading": "Speed", "seconds": 75.0, "status": "interrupted"}]
+    stopped = done + [{"cell": 2, "of": 3, "heading": "Speed", "seconds": 75.0,
+                       "status": "interrupted"}]
     assert cells.how_far({"status": "interrupted", "cells": stopped}) == (
-        "The run stopped in cell 2 of 3 (Speed) after 1 min 15 s there; 1 of 3 code cells had finished.")
+        "The run stopped in cell 2 of 3 (Speed) after 1 min 15 s there; 1 of 3 code cells had "
+        "finished.")
     failed = done + [{"cell": 2, "of": 3, "heading": "Speed", "seconds": 2.0, "status": "failed"}]
-    assert cells.how_far({"status": "failed", "cells": failed}).startswith("The run failed in cell 2 of 3 (Speed)")
+    far = cells.how_far({"status": "failed", "cells": failed})
+    assert far.startswith("The run failed in cell 2 of 3 (Speed)")
     assert "got through 1 of 3" in cells.how_far({"status": "interrupted", "cells": done})

@@ -1,4 +1,4 @@
-"""The shared first-cell value checks (``workbook.checks``): each bad value is one sentence naming it."""
+"""The shared first-cell value checks (``workbook.checks``): a bad value is one sentence."""
 from __future__ import annotations
 
 import os
@@ -20,16 +20,17 @@ def _msg(fn, *args) -> str:
 
 def test_integer_bounds_and_types():
     assert checks.integer("n", 3, 1, 5) == 3
-    assert _msg(checks.integer, "n", 0, 1) == "Parameter n=0 is not allowed: an integer of at least 1."
-    assert _msg(checks.integer, "n", 6, 1, 5) == "Parameter n=6 is not allowed: an integer from 1 to 5."
-    assert _msg(checks.integer, "n", 9, None, 5) == "Parameter n=9 is not allowed: an integer of at most 5."
+    msg = "Parameter n={} is not allowed: an integer {}."
+    assert _msg(checks.integer, "n", 0, 1) == msg.format(0, "of at least 1")
+    assert _msg(checks.integer, "n", 6, 1, 5) == msg.format(6, "from 1 to 5")
+    assert _msg(checks.integer, "n", 9, None, 5) == msg.format(9, "of at most 5")
     assert "n=True" in _msg(checks.integer, "n", True, 0)  # a bool is not a count
     assert "n=2.0" in _msg(checks.integer, "n", 2.0, 0)
     assert "n='4'" in _msg(checks.integer, "n", "4", 0)
 
 
-@pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False), ("True", True),
-                                             (" FALSE ", False)])
+@pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False),
+                                             ("True", True), (" FALSE ", False)])
 def test_boolean_reads_the_text_plain_papermill_passes(given, expected):
     assert checks.boolean("allow_fallback", given) is expected
 
@@ -43,12 +44,14 @@ def test_boolean_refuses_anything_else(given):
 def test_seed_range():
     assert checks.seed(0) == 0 and checks.seed(checks.SEED_MAX) == checks.SEED_MAX
     for bad in (-1, checks.SEED_MAX + 1, "abc", 1.5, True):
-        assert _msg(checks.seed, bad) == f"Parameter seed={bad!r} is not allowed: an integer from 0 to 4294967295."
+        assert _msg(checks.seed, bad) == (f"Parameter seed={bad!r} is not allowed: an integer "
+                                          "from 0 to 4294967295.")
 
 
 def test_directory(tmp_path):
     assert checks.directory("state_dir", "") is None
-    assert checks.directory("state_dir", str(tmp_path / "new" / "deeper")) == tmp_path / "new" / "deeper"
+    new = tmp_path / "new" / "deeper"
+    assert checks.directory("state_dir", str(new)) == new
     f = tmp_path / "a-file"
     f.write_text("x")
     assert "(it is a file)" in _msg(checks.directory, "state_dir", str(f))
@@ -68,13 +71,13 @@ def test_directory_refuses_a_folder_it_cannot_write(tmp_path):
 
 
 def test_directory_refuses_what_the_os_says_it_cannot_write(tmp_path, monkeypatch):
-    """The same refusal as any user (root passes the permission test above): ``os.access`` says no, as it does
-    for root on a read-only mount. Only the nearest existing folder is asked."""
+    """The same refusal as any user (root passes the permission test above): ``os.access`` says no,
+    as it does for root on a read-only mount. Only the nearest existing folder is asked."""
     asked = []
     monkeypatch.setattr(checks.os, "access", lambda path, mode: asked.append(Path(path)) or False)
     msg = _msg(checks.directory, "artifact_dir", str(tmp_path / "cache" / "deeper"))
-    assert msg == (f"Parameter artifact_dir={str(tmp_path / 'cache' / 'deeper')!r} is not allowed: a folder this "
-                   f"user can write ({str(tmp_path)!r} is not writable).")
+    assert msg == (f"Parameter artifact_dir={str(tmp_path / 'cache' / 'deeper')!r} is not allowed: "
+                   f"a folder this user can write ({str(tmp_path)!r} is not writable).")
     assert asked == [tmp_path]
 
 
@@ -83,26 +86,29 @@ def test_integers():
     assert checks.integers("batch_sizes", 8, 1, "a list") == [8]
     assert checks.integers("speed_tokens", [], 1, "a list", allow_empty=True) == []
     for bad in ([], [0], [True], [1.5], "[a]"):
-        assert _msg(checks.integers, "batch_sizes", bad, 1, "a non-empty list of integers of at least 1") == (
-            f"Parameter batch_sizes={bad!r} is not allowed: a non-empty list of integers of at least 1.")
+        assert _msg(checks.integers, "batch_sizes", bad, 1,
+                    "a non-empty list of integers of at least 1") == (
+            f"Parameter batch_sizes={bad!r} is not allowed: a non-empty list of integers of at "
+            "least 1.")
 
 
 def _configure(*, cores: int, seed: int = 0):
-    """A notebook's ``configure`` as the check sees it: its keyword parameters are the declared names."""
+    """A notebook's ``configure`` as the check sees it: its keyword parameters are the names."""
 
 
 def test_a_name_papermill_injected_that_the_notebook_does_not_declare_is_refused():
     injected = "# Parameters\ncors = 2\nseed = 1\n"
     history = ["", "cores: int = 1  # NeuronCores\nseed: int = 0", injected]
     msg = _msg(checks.injected_are_parameters, _configure, history, {"cors": 2, "seed": 1})
-    assert msg == ("Parameter cors=2 is not allowed: not a parameter of this notebook, whose parameters are "
-                   "cores, seed.")
+    assert msg == ("Parameter cors=2 is not allowed: not a parameter of this notebook, whose "
+                   "parameters are cores, seed.")
 
 
 def test_declared_names_and_kernels_without_an_injected_cell_pass():
     # papermill injected only declared names; the latest injected cell is the one that counts
     history = ["", "# Parameters\ncors = 2\n", "# Parameters\ncores = 2\nseed = 3\n", "x = 1"]
     checks.injected_are_parameters(_configure, history, {})
-    # JupyterLab and nbmake: nothing injected, so nothing to check; outside IPython there is no history at all
+    # JupyterLab and nbmake: nothing injected, so nothing to check; outside IPython there is no
+    # history at all
     checks.injected_are_parameters(_configure, ["", "cores: int = 1", "cors = 5"], {})
     checks.injected_are_parameters(_configure)

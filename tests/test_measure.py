@@ -13,7 +13,8 @@ def test_percentile_matches_numpy_linear(n):
     rng = random.Random(n)
     values = [rng.uniform(-10, 10) for _ in range(n)]
     for q in (0, 1, 10, 25, 50, 73.5, 90, 99, 100):
-        assert measure.percentile(values, q) == pytest.approx(np.percentile(values, q, method="linear"), abs=1e-12)
+        expected = np.percentile(values, q, method="linear")
+        assert measure.percentile(values, q) == pytest.approx(expected, abs=1e-12)
 
 
 def test_percentile_does_not_reorder_input_and_rejects_empty():
@@ -29,9 +30,10 @@ def test_summarize_fields():
     t = measure.summarize(samples, warmup=7)
     assert t == Timing(median_ms=3.0, p10_ms=pytest.approx(1.4), p90_ms=pytest.approx(4.6),
                        p99_ms=pytest.approx(4.96), min_ms=1.0, iters=5, warmup=7)
-    assert t.as_dict("x_") == {"x_median_ms": 3.0, "x_p10_ms": t.p10_ms, "x_p90_ms": t.p90_ms, "x_p99_ms": t.p99_ms,
-                               "x_min_ms": 1.0, "x_iters": 5, "x_warmup": 7}
-    assert set(t.as_dict()) == {"median_ms", "p10_ms", "p90_ms", "p99_ms", "min_ms", "iters", "warmup"}
+    assert t.as_dict("x_") == {"x_median_ms": 3.0, "x_p10_ms": t.p10_ms, "x_p90_ms": t.p90_ms,
+                               "x_p99_ms": t.p99_ms, "x_min_ms": 1.0, "x_iters": 5, "x_warmup": 7}
+    assert set(t.as_dict()) == {"median_ms", "p10_ms", "p90_ms", "p99_ms", "min_ms", "iters",
+                                "warmup"}
 
 
 def test_summarize_even_count_median_is_mean_of_middle_two():
@@ -73,7 +75,8 @@ def test_time_interleaved_rejects_zero_iters():
         measure.time_interleaved({"a": lambda: None}, iters=0)
 
 
-def test_time_queued_rejects_zero_iters():  # before touching a GPU; its timing is tested in test_gpu.py
+# before touching a GPU; its timing is tested in test_gpu.py
+def test_time_queued_rejects_zero_iters():
     with pytest.raises(ValueError):
         measure.time_queued(lambda: None, iters=0)
 

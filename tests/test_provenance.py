@@ -20,7 +20,8 @@ def no_outer_git(tmp_path, monkeypatch):
 
 def test_collect_has_everything_and_is_json():
     info = provenance.collect()
-    assert {"collected_at", "python", "platform", "git", "packages", "torch", "hardware"} <= set(info)
+    keys = {"collected_at", "python", "platform", "git", "packages", "torch", "hardware"}
+    assert keys <= set(info)
     assert json.loads(json.dumps(info)) == info
     assert info["python"] == sys.version.split()[0]
     assert set(info["packages"]) == set(provenance.PACKAGES)
@@ -60,23 +61,26 @@ def test_gpu_info_parses_nvidia_smi(tmp_path, monkeypatch):
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
     gpus = provenance.gpu_info()
-    assert gpus == [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6, "driver": "550.54.15", "uuid": u}
-                    for u in ("GPU-aaaa", "GPU-bbbb")]
+    assert gpus == [{"name": "NVIDIA H100 80GB HBM3", "memory_gb": 79.6, "driver": "550.54.15",
+                     "uuid": u} for u in ("GPU-aaaa", "GPU-bbbb")]
     assert provenance.hardware_label({"gpus": gpus}) == "2× NVIDIA H100 80GB HBM3"
-    assert provenance.machine_id({"gpus": gpus, "hostname": "vm", "boot_id": "b1"}) == "gpu:GPU-aaaa,GPU-bbbb"
+    hw = {"gpus": gpus, "hostname": "vm", "boot_id": "b1"}
+    assert provenance.machine_id(hw) == "gpu:GPU-aaaa,GPU-bbbb"
 
 
 def test_machine_id_tells_machines_apart_not_kinds():
-    """Lent GPU machines share a hostname: their GPUs' UUIDs tell them apart; without GPUs, host and boot."""
+    """Lent GPU machines share a hostname: GPU UUIDs tell them apart; else host and boot id."""
     gpu = {"name": "NVIDIA H200", "memory_gb": 139.8, "driver": "580", "uuid": "GPU-1"}
     assert provenance.machine_id({"gpus": [gpu], "hostname": "vm"}) != \
         provenance.machine_id({"gpus": [{**gpu, "uuid": "GPU-2"}], "hostname": "vm"})
     assert provenance.machine_id({"gpus": [], "hostname": "ci", "boot_id": "b1"}) == "host:ci:b1"
     assert provenance.machine_id({"gpus": [], "hostname": "ci", "boot_id": "b2"}) != "host:ci:b1"
-    assert provenance.machine_id({"gpus": [{**gpu, "uuid": None}], "hostname": "vm"}) is None  # an old record
+    # an old record
+    assert provenance.machine_id({"gpus": [{**gpu, "uuid": None}], "hostname": "vm"}) is None
     assert provenance.machine_id({"gpus": [], "hostname": "ci"}) is None
     here = provenance.hardware()
-    assert provenance.machine_id(here) == provenance.machine_id(provenance.hardware())  # stable within a boot
+    # stable within a boot
+    assert provenance.machine_id(here) == provenance.machine_id(provenance.hardware())
 
 
 @pytest.fixture
@@ -94,7 +98,8 @@ def fake_neuronx(tmp_path, monkeypatch):
 
 
 def test_neuron_placeholder_package_is_unusable(fake_neuronx):
-    fake_neuronx("raise ImportError('This is a placeholder; install from the Neuron repository\\nsecond line')")
+    fake_neuronx("raise ImportError('This is a placeholder; install from the Neuron "
+                 "repository\\nsecond line')")
     sdk = provenance.neuron_info()["torch_neuronx"]
     assert sdk == "unusable (This is a placeholder; install from the Neuron repository)"
 
@@ -110,13 +115,16 @@ def test_neuron_sdk_version(fake_neuronx):
 
 
 def test_hardware_label_gpu_and_cpu():
-    assert provenance.hardware_label({"gpus": [{"name": "NVIDIA H200", "memory_gb": 139.8}],
-                                      "cpu": {"model": "Xeon", "cores_usable": 16}}) == "NVIDIA H200"
-    assert provenance.hardware_label({"gpus": [], "cpu": {"model": "AMD EPYC", "cores_usable": 2}}) == "AMD EPYC (2 cores)"
+    gpu = {"gpus": [{"name": "NVIDIA H200", "memory_gb": 139.8}],
+           "cpu": {"model": "Xeon", "cores_usable": 16}}
+    assert provenance.hardware_label(gpu) == "NVIDIA H200"
+    cpu = {"gpus": [], "cpu": {"model": "AMD EPYC", "cores_usable": 2}}
+    assert provenance.hardware_label(cpu) == "AMD EPYC (2 cores)"
     here = provenance.hardware()
     if not here["gpus"]:
         label = provenance.hardware_label(here)
-        assert label.startswith(here["cpu"]["model"]) and f"({here['cpu']['cores_usable']} cores)" in label
+        assert label.startswith(here["cpu"]["model"])
+        assert f"({here['cpu']['cores_usable']} cores)" in label
 
 
 def test_git_info_outside_a_repository(wb_root, no_outer_git, monkeypatch):
@@ -124,19 +132,21 @@ def test_git_info_outside_a_repository(wb_root, no_outer_git, monkeypatch):
     assert provenance.git_info() == {"commit": None, "dirty": None, "branch": None, "source": None}
     # a copy without .git (a remote GPU machine) can be told its commit by the caller
     monkeypatch.setenv("WORKBOOK_GIT_COMMIT", "abc123")
-    assert provenance.git_info() == {"commit": "abc123", "dirty": False, "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
+    assert provenance.git_info() == {"commit": "abc123", "dirty": False, "branch": None,
+                                     "source": "WORKBOOK_GIT_COMMIT"}
 
 
 def test_git_commit_from_the_environment_wins_over_a_stale_checkout(monkeypatch):
     """A copied tree may carry an old .git; the commit its caller names is the one recorded."""
     monkeypatch.setenv("WORKBOOK_GIT_COMMIT", "def456")
     monkeypatch.setenv("WORKBOOK_GIT_DIRTY", "1")
-    assert provenance.git_info() == {"commit": "def456", "dirty": True, "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
+    assert provenance.git_info() == {"commit": "def456", "dirty": True, "branch": None,
+                                     "source": "WORKBOOK_GIT_COMMIT"}
 
 
 def _git(repo, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false",
-                    *args], cwd=repo, check=True, capture_output=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-c",
+                    "commit.gpgsign=false", *args], cwd=repo, check=True, capture_output=True)
 
 
 def test_git_info_commit_and_dirty(tmp_path, monkeypatch, no_outer_git):
@@ -150,7 +160,8 @@ def test_git_info_commit_and_dirty(tmp_path, monkeypatch, no_outer_git):
     _git(repo, "add", "a.txt")
     _git(repo, "commit", "-q", "-m", "first")
     info = provenance.git_info()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True).stdout.strip()
     assert info == {"commit": head, "dirty": False, "branch": "trunk"}
     assert len(info["commit"]) == 40 and all(c in "0123456789abcdef" for c in info["commit"])
 

@@ -1,4 +1,4 @@
-"""The recorder: results.json written at once and after every change, JSON-safe values, run folders."""
+"""The recorder: results.json written at once and after every change, JSON-safe, run folders."""
 import json
 import math
 import os
@@ -19,8 +19,10 @@ def test_recorder_persists_every_change(tmp_path, wb_root):
     rec = Recorder("nb", {"n": 3, "sizes": [1, 2]}, run_dir=tmp_path / "run")
     assert rec.path == tmp_path / "run" / "results.json"
     d = _read(rec)
-    assert d["status"] == "running" and d["notebook"] == "nb" and d["params"] == {"n": 3, "sizes": [1, 2]}
-    assert d["headline"] == {} and d["tables"] == {} and d["fallbacks"] == [] and d["not_measured"] == []
+    assert d["status"] == "running" and d["notebook"] == "nb"
+    assert d["params"] == {"n": 3, "sizes": [1, 2]}
+    assert d["headline"] == {} and d["tables"] == {}
+    assert d["fallbacks"] == [] and d["not_measured"] == []
     assert d["hardware"]["cpu"]["cores_logical"] >= 1
     assert d["versions"]["python"] and "packages" in d["versions"] and "version" in d["versions"]
     assert "commit" in d["git"] and "finished_at" not in d
@@ -64,20 +66,22 @@ def test_recorder_row_is_copied(tmp_path, wb_root):
 
 def test_non_finite_and_tensor_values(tmp_path, wb_root):
     rec = Recorder("nb", {"x": float("nan")}, run_dir=tmp_path / "run")
-    rec.add("t", {"nan": float("nan"), "inf": float("inf"), "ninf": -math.inf, "t0": torch.tensor(2.5),
-                  "ti": torch.tensor(7), "tnan": torch.tensor(float("nan")), "np": np.float32(0.5),
-                  "npi": np.int64(4), "b": torch.tensor(True)})
+    rec.add("t", {"nan": float("nan"), "inf": float("inf"), "ninf": -math.inf,
+                  "t0": torch.tensor(2.5), "ti": torch.tensor(7),
+                  "tnan": torch.tensor(float("nan")), "np": np.float32(0.5), "npi": np.int64(4),
+                  "b": torch.tensor(True)})
     rec.headline(ms=torch.tensor(1.25, dtype=torch.float64))
     d = _read(rec)
     assert d["params"] == {"x": None}
-    assert d["tables"]["t"] == [{"nan": None, "inf": None, "ninf": None, "t0": 2.5, "ti": 7, "tnan": None,
-                                 "np": 0.5, "npi": 4, "b": True}]
+    assert d["tables"]["t"] == [{"nan": None, "inf": None, "ninf": None, "t0": 2.5, "ti": 7,
+                                 "tnan": None, "np": 0.5, "npi": 4, "b": True}]
     assert d["headline"] == {"ms": 1.25}
     assert "NaN" not in rec.path.read_text() and "Infinity" not in rec.path.read_text()
 
 
 def test_jsonable_structures():
-    assert _jsonable({1: (1, 2), "p": [float("nan"), {"q": torch.tensor(3.0)}]}) == {"1": [1, 2], "p": [None, {"q": 3.0}]}
+    got = _jsonable({1: (1, 2), "p": [float("nan"), {"q": torch.tensor(3.0)}]})
+    assert got == {"1": [1, 2], "p": [None, {"q": 3.0}]}
     assert _jsonable(None) is None and _jsonable(True) is True
     assert _jsonable(object.__new__(type("Thing", (), {"__str__": lambda s: "thing"}))) == "thing"
 
@@ -121,7 +125,7 @@ def test_write_json_atomic(tmp_path):
 
 
 def _prior_run(tmp_path, params, groups):
-    """An unfinished run's folder whose recorder completed ``groups`` (key dict -> rows) of table 'g'."""
+    """An unfinished run's folder whose recorder completed ``groups`` (key -> rows) of table 'g'."""
     prior = Recorder("nb", params, run_dir=tmp_path / "prior")
     for key, rows in groups:
         prior.add_group("g", rows, **key)
@@ -130,7 +134,8 @@ def _prior_run(tmp_path, params, groups):
 
 def test_add_group_writes_rows_and_marks_them_complete(tmp_path, wb_root):
     rec = Recorder("nb", {"n": 1}, run_dir=tmp_path / "run")
-    rec.add_group("g", [{"size": 1, "impl": "a", "ms": 1.0}, {"size": 1, "impl": "b", "ms": 2.0}], size=1)
+    rec.add_group("g", [{"size": 1, "impl": "a", "ms": 1.0}, {"size": 1, "impl": "b", "ms": 2.0}],
+                  size=1)
     rec.add("g", {"size": 2, "impl": "a", "ms": 3.0})  # a row outside any group: never resumed
     d = _read(rec)
     assert [r["ms"] for r in d["tables"]["g"]] == [1.0, 2.0, 3.0]
@@ -141,11 +146,13 @@ def test_add_group_writes_rows_and_marks_them_complete(tmp_path, wb_root):
 def test_done_group_hands_back_what_the_unfinished_run_completed(tmp_path, wb_root, monkeypatch):
     params = {"n": 1, "sizes": [1, 2, 3]}
     _prior_run(tmp_path, params, [({"size": 1, "impl": "x"}, [{"size": 1, "ms": 1.5}]),
-                                  ({"size": 2, "impl": "x"}, [{"size": 2, "ms": 2.5}, {"size": 2, "ms": 2.6}])])
+                                  ({"size": 2, "impl": "x"},
+                                   [{"size": 2, "ms": 2.5}, {"size": 2, "ms": 2.6}])])
     monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "prior"))
     rec = Recorder("nb", params, run_dir=tmp_path / "run")
     got = rec.done_group("g", impl="x", size=2)  # key order does not matter
-    assert got == [{"size": 2, "ms": 2.5, "resumed_from": "prior"}, {"size": 2, "ms": 2.6, "resumed_from": "prior"}]
+    assert got == [{"size": 2, "ms": 2.5, "resumed_from": "prior"},
+                   {"size": 2, "ms": 2.6, "resumed_from": "prior"}]
     assert rec.done_group("g", size=3, impl="x") is None  # never completed there: measure it
     assert rec.done_group("g", size=1, impl="y") is None
     rec.add_group("g", [{"size": 3, "ms": 3.5}], size=3, impl="x")
@@ -158,7 +165,8 @@ def test_done_group_hands_back_what_the_unfinished_run_completed(tmp_path, wb_ro
     monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "run"))
     again = Recorder("nb", params, run_dir=tmp_path / "third")
     assert again.done_group("g", size=2, impl="x")[0]["resumed_from"] == "prior"
-    assert again.done_group("g", size=3, impl="x") == [{"size": 3, "ms": 3.5, "resumed_from": "run"}]
+    got = again.done_group("g", size=3, impl="x")
+    assert got == [{"size": 3, "ms": 3.5, "resumed_from": "run"}]
 
 
 def test_prior_with_other_parameters_is_not_resumed(tmp_path, wb_root, monkeypatch):
@@ -179,25 +187,34 @@ def _set_prior_machine(tmp_path, hardware):
 
 
 def test_timed_groups_come_only_from_the_same_machine(tmp_path, wb_root, monkeypatch):
-    """The runner resumes on any machine of the same kind; times from another one are measured again."""
+    """The runner resumes on any machine of the kind; times from another one are measured again."""
     from workbook import report
 
     params = {"n": 1}
-    _prior_run(tmp_path, params, [({"size": 1}, [{"size": 1, "ms": 1.5}]), ({"size": 2}, [{"size": 2, "ms": 2.5}])])
+    _prior_run(tmp_path, params,
+               [({"size": 1}, [{"size": 1, "ms": 1.5}]), ({"size": 2}, [{"size": 2, "ms": 2.5}])])
     monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "prior"))
-    same = Recorder("nb", params, run_dir=tmp_path / "same")  # the prior was written on this machine
-    assert same.done_group("g", timed=True, size=1) == [{"size": 1, "ms": 1.5, "resumed_from": "prior"}]
+    # the prior was written on this machine
+    same = Recorder("nb", params, run_dir=tmp_path / "same")
+    got = same.done_group("g", timed=True, size=1)
+    assert got == [{"size": 1, "ms": 1.5, "resumed_from": "prior"}]
 
-    other = {"gpus": [{"name": "NVIDIA H200", "uuid": "GPU-elsewhere"}], "hostname": "vm", "boot_id": "b"}
+    other = {"gpus": [{"name": "NVIDIA H200", "uuid": "GPU-elsewhere"}], "hostname": "vm",
+             "boot_id": "b"}
     _set_prior_machine(tmp_path, other)
     rec = Recorder("nb", params, run_dir=tmp_path / "run")
-    assert rec.done_group("g", timed=True, size=1) is None  # a time from another machine: measure it here
-    assert rec.done_group("g", size=2) == [{"size": 2, "ms": 2.5, "resumed_from": "prior"}]  # not a time: taken
+    # a time from another machine: measure it here
+    assert rec.done_group("g", timed=True, size=1) is None
+    # not a time: taken
+    assert rec.done_group("g", size=2) == [{"size": 2, "ms": 2.5, "resumed_from": "prior"}]
     rec.add_group("g", [{"size": 1, "ms": 1.4}], size=1)
     d = _read(rec)
     assert d["resumed"] == {"from": "prior", "groups": {"g": 1}, "remeasured": {"g": 1}}
     head = report.summary_html({"notebook": "nb", "status": "ok", "run_id": "run"}, d)
-    assert "Measured again:</b> 1 of g, which the unfinished run prior had timed on another machine" in head
+    assert ("Measured again:</b> 1 of g, which the unfinished run prior had timed on another "
+            "machine") in head
 
-    _set_prior_machine(tmp_path, {"gpus": [{"name": "NVIDIA H200"}], "hostname": "vm"})  # recorded without ids
-    assert Recorder("nb", params, run_dir=tmp_path / "old").done_group("g", timed=True, size=1) is None
+    # recorded without ids
+    _set_prior_machine(tmp_path, {"gpus": [{"name": "NVIDIA H200"}], "hostname": "vm"})
+    old = Recorder("nb", params, run_dir=tmp_path / "old")
+    assert old.done_group("g", timed=True, size=1) is None

@@ -1,7 +1,8 @@
-"""Reports (summary + nbconvert render), the runs index, and the plot helpers (`workbook compare`: test_compare.py).
+"""Reports (summary + nbconvert render), the runs index, and the plot helpers (`workbook compare`:
+test_compare.py).
 
-No notebook is executed: render() gets a small notebook built with nbformat whose code cell already has
-outputs; the runs and results are dicts and JSON files written here.
+No notebook is executed: render() gets a small notebook built with nbformat whose code cell already
+has outputs; the runs and results are dicts and JSON files written here.
 """
 import nbformat
 import pytest
@@ -19,7 +20,8 @@ def _run(**kw):
     run = {"notebook": "smoke", "run_id": "20250101-120000-abcd", "status": "ok", "error": None,
            "duration_s": 12.345, "started_at": "2025-01-01T12:00:00+00:00",
            "params": {"n": 3, "sizes": [1, 2], "label": "a"},
-           "param_sources": {"n": "-p", "sizes": "default", "label": "profile gpu"}, "provenance": PROV}
+           "param_sources": {"n": "-p", "sizes": "default", "label": "profile gpu"},
+           "provenance": PROV}
     run.update(kw)
     return run
 
@@ -28,12 +30,13 @@ def _body(html: str) -> str:
     return html[html.index("<body"):]
 
 
-# --- summary_html -----------------------------------------------------------------------------------
+# --- summary_html
+# -----------------------------------------------------------------------------------
 
 
 def test_summary_ok_run():
-    res = {"status": "complete", "headline": {"x_ms": 1.23456, "n": 3}, "fallbacks": [], "not_measured": [],
-           "notes": ["measured at 2 threads"]}
+    res = {"status": "complete", "headline": {"x_ms": 1.23456, "n": 3}, "fallbacks": [],
+           "not_measured": [], "notes": ["measured at 2 threads"]}
     h = report.summary_html(_run(), res)
     assert h.startswith('<div class="wb-header">') and h.endswith("</div>")
     assert "wb-failed" not in h
@@ -44,7 +47,8 @@ def test_summary_ok_run():
     assert "AMD EPYC (2 cores)" in h
     assert "0123456789 (dirty)" in h and "0123456789a" not in h  # commit cut to 10 characters
     assert "<b>torch</b> 2.9.0" in h
-    assert "<b>Headline:</b> x: 1.23 ms · n: 3</p>" in h  # labels and units from the key names, 3-4 figures
+    # labels and units from the key names, 3-4 figures
+    assert "<b>Headline:</b> x: 1.23 ms · n: 3</p>" in h
     assert "never marked its results complete" not in h
 
 
@@ -58,14 +62,17 @@ def test_summary_parameters_table():
 
 def test_summary_failed_run_shows_error_fallbacks_and_not_measured():
     res = {"status": "running", "headline": {}, "fallbacks": ["ran eager: torch.compile failed"],
-           "not_measured": [{"what": "triton kernel", "why": "triton is not installed"}], "notes": []}
-    h = report.summary_html(_run(status="failed", error="RuntimeError: planned failure (cell 3)"), res)
+           "not_measured": [{"what": "triton kernel", "why": "triton is not installed"}],
+           "notes": []}
+    h = report.summary_html(_run(status="failed", error="RuntimeError: planned failure (cell 3)"),
+                            res)
     assert h.startswith('<div class="wb-header wb-failed">')
     assert "Status: FAILED" in h
     assert "<b>Error:</b> <code>RuntimeError: planned failure (cell 3)</code>" in h
     assert '<p class="wb-warn"><b>Fallback:</b> ran eager: torch.compile failed</p>' in h
     assert "<b>Not measured:</b> triton kernel — triton is not installed" in h
-    # a failed run explains itself; the "never marked complete" warning is only for runs that claim ok
+    # a failed run explains itself; the "never marked complete" warning is only for runs that claim
+    # ok
     assert "never marked its results complete" not in h
 
 
@@ -75,7 +82,8 @@ def test_summary_ok_run_whose_results_stayed_running_warns():
 
 
 def test_summary_escapes_html():
-    h = report.summary_html(_run(status="failed", error="ValueError: <script>alert(1)</script> & more",
+    h = report.summary_html(_run(status="failed",
+                                 error="ValueError: <script>alert(1)</script> & more",
                                  notebook="a<b>"), {"fallbacks": ["<i>x</i>"]})
     assert "<script>" not in h and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in h
     assert "a&lt;b&gt;" in h and "&lt;i&gt;x&lt;/i&gt;" in h
@@ -87,19 +95,22 @@ def test_summary_without_provenance_or_duration():
     assert "Hardware" not in h and "<b>git</b> none" in h
 
 
-# --- render ------------------------------------------------------------------------------------------
+# --- render
+# ------------------------------------------------------------------------------------------
 
 SOURCE_MARK = "SOURCE_ONLY_TOKEN"
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    """One small notebook (markdown + a code cell with a stream and an error output), rendered three ways."""
+    """One small notebook (markdown, a code cell with stream and error outputs), rendered 3 ways."""
     d = tmp_path_factory.mktemp("render") / "run1"
     d.mkdir()
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    cell = nbformat.v4.new_code_cell(f"{SOURCE_MARK} = 1\nprint('printed output')\nraise ValueError('bad')")
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    cell = nbformat.v4.new_code_cell(f"{SOURCE_MARK} = 1\nprint('printed output')\nraise "
+                                     "ValueError('bad')")
     cell.execution_count = 1
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="printed output\n"),
                     nbformat.v4.new_output("error", ename="ValueError", evalue="evalue_text",
@@ -131,7 +142,8 @@ def test_render_outputs_and_header_first(rendered, mode):
 
 def test_render_collapsed_folds_code(rendered):
     body = _body(rendered["collapsed"])
-    assert body.count('<details class="wb-code">') == 1  # one code cell; markdown cells are not folded
+    # one code cell; markdown cells are not folded
+    assert body.count('<details class="wb-code">') == 1
     start = body.index('<details class="wb-code">')
     end = body.index("</details>", start)
     assert SOURCE_MARK in body[start:end]  # the source is inside the toggle
@@ -169,17 +181,19 @@ def test_render_header_survives_blank_lines_in_error(rendered, tmp_path):
     assert '<p class="wb-warn"><b>Fallback:</b> fallback_text</p>' in body
 
 
-# --- index -------------------------------------------------------------------------------------------
+# --- index
+# -------------------------------------------------------------------------------------------
 
 
 def test_index_lists_runs_with_links_status_and_headline(tmp_path):
     outputs = tmp_path / "outputs"
     runs = [
-        _run(path=str(outputs / "smoke" / "run-ok"), run_id="run-ok", headline={"x_ms": 1.23456, "n": 4},
-             profile="gpu"),
+        _run(path=str(outputs / "smoke" / "run-ok"), run_id="run-ok",
+             headline={"x_ms": 1.23456, "n": 4}, profile="gpu"),
         _run(path=str(outputs / "smoke" / "run-bad"), run_id="run-bad", status="failed",
              error="RuntimeError: <boom>", duration_s=None, fallbacks=["eager", "cpu"]),
-        _run(path=str(outputs / "other" / "run-going"), run_id="run-going", notebook="other", status="running"),
+        _run(path=str(outputs / "other" / "run-going"), run_id="run-going", notebook="other",
+             status="running"),
     ]
     path = index.write(outputs, runs)
     assert path == outputs / "index.html"
@@ -190,11 +204,13 @@ def test_index_lists_runs_with_links_status_and_headline(tmp_path):
     assert '<a href="other/run-going/report.html">run-going</a>' in page
     assert str(tmp_path) not in page  # links are relative to outputs
     assert '<td style="color:#2e7d32"><b>ok</b>' in page
-    assert '<td style="color:#c62828"><b>failed</b><br><small>RuntimeError: &lt;boom&gt;</small>' in page
+    assert ('<td style="color:#c62828"><b>failed</b><br><small>RuntimeError: &lt;boom&gt;</small>'
+            in page)
     assert '<td style="color:#f9a825"><b>running</b>' in page
     assert "x: 1.23 ms<br>n: 4" in page  # labels and units from the key names
     assert "<b>fallback:</b> eager; cpu" in page
-    assert "<td>12.3</td>" in page and "<td>AMD EPYC (2 cores)</td>" in page and "<td>gpu</td>" in page
+    assert "<td>12.3</td>" in page
+    assert "<td>AMD EPYC (2 cores)</td>" in page and "<td>gpu</td>" in page
     assert "<td>2025-01-01 12:00:00</td>" in page
 
 
@@ -213,9 +229,10 @@ def test_index_groups_by_notebook_latest_ok_first_failures_folded(tmp_path):
         return _run(path=str(outputs / nb / rid), run_id=rid, notebook=nb, status=status,
                     started_at=f"2025-01-01T{hour:02d}:00:00+00:00")
 
-    runs = [run("zeta", "z-ok-old", "ok", 1), run("zeta", "z-ok-new", "ok", 5), run("zeta", "z-failed", "failed", 9),
-            run("zeta", "z-running", "running", 8), run("zeta", "z-intr", "interrupted", 7),
-            run("zeta", "z-failed-old", "failed", 2), run("alpha", "a-failed", "failed", 3)]
+    runs = [run("zeta", "z-ok-old", "ok", 1), run("zeta", "z-ok-new", "ok", 5),
+            run("zeta", "z-failed", "failed", 9), run("zeta", "z-running", "running", 8),
+            run("zeta", "z-intr", "interrupted", 7), run("zeta", "z-failed-old", "failed", 2),
+            run("alpha", "a-failed", "failed", 3)]
     page = index.write(outputs, runs).read_text()
     assert "7 runs" in page
     secs = _sections(page)
@@ -224,17 +241,23 @@ def test_index_groups_by_notebook_latest_ok_first_failures_folded(tmp_path):
     z = secs["zeta"]
     assert "<h2>zeta</h2><p>6 runs: 2 ok, 2 failed, 1 interrupted, 1 running</p>" in z
     shown_part, folded = z.split("<details>")
-    # the newest ok run first (marked), then the others newest first; failed and interrupted folded away
+    # the newest ok run first (marked), then the others newest first; failed and interrupted
+    # folded away
     order = [rid for rid in ("z-ok-new", "z-running", "z-ok-old") if rid in shown_part]
     assert order == ["z-ok-new", "z-running", "z-ok-old"]
-    assert [shown_part.index(f">{r}</a>") for r in order] == sorted(shown_part.index(f">{r}</a>") for r in order)
-    assert '<tr class="latest"><td><a href="zeta/z-ok-new/report.html">z-ok-new</a><span class="tag">latest ok' in z
+    pos = [shown_part.index(f">{r}</a>") for r in order]
+    assert pos == sorted(pos)
+    assert ('<tr class="latest"><td><a href="zeta/z-ok-new/report.html">z-ok-new</a><span '
+            'class="tag">latest ok') in z
     assert z.count('class="latest"') == 1
     assert "z-failed" not in shown_part and "z-intr" not in shown_part
-    assert folded.startswith("<summary>3 failed or interrupted runs (2 failed, 1 interrupted)</summary>")
-    assert folded.index(">z-failed</a>") < folded.index(">z-intr</a>") < folded.index(">z-failed-old</a>")
+    assert folded.startswith("<summary>3 failed or interrupted runs (2 failed, 1 interrupted)"
+                             "</summary>")
+    order = [folded.index(f">{name}</a>") for name in ("z-failed", "z-intr", "z-failed-old")]
+    assert order == sorted(order)
     a = secs["alpha"]
-    assert "1 run: 1 failed · <b>no run finished ok</b>" in a and "<table>" not in a.split("<details>")[0]
+    assert "1 run: 1 failed · <b>no run finished ok</b>" in a
+    assert "<table>" not in a.split("<details>")[0]
     assert "<summary>1 failed or interrupted run (1 failed)</summary>" in a
 
 
@@ -244,11 +267,13 @@ def test_index_empty(tmp_path):
 
 
 def test_index_run_in_sibling_folder_with_common_prefix(tmp_path):
-    page = index.write(tmp_path / "out", [_run(path=str(tmp_path / "out2" / "nb" / "r"), run_id="r")]).read_text()
+    page = index.write(tmp_path / "out",
+                       [_run(path=str(tmp_path / "out2" / "nb" / "r"), run_id="r")]).read_text()
     assert "r</a>" in page
 
 
-# --- show.table and plots ---------------------------------------------------------------------------
+# --- show.table and plots
+# ---------------------------------------------------------------------------
 
 
 ROWS = [{"impl": "eager", "size": 1, "ms": 1.23456789}, {"impl": "compiled", "size": 1, "ms": 0.5},
@@ -258,12 +283,14 @@ ROWS = [{"impl": "eager", "size": 1, "ms": 1.23456789}, {"impl": "compiled", "si
 def test_plots_lines_groups_sorts_and_error_band():
     from workbook import plots
 
-    rows = [{"impl": "a", "n": 2, "y": 4.0, "lo": 3.0, "hi": 6.0}, {"impl": "a", "n": 1, "y": 1.0, "lo": 0.5, "hi": 1.5},
+    rows = [{"impl": "a", "n": 2, "y": 4.0, "lo": 3.0, "hi": 6.0},
+            {"impl": "a", "n": 1, "y": 1.0, "lo": 0.5, "hi": 1.5},
             {"impl": "b", "n": 1, "y": 2.0, "lo": 2.0, "hi": 2.0}]
     fig = plots.lines(rows, x="n", y="y", group="impl", title="t", error=("lo", "hi"), log_y=True)
     assert [t.name for t in fig.data] == ["a", "b"]
     assert list(fig.data[0].x) == [1, 2] and list(fig.data[0].y) == [1.0, 4.0]  # sorted by x
-    assert list(fig.data[0].error_y.array) == [0.5, 2.0] and list(fig.data[0].error_y.arrayminus) == [0.5, 1.0]
+    assert list(fig.data[0].error_y.array) == [0.5, 2.0]
+    assert list(fig.data[0].error_y.arrayminus) == [0.5, 1.0]
     assert fig.layout.yaxis.type == "log" and fig.layout.title.text == "t"
     multi = plots.lines(rows, x="n", y="y", group=["impl", "n"], title="m")
     assert sorted(t.name for t in multi.data) == ["a · 1", "a · 2", "b · 1"]

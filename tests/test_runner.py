@@ -1,4 +1,5 @@
-"""The runner end to end on a tiny notebook: run folders, reuse, failures, resume, list/index/compare, CLI exit codes."""
+"""The runner end to end on a tiny notebook: run folders, reuse, failures, resume,
+list/index/compare, CLI exit codes."""
 import json
 import os
 import signal
@@ -23,7 +24,8 @@ def test_run_writes_everything_and_is_reused(wb_root, capsys):
     assert run["duration_s"] > 0 and run["provenance"]["hardware"]["cpu"]["cores_logical"] >= 1
     assert "torch" in run["provenance"]["packages"]
     res = json.loads((info.run_dir / "results.json").read_text())
-    assert res["status"] == "complete" and res["tables"]["t"] == [{"label": "a", "n": 5, "x_ms": 7.5}]
+    assert res["status"] == "complete"
+    assert res["tables"]["t"] == [{"label": "a", "n": 5, "x_ms": 7.5}]
     html = (info.run_dir / "report.html").read_text()
     assert "Plotly.newPlot" in html  # the figure is in the report, with plotly.js embedded
     assert "src=\"https://cdn.plot.ly" not in html  # plotly.js is inline, not fetched
@@ -64,7 +66,8 @@ def test_failing_cell_gives_report_status_and_exit_code(wb_root):
     res = json.loads((info.run_dir / "results.json").read_text())
     assert res["tables"]["t"]  # what finished before the failure is kept
     assert res["status"] == "failed" and "planned failure" in res["stopped"]
-    assert json.loads((ok.run_dir / "run.json").read_text())["status"] == "ok"  # earlier run untouched
+    # earlier run untouched
+    assert json.loads((ok.run_dir / "run.json").read_text())["status"] == "ok"
     # a failed run is never reused; it is resumed: its completed groups come back, marked as its own
     again = runner.run("smoke", cli={"fail": True})
     assert not again.reused and again.run_dir != info.run_dir
@@ -93,16 +96,18 @@ def test_unknown_parameter_raises_before_anything_runs(wb_root):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "workbook.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "workbook.cli", "--help"], capture_output=True,
+                         text=True)
     assert out.returncode == 0 and "run-all" in out.stdout
 
 
 def _smoke_cli(*params):
-    """`workbook run smoke` in its own process group (so a test can kill the runner and its kernel)."""
+    """`workbook run smoke` in its own process group (a test can kill the runner and its kernel)."""
     args = [sys.executable, "-m", "workbook.cli", "run", "smoke"]
     for k, v in params:
         args += ["-p", k, v]
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def _wait_for_groups(wb_root, n, proc, timeout=180):
@@ -146,7 +151,8 @@ def test_sigterm_is_recorded_and_the_next_run_resumes(wb_root):
     assert run["status"] == "interrupted" and "SIGTERM" in run["error"]
     assert "Status: INTERRUPTED" in (first / "report.html").read_text()
     res = json.loads((first / "results.json").read_text())
-    assert res["status"] == "interrupted" and "SIGTERM" in res["stopped"]  # not left saying "running"
+    # not left saying "running"
+    assert res["status"] == "interrupted" and "SIGTERM" in res["stopped"]
     kernel_pid = res["tables"]["g"][0]["pid"]
     assert _gone(kernel_pid), "the notebook's kernel outlived the terminated runner"
     assert len(res["groups"]["g"]) == 1  # the kernel stopped: nothing more was measured
@@ -156,7 +162,8 @@ def test_sigterm_is_recorded_and_the_next_run_resumes(wb_root):
     res = json.loads((info.run_dir / "results.json").read_text())
     rows = res["tables"]["g"]
     assert [r["size"] for r in rows] == [1, 2, 3]
-    assert rows[0]["resumed_from"] == first.name and rows[0]["pid"] == kernel_pid  # measured by the first run
+    # measured by the first run
+    assert rows[0]["resumed_from"] == first.name and rows[0]["pid"] == kernel_pid
     assert all("resumed_from" not in r for r in rows[1:]) and rows[1]["pid"] != kernel_pid
     assert res["resumed"] == {"from": first.name, "groups": {"g": 1}}
     head = (info.run_dir / "report.html").read_text()
@@ -168,11 +175,13 @@ def test_sigterm_is_recorded_and_the_next_run_resumes(wb_root):
 def test_a_run_killed_outright_is_resumed_losing_nothing(wb_root):
     proc = _smoke_cli(*PARAMS)
     first = _wait_for_groups(wb_root, 2, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, with no chance to record anything
+    # the runner and its kernel, with no chance to record anything
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     res = json.loads((first / "results.json").read_text())
     assert _gone(res["tables"]["g"][0]["pid"])
-    assert json.loads((first / "run.json").read_text())["status"] == "running"  # as the kill left it
+    # as the kill left it
+    assert json.loads((first / "run.json").read_text())["status"] == "running"
     done = len(res["groups"]["g"])
     info = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0})
     assert json.loads((first / "run.json").read_text())["status"] == "killed"  # settled when read
@@ -181,7 +190,8 @@ def test_a_run_killed_outright_is_resumed_losing_nothing(wb_root):
     assert sum(r.get("resumed_from") == first.name for r in rows) == done >= 2
     forced = runner.run("smoke", cli={"sizes": [1, 2, 3], "pause": 2.0}, force=True)
     assert forced.data["resumed_from"] is None
-    assert all("resumed_from" not in r for r in json.loads((forced.run_dir / "results.json").read_text())["tables"]["g"])
+    assert all("resumed_from" not in r
+               for r in json.loads((forced.run_dir / "results.json").read_text())["tables"]["g"])
 
 
 def test_a_sigkilled_runner_lists_as_killed_and_gc_removes_it(wb_root, capsys):
@@ -197,8 +207,10 @@ def test_a_sigkilled_runner_lists_as_killed_and_gc_removes_it(wb_root, capsys):
         assert cli.main(["list", "--status", "killed"]) == 0
         out = capsys.readouterr().out.splitlines()
         assert out[0].split()[:3] == ["smoke", first.name, "killed"]
-        assert out[1].strip().startswith(f"killed: its process (pid {proc.pid}) ended without recording")
-        run = json.loads((first / "run.json").read_text())  # rewritten: the process cannot come back
+        assert out[1].strip().startswith(f"killed: its process (pid {proc.pid}) ended without "
+                                         "recording")
+        # rewritten: the process cannot come back
+        run = json.loads((first / "run.json").read_text())
         assert run["status"] == "killed" and run["ended_at"] and run["duration_s"] >= 0
         assert ">killed<" in runner.write_index().read_text()
         assert _gone(json.loads((first / "results.json").read_text())["tables"]["g"][0]["pid"])
@@ -217,7 +229,8 @@ def test_a_reused_pid_is_not_taken_for_the_run(wb_root):
 
     me = liveness.identity()
     assert liveness.alive(me) is True
-    assert liveness.alive({**me, "process_start": "another-boot:1"}) is False  # same pid, other process
+    # same pid, other process
+    assert liveness.alive({**me, "process_start": "another-boot:1"}) is False
     assert liveness.alive({**me, "process_start": None}) is True  # recorded before start times were
     assert liveness.alive({**me, "host": "not-" + me["host"]}) is None  # cannot tell from here
     assert liveness.alive({**me, "pid": None}) is False
@@ -233,10 +246,12 @@ def test_a_reused_pid_is_not_taken_for_the_run(wb_root):
 def _fake_run(wb_root, name, key, status, *, groups=True, machine=None, pid=None, host=None):
     d = wb_root / "outputs" / "smoke" / name
     d.mkdir(parents=True)
-    prov = {"hardware": {"gpus": [{"name": machine or "NVIDIA H200"}]}, "torch": {"version": "2.11", "cuda": "13.0"}}
-    (d / "run.json").write_text(json.dumps({"key": key, "status": status, "provenance": prov, "pid": pid,
-                                            "host": host or socket.gethostname()}))
-    (d / "results.json").write_text(json.dumps({"groups": {"g": [{"key": {"size": 1}, "rows": [0, 1]}]} if groups else {}}))
+    prov = {"hardware": {"gpus": [{"name": machine or "NVIDIA H200"}]},
+            "torch": {"version": "2.11", "cuda": "13.0"}}
+    (d / "run.json").write_text(json.dumps({"key": key, "status": status, "provenance": prov,
+                                            "pid": pid, "host": host or socket.gethostname()}))
+    done = {"groups": {"g": [{"key": {"size": 1}, "rows": [0, 1]}]}} if groups else {}
+    (d / "results.json").write_text(json.dumps(done))
     return d
 
 
@@ -248,36 +263,45 @@ def test_which_unfinished_run_is_resumed(wb_root):
     _fake_run(wb_root, "3-finished", "k", "ok")
     _fake_run(wb_root, "4-no-groups", "k", "failed", groups=False)
     _fake_run(wb_root, "5-other-gpu", "k", "failed", machine="NVIDIA H100 80GB HBM3")
-    _fake_run(wb_root, "6-running-here", "k", "running", pid=os.getpid())  # alive: a run in progress
+    # alive: a run in progress
+    _fake_run(wb_root, "6-running-here", "k", "running", pid=os.getpid())
     assert runner.find_resumable("smoke", "k", machine).name == "1-interrupted"
     _fake_run(wb_root, "7-killed", "k", "running", pid=2 ** 22 + 12345)  # no such process
     assert runner.find_resumable("smoke", "k", machine).name == "7-killed"
     _fake_run(wb_root, "8-elsewhere", "k", "running", pid=os.getpid(), host="another-host")
     assert runner.find_resumable("smoke", "k", machine).name == "8-elsewhere"
-    assert runner.find_resumable("smoke", "k", ("NVIDIA H200", "2.12", "13.0")) is None  # other torch
+    # other torch
+    assert runner.find_resumable("smoke", "k", ("NVIDIA H200", "2.12", "13.0")) is None
 
 
 def test_resuming_a_run_said_to_be_running_elsewhere_says_so(wb_root):
     here = socket.gethostname()
     assert runner.resume_caveat({"status": "interrupted", "host": "another-host"}) == ""
-    assert runner.resume_caveat({"status": "running", "host": here}) == ""  # its process is checked: it is gone
+    # its process is checked: it is gone
+    assert runner.resume_caveat({"status": "running", "host": here}) == ""
     note = runner.resume_caveat({"status": "running", "host": "another-host"})
     assert "'another-host'" in note and "cannot check" in note and "both measure the rest" in note
 
 
 def test_ctrl_c_prints_one_line_and_the_report_says_how_far(wb_root):
-    """SIGINT to the runner's process group, as a terminal's Ctrl-C sends it: the terminal gets the progress lines
-    and one sentence, no traceback (the kernel's own messages go to the run's log); the report names the cell the
-    run stopped in."""
-    args = [sys.executable, "-m", "workbook.cli", "run", "smoke", "-p", "sizes", "[1, 2, 3]", "-p", "pause", "3.0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a shell's foreground
-    first = _wait_for_groups(wb_root, 1, proc)  # job has it, whatever this test process (an xdist worker) ignores
+    """SIGINT to the runner's process group, as a terminal's Ctrl-C sends it: the terminal gets the
+    progress lines and one sentence, no traceback (the kernel's own messages go to the run's log);
+    the report names the cell the run stopped in."""
+    args = [sys.executable, "-m", "workbook.cli", "run", "smoke", "-p", "sizes", "[1, 2, 3]", "-p",
+            "pause", "3.0"]
+    # SIGINT at its default, as a shell's foreground job has it, whatever this test process (an
+    # xdist worker) ignores
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = _wait_for_groups(wb_root, 1, proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
-    assert err.strip().splitlines() == ["interrupted: the run is recorded as such; run the same command to resume it"]
-    assert "cell 1 of 6 · test notebook" in out and "cell 3 of 6" in out  # one line per code cell that started
+    assert err.strip().splitlines() == ["interrupted: the run is recorded as such; run the same "
+                                        "command to resume it"]
+    # one line per code cell that started
+    assert "cell 1 of 6 · test notebook" in out and "cell 3 of 6" in out
     run = json.loads((first / "run.json").read_text())
     assert run["cells"][-1]["cell"] == 3 and run["cells"][-1]["status"] == "interrupted"
     html = (first / "report.html").read_text()

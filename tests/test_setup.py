@@ -1,5 +1,5 @@
-"""Set-up files agree with each other: environment.yml and pyproject.toml name the same dependencies, and
-the README's commands are the ones the Makefile and CI provide."""
+"""Set-up files agree with each other: environment.yml and pyproject.toml name the same
+dependencies, and the README's commands are the ones the Makefile and CI provide."""
 import re
 import tomllib
 

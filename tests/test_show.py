@@ -1,4 +1,4 @@
-"""show.table: tables reach the notebook wherever the call stands, titled, rounded, folded or turned to fit."""
+"""show.table: tables reach the notebook wherever called, titled, rounded, folded or turned."""
 import re
 
 import pytest
@@ -12,12 +12,16 @@ ROWS = [{"impl": "eager", "size": 1, "ms": 1.23456789}, {"impl": "compiled", "si
 def test_frame_where_and_columns():
     df = show.frame(ROWS, ["size", "ms", "not_a_column"], where={"impl": "eager"})
     assert list(df.columns) == ["size", "ms"]
-    assert df.to_dict("records") == [{"size": 1, "ms": 1.23456789}, {"size": 2, "ms": 2.0}]  # data not rounded
+    # data not rounded
+    assert df.to_dict("records") == [{"size": 1, "ms": 1.23456789}, {"size": 2, "ms": 2.0}]
     assert show.frame(ROWS, where={"impl": "none"}).empty
 
 
-@pytest.mark.parametrize("v,text", [(1.23456789, "1.235"), (1162.34, "1162"), (123456.7, "123457"), (0.05835, "0.05835"),
-                                    (0.0000123456, "1.235e-05"), (0.0, "0"), (3, "3"), (float("nan"), "-"),
+@pytest.mark.parametrize("v,text",
+                         [(1.23456789, "1.235"), (1162.34, "1162"), (123456.7, "123457"),
+                          (0.05835, "0.05835"),
+                                    (0.0000123456, "1.235e-05"), (0.0, "0"), (3, "3"),
+                          (float("nan"), "-"),
                                     (True, "True"), ("x", "x")])
 def test_number_keeps_significant_figures(v, text):
     assert show.number(v) == text
@@ -61,12 +65,14 @@ def test_empty_table_says_so():
 def test_plots_give_every_series_its_own_colour_and_a_legend():
     from workbook import plots
 
-    rows = [{"impl": f"i{k}", "table": t, "n": n, "y": float(n + k)} for k in range(6) for t in ("a", "b") for n in (1, 2)]
+    rows = [{"impl": f"i{k}", "table": t, "n": n, "y": float(n + k)} for k in range(6)
+            for t in ("a", "b") for n in (1, 2)]
     fig = plots.lines(rows, x="n", y="y", group=["table", "impl"], title="12 series")
     colours = [t.line.color for t in fig.data]
     assert len(fig.data) == 12 and len(set(colours)) == 12 and fig.layout.showlegend
     bars = plots.bars(rows, x="n", y="y", group="impl", title="b")
     assert len({t.marker.color for t in bars.data}) == 6 and bars.layout.showlegend
-    many = plots.lines([{"g": k, "n": 1, "y": 1.0} for k in range(30)], x="n", y="y", group="g", title="30")
+    many = plots.lines([{"g": k, "n": 1, "y": 1.0} for k in range(30)], x="n", y="y", group="g",
+                       title="30")
     styles = {(t.line.color, t.line.dash) for t in many.data}
     assert len(styles) == 30  # past the palette, the dash tells series apart

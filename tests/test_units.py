@@ -6,16 +6,18 @@ from workbook import units
 
 @pytest.mark.parametrize("key, unit", [
     ("best_b1_latency_ms", "ms"), ("search_seconds", "s"), ("load_s", "s"), ("peak_gb", "GB"),
-    ("host_rss_mb", "MB"), ("peak_memory_mib", "MiB"), ("free_gib", "GiB"), ("interp_share_pct", "%"),
-    ("speed_x", "×"), ("throughput_img_s", "img/s"), ("decode_tokens_s", "tokens/s"), ("decode_tok_s", "tok/s"),
-    ("power_w", "W"), ("energy_j", "J"), ("sm_clock_mhz", "MHz"), ("gpu_temp_c", "°C"),
-    ("decode_weight_gb_s", "GB/s"), ("mean_ulp", "ulp"),
+    ("host_rss_mb", "MB"), ("peak_memory_mib", "MiB"), ("free_gib", "GiB"),
+    ("interp_share_pct", "%"), ("speed_x", "×"), ("throughput_img_s", "img/s"),
+    ("decode_tokens_s", "tokens/s"), ("decode_tok_s", "tok/s"), ("power_w", "W"), ("energy_j", "J"),
+    ("sm_clock_mhz", "MHz"), ("gpu_temp_c", "°C"), ("decode_weight_gb_s", "GB/s"),
+    ("mean_ulp", "ulp"),
     # ratio words: a ratio, whatever else the key says
     ("decode_speedup_over_one_process", "×"), ("peak_memory_ratio", "×"), ("latency_ms_ratio", "×"),
     ("fwd_bwd_speedup_low", "×"),
     # a unit inside the key, or followed by "per X"
     ("interp_ms_fastest_bilinear_1024px_bfloat16", "ms"), ("tower_saving_pct_1024px_b1", "%"),
-    ("energy_j_per_step", "J/step"), ("decode_ms_per_step_p50", "ms/step"), ("decode_tokens_s_per_seq", "tokens/s/seq"),
+    ("energy_j_per_step", "J/step"), ("decode_ms_per_step_p50", "ms/step"),
+    ("decode_tokens_s_per_seq", "tokens/s/seq"),
     # no unit: counts, flags, names; one-letter units count only at the end
     ("batch", None), ("completion_tokens", None), ("cosine_min", None), ("best_b1_config", None),
     ("x_is_s_not", None), ("c_offset", None), ("w", None), ("x", None), ("s", None), ("ms", "ms"),
@@ -42,10 +44,10 @@ def test_label(key, label):
 
 
 @pytest.mark.parametrize("value, text", [
-    (1162.3, "1162"), (12.345, "12.3"), (0.05835, "0.0584"), (-0.05835, "-0.0584"), (1234.5, "1235"),
-    (999.7, "1000"), (999.4, "999"), (123.45, "123"), (2.0, "2"), (0.0, "0"), (9.996, "10"),
-    (1.5e6, "1.5e+06"), (1.2e-5, "1.2e-05"), (7, "7"), (123456789, "123456789"), (True, "yes"), (False, "no"),
-    (float("nan"), "nan"),
+    (1162.3, "1162"), (12.345, "12.3"), (0.05835, "0.0584"), (-0.05835, "-0.0584"),
+    (1234.5, "1235"), (999.7, "1000"), (999.4, "999"), (123.45, "123"), (2.0, "2"), (0.0, "0"),
+    (9.996, "10"), (1.5e6, "1.5e+06"), (1.2e-5, "1.2e-05"), (7, "7"), (123456789, "123456789"),
+    (True, "yes"), (False, "no"), (float("nan"), "nan"),
 ])
 def test_number(value, text):
     assert units.number(value) == text
@@ -53,7 +55,8 @@ def test_number(value, text):
 
 def test_fmt_with_units():
     assert units.fmt(1162.3, "best_b1_latency_ms") == "1162 ms"
-    assert units.fmt(0.05835, "decode_speedup_over_one_process") == "0.0584×"  # × and % follow the number
+    # × and % follow the number
+    assert units.fmt(0.05835, "decode_speedup_over_one_process") == "0.0584×"
     assert units.fmt(12.345, "search_seconds") == "12.3 s"
     assert units.fmt(12.34, "tower_saving_pct_1024px_b1") == "12.3%"
     assert units.fmt(256, "batch_ms") == "256 ms"  # ints stay ints
@@ -72,6 +75,6 @@ def test_headline_items_keep_order():
     head = {"best_b1_latency_ms": 1162.3, "decode_speedup_over_one_process": 0.05835, "path": "tp",
             "tokens_identical": False, "ttft_ms": None}
     assert units.headline_items(head) == [
-        ("best batch-1 latency", "1162 ms"), ("decode speed-up over one process", "0.0584×"), ("path", "tp"),
-        ("tokens identical", "no"), ("ttft", "-")]
+        ("best batch-1 latency", "1162 ms"), ("decode speed-up over one process", "0.0584×"),
+        ("path", "tp"), ("tokens identical", "no"), ("ttft", "-")]
     assert units.headline_items({}) == [] and units.headline_items(None) == []

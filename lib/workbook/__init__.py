@@ -7,7 +7,8 @@ import warnings
 
 from workbook.errors import ParameterError, WorkbookError
 
-# tqdm.auto (imported by model libraries) warns in kernels without ipywidgets; progress goes to text bars here.
+# tqdm.auto (imported by model libraries) warns in kernels without ipywidgets; progress goes to text
+# bars here.
 warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"

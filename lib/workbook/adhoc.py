@@ -1,12 +1,14 @@
-"""Runs made without the runner (plain papermill, JupyterLab, nbmake): the record the runner would have written.
+"""Runs made without the runner (plain papermill, JupyterLab, nbmake): the record the runner writes.
 
-Why it exists: ``workbook run`` writes ``run.json`` and renders ``report.html`` around a run, but plain papermill and
-JupyterLab only execute the notebook, whose recorder writes ``results.json`` into ``outputs/<notebook>/adhoc-*/``.
-Such a run used to have no ``run.json`` (so neither ``workbook list`` nor the index showed it) and no report, and
-nobody said where it went. Here, in the notebook's kernel, the recorder writes ``run.json`` (``running``; ``ok`` at
-``finish()``; ``failed`` or ``interrupted`` with the error of the cell that stopped it), leaves a marker naming the
-run folder among the executed notebook's outputs, and says as the notebook's last output where the results went.
-``workbook report NOTEBOOK.ipynb`` (:mod:`workbook.adhoc_report`) reads that marker back.
+Why it exists: ``workbook run`` writes ``run.json`` and renders ``report.html`` around a run, but
+plain papermill and JupyterLab only execute the notebook, whose recorder writes ``results.json``
+into ``outputs/<notebook>/adhoc-*/``. Such a run used to have no ``run.json`` (so neither ``workbook
+list`` nor the index showed it) and no report, and nobody said where it went. Here, in the
+notebook's kernel, the recorder writes ``run.json`` (``running``; ``ok`` at ``finish()``; ``failed``
+or ``interrupted`` with the error of the cell that stopped it), leaves a marker naming the run
+folder among the executed notebook's outputs, and says as the notebook's last output where the
+results went. ``workbook report NOTEBOOK.ipynb`` (:mod:`workbook.adhoc_report`) reads that marker
+back.
 """
 from __future__ import annotations
 
@@ -21,27 +23,29 @@ from pathlib import Path
 from workbook.errors import cell_error
 from workbook.paths import repo_root, shown
 
-MARKER = "workbook"  # key of the output metadata that names the run folder: {"run_dir": ..., "notebook": ...}
+# key of the output metadata that names the run folder: {"run_dir": ..., "notebook": ...}
+MARKER = "workbook"
 
-# papermill's options that take values (from `papermill --help`), skipped when looking for its two paths
+# papermill's options that take values (`papermill --help`), skipped when looking for its two paths
 _TWO_VALUES = {"-p", "--parameters", "-r", "--parameters_raw"}
-_ONE_VALUE = {"-f", "--parameters_file", "-y", "--parameters_yaml", "-b", "--parameters_base64", "--engine",
-              "--autosave-cell-every", "-k", "--kernel", "-l", "--language", "--cwd", "--stdout-file",
-              "--stderr-file", "--log-level", "--start-timeout", "--start_timeout", "--execution-timeout"}
+_ONE_VALUE = {"-f", "--parameters_file", "-y", "--parameters_yaml", "-b", "--parameters_base64",
+              "--engine", "--autosave-cell-every", "-k", "--kernel", "-l", "--language", "--cwd",
+              "--stdout-file", "--stderr-file", "--log-level", "--start-timeout", "--start_timeout",
+              "--execution-timeout"}
 
 
 @dataclass
 class Launcher:
-    """What started this kernel: ``command`` ("papermill", "jupyter-lab", "pytest", ...), the notebook a report
-    can be made from as the user would type it (papermill's output path; the open notebook in JupyterLab), and the
-    folder the command was typed in."""
+    """What started this kernel: ``command`` ("papermill", "jupyter-lab", "pytest", ...), the
+    notebook a report can be made from as the user would type it (papermill's output path; the open
+    notebook in JupyterLab), and the folder the command was typed in."""
     command: str
     notebook: str | None = None
     cwd: str | None = None
 
 
 def papermill_output(args: list[str]) -> str | None:
-    """The output notebook among papermill's arguments (its second path), None when it writes to stdout."""
+    """The output notebook among papermill's arguments (its second path); None for stdout."""
     paths, i = [], 0
     while i < len(args):
         a = args[i]
@@ -55,7 +59,7 @@ def papermill_output(args: list[str]) -> str | None:
 
 
 def launcher() -> Launcher:
-    """Who started this kernel, from its parent process (papermill and JupyterLab start kernels directly)."""
+    """Who started this kernel, from its parent (papermill and JupyterLab start it directly)."""
     try:
         import psutil
 
@@ -66,7 +70,8 @@ def launcher() -> Launcher:
     for i, tok in enumerate(cmd):
         if Path(tok).name == "papermill":
             return Launcher("papermill", papermill_output(cmd[i + 1:]), cwd)
-    names = [Path(t).name for t in cmd[:3] if t and not t.startswith("-") and not Path(t).name.startswith("python")]
+    names = [Path(t).name for t in cmd[:3]
+             if t and not t.startswith("-") and not Path(t).name.startswith("python")]
     saved = os.environ.get("JPY_SESSION_NAME")  # JupyterLab's kernels get the notebook's path
     return Launcher(names[0] if names else "python", shown(saved) if saved else None, cwd)
 
@@ -92,7 +97,7 @@ def _update(run_dir: Path, **changes) -> None:
 
 
 def begin(rec, prov: dict) -> None:
-    """Write ``run.json`` for a recorder that made its own adhoc folder, in the schema the runner writes."""
+    """Write ``run.json`` for a recorder that made its own adhoc folder, as the runner writes it."""
     from workbook.checks import injected_names
     from workbook.record import run_record, write_json_atomic
 
@@ -100,7 +105,8 @@ def begin(rec, prov: dict) -> None:
     injected = set(injected_names() or ())
     params = rec.data["params"]
     write_json_atomic(rec.run_dir / "run.json", run_record(
-        rec.data["notebook"], rec.run_dir.name, params=params, command=rec.launcher.command, provenance=prov,
+        rec.data["notebook"], rec.run_dir.name, params=params, command=rec.launcher.command,
+        provenance=prov,
         param_sources={k: "papermill" if k in injected else "notebook" for k in params},
         started_at=rec.data["started_at"]))
     _watch_cells(rec)
@@ -109,7 +115,8 @@ def begin(rec, prov: dict) -> None:
 def _ended(rec) -> dict:
     from workbook.provenance import now_iso
 
-    return {"ended_at": now_iso(), "duration_s": round(time.time() - rec.t0, 2)}  # t0: when the recorder began
+    # t0: when the recorder began
+    return {"ended_at": now_iso(), "duration_s": round(time.time() - rec.t0, 2)}
 
 
 def finished(rec) -> None:
@@ -118,8 +125,9 @@ def finished(rec) -> None:
 
 
 def stopped(rec, err: BaseException, cell) -> None:
-    """A cell of an adhoc run raised: run.json (and results.json, as the runner does) say so, with the error in
-    the runner's words. In JupyterLab a later cell that runs is taken as the run going on (:func:`resumed`)."""
+    """A cell of an adhoc run raised: run.json (and results.json, as the runner does) say so, with
+    the error in the runner's words. In JupyterLab a later cell that runs is taken as the run going
+    on (:func:`resumed`)."""
     status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
     error = cell_error(type(err).__name__, err, cell)
     _update(rec.run_dir, status=status, error=error, **_ended(rec))
@@ -136,7 +144,7 @@ def resumed(rec) -> None:
         _update(rec.run_dir, status="running", error=None, ended_at=None, duration_s=None)
 
 
-# ---- in the kernel: a hook after every cell keeps run.json's status and prints finish()'s line last ----------
+# ---- in the kernel: a hook after every cell keeps run.json's status, prints finish()'s line last
 _current = None  # the adhoc recorder whose run.json the hook keeps
 _pending: list[str] = []  # lines finish() leaves for the end of its cell
 _hooked = False
@@ -191,7 +199,8 @@ def _workbook_command(cwd: str | None) -> str:
     cwd = Path(cwd or os.getcwd())
     root = repo_root()
     if script.resolve().is_relative_to(root) and cwd.resolve().is_relative_to(root):
-        return os.path.relpath(script, cwd)  # .venv/bin/workbook from the root, ../.venv/bin/workbook from notebooks/
+        # .venv/bin/workbook from the root, ../.venv/bin/workbook from notebooks/
+        return os.path.relpath(script, cwd)
     return str(script)
 
 
@@ -201,17 +210,19 @@ def where(rec) -> str:
 
     if not getattr(rec, "adhoc", False):
         under_runner = os.environ.get(RUN_DIR_ENV)
-        return f"results: {shown(rec.run_dir)}" + (" (report.html written when the run ends)" if under_runner else "")
+        return (f"results: {shown(rec.run_dir)}"
+                + (" (report.html written when the run ends)" if under_runner else ""))
     who = getattr(rec, "launcher", None) or Launcher("unknown")
     nb = shlex.quote(who.notebook) if who.notebook else "<your executed notebook>"
     if who.notebook and who.command != "papermill":
         nb += " (once saved)"
-    return f"results: {shown(rec.run_dir)}; render its report with: {_workbook_command(who.cwd)} report {nb}"
+    return (f"results: {shown(rec.run_dir)}; render its report with: {_workbook_command(who.cwd)} "
+            f"report {nb}")
 
 
 def say_where(rec) -> None:
-    """Print :func:`where` as the notebook's last output: after the cell that called ``finish()`` (which may show
-    a table after it) when in a kernel, at once elsewhere."""
+    """Print :func:`where` as the notebook's last output: after the cell that called ``finish()``
+    (which may show a table after it) when in a kernel, at once elsewhere."""
     shell = _shell()
     if shell is None:
         print(where(rec))

@@ -1,10 +1,12 @@
-"""Compiled-artifact cache: compile once, load on every later run with the same inputs to compilation.
+"""Compiled-artifact cache: compile once, load on every later run with the same inputs to
+compilation.
 
-A traced Neuron model (``.pt``) is not in the Neuron compile cache, and torch.compile's caches live in a
-temporary folder by default: both are kept here instead, in a folder per key. The key hashes everything
-that changes the artifact — model name, a digest of the weights, input shapes, dtype, backend options and
-library versions — so a changed input compiles afresh and an unchanged one is loaded. ``meta.json``
-records what the key was made of, so a reader can see why two runs did or did not share an artifact.
+A traced Neuron model (``.pt``) is not in the Neuron compile cache, and torch.compile's caches live
+in a temporary folder by default: both are kept here instead, in a folder per key. The key hashes
+everything that changes the artifact — model name, a digest of the weights, input shapes, dtype,
+backend options and library versions — so a changed input compiles afresh and an unchanged one is
+loaded. ``meta.json`` records what the key was made of, so a reader can see why two runs did or did
+not share an artifact.
 """
 from __future__ import annotations
 
@@ -54,18 +56,19 @@ class Entry:
         return self.dir / "meta.json"
 
     def exists(self) -> bool:
-        """True once :meth:`commit` has been called for this key (a half-written folder does not count)."""
+        """True once :meth:`commit` ran for this key (a half-written folder does not count)."""
         return self.meta_path.exists()
 
     def commit(self, **extra) -> None:
-        write_json_atomic(self.meta_path, {"key": self.key, "parts": self.parts, "created": time.time(), **extra})
+        write_json_atomic(self.meta_path,
+                          {"key": self.key, "parts": self.parts, "created": time.time(), **extra})
 
     def meta(self) -> dict:
         return json.loads(self.meta_path.read_text())
 
 
 def entry(root: Path | str | None, backend: str, parts: dict) -> Entry:
-    """The cache folder for ``parts`` under ``root/backend`` (created; exists() says if it is complete)."""
+    """The cache folder for ``parts`` under ``root/backend`` (made; exists() says if complete)."""
     root = Path(root) if root else default_dir()
     key = make_key({"backend": backend, **parts})
     d = root / backend / key

@@ -1,12 +1,14 @@
-"""Progress of a run, one line per cell: which cell of how many, its heading, time so far and an estimate.
+"""Progress of a run, one line per cell: which cell of how many, its heading, time so far and an
+estimate.
 
-Why it exists: papermill either prints nothing while a long notebook runs or echoes every output line; a
-reader of the terminal (or of a report of a run that stopped) wants to know where the run is, or where it got
-to. The runner executes notebooks through :class:`WorkbookEngine`, papermill's own nbclient engine with two
-hooks: at each code cell's start one line is printed (``cell 4 of 14 · Precision against fp64 · 1 min 05 s so
-far · about 3 min left``), and at its end the cell's chatter is moved to the run's log
-(:mod:`workbook.console`) and its time kept. The estimate comes from the last finished run of the same notebook
-and profile. ``run.json`` keeps the cells' times, so the report can say how far an interrupted run got.
+Why it exists: papermill either prints nothing while a long notebook runs or echoes every output
+line; a reader of the terminal (or of a report of a run that stopped) wants to know where the run
+is, or where it got to. The runner executes notebooks through :class:`WorkbookEngine`, papermill's
+own nbclient engine with two hooks: at each code cell's start one line is printed (``cell 4 of 14 ·
+Precision against fp64 · 1 min 05 s so far · about 3 min left``), and at its end the cell's chatter
+is moved to the run's log (:mod:`workbook.console`) and its time kept. The estimate comes from the
+last finished run of the same notebook and profile. ``run.json`` keeps the cells' times, so the
+report can say how far an interrupted run got.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def duration(seconds: float) -> str:
 
 
 def headings(nb) -> dict[int, str]:
-    """Each code cell's heading (the last markdown heading, or first line, above it), parameter cells left out."""
+    """Each code cell's heading (the last markdown heading, or first line, above it), parameter
+    cells left out."""
     out, current = {}, "set-up"
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
@@ -40,15 +43,17 @@ def headings(nb) -> dict[int, str]:
             if heads or lines:
                 current = (heads[-1] if heads else lines[0])[:80]
         elif cell.cell_type == "code":
-            if not {"parameters", "injected-parameters"} & set(cell.get("metadata", {}).get("tags", [])):
+            tags = set(cell.get("metadata", {}).get("tags", []))
+            if not {"parameters", "injected-parameters"} & tags:
                 out[i] = current  # the parameter cells only assign values: not counted as work
     return out
 
 
 class Tracker:
-    """Follows one notebook's execution: prints the progress lines, cleans each cell, keeps the cells' times."""
+    """Follows a notebook's run: prints progress lines, cleans each cell, keeps their times."""
 
-    def __init__(self, log_path: Path, *, log=print, prior: list[float] | None = None, prior_id: str = ""):
+    def __init__(self, log_path: Path, *, log=print, prior: list[float] | None = None,
+                 prior_id: str = ""):
         self.heads: dict[int, str] = {}
         self.code: list[int] = []
         self.log_path = Path(log_path)
@@ -56,7 +61,8 @@ class Tracker:
         self.prior, self.prior_id = prior, prior_id
         self.t0 = time.time()
         self.started: dict[int, float] = {}
-        self.cells: list[dict] = []  # {cell, of, heading, seconds, status} for each code cell that ran
+        # {cell, of, heading, seconds, status} for each code cell that ran
+        self.cells: list[dict] = []
         self.moved = 0
 
     def bind(self, nb) -> None:
@@ -76,41 +82,47 @@ class Tracker:
             return
         n = self.code.index(index) + 1
         self.started[index] = time.time()
-        self.log(f"  cell {n} of {len(self.code)} · {self.heads[index]} · {duration(time.time() - self.t0)} so far"
+        self.log(f"  cell {n} of {len(self.code)} · {self.heads[index]} · "
+                 f"{duration(time.time() - self.t0)} so far"
                  + self._estimate(n))
 
     def complete(self, cell, index: int) -> None:
         if index not in self.started:
             return
         n = self.code.index(index) + 1
-        status = "failed" if cell.get("metadata", {}).get("papermill", {}).get("exception") else "ok"
+        status = ("failed" if cell.get("metadata", {}).get("papermill", {}).get("exception")
+                  else "ok")
         self.cells.append({"cell": n, "of": len(self.code), "heading": self.heads[index],
-                           "seconds": round(time.time() - self.started.pop(index), 2), "status": status})
+                           "seconds": round(time.time() - self.started.pop(index), 2),
+                           "status": status})
         moved, kept = console.clean_cell(cell)
         if moved:
             self.moved += len(moved)
-            console.append_log(self.log_path, f"cell {n} of {len(self.code)} · {self.heads[index]}", moved)
+            console.append_log(self.log_path, f"cell {n} of {len(self.code)} · {self.heads[index]}",
+                               moved)
         for line in kept[:20]:  # real warnings and errors stay in sight, in the terminal too
             self.log(f"    {line}")
         if len(kept) > 20:
             self.log(f"    ... {len(kept) - 20} more lines in the report")
 
     def interrupted(self) -> None:
-        """Ctrl-C or SIGTERM arrived: the cell whose end was seen while the interrupt unwound did not finish."""
+        """Ctrl-C or SIGTERM: a cell whose end was seen as the interrupt unwound did not finish."""
         if self.cells and self.cells[-1]["status"] == "ok":
             self.cells[-1]["status"] = "interrupted"
 
     def record(self) -> dict:
         """What run.json keeps: the cells' times and how many chatter lines went to the log."""
-        return {"cells": self.cells, "cells_total": len(self.code), "log": console.LOG_NAME if self.moved or
-                self.log_path.exists() else None, "log_lines_moved": self.moved}
+        log = console.LOG_NAME if self.moved or self.log_path.exists() else None
+        return {"cells": self.cells, "cells_total": len(self.code), "log": log,
+                "log_lines_moved": self.moved}
 
 
 _CURRENT: list[Tracker] = []
 
 
 class WorkbookEngine(NBClientEngine):
-    """papermill's nbclient engine, reporting each cell's start and end to the runner's :class:`Tracker`."""
+    """papermill's nbclient engine, reporting each cell's start and end to the runner's
+    :class:`Tracker`."""
 
     @classmethod
     def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
@@ -135,14 +147,16 @@ papermill_engines.register(ENGINE, WorkbookEngine)
 
 
 def kernel_manager_logging_to(log_path: Path):
-    """A kernel manager whose kernel process writes its own messages (the kernel app's warnings, and the
-    socket errors a kernel prints when Ctrl-C shuts it down mid-cell) to ``log_path`` instead of the terminal.
-    What the notebook's code prints is unaffected: ipykernel sends it to the notebook."""
+    """A kernel manager whose kernel process writes its own messages (the kernel app's warnings, and
+    the socket errors a kernel prints when Ctrl-C shuts it down mid-cell) to ``log_path`` instead of
+    the terminal. What the notebook's code prints is unaffected: ipykernel sends it to the
+    notebook."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
-            with open(log_path, "a", encoding="utf-8") as f:  # the child keeps its own copy of the descriptor
+            # the child keeps its own copy of the descriptor
+            with open(log_path, "a", encoding="utf-8") as f:
                 kw.setdefault("stderr", f)
                 kw.setdefault("stdout", f)
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
@@ -165,17 +179,19 @@ class tracking:
         return False
 
 
-def prior_cells(runs: list[dict], notebook: str, profile: str | None) -> tuple[list[float] | None, str]:
-    """The cell times of the newest finished run of ``notebook`` with ``profile`` (``runs`` newest first)."""
+def prior_cells(runs: list[dict], notebook: str,
+                profile: str | None) -> tuple[list[float] | None, str]:
+    """The cell times of the newest finished run of ``notebook`` with ``profile`` (newest first)."""
     for r in runs:
-        if (r.get("notebook") == notebook and r.get("profile") == profile and r.get("status") == "ok"
+        if (r.get("notebook") == notebook and r.get("profile") == profile
+                and r.get("status") == "ok"
                 and r.get("cells") and len(r["cells"]) == r.get("cells_total")):
             return [c["seconds"] for c in r["cells"]], r.get("run_id", "")
     return None, ""
 
 
 def how_far(run: dict) -> str | None:
-    """For a run that did not finish: in which cell it stopped and how many finished before, in one sentence."""
+    """For a run that did not finish: the cell it stopped in and how many finished, one sentence."""
     cells = run.get("cells") or []
     if run.get("status") == "ok" or not cells:
         return None
@@ -184,6 +200,7 @@ def how_far(run: dict) -> str | None:
     where = f"cell {last['cell']} of {last['of']} ({last['heading']})"
     verb = "failed in" if last["status"] == "failed" else "stopped in"
     if last["status"] == "ok":  # killed between cells, or in a cell whose end was never seen
-        return f"The run got through {done} of {last['of']} code cells; the last one finished was {where}."
-    return (f"The run {verb} {where} after {duration(last['seconds'])} there; {done} of {last['of']} code cells "
-            "had finished.")
+        return (f"The run got through {done} of {last['of']} code cells; the last one finished was "
+                f"{where}.")
+    return (f"The run {verb} {where} after {duration(last['seconds'])} there; {done} of "
+            f"{last['of']} code cells had finished.")

@@ -1,14 +1,15 @@
-"""Value checks that every notebook's first cell shares: integers and lists of them, booleans, seeds, folders,
-and names plain papermill injected that the notebook does not declare.
+"""Value checks that every notebook's first cell shares: integers and lists of them, booleans,
+seeds, folders, and names plain papermill injected that the notebook does not declare.
 
-Why it exists: plain papermill hands ``-p allow_fallback false`` to a notebook as the *string* "false"
-(papermill only turns ``True``/``False`` into booleans), and ``bool("false")`` is True; it hands
-``-p seed abc`` over as text that ``torch.manual_seed`` rejects with a traceback several cells later. These
-checks turn every such value into the one-sentence :func:`~workbook.errors.bad_param` error before anything
-runs, the same way in each notebook. Plain papermill also takes ``-p cors 2`` for a notebook whose parameter
-is ``cores``: it prints a warning and runs everything with the default, so a report would carry figures for a
-setting nobody asked for. :func:`injected_are_parameters` refuses that name instead (``workbook run`` refuses it
-before starting, through :mod:`workbook.params`).
+Why it exists: plain papermill hands ``-p allow_fallback false`` to a notebook as the *string*
+"false" (papermill only turns ``True``/``False`` into booleans), and ``bool("false")`` is True; it
+hands ``-p seed abc`` over as text that ``torch.manual_seed`` rejects with a traceback several cells
+later. These checks turn every such value into the one-sentence :func:`~workbook.errors.bad_param`
+error before anything runs, the same way in each notebook. Plain papermill also takes ``-p cors 2``
+for a notebook whose parameter is ``cores``: it prints a warning and runs everything with the
+default, so a report would carry figures for a setting nobody asked for.
+:func:`injected_are_parameters` refuses that name instead (``workbook run`` refuses it before
+starting, through :mod:`workbook.params`).
 """
 from __future__ import annotations
 
@@ -23,31 +24,34 @@ from workbook.params import Param, as_list, coerce
 SEED_MAX = 2 ** 32 - 1  # numpy's and torch's generators both take it; numpy refuses larger
 
 
-def integer(name: str, value, low: int | None = None, high: int | None = None, allowed: str | None = None) -> int:
+def integer(name: str, value, low: int | None = None, high: int | None = None,
+            allowed: str | None = None) -> int:
     """``value`` as an int in ``[low, high]`` (bools refused: ``True`` is not a count)."""
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
         if allowed is None:
-            allowed = ("an integer" + (f" from {low} to {high}" if low is not None and high is not None else
-                                       f" of at least {low}" if low is not None else
-                                       f" of at most {high}" if high is not None else ""))
+            bounds = (f" from {low} to {high}" if low is not None and high is not None
+                      else f" of at least {low}" if low is not None
+                      else f" of at most {high}" if high is not None else "")
+            allowed = "an integer" + bounds
         raise bad_param(name, value, allowed)
     return value
 
 
 def integers(name: str, value, low: int, allowed: str, *, allow_empty: bool = False) -> list[int]:
-    """``value`` as a list of ints of at least ``low`` (text such as ``"[224, 448]"``, which plain papermill
-    passes, is read first); an empty list only with ``allow_empty``."""
+    """``value`` as a list of ints of at least ``low`` (text such as ``"[224, 448]"``, which plain
+    papermill passes, is read first); an empty list only with ``allow_empty``."""
     values = as_list(name, value)
-    if (not values and not allow_empty) or any(isinstance(v, bool) or not isinstance(v, int) or v < low
-                                               for v in values):
+    bad = any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values)
+    if (not values and not allow_empty) or bad:
         raise bad_param(name, value, allowed)
     return list(values)
 
 
 def boolean(name: str, value) -> bool:
-    """``value`` as a bool; the text "true"/"false" (any case) is what plain papermill passes for ``-p X false``."""
+    """``value`` as a bool; the text "true"/"false" (any case) is what plain papermill passes for
+    ``-p X false``."""
     return coerce(Param(name, "bool", None, ""), value)
 
 
@@ -57,8 +61,8 @@ def seed(value, name: str = "seed") -> int:
 
 
 def directory(name: str, value: str) -> Path | None:
-    """A folder the run may create and write: empty gives None; an existing file (or a file where a parent
-    folder would go), or a folder this user cannot write into, is refused."""
+    """A folder the run may create and write: empty gives None; an existing file (or a file where a
+    parent folder would go), or a folder this user cannot write into, is refused."""
     if value is None or value == "":
         return None
     if not isinstance(value, (str, Path)):
@@ -68,20 +72,24 @@ def directory(name: str, value: str) -> Path | None:
         if part.exists():
             if not part.is_dir():
                 where = "it" if part == p else f"{str(part)!r}"
-                raise bad_param(name, value, f"a folder, or empty for the default ({where} is a file)")
+                raise bad_param(name, value,
+                                f"a folder, or empty for the default ({where} is a file)")
             if not os.access(part, os.W_OK | os.X_OK):
-                raise bad_param(name, value, f"a folder this user can write ({str(part)!r} is not writable)")
+                raise bad_param(name, value,
+                                f"a folder this user can write ({str(part)!r} is not writable)")
             break
     return p
 
 
-INJECTED_HEADER = "# Parameters"  # the comment papermill's Python translator puts atop the cell it injects
+# the comment papermill's Python translator puts atop the cell it injects
+INJECTED_HEADER = "# Parameters"
 
 
 def injected_names(history=None) -> list[str] | None:
-    """The names assigned in the latest cell that plain papermill injected, read from IPython's input history
-    (``In``; ``history`` stands in for it in tests), since papermill leaves no other trace in the kernel. None
-    outside IPython and where no cell was injected (JupyterLab, nbmake)."""
+    """The names assigned in the latest cell that plain papermill injected, read from IPython's
+    input history (``In``; ``history`` stands in for it in tests), since papermill leaves no other
+    trace in the kernel. None outside IPython and where no cell was injected (JupyterLab,
+    nbmake)."""
     if history is None:
         try:
             from IPython import get_ipython
@@ -91,7 +99,8 @@ def injected_names(history=None) -> list[str] | None:
         if shell is None:
             return None
         history = shell.user_ns.get("In") or []
-    cell = next((c for c in reversed(history) if isinstance(c, str) and c.lstrip().startswith(INJECTED_HEADER)), None)
+    cell = next((c for c in reversed(history)
+                 if isinstance(c, str) and c.lstrip().startswith(INJECTED_HEADER)), None)
     if cell is None:
         return None
     try:
@@ -99,16 +108,19 @@ def injected_names(history=None) -> list[str] | None:
     except SyntaxError:
         return None  # not a cell papermill wrote
     return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
-            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(t, ast.Name)]
 
 
 def injected_are_parameters(configure, history=None, namespace=None) -> None:
-    """Refuse a name that plain papermill injected but the notebook does not declare (a misspelt ``-p``).
+    """Refuse a name that plain papermill injected but the notebook does not declare (a misspelt
+    ``-p``).
 
-    The declared names are ``configure``'s keyword parameters (each notebook passes every parameter to its
-    experiment's ``configure``); the injected ones come from :func:`injected_names`. ``history`` and ``namespace``
-    stand in for ``In`` and the user namespace in tests. Outside IPython (tests calling ``configure``, scripts)
-    and in a kernel where no cell was injected (JupyterLab, nbmake) there is nothing to check.
+    The declared names are ``configure``'s keyword parameters (each notebook passes every parameter
+    to its experiment's ``configure``); the injected ones come from :func:`injected_names`.
+    ``history`` and ``namespace`` stand in for ``In`` and the user namespace in tests. Outside
+    IPython (tests calling ``configure``, scripts) and in a kernel where no cell was injected
+    (JupyterLab, nbmake) there is nothing to check.
     """
     if history is None:
         try:
@@ -123,4 +135,5 @@ def injected_are_parameters(configure, history=None, namespace=None) -> None:
     for name in injected_names(history) or []:
         if name not in declared:
             raise bad_param(name, (namespace or {}).get(name),
-                            "not a parameter of this notebook, whose parameters are " + ", ".join(sorted(declared)))
+                            "not a parameter of this notebook, whose parameters are "
+                            + ", ".join(sorted(declared)))

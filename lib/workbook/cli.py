@@ -1,19 +1,23 @@
 """The ``workbook`` command: run notebooks, list runs, compare two runs.
 
-Why it exists: plain papermill runs one notebook with no memory of earlier runs; this command merges profile,
-file and ``-p`` parameters with type checks, reuses or resumes identical runs, and renders the report, so the
-same experiment can be re-run on another machine with one line.
+Why it exists: plain papermill runs one notebook with no memory of earlier runs; this command merges
+profile, file and ``-p`` parameters with type checks, reuses or resumes identical runs, and renders
+the report, so the same experiment can be re-run on another machine with one line.
 
     workbook run NOTEBOOK [-p NAME VALUE ...] [-f FILE.yaml] [--profile NAME] [--force]
-        (an identical finished run is reused; an identical unfinished one is resumed; --force does neither)
+        (an identical finished run is reused; an identical unfinished one is resumed;
+        --force does neither)
     workbook run-all [--profile NAME] [--force]
-    workbook list [--notebook NAME] [--status ok|failed|interrupted|killed|running] [--param NAME=VALUE ...] [-n N]
+    workbook list [--notebook NAME] [--status ok|failed|interrupted|killed|running]
+                  [--param NAME=VALUE ...] [-n N]
     workbook compare RUN_A RUN_B [--all] [--tolerance 0.05]
         (what changed beyond noise, as text and as outputs/compare/<A>__<B>.html with figures)
     workbook params NOTEBOOK        (the notebook's parameters with their help)
     workbook rm RUN [RUN ...]       (remove run folders under outputs/)
-    workbook gc --failed [--interrupted] [--dry-run]   (remove failed and/or interrupted runs, never ok ones)
-    workbook report NOTEBOOK.ipynb  (report of a plain papermill / JupyterLab run, from its executed notebook)
+    workbook gc --failed [--interrupted] [--dry-run]
+                                    (remove failed and/or interrupted runs, never ok ones)
+    workbook report NOTEBOOK.ipynb  (report of a plain papermill / JupyterLab run, from its
+                                    executed notebook)
 """
 from __future__ import annotations
 
@@ -26,52 +30,67 @@ from workbook.errors import WorkbookError
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="workbook", description="Run experiment notebooks into reports.")
+    ap = argparse.ArgumentParser(prog="workbook",
+                                 description="Run experiment notebooks into reports.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run one notebook into outputs/<notebook>/<run-id>/")
     r.add_argument("notebook")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
                    help="override a parameter (YAML value: 2, 1e-3, true, [224, 384])")
-    r.add_argument("-f", "--file", help="YAML file of parameters (flat, or one section per notebook)")
+    r.add_argument("-f", "--file",
+                   help="YAML file of parameters (flat, or one section per notebook)")
     r.add_argument("--profile", help="params/<profile>.yaml section for this notebook (e.g. gpu)")
     r.add_argument("--force", action="store_true",
-                   help="run even if an identical finished run exists, and measure everything again rather than "
-                        "resume an unfinished one")
+                   help="run even if an identical finished run exists, and measure everything "
+                        "again rather than resume an unfinished one")
     r.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
     a = sub.add_parser("run-all", help="run every notebook with its defaults (plus --profile)")
     a.add_argument("--profile")
     a.add_argument("--force", action="store_true")
-    ls = sub.add_parser("list", help="list runs with status, duration and headline figures, newest first")
+    ls = sub.add_parser("list",
+                        help="list runs with status, duration and headline figures, newest first")
     ls.add_argument("--notebook", metavar="NAME", help="only this notebook's runs")
     ls.add_argument("--status", choices=STATUSES, help="only runs with this status")
     ls.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                    help="only runs whose recorded parameter NAME equals VALUE (YAML, as for -p); repeatable")
-    ls.add_argument("-n", "--last", type=_count, metavar="N", help="only the newest N runs (after the filters)")
-    c = sub.add_parser("compare", help="what changed beyond noise between two runs of one notebook; also written "
-                                       "as outputs/compare/<A>__<B>.html with A-vs-B figures")
-    c.add_argument("run_a", help="a run id (or unique prefix), notebook/run-id, or a folder with a results.json")
+                    help="only runs whose recorded parameter NAME equals VALUE (YAML, as for -p); "
+                         "repeatable")
+    ls.add_argument("-n", "--last", type=_count, metavar="N",
+                    help="only the newest N runs (after the filters)")
+    c = sub.add_parser("compare",
+                       help="what changed beyond noise between two runs of one notebook; also "
+                            "written as outputs/compare/<A>__<B>.html with A-vs-B figures")
+    c.add_argument("run_a", help="a run id (or unique prefix), notebook/run-id, or a folder "
+                                 "with a results.json")
     c.add_argument("run_b")
     c.add_argument("--all", action="store_true", dest="show_all",
                    help="every figure, not only those that changed beyond noise")
     c.add_argument("--tolerance", type=float, default=0.05,
-                   help="a figure without a recorded p10-p90 band changed when it moved more than this, relative "
-                        "to A (default 0.05: 5%%)")
+                   help="a figure without a recorded p10-p90 band changed when it moved more than "
+                        "this, relative to A (default 0.05: 5%%)")
     pp = sub.add_parser("params", help="show a notebook's parameters")
     pp.add_argument("notebook")
     pp.add_argument("--write-cell", action="store_true",
-                    help="rewrite the notebook's parameters cell from its spec (lib/workbook/specs/NOTEBOOK.py)")
+                    help="rewrite the notebook's parameters cell from its spec "
+                         "(lib/workbook/specs/NOTEBOOK.py)")
     sub.add_parser("index", help="rewrite outputs/index.html")
-    rm = sub.add_parser("rm", help="remove run folders (outputs/<notebook>/<run-id>) and rewrite the index")
-    rm.add_argument("runs", nargs="+", metavar="RUN", help="a run id (or unique prefix) or notebook/run-id")
-    gc = sub.add_parser("gc", help="remove failed and/or interrupted runs; never ok runs, live runs or "
+    rm = sub.add_parser("rm", help="remove run folders (outputs/<notebook>/<run-id>), rewrite the "
+                                   "index")
+    rm.add_argument("runs", nargs="+", metavar="RUN",
+                    help="a run id (or unique prefix) or notebook/run-id")
+    gc = sub.add_parser("gc",
+                        help="remove failed and/or interrupted runs; never ok runs, live runs or "
                                    "outputs/reference/")
     gc.add_argument("--failed", action="store_true", help="remove runs that failed")
     gc.add_argument("--interrupted", action="store_true",
-                    help="remove runs that were interrupted, or killed (recorded as running, process gone)")
-    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
-    rp = sub.add_parser("report", help="the report of a run made by plain papermill or in JupyterLab, from its "
-                                       "executed notebook, into the run's folder")
-    rp.add_argument("executed", metavar="NOTEBOOK.ipynb", help="the notebook papermill wrote (e.g. out.ipynb)")
+                    help="remove runs that were interrupted, or killed (recorded as running, "
+                         "process gone)")
+    gc.add_argument("--dry-run", action="store_true",
+                    help="say what would be removed, remove nothing")
+    rp = sub.add_parser("report",
+                        help="the report of a run made by plain papermill or in JupyterLab, from "
+                             "its executed notebook, into the run's folder")
+    rp.add_argument("executed", metavar="NOTEBOOK.ipynb",
+                    help="the notebook papermill wrote (e.g. out.ipynb)")
     return ap
 
 
@@ -85,19 +104,22 @@ def _count(text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"-n/--last={text!r} is not allowed: a whole number of runs, at least 1")
+        raise argparse.ArgumentTypeError(f"-n/--last={text!r} is not allowed: a whole number of "
+                                         "runs, at least 1")
     return n
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a reader that closes the pipe early (``workbook list | head -1``) ends it quietly."""
+    """Run one command; a reader closing the pipe early (``workbook list | head -1``) is fine."""
     try:
         code = _main(argv)
-        sys.stdout.flush()  # a closed pipe shows here rather than at exit, where Python would print a traceback
+        # a closed pipe shows here rather than at exit, where Python would print a traceback
+        sys.stdout.flush()
         return code
     except BrokenPipeError:
-        # Python ignores SIGPIPE and raises this instead; send what is left to /dev/null so the flush at exit
-        # does not fail again, and exit as a command killed by SIGPIPE would (128 + 13)
+        # Python ignores SIGPIPE and raises this instead; send what is left to /dev/null so the
+        # flush at exit does not fail again, and exit as a command killed by SIGPIPE would (128 +
+        # 13)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
@@ -123,14 +145,16 @@ def _main(argv: list[str] | None) -> int:
                   + f"\n  {runner.write_index()}")
             return 1 if bad else 0
         if args.cmd == "list":
-            runs = _filter_runs(runner.list_runs(), args.notebook, args.status, args.param, args.last)
+            runs = _filter_runs(runner.list_runs(), args.notebook, args.status, args.param,
+                                args.last)
             _print_list(runs, filtered=bool(args.notebook or args.status or args.param))
             return 0
         if args.cmd == "compare":
             from workbook import compare, compare_html
             from workbook.paths import shown
 
-            c = compare.diff(_results_dir(args.run_a), _results_dir(args.run_b), tolerance=args.tolerance)
+            c = compare.diff(_results_dir(args.run_a), _results_dir(args.run_b),
+                             tolerance=args.tolerance)
             print(compare.text(c, show_all=args.show_all))
             print(f"\ncompare page: {shown(compare_html.write(c, show_all=args.show_all))}")
             return 0
@@ -141,7 +165,8 @@ def _main(argv: list[str] | None) -> int:
             declared = spec.get(path.stem)
             if args.write_cell:
                 changed = spec.write_cell(path)
-                print(f"{path.name}: parameters cell " + ("rewritten from its spec" if changed else "already matches"))
+                print(f"{path.name}: parameters cell "
+                      + ("rewritten from its spec" if changed else "already matches"))
                 return 0
             for p in (declared or P.notebook_parameters(path).values()):
                 print(f"{p.name}: {p.type} = {json.dumps(p.default)}    # {p.help}")
@@ -169,17 +194,18 @@ def _main(argv: list[str] | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except runner.Terminated:
-        print("terminated (SIGTERM): the run is recorded as interrupted; run the same command to resume it",
-              file=sys.stderr)
+        print("terminated (SIGTERM): the run is recorded as interrupted; run the same command to "
+              "resume it", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("interrupted: the run is recorded as such; run the same command to resume it", file=sys.stderr)
+        print("interrupted: the run is recorded as such; run the same command to resume it",
+              file=sys.stderr)
         return 130
     return 0
 
 
 def _results_dir(ref: str):
-    """A run folder (see runner.find_run), or any folder holding a results.json (a committed reference)."""
+    """A run folder (runner.find_run), or any folder with a results.json (a committed reference)."""
     from pathlib import Path
 
     from workbook import runner
@@ -198,7 +224,8 @@ def _filter_runs(runs: list[dict], notebook: str | None, status: str | None, par
     if notebook is not None:
         known = sorted(set(list_notebooks()) | {r["notebook"] for r in runs})
         if notebook not in known:
-            raise WorkbookError(f"--notebook={notebook!r} is not allowed: one of {', '.join(known) or '(none)'}.")
+            raise WorkbookError(f"--notebook={notebook!r} is not allowed: one of "
+                                f"{', '.join(known) or '(none)'}.")
         runs = [r for r in runs if r["notebook"] == notebook]
     if status is not None:
         runs = [r for r in runs if r.get("status") == status]
@@ -213,7 +240,7 @@ def _filter_runs(runs: list[dict], notebook: str | None, status: str | None, par
 
 
 def _same(recorded, wanted) -> bool:
-    """A recorded parameter equals a --param value (YAML-parsed; 3 matches 3.0, but true does not match 1)."""
+    """A recorded parameter equals a --param value (YAML; 3 matches 3.0, true does not match 1)."""
     if isinstance(recorded, bool) or isinstance(wanted, bool):
         return recorded is wanted
     if isinstance(recorded, (list, tuple)) and isinstance(wanted, (list, tuple)):

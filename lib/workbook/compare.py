@@ -1,21 +1,24 @@
-"""``workbook compare A B``: what changed between two runs of one notebook, beyond noise, and on what machine.
+"""``workbook compare A B``: what changed between two runs of one notebook, beyond noise, and on
+what machine.
 
-Why it exists: the question after a re-run is nearly always "what changed, and on what machine"; reading two
-``results.json`` by eye misses rows that moved, and a side-by-side of every figure buries the few that did under
-the many that only jittered.
+Why it exists: the question after a re-run is nearly always "what changed, and on what machine";
+reading two ``results.json`` by eye misses rows that moved, and a side-by-side of every figure
+buries the few that did under the many that only jittered.
 
-Rows of the same table are matched on their descriptive (non-float) fields, or on the columns the notebook
-declared with ``Recorder.keys``, so the same configuration measured on two machines or two backends lines up.
-A figure counts as changed when:
+Rows of the same table are matched on their descriptive (non-float) fields, or on the columns the
+notebook declared with ``Recorder.keys``, so the same configuration measured on two machines or two
+backends lines up. A figure counts as changed when:
 
-* its row records a p10-p90 band for it (``latency_median_ms`` with ``latency_p10_ms``/``latency_p90_ms``,
-  ``fwd_bwd_ms`` with ``fwd_bwd_p10_ms``/``fwd_bwd_p90_ms``) in both runs and the two bands do not overlap;
+* its row records a p10-p90 band for it (``latency_median_ms`` with
+  ``latency_p10_ms``/``latency_p90_ms``, ``fwd_bwd_ms`` with ``fwd_bwd_p10_ms``/``fwd_bwd_p90_ms``)
+  in both runs and the two bands do not overlap;
 * otherwise, when it moved by more than the tolerance (5 % unless told), relative to A;
 * or when only one run has a value for it.
 
-Equal figures (constants) and those within noise are hidden unless ``show_all``. Values carry the units their
-key names give (:mod:`workbook.units`); B/A is given where both values have the same sign, else B - A.
-:mod:`workbook.compare_html` writes the same comparison as a page with A-vs-B figures.
+Equal figures (constants) and those within noise are hidden unless ``show_all``. Values carry the
+units their key names give (:mod:`workbook.units`); B/A is given where both values have the same
+sign, else B - A. :mod:`workbook.compare_html` writes the same comparison as a page with A-vs-B
+figures.
 """
 from __future__ import annotations
 
@@ -39,8 +42,9 @@ def _is_num(v) -> bool:
 
 
 def _is_measure(v) -> bool:
-    """Floats (and nulls: a NaN metric is stored as null) are measurements; text, integers, flags describe.
-    Lists and mappings (histograms, say) are neither: they are left out of the side-by-side view."""
+    """Floats (and nulls: a NaN metric is stored as null) are measurements; text, integers, flags
+    describe. Lists and mappings (histograms, say) are neither: they are left out of the
+    side-by-side view."""
     return v is None or isinstance(v, (float, list, dict))
 
 
@@ -51,10 +55,11 @@ def _key(row: dict, columns: list[str] | None = None) -> tuple:
 
 
 def band_keys(row: dict) -> dict[str, tuple[str, str]]:
-    """``{figure: (p10 key, p90 key)}`` for the figures of ``row`` whose p10-p90 band the row records.
+    """``{figure: (p10 key, p90 key)}`` for the figures of ``row`` whose p10-p90 band the row
+    records.
 
-    ``x_p10_ms``/``x_p90_ms`` band ``x_ms`` and ``x_median_ms`` (and ``x_p50_ms``): the figure's name is the
-    band's with ``p10`` left out, give or take one ``median`` or ``p50``."""
+    ``x_p10_ms``/``x_p90_ms`` band ``x_ms`` and ``x_median_ms`` (and ``x_p50_ms``): the figure's
+    name is the band's with ``p10`` left out, give or take one ``median`` or ``p50``."""
     out: dict[str, tuple[str, str]] = {}
     for lo in row:
         toks = lo.split("_")
@@ -75,7 +80,7 @@ def band_keys(row: dict) -> dict[str, tuple[str, str]]:
 
 @dataclass
 class Figure:
-    """One figure of A and B: its values, p10-p90 bands where recorded, and whether it changed beyond noise."""
+    """One figure of A and B: values, p10-p90 bands where recorded, whether it moved past noise."""
 
     key: str
     a: object
@@ -90,7 +95,7 @@ class Figure:
         return self.verdict == CHANGED
 
     def ratio(self) -> str:
-        """``B/A`` as ``1.5×`` where both have the same sign, else the difference ``B - A`` with its unit."""
+        """``B/A`` as ``1.5×`` where both have the same sign, else ``B - A`` with its unit."""
         a, b = self.a, self.b
         if not (_is_num(a) and _is_num(b)):
             return ""
@@ -109,7 +114,7 @@ class Figure:
 
 
 def classify(f: Figure, tolerance: float) -> Figure:
-    """Set ``f.verdict`` and ``f.why``: p10-p90 bands that do not overlap, else a move beyond ``tolerance``."""
+    """Set ``f.verdict`` and ``f.why``: p10-p90 bands apart, else a move beyond ``tolerance``."""
     a, b = f.a, f.b
     na, nb = _is_num(a), _is_num(b)
     if not na and not nb:
@@ -124,7 +129,8 @@ def classify(f: Figure, tolerance: float) -> Figure:
     else:
         rel = abs(b - a) / abs(a) if a else math.inf
         tol = f"±{number(tolerance * 100)}%"
-        f.verdict, f.why = (CHANGED, f"beyond {tol}") if rel > tolerance else ("noise", f"within {tol}")
+        f.verdict, f.why = ((CHANGED, f"beyond {tol}") if rel > tolerance
+                            else ("noise", f"within {tol}"))
     return f
 
 
@@ -170,7 +176,8 @@ class Comparison:
     dir_b: Path
     notebook: str | None
     tolerance: float
-    context: list[tuple[str, str, str]]  # (what, A, B): hardware, torch versions, parameters that differ
+    # (what, A, B): hardware, torch versions, parameters that differ
+    context: list[tuple[str, str, str]]
     fallbacks: list[str]
     headline: list[Figure]
     tables: list[TableDiff]
@@ -184,23 +191,26 @@ class Comparison:
         return self.n_changed == 0 and not any(t.only_a or t.only_b for t in self.tables)
 
     def headline_summary(self) -> str:
-        return f"{sum(f.changed for f in self.headline)} of {_n(len(self.headline), 'figure')} changed beyond noise"
+        return (f"{sum(f.changed for f in self.headline)} of {_n(len(self.headline), 'figure')} "
+                "changed beyond noise")
 
     def nothing_line(self) -> str:
         n = len(self.headline) + sum(t.n_figures for t in self.tables)
         rows = sum(t.matched for t in self.tables)
-        return (f"nothing changed beyond noise: 0 of {_n(n, 'figure')} (headline and {_n(len(self.tables), 'table')}, "
-                f"{_n(rows, 'row')} matched); --all shows them")
+        return (f"nothing changed beyond noise: 0 of {_n(n, 'figure')} (headline and "
+                f"{_n(len(self.tables), 'table')}, {_n(rows, 'row')} matched); --all shows them")
 
 
 def _load(d: Path, side: str) -> dict:
     try:
         return json.loads((d / "results.json").read_text())
     except FileNotFoundError:
-        raise WorkbookError(f"Run {side} ({shown(d)}) has no results.json: its notebook stopped before it recorded "
-                            "anything, so there is nothing to compare.") from None
+        raise WorkbookError(f"Run {side} ({shown(d)}) has no results.json: its notebook stopped "
+                            "before it recorded anything, so there is nothing to "
+                            "compare.") from None
     except ValueError as e:
-        raise WorkbookError(f"Run {side} ({shown(d)}) has a results.json that is not JSON ({e}).") from None
+        raise WorkbookError(f"Run {side} ({shown(d)}) has a results.json that is not JSON "
+                            f"({e}).") from None
 
 
 def _notebook(d: Path, res: dict) -> str | None:
@@ -236,7 +246,7 @@ def _row_figures(ra: dict, rb: dict, tolerance: float) -> list[Figure]:
         va, vb = ra.get(k), rb.get(k)
         present = [r[k] for r in (ra, rb) if k in r]
         if k in in_bands or not all(v is None or isinstance(v, float) for v in present):
-            continue  # a band shown with its figure; descriptive fields (they matched the rows); lists, mappings
+            continue  # a band (shown with its figure), a descriptive field, a list or mapping
         f = Figure(k, va, vb, _band(ra, bands_a.get(k)), _band(rb, bands_b.get(k)))
         figs.append(classify(f, tolerance))
     return figs
@@ -258,16 +268,21 @@ def _table(name: str, a: dict, b: dict, tolerance: float) -> TableDiff:
         t.matched += 1
         fields = {k: v for k, v in ra.items() if not _is_measure(v)}
         label = ", ".join(f"{k}={v}" for k, v in fields.items())
-        other = ", ".join(f"{k}={v}" for k, v in rb.items() if not _is_measure(v) and ra.get(k) != v) if cols else ""
+        other = ""
+        if cols:
+            other = ", ".join(f"{k}={v}" for k, v in rb.items()
+                              if not _is_measure(v) and ra.get(k) != v)
         t.rows.append(RowDiff(label, other, _row_figures(ra, rb, tolerance), fields))
     t.only_a, t.only_b = len(rows_a) - t.matched, n_b - t.matched
     return t
 
 
 def _context(a: dict, b: dict) -> list[tuple[str, str, str]]:
-    out = [("hardware", hardware_label(a.get("hardware", {})), hardware_label(b.get("hardware", {})))]
+    out = [("hardware", hardware_label(a.get("hardware", {})),
+            hardware_label(b.get("hardware", {})))]
     for k in ("version", "cuda", "triton"):
-        out.append((f"torch {k}", fmt(a.get("versions", {}).get(k)), fmt(b.get("versions", {}).get(k))))
+        out.append((f"torch {k}", fmt(a.get("versions", {}).get(k)),
+                    fmt(b.get("versions", {}).get(k))))
     pa, pb = a.get("params", {}), b.get("params", {})
     for k in sorted(set(pa) | set(pb)):
         if pa.get(k) != pb.get(k):
@@ -280,20 +295,24 @@ def _plain(v) -> str:
 
 
 def diff(dir_a, dir_b, *, tolerance: float = TOLERANCE) -> Comparison:
-    """Compare the runs in two folders (each with a ``results.json``); refuse runs of two notebooks."""
+    """Compare the runs in two folders (each with a ``results.json``); refuse runs of two
+    notebooks."""
     if not (isinstance(tolerance, (int, float)) and math.isfinite(tolerance) and tolerance >= 0):
-        raise WorkbookError(f"--tolerance={tolerance!r} is not allowed: a relative change of at least 0 "
-                            "(0.05 means 5%).")
+        raise WorkbookError(f"--tolerance={tolerance!r} is not allowed: a relative change of at "
+                            "least 0 (0.05 means 5%).")
     dir_a, dir_b = Path(dir_a), Path(dir_b)
     a, b = _load(dir_a, "A"), _load(dir_b, "B")
     na, nb = _notebook(dir_a, a), _notebook(dir_b, b)
     if na and nb and na != nb:
-        raise WorkbookError(f"Run A ({dir_a.name}) is a {na} run and run B ({dir_b.name}) a {nb} run: "
-                            "compare two runs of the same notebook.")
-    fallbacks = [f"fallback in {side}: {fb}" for side, d in (("A", a), ("B", b)) for fb in d.get("fallbacks", [])]
+        raise WorkbookError(f"Run A ({dir_a.name}) is a {na} run and run B ({dir_b.name}) a {nb} "
+                            "run: compare two runs of the same notebook.")
+    fallbacks = [f"fallback in {side}: {fb}" for side, d in (("A", a), ("B", b))
+                 for fb in d.get("fallbacks", [])]
     ha, hb = a.get("headline", {}), b.get("headline", {})
-    heads = [classify(Figure(k, ha.get(k), hb.get(k)), tolerance) for k in list(ha) + [k for k in hb if k not in ha]]
-    names = list(a.get("tables", {})) + [t for t in b.get("tables", {}) if t not in a.get("tables", {})]
+    heads = [classify(Figure(k, ha.get(k), hb.get(k)), tolerance)
+             for k in list(ha) + [k for k in hb if k not in ha]]
+    names = (list(a.get("tables", {}))
+             + [t for t in b.get("tables", {}) if t not in a.get("tables", {})])
     tables = [_table(n, a, b, tolerance) for n in names]
     context = _context(a, b)
     status = (_status(dir_a), _status(dir_b))
@@ -303,14 +322,15 @@ def diff(dir_a, dir_b, *, tolerance: float = TOLERANCE) -> Comparison:
 
 
 def _line(f: Figure, indent: int = 6) -> str:
-    return f"{'':{indent}}{f.key:32} {f.text('A'):>22} {f.text('B'):>22} {f.ratio():>9}  {f.why}".rstrip()
+    line = f"{'':{indent}}{f.key:32} {f.text('A'):>22} {f.text('B'):>22} {f.ratio():>9}  {f.why}"
+    return line.rstrip()
 
 
 _COLUMNS = f"{'':32} {'A':>22} {'B':>22} {'B/A':>9}"
 
 
 def text(c: Comparison, *, show_all: bool = False) -> str:
-    """The comparison as text: context on top, then per table its summary and the rows that changed."""
+    """The comparison as text: context on top, then each table's summary and the rows that moved."""
     out = [f"A: {shown(c.dir_a)}", f"B: {shown(c.dir_b)}", "", f"{'':24} {'A':40} B"]
     out += [f"{what:24} {va[:40]:40} {vb[:40]}".rstrip() for what, va, vb in c.context]
     out += c.fallbacks
@@ -327,7 +347,8 @@ def text(c: Comparison, *, show_all: bool = False) -> str:
             figs = [f for f in r.figures if show_all or f.changed]
             if not figs:
                 continue
-            out += header + [f"  {r.label}"] + ([f"    B: {r.other}"] if r.other else []) + [_line(f) for f in figs]
+            out += (header + [f"  {r.label}"] + ([f"    B: {r.other}"] if r.other else [])
+                    + [_line(f) for f in figs])
             header = []
     return "\n".join(out)
 

@@ -1,11 +1,13 @@
-"""What a run prints, sorted: progress and library chatter go to the run's log, real warnings stay in sight.
+"""What a run prints, sorted: progress and library chatter go to the run's log, real warnings stay
+in sight.
 
-Why it exists: tqdm bars (one line per update), inductor's autotuning tables and rejected candidates, and the
-"IProgress not found" warning landed as pink stderr blocks in every report and screenful in the terminal, so a
-reader could not tell a real warning from noise. A stderr line is *chatter* when it matches one of
-:data:`CHATTER` (progress bars and known library messages); chatter is moved out of the notebook's outputs into
-``log.txt`` in the run folder, which the report links. Everything else on stderr (Python warnings, errors, what
-a notebook prints to stderr on purpose) stays where it was.
+Why it exists: tqdm bars (one line per update), inductor's autotuning tables and rejected
+candidates, and the "IProgress not found" warning landed as pink stderr blocks in every report and
+screenful in the terminal, so a reader could not tell a real warning from noise. A stderr line is
+*chatter* when it matches one of :data:`CHATTER` (progress bars and known library messages); chatter
+is moved out of the notebook's outputs into ``log.txt`` in the run folder, which the report links.
+Everything else on stderr (Python warnings, errors, what a notebook prints to stderr on purpose)
+stays where it was.
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from pathlib import Path
 
 LOG_NAME = "log.txt"
 
-# Each pattern is one kind of noise, matched against a single stderr line (after carriage returns are resolved).
+# Each pattern is one kind of noise, matched against a single stderr line (after carriage returns
+# are resolved).
 CHATTER = [
-    re.compile(r"^\s*[^|]*:?\s*\d{1,3}%\|"),  # a tqdm bar: "precision:  40%|████      | 6/15 [00:03<00:04, ...]"
+    # a tqdm bar: "precision:  40%|████      | 6/15 [00:03<00:04, ...]"
+    re.compile(r"^\s*[^|]*:?\s*\d{1,3}%\|"),
     re.compile(r"\d+/\d+ \[\d+:\d+(:\d+)?<"),  # a tqdm bar with a custom format
     re.compile(r"IProgress not found"),
     re.compile(r"^\s*from \.autonotebook import tqdm as notebook_tqdm"),
@@ -34,13 +38,14 @@ CHATTER = [
     re.compile(r"^\s*\d+ tuning requests:"),
 ]
 
-# Loggers whose records are autotuning chatter: multi-line messages that line patterns would cut apart.
+# Loggers whose records are autotuning chatter: multi-line messages that line patterns would cut
+# apart.
 CHATTY_LOGGERS = ("torch._inductor.select_algorithm", "torch._inductor.runtime.triton_heuristics",
                   "torch._inductor.autotune_process")
 
 
 def _resolve_cr(line: str) -> str:
-    """What a terminal shows for a line that a progress bar rewrote with carriage returns: its last state."""
+    """What a terminal shows of a line a progress bar rewrote with carriage returns: the end."""
     parts = [p for p in line.split("\r") if p.strip()]
     return parts[-1] if parts else ""
 
@@ -50,7 +55,7 @@ def is_chatter(line: str) -> bool:
 
 
 def split_stderr(text: str) -> tuple[str, list[str]]:
-    """``(kept text, chatter lines)``: chatter lines (and blank lines between them) leave the text."""
+    """``(kept text, chatter lines)``: chatter (and blank lines between chatter) leaves the text."""
     kept, moved = [], []
     for raw in text.split("\n"):
         line = _resolve_cr(raw) if "\r" in raw else raw
@@ -78,7 +83,8 @@ def clean_cell(cell) -> tuple[list[str], list[str]]:
             rest, chat = split_stderr(text)
             moved += chat
             if rest:
-                out["text"] = rest if rest.endswith("\n") or not text.endswith("\n") else rest + "\n"
+                ends = rest.endswith("\n") or not text.endswith("\n")
+                out["text"] = rest if ends else rest + "\n"
                 kept += [ln for ln in rest.split("\n") if ln.strip()]
                 outputs.append(out)
             continue
@@ -94,8 +100,9 @@ def append_log(log_path: Path, heading: str, lines: list[str]) -> None:
 
 
 def clean_notebook(nb, log_path: Path | None = None) -> int:
-    """Move every code cell's chatter into ``log_path`` (appended, under a line naming the cell); returns how
-    many lines moved. Used on notebooks that did not run under the runner (plain papermill, JupyterLab)."""
+    """Move every code cell's chatter into ``log_path`` (appended, under a line naming the cell);
+    returns how many lines moved. Used on notebooks that did not run under the runner (plain
+    papermill, JupyterLab)."""
     total = 0
     code = [c for c in nb.cells if c.get("cell_type") == "code"]
     for n, cell in enumerate(code, 1):
@@ -107,16 +114,17 @@ def clean_notebook(nb, log_path: Path | None = None) -> int:
 
 
 def progress(iterable=None, *, total=None, desc: str = "", **kw):
-    """A text progress bar on stderr (no ipywidgets needed, no "IProgress not found" warning); the runner moves
-    its updates to the run's log, and in JupyterLab it redraws in place."""
+    """A text progress bar on stderr (no ipywidgets needed, no "IProgress not found" warning); the
+    runner moves its updates to the run's log, and in JupyterLab it redraws in place."""
     from tqdm.std import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, mininterval=1.0, file=sys.stderr, dynamic_ncols=False, ncols=100,
-                **kw)
+    return tqdm(iterable, total=total, desc=desc, mininterval=1.0, file=sys.stderr,
+                dynamic_ncols=False, ncols=100, **kw)
 
 
 def quiet_libraries(log_path: Path) -> None:
-    """Send the autotuning loggers' records to ``log_path`` instead of the notebook (kernel side, once per run)."""
+    """Send the autotuning loggers' records to ``log_path`` instead of the notebook (kernel side,
+    once per run)."""
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     for name in CHATTY_LOGGERS:

@@ -16,15 +16,16 @@ class WorkbookError(Exception):
 
 
 class ParameterError(WorkbookError, ValueError):
-    """A parameter value that is not allowed. Build it with :func:`bad_param` for a uniform sentence; ``name``
-    is then the parameter it names, so a caller can restate a library's check in its own parameters' terms."""
+    """A parameter value that is not allowed. Build it with :func:`bad_param` for a uniform
+    sentence; ``name`` is then the parameter it names, so a caller can restate a library's check in
+    its own parameters' terms."""
 
     name: str | None = None
 
 
 def cell_error(name: str, value, execution_count) -> str:
-    """A run's error as the runner, ``workbook report`` and the adhoc record all state it: the exception and the
-    cell as the notebook labels it (``In [N]``)."""
+    """A run's error as the runner, ``workbook report`` and the adhoc record all state it: the
+    exception and the cell as the notebook labels it (``In [N]``)."""
     return f"{name}: {value} (In [{execution_count}])"
 
 

@@ -1,9 +1,10 @@
-"""``outputs/index.html``: every run, a section per notebook, with status, duration and headline figures, linked.
+"""``outputs/index.html``: every run, a section per notebook, with status, duration and headline
+figures, linked.
 
-Why it exists: run folders pile up under ``outputs/``; one page lets a reader find the run behind a figure and
-see at a glance which runs failed or stopped. Each notebook's section starts with its newest run that finished
-ok (the one to read), then the other runs newest first; failed and interrupted runs are folded away below,
-with how many there are.
+Why it exists: run folders pile up under ``outputs/``; one page lets a reader find the run behind a
+figure and see at a glance which runs failed or stopped. Each notebook's section starts with its
+newest run that finished ok (the one to read), then the other runs newest first; failed and
+interrupted runs are folded away below, with how many there are.
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from workbook.liveness import elsewhere
 from workbook.provenance import hardware_label, now_iso
 from workbook.units import headline_items
 
-COLORS = {"ok": "#2e7d32", "failed": "#c62828", "killed": "#c62828"}  # others (running, interrupted) amber
+# others (running, interrupted) amber
+COLORS = {"ok": "#2e7d32", "failed": "#c62828", "killed": "#c62828"}
 FOLDED = ("failed", "interrupted", "killed")
 STYLE = """body{font-family:sans-serif;margin:24px}table{border-collapse:collapse;margin:6px 0 12px}
 td,th{border:1px solid #ddd;padding:4px 8px;vertical-align:top;font-size:14px}th{background:#f4f4f4}
-tr.latest td{background:#f1f8e9}.tag{font-size:11px;color:#2e7d32;border:1px solid #2e7d32;border-radius:3px;
-padding:0 3px;margin-left:4px}summary{cursor:pointer;margin:4px 0}nav a{margin-right:12px}"""
-HEAD = ("<tr><th>run</th><th>status</th><th>started</th><th>duration (s)</th><th>hardware</th><th>profile</th>"
-        "<th>headline</th></tr>")
+tr.latest td{background:#f1f8e9}.tag{font-size:11px;color:#2e7d32;border:1px solid #2e7d32;
+border-radius:3px;padding:0 3px;margin-left:4px}summary{cursor:pointer;margin:4px 0}
+nav a{margin-right:12px}"""
+HEAD = ("<tr><th>run</th><th>status</th><th>started</th><th>duration (s)</th><th>hardware</th>"
+        "<th>profile</th><th>headline</th></tr>")
 
 
 def _e(x) -> str:
@@ -49,12 +52,14 @@ def _row(r: dict, outputs: Path, latest: bool = False) -> str:
     tr = '<tr class="latest">' if latest else "<tr>"
     return (f'{tr}<td>{link}</td>'
             f'<td style="color:{COLORS.get(status, "#f9a825")}"><b>{_e(status)}</b>{err}</td>'
-            f"<td>{started}</td><td>{dur}</td><td>{hw}</td><td>{_e(r.get('profile') or '')}</td><td>{head}</td></tr>")
+            f"<td>{started}</td><td>{dur}</td><td>{hw}</td><td>{_e(r.get('profile') or '')}</td>"
+            f"<td>{head}</td></tr>")
 
 
 def _counts(runs: list[dict]) -> str:
     n = Counter(r.get("status", "?") for r in runs)
-    return ", ".join(f"{c} {s}" for s, c in sorted(n.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
+    return ", ".join(f"{c} {s}"
+                     for s, c in sorted(n.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
 
 
 def _section(notebook: str, runs: list[dict], outputs: Path) -> str:
@@ -71,9 +76,9 @@ def _section(notebook: str, runs: list[dict], outputs: Path) -> str:
         parts.append(f"<table>{HEAD}{''.join(_row(r, outputs, r is latest) for r in rest)}</table>")
     if folded:
         kinds = _counts(folded)
-        parts.append(f"<details><summary>{len(folded)} failed or interrupted run{'s' if len(folded) != 1 else ''} "
-                     f"({_e(kinds)})</summary><table>{HEAD}{''.join(_row(r, outputs) for r in folded)}</table>"
-                     "</details>")
+        parts.append(f"<details><summary>{len(folded)} failed or interrupted run"
+                     f"{'s' if len(folded) != 1 else ''} ({_e(kinds)})</summary><table>{HEAD}"
+                     f"{''.join(_row(r, outputs) for r in folded)}</table></details>")
     return "".join(parts) + "</section>"
 
 
@@ -83,9 +88,11 @@ def write(outputs: Path, runs: list[dict]) -> Path:
     for r in runs:
         by_nb.setdefault(r["notebook"], []).append(r)
     names = sorted(by_nb)
-    nav = "<nav>" + "".join(f'<a href="#{_e(n)}">{_e(n)}</a>' for n in names) + "</nav>" if names else ""
-    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>workbook runs</title><style>{STYLE}</style>'
-            f"</head><body><h1>Workbook runs</h1><p>{len(runs)} runs · written {_e(now_iso())}</p>{nav}"
+    links = "".join(f'<a href="#{_e(n)}">{_e(n)}</a>' for n in names)
+    nav = f"<nav>{links}</nav>" if names else ""
+    page = ('<!doctype html><html><head><meta charset="utf-8"><title>workbook runs</title>'
+            f"<style>{STYLE}</style></head><body><h1>Workbook runs</h1>"
+            f"<p>{len(runs)} runs · written {_e(now_iso())}</p>{nav}"
             + "".join(_section(n, by_nb[n], outputs) for n in names) + "</body></html>")
     path = outputs / "index.html"
     path.write_text(page, encoding="utf-8")

@@ -3,11 +3,11 @@
 run.json says "running" from a run's start until its process records how it ended, which a process
 killed outright (SIGKILL, the out-of-memory killer) never does. So run.json names that process
 (:func:`identity`: pid, host, and when the process started, so that a later process given the same
-pid is not taken for it), and every reader of a run's status goes through :func:`settle`: a "running"
-run whose process is gone on this host is "killed", and its run.json is rewritten to say so (the
-process is certainly gone, so nothing else writes it; the record then reads the same from a copy,
-another host, or once the pid is reused). A run recorded on another host cannot be checked from here:
-it stays "running", and :func:`elsewhere` names the host.
+pid is not taken for it), and every reader of a run's status goes through :func:`settle`: a
+"running" run whose process is gone on this host is "killed", and its run.json is rewritten to say
+so (the process is certainly gone, so nothing else writes it; the record then reads the same from a
+copy, another host, or once the pid is reused). A run recorded on another host cannot be checked
+from here: it stays "running", and :func:`elsewhere` names the host.
 """
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def killed(run: dict, run_dir: Path | None = None) -> dict:
         error = (f"killed: its kernel (pid {run.get('pid')}) ended before rec.finish() without "
                  "recording an error (shut down, killed or crashed)")
     else:
-        error = (f"killed: its process (pid {run.get('pid')}) ended without recording how (SIGKILL, "
-                 "out of memory or a crash)" + ("; the next identical run resumes it" if run.get("key")
-                                               else ""))
+        then = "; the next identical run resumes it" if run.get("key") else ""
+        error = (f"killed: its process (pid {run.get('pid')}) ended without recording how "
+                 f"(SIGKILL, out of memory or a crash){then}")
     out = {**run, "status": KILLED, "error": error}
     end = _last_write(run_dir) if run_dir is not None and not run.get("ended_at") else None
     if end is not None:
@@ -103,8 +103,9 @@ def killed(run: dict, run_dir: Path | None = None) -> dict:
 
 
 def settle(run: dict, run_dir: Path | None = None) -> dict:
-    """``run`` as it stands: "killed" if it says "running" and its process is gone on this host. Given
-    its folder, run.json is rewritten to say so (best effort: a read-only copy is left as it is)."""
+    """``run`` as it stands: "killed" if it says "running" and its process is gone on this host.
+    Given its folder, run.json is rewritten to say so (best effort: a read-only copy is left as it
+    is)."""
     if run.get("status") != "running" or alive(run) is not False:
         return run
     out = killed(run, run_dir)

@@ -5,11 +5,11 @@ plus a synchronize on the CPU); the median and p10/p90 are reported, never a mea
 calls. First-call time (compilation, lazy initialisation) is measured apart, by the caller, with
 :func:`time_once`.
 
-Events around one call on an idle GPU time the host's work too: the GPU waits for each launch. For a step of
-hundreds of milliseconds that is nothing, but a sub-millisecond kernel call behind Python (autograd, the Triton
-launcher, an autotuner's key) can take longer to queue than to run. :func:`time_queued` gives the GPU a head
-start (a spin kernel) so the host queues the whole call before it starts, and reports the device's time and
-the host's queueing time apart.
+Events around one call on an idle GPU time the host's work too: the GPU waits for each launch. For a
+step of hundreds of milliseconds that is nothing, but a sub-millisecond kernel call behind Python
+(autograd, the Triton launcher, an autotuner's key) can take longer to queue than to run.
+:func:`time_queued` gives the GPU a head start (a spin kernel) so the host queues the whole call
+before it starts, and reports the device's time and the host's queueing time apart.
 """
 from __future__ import annotations
 
@@ -61,8 +61,10 @@ def summarize(samples_ms: list[float], warmup: int) -> Timing:
     )
 
 
-def time_fn(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3, iters: int = 20) -> Timing:
-    """Time ``fn()`` ``iters`` times after ``warmup`` untimed calls; CUDA events on ``device='cuda'``."""
+def time_fn(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3,
+            iters: int = 20) -> Timing:
+    """Time ``fn()`` ``iters`` times after ``warmup`` untimed calls; CUDA events on
+    ``device='cuda'``."""
     if iters < 1:
         raise ValueError("iters must be at least 1")
     for _ in range(warmup):
@@ -77,8 +79,9 @@ def time_fn(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3, i
 
 @dataclass(frozen=True)
 class QueuedTiming:
-    """:func:`time_queued`'s result: the device's time per call, the host's time to queue one, and the share of
-    timed calls whose queueing outlasted the GPU's head start (their device time includes waits for the host)."""
+    """:func:`time_queued`'s result: the device's time per call, the host's time to queue one, and
+    the share of timed calls whose queueing outlasted the GPU's head start (their device time
+    includes waits for the host)."""
 
     device: Timing
     host: Timing
@@ -88,12 +91,13 @@ class QueuedTiming:
 def time_queued(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20) -> QueuedTiming:
     """Device time of ``fn()`` on the current CUDA device with the host queued ahead.
 
-    Each timed call starts behind a GPU spin (``torch.cuda._sleep``) meant to last twice the longest queueing seen
-    in warm-up, so the start event fires only after the host has queued the whole call: the events bracket the
-    device's work alone, as in a loop whose host runs ahead. ``fn`` must not synchronise, and should be compiled
-    and tuned before (the slowest warm-up call sets the head start). The spin's own length is
-    timed on the device as well: a call whose queueing outlasted it is counted in ``host_bound_share`` (its
-    device time includes waits for the host), and the spins after it are lengthened.
+    Each timed call starts behind a GPU spin (``torch.cuda._sleep``) meant to last twice the longest
+    queueing seen in warm-up, so the start event fires only after the host has queued the whole
+    call: the events bracket the device's work alone, as in a loop whose host runs ahead. ``fn``
+    must not synchronise, and should be compiled and tuned before (the slowest warm-up call sets the
+    head start). The spin's own length is timed on the device as well: a call whose queueing
+    outlasted it is counted in ``host_bound_share`` (its device time includes waits for the host),
+    and the spins after it are lengthened.
     """
     import torch
 
@@ -129,8 +133,9 @@ def time_queued(fn: Callable[[], object], *, warmup: int = 3, iters: int = 20) -
 
 @functools.lru_cache(maxsize=None)
 def _spin_cycles_per_ms(device_index: int) -> float:
-    """About how many ``torch.cuda._sleep`` cycles make a millisecond on this GPU (calibrated once, at the clock
-    of the moment; :func:`time_queued` times every spin and lengthens those that prove too short)."""
+    """About how many ``torch.cuda._sleep`` cycles make a millisecond on this GPU (calibrated once,
+    at the clock of the moment; :func:`time_queued` times every spin and lengthens those that prove
+    too short)."""
     import torch
 
     torch.cuda._sleep(1_000_000)  # the first spin may pay for loading the kernel
@@ -143,7 +148,7 @@ def _spin_cycles_per_ms(device_index: int) -> float:
 
 
 def time_once(fn: Callable[[], object], *, device: str = "cpu") -> tuple[float, object]:
-    """Wall time of a single call (ms) with the device synchronised before and after; returns (ms, result)."""
+    """Wall time (ms) of one call, the device synchronised before and after: ``(ms, result)``."""
     from workbook.targets import synchronize
 
     synchronize(device)
@@ -155,10 +160,11 @@ def time_once(fn: Callable[[], object], *, device: str = "cpu") -> tuple[float, 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], *, device: str = "cpu", warmup: int = 3,
                      iters: int = 20) -> dict[str, Timing]:
-    """Time several callables round-robin: every round calls each once, so drift hits them all alike.
+    """Time several callables round-robin: every round calls each once, so drift hits them all
+    alike.
 
-    Comparing implementations one after the other lets a slow start (allocator growth, clocks, another
-    process) land on whichever ran first; interleaving spreads it evenly.
+    Comparing implementations one after the other lets a slow start (allocator growth, clocks,
+    another process) land on whichever ran first; interleaving spreads it evenly.
     """
     if iters < 1:
         raise ValueError("iters must be at least 1")
@@ -188,10 +194,11 @@ def _one(fn: Callable[[], object], device: str) -> float:
 
 
 def spin(fn: Callable[[], object], *, device: str = "cpu", seconds: float = 2.0) -> int:
-    """Call ``fn`` repeatedly for about ``seconds`` so an idle GPU reaches its working clocks before timing.
+    """Call ``fn`` repeatedly for about ``seconds`` so an idle GPU reaches its working clocks before
+    timing.
 
-    An idle GPU sits at low clocks; the first configuration timed would otherwise look slower than the
-    rest. Returns the number of calls made.
+    An idle GPU sits at low clocks; the first configuration timed would otherwise look slower than
+    the rest. Returns the number of calls made.
     """
     from workbook.targets import synchronize
 

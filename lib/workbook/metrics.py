@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 def compare(out, ref, *, eps: float = 1e-12) -> dict:
-    """Max/mean absolute difference, max relative error and per-row cosine of ``out`` against ``ref``."""
+    """Max/mean absolute difference, max relative error and per-row cosine of ``out`` vs ``ref``."""
     import torch
 
     if out.shape != ref.shape:
@@ -21,7 +21,8 @@ def compare(out, ref, *, eps: float = 1e-12) -> dict:
         "max_abs_diff": diff.max().item(),
         "mean_abs_diff": diff.mean().item(),
         "max_rel_err": rel.max().item(),
-        "rel_l2_err": (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(eps)).item(),
+        "rel_l2_err": (torch.linalg.vector_norm(a - b)
+                       / torch.linalg.vector_norm(b).clamp_min(eps)).item(),
         "cosine_min": cos.min().item(),
         "cosine_mean": cos.mean().item(),
     }

@@ -1,10 +1,10 @@
 """Notebook parameters: read the defaults, merge the overrides, check names and types.
 
-A notebook's ``parameters`` cell holds plain annotated assignments (``name: type = value  # help``),
+A notebook's ``parameters`` cell holds plain annotated assignments (``name: type = value # help``),
 which papermill and JupyterLab understand as they are. The runner merges, in increasing priority:
-notebook defaults < profile section (``params/<profile>.yaml``, one section per notebook) < parameter
-file < ``-p NAME VALUE``. Names and types are checked here; the meaning of values is checked by the
-notebook's first cell, so plain papermill gets the same checks.
+notebook defaults < profile section (``params/<profile>.yaml``, one section per notebook) <
+parameter file < ``-p NAME VALUE``. Names and types are checked here; the meaning of values is
+checked by the notebook's first cell, so plain papermill gets the same checks.
 """
 from __future__ import annotations
 
@@ -54,14 +54,15 @@ def parameters_source(nb: dict) -> str:
 
 
 def parse_parameters(source: str) -> dict[str, Param]:
-    """Parse ``name: type = literal  # help`` lines (the convention papermill's --help-notebook reads)."""
+    """Parse ``name: type = literal  # help`` lines (what papermill's --help-notebook reads)."""
     comments = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             comments[tok.start[0]] = tok.string.lstrip("#").strip()
     out = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and node.value is not None):
             name = node.target.id
             out[name] = Param(name, ast.unparse(node.annotation), ast.literal_eval(node.value),
                               comments.get(node.lineno, ""))
@@ -73,7 +74,8 @@ def notebook_parameters(path: Path) -> dict[str, Param]:
 
 
 def parse_cli_value(text: str):
-    """``-p`` values are YAML scalars or lists: ``2``, ``1e-3``, ``true``, ``[224, 384]``, ``cuda``."""
+    """``-p`` values are YAML scalars or lists: ``2``, ``1e-3``, ``true``, ``[224, 384]``,
+    ``cuda``."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -81,7 +83,7 @@ def parse_cli_value(text: str):
 
 
 def coerce(p: Param, value):
-    """Convert ``value`` to the parameter's declared type, or raise a ParameterError saying what is allowed."""
+    """``value`` as the parameter's declared type, or a ParameterError saying what is allowed."""
     t = p.type
     if t == "bool":
         if isinstance(value, bool):
@@ -124,7 +126,8 @@ def coerce(p: Param, value):
 
 
 def as_list(name: str, value) -> list:
-    """A list parameter as a list: plain papermill passes ``-p resolutions "[224, 384]"`` (or ``224,384``) as text."""
+    """A list parameter as a list: plain papermill passes ``-p resolutions "[224, 384]"`` (or
+    ``224,384``) as text."""
     return coerce(Param(name, "list", None, ""), value)
 
 
@@ -133,16 +136,18 @@ def load_yaml(path: Path, what: str) -> dict:
         raise WorkbookError(f"The {what} {str(path)!r} does not exist.")
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
-        raise WorkbookError(f"The {what} {str(path)!r} must hold a mapping of parameter names to values.")
+        raise WorkbookError(f"The {what} {str(path)!r} must hold a mapping of parameter names to "
+                            "values.")
     return data
 
 
 def profile_section(profile: str, notebook: str) -> dict:
-    """The ``notebook`` section of ``params/<profile>.yaml`` ({} when the profile has none for it)."""
+    """The ``notebook`` section of ``params/<profile>.yaml`` ({} when the profile has none)."""
     path = params_dir() / f"{profile}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in params_dir().glob("*.yaml"))) or "(none)"
-        raise WorkbookError(f"There is no profile {profile!r} (no params/{profile}.yaml); known profiles: {known}.")
+        raise WorkbookError(f"There is no profile {profile!r} (no params/{profile}.yaml); known "
+                            f"profiles: {known}.")
     data = load_yaml(path, "profile")
     return dict(data.get(notebook) or {})
 
@@ -157,9 +162,10 @@ def file_section(path: str, notebook: str) -> dict:
 
 def merge(notebook: str, defaults: dict[str, Param], *, profile: str | None = None,
           file: str | None = None, cli: dict | None = None) -> tuple[dict, dict]:
-    """Merged, checked parameters and, for each, where its value came from. A notebook with a declared
-    spec (:mod:`workbook.spec`) has each value checked against its allowed values here, before any kernel
-    starts; another notebook gets the type checks its parameters cell's annotations allow."""
+    """Merged, checked parameters and, for each, where its value came from. A notebook with a
+    declared spec (:mod:`workbook.spec`) has each value checked against its allowed values here,
+    before any kernel starts; another notebook gets the type checks its parameters cell's
+    annotations allow."""
     from workbook import spec as spec_mod
 
     spec = spec_mod.get(notebook)
@@ -177,6 +183,7 @@ def merge(notebook: str, defaults: dict[str, Param], *, profile: str | None = No
             if k not in defaults:
                 raise bad_param(k, v, f"{notebook} has no such parameter (from {label}); "
                                       f"its parameters are {', '.join(defaults)}")
-            values[k] = spec.params[k].check(v) if spec and k in spec.params else coerce(defaults[k], v)
+            checked = spec is not None and k in spec.params
+            values[k] = spec.params[k].check(v) if checked else coerce(defaults[k], v)
             source[k] = label
     return values, source

@@ -12,7 +12,7 @@ _PKG = Path(__file__).resolve().parent
 
 
 def repo_root() -> Path:
-    """The repository root: ``WORKBOOK_ROOT`` if set, else the folder above ``lib/`` (editable install)."""
+    """The repository root: ``WORKBOOK_ROOT`` if set, else the folder above ``lib/`` (editable)."""
     env = os.environ.get("WORKBOOK_ROOT")
     if env:
         return Path(env).resolve()
@@ -41,8 +41,8 @@ def lib_dir() -> Path:
 
 
 def shown(path) -> str:
-    """A path as results and reports show it: relative to the repository root when inside it (results are
-    shared between machines, so they carry no machine paths where avoidable)."""
+    """A path as results and reports show it: relative to the repository root when inside it
+    (results are shared between machines, so they carry no machine paths where avoidable)."""
     p = Path(path).resolve()
     try:
         return str(p.relative_to(repo_root()))

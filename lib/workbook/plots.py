@@ -14,15 +14,17 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-# one colour per series: after the first eight, 16 more that stay apart from them and from each other
-MORE_COLORS = ["#7f7f7f", "#bcbd22", "#393b79", "#ad494a", "#637939", "#8c6d31", "#843c39", "#7b4173",
-               "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#9c9ede", "#e7969c", "#cedb9c"]
+# one colour per series: after the first eight, 16 more that stay apart from them and from each
+# other
+MORE_COLORS = ["#7f7f7f", "#bcbd22", "#393b79", "#ad494a", "#637939", "#8c6d31", "#843c39",
+               "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#9c9ede",
+               "#e7969c", "#cedb9c"]
 PALETTE = COLORS + MORE_COLORS
 DASHES = ["solid", "dash", "dot", "dashdot", "longdash", "longdashdot"]
 
 
 def color(i: int) -> str:
-    """The ``i``-th series' colour; past the palette's end colours repeat (and :func:`lines` changes the dash)."""
+    """The ``i``-th series' colour; past the palette's end they repeat (:func:`lines` dashes)."""
     return PALETTE[i % len(PALETTE)]
 
 
@@ -36,9 +38,10 @@ def setup() -> None:
     pio.templates.default = "plotly_white+workbook"
 
 
-def lines(rows: list[dict], *, x: str, y: str, group: str | list[str], title: str, log_x=False, log_y=False,
-          error: tuple[str, str] | None = None, y_title: str | None = None, x_title: str | None = None) -> go.Figure:
-    """One line per value of ``group`` (a key or keys of the rows); ``error`` = (low key, high key) band."""
+def lines(rows: list[dict], *, x: str, y: str, group: str | list[str], title: str, log_x=False,
+          log_y=False, error: tuple[str, str] | None = None, y_title: str | None = None,
+          x_title: str | None = None) -> go.Figure:
+    """One line per value of ``group`` (a key or keys of the rows); ``error``: (low, high) keys."""
     keys = [group] if isinstance(group, str) else list(group)
     series: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -52,9 +55,10 @@ def lines(rows: list[dict], *, x: str, y: str, group: str | list[str], title: st
             kw["error_y"] = dict(type="data", symmetric=False, array=[r[hi] - r[y] for r in rs],
                                  arrayminus=[r[y] - r[lo] for r in rs], thickness=1)
         line = dict(color=color(i), dash=DASHES[(i // len(PALETTE)) % len(DASHES)])
-        fig.add_trace(go.Scatter(x=[r[x] for r in rs], y=[r[y] for r in rs], mode="lines+markers", name=name,
-                                 line=line, marker=dict(color=color(i)), **kw))
-    fig.update_layout(title=title, xaxis_title=x_title or x, yaxis_title=y_title or y, showlegend=True)
+        fig.add_trace(go.Scatter(x=[r[x] for r in rs], y=[r[y] for r in rs], mode="lines+markers",
+                                 name=name, line=line, marker=dict(color=color(i)), **kw))
+    fig.update_layout(title=title, xaxis_title=x_title or x, yaxis_title=y_title or y,
+                      showlegend=True)
     if log_x:
         fig.update_xaxes(type="log")
     if log_y:
@@ -62,13 +66,16 @@ def lines(rows: list[dict], *, x: str, y: str, group: str | list[str], title: st
     return fig
 
 
-def bars(rows: list[dict], *, x: str, y: str, group: str, title: str, log_y=False, y_title: str | None = None) -> go.Figure:
+def bars(rows: list[dict], *, x: str, y: str, group: str, title: str, log_y=False,
+         y_title: str | None = None) -> go.Figure:
     series: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         series[str(r[group])].append(r)
-    fig = go.Figure([go.Bar(x=[str(r[x]) for r in rs], y=[r[y] for r in rs], name=name, marker_color=color(i))
+    fig = go.Figure([go.Bar(x=[str(r[x]) for r in rs], y=[r[y] for r in rs], name=name,
+                            marker_color=color(i))
                      for i, (name, rs) in enumerate(series.items())])
-    fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title=y_title or y, showlegend=True)
+    fig.update_layout(title=title, barmode="group", xaxis_title=x, yaxis_title=y_title or y,
+                      showlegend=True)
     if log_y:
         fig.update_yaxes(type="log")
     return fig

@@ -1,9 +1,9 @@
 """Provenance: what code, which packages and which hardware produced a run.
 
 A result is only worth sharing if a reader can tell where it came from, so every run records the git
-commit (and whether the tree was dirty), package versions, Python, torch/CUDA/Triton/Neuron versions,
-and the hardware: CPU model and cores, RAM, GPU names and memory, Neuron devices. Collected by the
-runner into ``run.json`` and by the recorder into ``results.json``.
+commit (and whether the tree was dirty), package versions, Python, torch/CUDA/Triton/Neuron
+versions, and the hardware: CPU model and cores, RAM, GPU names and memory, Neuron devices.
+Collected by the runner into ``run.json`` and by the recorder into ``results.json``.
 """
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from importlib import metadata
 from pathlib import Path
 
 from workbook.paths import repo_root
+from workbook.proc import usable_cpus
 
 PACKAGES = (
-    "workbook", "torch", "torchvision", "triton", "open_clip_torch", "timm", "transformers", "numpy",
-    "papermill", "nbconvert", "nbclient", "ipykernel", "plotly", "torch-neuronx", "transformers-neuronx",
-    "neuronx-cc", "neuronx-distributed-inference", "optimum-neuron",
+    "workbook", "torch", "torchvision", "triton", "open_clip_torch", "timm", "transformers",
+    "numpy", "papermill", "nbconvert", "nbclient", "ipykernel", "plotly", "torch-neuronx",
+    "transformers-neuronx", "neuronx-cc", "neuronx-distributed-inference", "optimum-neuron",
 )
 
 
@@ -39,11 +40,12 @@ def _run(cmd: list[str], cwd=None, timeout: float = 10.0) -> str | None:
 
 
 def git_info() -> dict:
-    """The commit the code came from. ``WORKBOOK_GIT_COMMIT`` wins when set: a copy of the tree shipped to another
-    machine may carry no ``.git``, or a stale one that names an older commit."""
+    """The commit the code came from. ``WORKBOOK_GIT_COMMIT`` wins when set: a copy of the tree
+    shipped to another machine may carry no ``.git``, or a stale one that names an older commit."""
     env = os.environ.get("WORKBOOK_GIT_COMMIT")
     if env:
-        return {"commit": env, "dirty": os.environ.get("WORKBOOK_GIT_DIRTY", "").lower() in ("1", "true"),
+        return {"commit": env,
+                "dirty": os.environ.get("WORKBOOK_GIT_DIRTY", "").lower() in ("1", "true"),
                 "branch": None, "source": "WORKBOOK_GIT_COMMIT"}
     root = repo_root()
     commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
@@ -91,12 +93,12 @@ def cpu_info() -> dict:
         "arch": platform.machine(),
         "cores_logical": os.cpu_count(),
         "cores_physical": physical,
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_usable": usable_cpus(),
     }
 
 
 def gpu_info() -> list[dict]:
-    """GPUs from nvidia-smi (no CUDA context is created); falls back to torch if nvidia-smi is absent."""
+    """GPUs from nvidia-smi (no CUDA context is made); torch's view where nvidia-smi is absent."""
     if shutil.which("nvidia-smi"):
         out = _run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version,uuid",
                     "--format=csv,noheader,nounits"])
@@ -104,22 +106,24 @@ def gpu_info() -> list[dict]:
             gpus = []
             for line in out.splitlines():
                 name, mem, driver, *uuid = (s.strip() for s in line.split(","))
-                gpus.append({"name": name, "memory_gb": round(float(mem) / 1024, 1), "driver": driver,
-                             "uuid": uuid[0] if uuid else None})
+                gpus.append({"name": name, "memory_gb": round(float(mem) / 1024, 1),
+                             "driver": driver, "uuid": uuid[0] if uuid else None})
             return gpus
     if "torch" in sys.modules:
         import torch
 
         if torch.cuda.is_available():
             props = [torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count())]
-            return [{"name": torch.cuda.get_device_name(i), "memory_gb": round(p.total_memory / 2**30, 1),
-                     "driver": None, "uuid": f"GPU-{p.uuid}" if getattr(p, "uuid", None) else None}
+            return [{"name": torch.cuda.get_device_name(i),
+                     "memory_gb": round(p.total_memory / 2**30, 1), "driver": None,
+                     "uuid": f"GPU-{p.uuid}" if getattr(p, "uuid", None) else None}
                     for i, p in enumerate(props)]
     return []
 
 
 def neuron_info() -> dict:
-    """Neuron devices (``/dev/neuron*``) and whether the real SDK imports (PyPI ships placeholders)."""
+    """Neuron devices (``/dev/neuron*``) and whether the real SDK imports (PyPI ships
+    placeholders)."""
     devices = sorted(glob.glob("/dev/neuron[0-9]*"))
     sdk = None
     try:
@@ -139,8 +143,8 @@ def torch_info() -> dict:
         import torch
     except ImportError:
         return {"version": None}
-    info = {"version": torch.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    info = {"version": torch.__version__, "cuda": torch.version.cuda, "cudnn": cudnn,
             "threads": torch.get_num_threads()}
     try:
         import triton
@@ -164,10 +168,12 @@ def hardware() -> dict:
 
 
 def machine_id(hw: dict) -> str | None:
-    """Which physical machine a run measured on, so that times from two machines are never put side by side.
+    """Which physical machine a run measured on, so that times from two machines are never put side
+    by side.
 
-    The GPUs' UUIDs where there are GPUs (lent GPU machines all call themselves the same hostname), else the
-    hostname with the boot id; None when neither is known (an old record): then no machine counts as the same.
+    The GPUs' UUIDs where there are GPUs (lent GPU machines all call themselves the same hostname),
+    else the hostname with the boot id; None when neither is known (an old record): then no machine
+    counts as the same.
     """
     uuids = [g.get("uuid") for g in hw.get("gpus") or []]
     if uuids and all(uuids):
@@ -191,7 +197,7 @@ def collect() -> dict:
 
 
 def hardware_label(hw: dict) -> str:
-    """A short label for the hardware: the GPU name if any, else the CPU model with its core count."""
+    """A short label for the hardware: the GPU name if any, else the CPU model and its cores."""
     if hw.get("gpus"):
         g = hw["gpus"]
         return f"{len(g)}× {g[0]['name']}" if len(g) > 1 else g[0]["name"]

@@ -24,12 +24,13 @@ def remove(refs: list[str], *, log=print) -> list[Path]:
     for ref in refs:
         d = runner.find_run(ref)
         if not runner.is_run_folder(d):
-            raise WorkbookError(f"{ref!r} is not a run folder under outputs/ ({shown(d)}): rm removes "
-                                "only outputs/<notebook>/<run-id> folders, never outputs/reference/.")
+            raise WorkbookError(f"{ref!r} is not a run folder under outputs/ ({shown(d)}): rm "
+                                "removes only outputs/<notebook>/<run-id> folders, never "
+                                "outputs/reference/.")
         run = runner.read_run(d) or {}
         if run.get("status") == "running" and liveness.alive(run):  # (another host's: named, taken)
-            raise WorkbookError(f"Run {d.parent.name}/{d.name} is still running (pid {run.get('pid')}): "
-                                "stop it before removing it.")
+            raise WorkbookError(f"Run {d.parent.name}/{d.name} is still running (pid "
+                                f"{run.get('pid')}): stop it before removing it.")
         if d not in dirs:
             dirs.append(d)
     for d in dirs:
@@ -46,8 +47,8 @@ def gc(*, failed: bool = False, interrupted: bool = False, dry_run: bool = False
     outright, whose process is gone). Runs that finished ok, runs still alive, runs said to be
     running on another host and anything under outputs/reference/ are kept."""
     if not (failed or interrupted):
-        raise WorkbookError("gc needs --failed and/or --interrupted: it removes only runs that failed "
-                            "or were interrupted, never ones that finished ok.")
+        raise WorkbookError("gc needs --failed and/or --interrupted: it removes only runs that "
+                            "failed or were interrupted, never ones that finished ok.")
     wanted = {"failed"} if failed else set()
     if interrupted:
         wanted |= {"interrupted", liveness.KILLED}
@@ -69,7 +70,8 @@ def gc(*, failed: bool = False, interrupted: bool = False, dry_run: bool = False
         log(f"{'would remove' if dry_run else 'removed'} {shown(d)} ({status})")
         gone.append(d)
     what = " and ".join(sorted(wanted - {liveness.KILLED}))  # killed: interrupted from outside
-    left = ", ".join(f"{n} {s}" for s, n in sorted(kept.items(), key=lambda kv: str(kv[0]))) or "none"
+    left = (", ".join(f"{n} {s}" for s, n in sorted(kept.items(), key=lambda kv: str(kv[0])))
+            or "none")
     verb = "would remove" if dry_run else "removed"
     log(f"gc: {verb} {len(gone)} {what} run{'s' if len(gone) != 1 else ''}; kept {left}"
         + (" (--dry-run: nothing removed)" if dry_run else ""))

@@ -1,20 +1,21 @@
 """The results recorder: how a notebook writes ``results.json``.
 
 Results are flat JSON: named tables of rows (one row per measured configuration, units in key names
-such as ``latency_ms_p50``), a few headline figures, and the notes a reader must see first — fallbacks
-that happened, things that were not measured and why. The file is rewritten atomically after every
-change, so whatever finished survives a later failure. Under the runner the file lands in the run
-folder (``WORKBOOK_RUN_DIR``); under plain papermill or JupyterLab in ``outputs/<notebook>/adhoc-*``.
+such as ``latency_ms_p50``), a few headline figures, and the notes a reader must see first —
+fallbacks that happened, things that were not measured and why. The file is rewritten atomically
+after every change, so whatever finished survives a later failure. Under the runner the file lands
+in the run folder (``WORKBOOK_RUN_DIR``); under plain papermill or JupyterLab in
+``outputs/<notebook>/adhoc-*``.
 
-Resume: long sections record their work in *groups* (:meth:`Recorder.add_group`: one configuration's rows,
-written together and marked complete). When the runner resumes an unfinished run with the same notebook
-source, parameters, lib, hardware and torch (``WORKBOOK_RESUME_FROM``), :meth:`Recorder.done_group` hands
-back that run's completed groups instead of measuring them again; the rows carry ``resumed_from`` and the
-report says at its top how many groups came from which run. Groups of times (``timed=True``) are handed back
-only when the unfinished run measured on this very machine (:func:`workbook.provenance.machine_id`): the runner
-resumes on any machine of the same kind, and a speed-up whose two rows came from two H200s would carry the
-spread between machines (see outputs/reference/nvidia-h200/README.md). Such groups are measured again and the
-report says so.
+Resume: long sections record their work in *groups* (:meth:`Recorder.add_group`: one configuration's
+rows, written together and marked complete). When the runner resumes an unfinished run with the same
+notebook source, parameters, lib, hardware and torch (``WORKBOOK_RESUME_FROM``),
+:meth:`Recorder.done_group` hands back that run's completed groups instead of measuring them again;
+the rows carry ``resumed_from`` and the report says at its top how many groups came from which run.
+Groups of times (``timed=True``) are handed back only when the unfinished run measured on this very
+machine (:func:`workbook.provenance.machine_id`): the runner resumes on any machine of the same
+kind, and a speed-up whose two rows came from two H200s would carry the spread between machines (see
+outputs/reference/nvidia-h200/README.md). Such groups are measured again and the report says so.
 """
 from __future__ import annotations
 
@@ -31,16 +32,18 @@ from workbook import provenance
 from workbook.paths import outputs_dir
 
 RUN_DIR_ENV = "WORKBOOK_RUN_DIR"
-RESUME_ENV = "WORKBOOK_RESUME_FROM"  # set by the runner: an unfinished run of the same key whose groups are reused
+# set by the runner: an unfinished run of the same key whose groups are reused
+RESUME_ENV = "WORKBOOK_RESUME_FROM"
 
 
 def _jsonable(x):
-    """Plain JSON types; NaN/inf become None (JSON has no NaN), tensors and numpy scalars become numbers."""
+    """Plain JSON types: NaN/inf become None (JSON has no NaN), tensors and numpy values numbers."""
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [_jsonable(v) for v in x]
-    if hasattr(x, "tolist") and callable(x.tolist) and hasattr(x, "ndim"):  # torch tensors, numpy arrays/scalars
+    # torch tensors, numpy arrays/scalars
+    if hasattr(x, "tolist") and callable(x.tolist) and hasattr(x, "ndim"):
         x = x.tolist()
         if isinstance(x, list):
             return _jsonable(x[0] if len(x) == 1 and not isinstance(x[0], list) else x)
@@ -52,8 +55,9 @@ def _jsonable(x):
 
 
 def write_json_atomic(path: Path, data) -> None:
-    """Write JSON so that ``path`` always holds a complete file, even if the process is killed meanwhile:
-    temp file in the same folder, fsync, rename, fsync of the folder (a state file a search resumes from)."""
+    """Write JSON so that ``path`` always holds a complete file, even if the process is killed
+    meanwhile: temp file in the same folder, fsync, rename, fsync of the folder (a state file a
+    search resumes from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -77,18 +81,22 @@ def write_json_atomic(path: Path, data) -> None:
             os.close(dfd)
 
 
-def run_record(notebook: str, run_id: str, *, params: dict, param_sources: dict, command: str, provenance: dict,
-               profile: str | None = None, param_file: str | None = None, key: str | None = None,
-               notebook_hash: str | None = None, lib_fingerprint: str | None = None,
-               resumed_from: str | None = None, started_at: str | None = None) -> dict:
-    """``run.json`` as it starts, for the runner and for a run made without it (:mod:`workbook.adhoc`) alike."""
+def run_record(notebook: str, run_id: str, *, params: dict, param_sources: dict, command: str,
+               provenance: dict, profile: str | None = None, param_file: str | None = None,
+               key: str | None = None, notebook_hash: str | None = None,
+               lib_fingerprint: str | None = None, resumed_from: str | None = None,
+               started_at: str | None = None) -> dict:
+    """``run.json`` as it starts, for the runner and for a run made without it
+    (:mod:`workbook.adhoc`) alike."""
     from workbook import __version__, liveness
-    from workbook.provenance import now_iso  # (the ``provenance`` argument is the record's, not the module)
+    # (the ``provenance`` argument is the record's, not the module)
+    from workbook.provenance import now_iso
 
     return {
         "notebook": notebook, "run_id": run_id, "status": "running", "error": None,
-        "params": params, "param_sources": param_sources, "profile": profile, "param_file": param_file,
-        "key": key, "notebook_hash": notebook_hash, "lib_fingerprint": lib_fingerprint, "workbook_version": __version__,
+        "params": params, "param_sources": param_sources, "profile": profile,
+        "param_file": param_file, "key": key, "notebook_hash": notebook_hash,
+        "lib_fingerprint": lib_fingerprint, "workbook_version": __version__,
         "started_at": started_at or now_iso(), "ended_at": None, "duration_s": None,
         "command": command, "provenance": provenance, **liveness.identity(),
         "resumed_from": resumed_from,
@@ -128,7 +136,8 @@ class Recorder:
         self._prior, self._prior_id = self._load_prior(dict(params))
         self._machine = provenance.machine_id(prov["hardware"])
         self._save()
-        # no runner around this run (plain papermill, JupyterLab, nbmake): it writes its own run.json
+        # no runner around this run (plain papermill, JupyterLab, nbmake): it writes its own
+        # run.json
         self.adhoc = run_dir is None and not os.environ.get(RUN_DIR_ENV)
         if self.adhoc:
             from workbook import adhoc
@@ -145,7 +154,8 @@ class Recorder:
         except (OSError, ValueError):
             return None, None
         if prior.get("params") != _jsonable(params):
-            self.data["notes"].append(f"not resumed from {Path(src).name}: its recorded parameters differ")
+            self.data["notes"].append(f"not resumed from {Path(src).name}: its recorded parameters "
+                                      "differ")
             return None, None
         return prior, Path(src).name
 
@@ -158,11 +168,12 @@ class Recorder:
         return theirs is not None and theirs == self._machine
 
     def done_group(self, table: str, *, timed: bool = False, **key) -> list[dict] | None:
-        """The rows of group ``key`` of ``table`` that the resumed run completed, recorded into this run
-        (marked ``resumed_from``); None when it must be measured here.
+        """The rows of group ``key`` of ``table`` that the resumed run completed, recorded into this
+        run (marked ``resumed_from``); None when it must be measured here.
 
-        ``timed``: the rows hold times (or anything else the machine sets), so they are taken only from a run
-        on this same machine; from another machine they are measured again, counted under ``resumed.remeasured``.
+        ``timed``: the rows hold times (or anything else the machine sets), so they are taken only
+        from a run on this same machine; from another machine they are measured again, counted under
+        ``resumed.remeasured``.
         """
         if self._prior is None:
             return None
@@ -177,7 +188,8 @@ class Recorder:
             self._save()
             return None
         start, end = done[-1]["rows"]
-        rows = [{**r, "resumed_from": r.get("resumed_from") or self._prior_id}  # the run that measured it
+        # the run that measured it
+        rows = [{**r, "resumed_from": r.get("resumed_from") or self._prior_id}
                 for r in self._prior.get("tables", {}).get(table, [])[start:end]]
         res = self.data.setdefault("resumed", {"from": self._prior_id, "groups": {}})
         res["groups"][table] = res["groups"].get(table, 0) + 1
@@ -185,8 +197,8 @@ class Recorder:
         return rows
 
     def add_group(self, table: str, rows: list[dict], **key) -> None:
-        """Append one configuration's rows in a single write and mark the group complete (what a resumed
-        run may reuse). A group killed half-way is never marked, so it is measured again."""
+        """Append one configuration's rows in a single write and mark the group complete (what a
+        resumed run may reuse). A group killed half-way is never marked, so it is measured again."""
         t = self.data["tables"].setdefault(table, [])
         start = len(t)
         t.extend(dict(r) for r in rows)
@@ -208,8 +220,9 @@ class Recorder:
         self._save()
 
     def keys(self, table: str, columns: list[str]) -> None:
-        """The columns that identify a row of ``table`` when two runs are compared (default: every text or
-        integer field). Declaring fewer lines up runs that differ in the rest, e.g. two backends."""
+        """The columns that identify a row of ``table`` when two runs are compared (default: every
+        text or integer field). Declaring fewer lines up runs that differ in the rest, e.g. two
+        backends."""
         self.data.setdefault("keys", {})[table] = list(columns)
         self._save()
 
@@ -235,8 +248,8 @@ class Recorder:
         return self.data["tables"].get(name, [])
 
     def finish(self) -> None:
-        """Mark the results complete (an adhoc run's run.json says ok) and say, as the notebook's last output,
-        where they went and how the report comes about."""
+        """Mark the results complete (an adhoc run's run.json says ok) and say, as the notebook's
+        last output, where they went and how the report comes about."""
         from workbook import adhoc
 
         self.data["status"] = "complete"
@@ -248,8 +261,8 @@ class Recorder:
 
 
 def start(notebook: str, params: dict) -> Recorder:
-    """Create the recorder for this notebook run and say where its results go (in a notebook, as an output whose
-    metadata names the run folder, which `workbook report` reads back)."""
+    """Create the recorder for this notebook run and say where its results go (in a notebook, as an
+    output whose metadata names the run folder, which `workbook report` reads back)."""
     from workbook import adhoc, console
 
     rec = Recorder(notebook, params)

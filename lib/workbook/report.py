@@ -22,12 +22,13 @@ CODE_MODES = ("collapsed", "hidden", "shown")
 
 
 def _esc(x) -> str:
-    """Escaped, on one line: the summary is a markdown cell, where a blank line would end the HTML block."""
+    """Escaped, on one line: in the summary's markdown cell a blank line would end the HTML."""
     return html.escape(str(x)).replace("\r", "").replace("\n", "<br>")
 
 
 def summary_html(run: dict, results: dict | None) -> str:
-    """The report's first cell, from ``run.json`` and (if the notebook got that far) ``results.json``."""
+    """The report's first cell, from ``run.json`` and (if the notebook got that far)
+    ``results.json``."""
     status = run.get("status", "?")
     failed = status != "ok"
     parts = [f'<div class="wb-header{" wb-failed" if failed else ""}">',
@@ -39,7 +40,8 @@ def summary_html(run: dict, results: dict | None) -> str:
     where = elsewhere(run)
     parts.append(f" · {_esc(where)}</p>" if where else "</p>")
     res = results or {}
-    if res.get("lead"):  # the one line a run says before anything else (e.g. which path produced the numbers)
+    # the one line a run says before anything else (e.g. which path produced the numbers)
+    if res.get("lead"):
         parts.append(f'<p class="wb-lead"><b>{_esc(res["lead"])}</b></p>')
     if run.get("error"):
         parts.append(f"<p><b>Error:</b> <code>{_esc(run['error'])}</code></p>")
@@ -51,19 +53,20 @@ def summary_html(run: dict, results: dict | None) -> str:
     if res.get("resumed", {}).get("groups"):
         r = res["resumed"]
         what = ", ".join(f"{n} of {t}" for t, n in r["groups"].items())
-        parts.append(f'<p class="wb-warn"><b>Resumed:</b> {_esc(what)} measured by the unfinished run '
-                     f'{_esc(r["from"])} (same notebook source, parameters, lib, hardware and torch), not by this '
-                     f'one; their rows say <code>resumed_from</code>.</p>')
+        parts.append(f'<p class="wb-warn"><b>Resumed:</b> {_esc(what)} measured by the unfinished '
+                     f'run {_esc(r["from"])} (same notebook source, parameters, lib, hardware and '
+                     'torch), not by this one; their rows say <code>resumed_from</code>.</p>')
     if res.get("resumed", {}).get("remeasured"):
         r = res["resumed"]
         what = ", ".join(f"{n} of {t}" for t, n in r["remeasured"].items())
-        parts.append(f'<p class="wb-warn"><b>Measured again:</b> {_esc(what)}, which the unfinished run '
-                     f'{_esc(r["from"])} had timed on another machine of the same kind: every time in this report '
-                     f'comes from this machine.</p>')
+        parts.append(f'<p class="wb-warn"><b>Measured again:</b> {_esc(what)}, which the '
+                     f'unfinished run {_esc(r["from"])} had timed on another machine of the same '
+                     'kind: every time in this report comes from this machine.</p>')
     if res.get("status") == "running" and not failed:
         parts.append('<p class="wb-warn">The notebook never marked its results complete.</p>')
     for nm in res.get("not_measured", []):
-        parts.append(f'<p class="wb-warn"><b>Not measured:</b> {_esc(nm["what"])} — {_esc(nm["why"])}</p>')
+        parts.append(f'<p class="wb-warn"><b>Not measured:</b> {_esc(nm["what"])} — '
+                     f'{_esc(nm["why"])}</p>')
     for note in res.get("notes", []):
         parts.append(f"<p><b>Note:</b> {_esc(note)}</p>")
     prov = run.get("provenance", {})
@@ -81,7 +84,8 @@ def summary_html(run: dict, results: dict | None) -> str:
             f"{_esc(k)}: {_esc(v)}" for k, v in headline_items(res["headline"])) + "</p>")
     parts.append(_cells_html(run))
     src = run.get("param_sources", {})
-    rows = "".join(f"<tr><td>{_esc(k)}</td><td><code>{_esc(json.dumps(v))}</code></td><td>{_esc(src.get(k, ''))}</td></tr>"
+    rows = "".join(f"<tr><td>{_esc(k)}</td><td><code>{_esc(json.dumps(v))}</code></td><td>"
+                   f"{_esc(src.get(k, ''))}</td></tr>"
                    for k, v in run.get("params", {}).items())
     parts.append(f"<details><summary>parameters</summary><table><tr><th>name</th><th>value</th>"
                  f"<th>from</th></tr>{rows}</table></details></div>")
@@ -89,24 +93,28 @@ def summary_html(run: dict, results: dict | None) -> str:
 
 
 def _cells_html(run: dict) -> str:
-    """One line per code cell that ran (its heading and time), folded, and the link to the run's log."""
+    """One line per code cell that ran (its heading and time), folded, and the link to the log."""
     done = run.get("cells") or []
     out = ""
     if done:
-        lines = "".join(f"<li>cell {c['cell']} of {c['of']} · {_esc(c['heading'])} · {cells.duration(c['seconds'])}"
-                        f"{'' if c['status'] == 'ok' else ' · <b>' + _esc(c['status']) + '</b>'}</li>" for c in done)
+        lines = "".join(f"<li>cell {c['cell']} of {c['of']} · {_esc(c['heading'])} · "
+                        f"{cells.duration(c['seconds'])}"
+                        f"{'' if c['status'] == 'ok' else ' · <b>' + _esc(c['status']) + '</b>'}"
+                        "</li>" for c in done)
         total = cells.duration(sum(c["seconds"] for c in done))
-        out += (f"<details><summary>progress: {len(done)} of {run.get('cells_total', len(done))} code cells ran "
-                f"({total})</summary><ul>{lines}</ul></details>")
+        out += (f"<details><summary>progress: {len(done)} of {run.get('cells_total', len(done))} "
+                f"code cells ran ({total})</summary><ul>{lines}</ul></details>")
     if run.get("log"):
         moved = run.get("log_lines_moved") or 0
         out += (f'<p><a href="{_esc(run["log"])}">log</a>: progress bars and library messages'
-                f"{f' ({moved} lines moved out of this report)' if moved else ''}, and the kernel's own messages</p>")
+                f"{f' ({moved} lines moved out of this report)' if moved else ''}, and the "
+                "kernel's own messages</p>")
     return out
 
 
-def render(nb_path: Path, html_path: Path, header_html: str | None = None, code: str = "collapsed") -> Path:
-    """Write ``html_path`` from the notebook at ``nb_path``, with ``header_html`` as its first cell."""
+def render(nb_path: Path, html_path: Path, header_html: str | None = None,
+           code: str = "collapsed") -> Path:
+    """Write ``html_path`` from the notebook at ``nb_path``, ``header_html`` as its first cell."""
     from nbconvert import HTMLExporter
 
     if code not in CODE_MODES:

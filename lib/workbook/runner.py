@@ -1,16 +1,16 @@
 """The runner: execute a notebook with merged parameters into its own run folder.
 
-Each run lands in ``outputs/<notebook>/<run-id>/`` with the executed ``notebook.ipynb``, ``report.html``,
-``results.json`` (written by the notebook) and ``run.json`` (parameters, status, error, timings,
-provenance). Runs never overwrite each other. A finished run with the same notebook source,
-parameters and lib version is reused unless forced. A failing notebook still gets its report, with
-the error on top, and a non-zero exit code.
+Each run lands in ``outputs/<notebook>/<run-id>/`` with the executed ``notebook.ipynb``,
+``report.html``, ``results.json`` (written by the notebook) and ``run.json`` (parameters, status,
+error, timings, provenance). Runs never overwrite each other. A finished run with the same notebook
+source, parameters and lib version is reused unless forced. A failing notebook still gets its
+report, with the error on top, and a non-zero exit code.
 
-An unfinished run (killed, interrupted, timed out or failed) with the same key, on the same hardware and
-torch, is resumed: the new run folder gets every group of rows that run completed (see
-:mod:`workbook.record`) and measures only the rest; ``--force`` measures everything again. SIGTERM (a
-scheduler's or ``timeout``'s stop) is handled like Ctrl-C: the run is recorded as interrupted, its report is
-written and the notebook's kernel is shut down, so the next run can resume it.
+An unfinished run (killed, interrupted, timed out or failed) with the same key, on the same hardware
+and torch, is resumed: the new run folder gets every group of rows that run completed (see
+:mod:`workbook.record`) and measures only the rest; ``--force`` measures everything again. SIGTERM
+(a scheduler's or ``timeout``'s stop) is handled like Ctrl-C: the run is recorded as interrupted,
+its report is written and the notebook's kernel is shut down, so the next run can resume it.
 """
 from __future__ import annotations
 
@@ -84,10 +84,11 @@ def read_run(run_dir: Path) -> dict | None:
 
 
 def is_run_folder(d: Path) -> bool:
-    """``outputs/<notebook>/<run-id>`` with a run.json: not a committed reference, not a stray path."""
+    """``outputs/<notebook>/<run-id>`` with a run.json: no committed reference, no stray path."""
     root = outputs_dir().resolve()
     d = Path(d)
-    return (not d.is_symlink() and d.resolve().parent.parent == root and d.parent.name != "reference"
+    return (not d.is_symlink() and d.resolve().parent.parent == root
+            and d.parent.name != "reference"
             and (d / "run.json").is_file())
 
 
@@ -116,24 +117,26 @@ class Terminated(KeyboardInterrupt):
 def resume_caveat(prior: dict) -> str:
     """What the resume message adds for a prior run that says 'running' on another machine.
 
-    Such a run is resumed (this machine cannot tell whether its process is gone: a killed device job,
-    a preempted instance), but when it is in fact still going both runs measure what it has not
+    Such a run is resumed (this machine cannot tell whether its process is gone: a killed device
+    job, a preempted instance), but when it is in fact still going both runs measure what it has not
     finished.
     """
     where = liveness.elsewhere(prior)
     if not where:
         return ""
-    return f"; it is recorded as still running {where}: if it is still going there, both measure the rest"
+    return (f"; it is recorded as still running {where}: if it is still going there, both measure "
+            "the rest")
 
 
 def _machine(prov: dict) -> tuple:
-    """What must match for a run's measurements to be reused by another: the hardware and torch build."""
+    """What must match for a run's measurements to be reused: the hardware and torch build."""
     tv = prov.get("torch", {})
     return (provenance.hardware_label(prov.get("hardware", {})), tv.get("version"), tv.get("cuda"))
 
 
 def find_resumable(notebook: str, key: str, machine: tuple) -> Path | None:
-    """The newest unfinished run with this key on this kind of machine that recorded some results."""
+    """The newest unfinished run with this key on this kind of machine that recorded some
+    results."""
     for d, run in _runs_with_key(notebook, key):
         if run.get("status") == "ok" or (run.get("status") == "running" and liveness.alive(run)):
             continue  # finished (reused instead), or a run in progress rather than an abandoned one
@@ -185,9 +188,10 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None, profile: str | None = None,
-        force: bool = False, log=print, timeout: float | None = None) -> RunInfo:
-    """Run one notebook. Raises ParameterError/WorkbookError before anything runs if the request is bad."""
+def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None,
+        profile: str | None = None, force: bool = False, log=print,
+        timeout: float | None = None) -> RunInfo:
+    """Run one notebook; a bad request raises ParameterError/WorkbookError before anything runs."""
     nb_path = P.notebook_path(notebook)
     name = nb_path.stem
     defaults = P.notebook_parameters(nb_path)
@@ -199,8 +203,8 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
         prev = find_reusable(name, key)
         if prev is not None:
             data = read_run(prev)
-            log(f"{name}: reusing finished run {prev.name} (same notebook source, parameters and lib "
-                f"version; --force to run again)\n  {prev / 'report.html'}")
+            log(f"{name}: reusing finished run {prev.name} (same notebook source, parameters and "
+                f"lib version; --force to run again)\n  {prev / 'report.html'}")
             return RunInfo(name, prev.name, prev, "ok", reused=True, data=data)
 
     prov = provenance.collect()
@@ -208,49 +212,56 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     run_dir = new_run_dir(name, key)
     run_id = run_dir.name
     started = time.time()
-    data = run_record(name, run_id, params=values, param_sources=sources, command=_command_line(), provenance=prov,
-                      profile=profile, param_file=param_file, key=key, notebook_hash=nb_hash, lib_fingerprint=lib_fp,
+    data = run_record(name, run_id, params=values, param_sources=sources, command=_command_line(),
+                      provenance=prov, profile=profile, param_file=param_file, key=key,
+                      notebook_hash=nb_hash, lib_fingerprint=lib_fp,
                       resumed_from=prior.name if prior else None)
     write_json_atomic(run_dir / "run.json", data)
     log(f"{name}: running into {run_dir}")
     env = {RUN_DIR_ENV: run_dir, "PLOTLY_RENDERER": PLOTLY_RENDERER, "WORKBOOK_ROOT": repo_root(),
            "PYDEVD_DISABLE_FILE_VALIDATION": "1", RESUME_ENV: prior or ""}
     if prior:
-        log(f"{name}: resuming the unfinished run {prior.name}: what it completed is kept, the rest is measured "
-            "(--force measures everything again)" + resume_caveat(read_run(prior) or {}))
+        log(f"{name}: resuming the unfinished run {prior.name}: what it completed is kept, the "
+            "rest is measured (--force measures everything again)"
+            + resume_caveat(read_run(prior) or {}))
 
     out_nb = run_dir / "notebook.ipynb"
     status, error = "ok", None
     interrupt = None
     prior_cells, prior_run = cells.prior_cells(list_runs(), name, profile)
-    tracker = cells.Tracker(run_dir / console.LOG_NAME, log=log, prior=prior_cells, prior_id=prior_run)
+    tracker = cells.Tracker(run_dir / console.LOG_NAME, log=log, prior=prior_cells,
+                            prior_id=prior_run)
     try:
         import papermill as pm
 
         with _environment(**env), _sigterm_interrupts(), cells.tracking(tracker):
+            manager = cells.kernel_manager_logging_to(tracker.log_path)
             pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, cwd=str(repo_root()),
                                 kernel_name=_kernel_name(), progress_bar=False, log_output=False,
                                 engine_name=cells.ENGINE, execution_timeout=timeout,
-                                kernel_manager_class=cells.kernel_manager_logging_to(tracker.log_path))
+                                kernel_manager_class=manager)
     except KeyboardInterrupt as exc:
         interrupt = exc
         status = "interrupted"
-        error = ("terminated by SIGTERM (a time limit or a scheduler); the next identical run resumes it"
-                 if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)")
+        error = "interrupted by the user (Ctrl-C)"
+        if isinstance(exc, Terminated):
+            error = ("terminated by SIGTERM (a time limit or a scheduler); the next identical run "
+                     "resumes it")
         tracker.interrupted()
-    except Exception as exc:  # noqa: BLE001 - any failure is recorded, reported, and turned into an exit code
+    except Exception as exc:  # noqa: BLE001 - any failure is recorded, reported, an exit code
         status, error = "failed", _error_text(exc)
 
     data.update(status=status, error=error, ended_at=provenance.now_iso(),
                 duration_s=round(time.time() - started, 2), **tracker.record())
     results = _read_results(run_dir)
-    if status != "ok" and results and results.get("status") == "running":  # the kernel is gone: say why
+    # the kernel is gone: say why
+    if status != "ok" and results and results.get("status") == "running":
         results.update(status=status, stopped=error)
         write_json_atomic(run_dir / "results.json", results)
     if out_nb.exists():
         try:
             report.render(out_nb, run_dir / "report.html", report.summary_html(data, results))
-        except Exception as exc:  # noqa: BLE001 - a broken report must not hide the run's own status
+        except Exception as exc:  # noqa: BLE001 - a broken report must not hide the run's status
             data["report_error"] = _error_text(exc)
     write_json_atomic(run_dir / "run.json", data)
     write_index()
@@ -263,8 +274,9 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
 
 @contextlib.contextmanager
 def _sigterm_interrupts():
-    """Turn SIGTERM into :class:`Terminated`, and SIGINT into KeyboardInterrupt however deep in nbclient's event
-    loop it lands, while a notebook runs (main thread only: elsewhere, no change)."""
+    """Turn SIGTERM into :class:`Terminated`, and SIGINT into KeyboardInterrupt however deep in
+    nbclient's event loop it lands, while a notebook runs (main thread only: elsewhere, no
+    change)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -273,12 +285,14 @@ def _sigterm_interrupts():
         raise Terminated()
 
     def interrupt(signum, frame):
-        # Our own handler, not Python's default: an asyncio loop (nbclient's) replaces only the default one, with
-        # a handler that cancels its task, and a cancellation swallowed inside would lose the Ctrl-C.
+        # Our own handler, not Python's default: an asyncio loop (nbclient's) replaces only the
+        # default one, with a handler that cancels its task, and a cancellation swallowed inside
+        # would lose the Ctrl-C.
         raise KeyboardInterrupt()
 
     old = signal.signal(signal.SIGTERM, handler)
-    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # started with Ctrl-C ignored (nohup, `cmd &`)
+    # started with Ctrl-C ignored (nohup, `cmd &`)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else interrupt)
     try:
         yield
@@ -308,7 +322,7 @@ def _read_results(run_dir: Path) -> dict | None:
 
 
 def run_all(*, profile: str | None = None, force: bool = False, log=print) -> list[RunInfo]:
-    """Every notebook with its defaults (and the profile's section, if given); failures do not stop the rest."""
+    """Every notebook with its defaults (and the profile's section); a failure stops no other."""
     infos = []
     for name in P.list_notebooks():
         infos.append(run(name, profile=profile, force=force, log=log))

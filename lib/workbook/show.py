@@ -1,17 +1,18 @@
 """Tables for notebooks: rows of results shown as an HTML table, wherever the call stands in a cell.
 
-Why it exists: a pandas Styler reaches the notebook (and so the report) only when it is the last top-level
-expression of a cell; a table made inside ``if`` or ``for`` silently vanished. :func:`table` displays the table
-itself, with a title, so every table a notebook makes is in its report. Long tables are folded behind a
-toggle, and wide ones with few rows are turned on their side so they fit the page; the full numbers are always
-in ``results.json``.
+Why it exists: a pandas Styler reaches the notebook (and so the report) only when it is the last
+top-level expression of a cell; a table made inside ``if`` or ``for`` silently vanished.
+:func:`table` displays the table itself, with a title, so every table a notebook makes is in its
+report. Long tables are folded behind a toggle, and wide ones with few rows are turned on their side
+so they fit the page; the full numbers are always in ``results.json``.
 """
 from __future__ import annotations
 
 import html as _html
 
 FOLD_ROWS = 24
-PAGE_CHARS = 130  # a table wider than this many characters (cells' text plus padding), with few rows, is
+# a table wider than this many characters (cells' text plus padding), with few rows, is
+PAGE_CHARS = 130
 WIDE_ROWS = 4  # shown one line per column instead
 
 
@@ -34,12 +35,12 @@ def number(v, digits: int = 4) -> str:
 
 
 def _width(df, digits: int) -> int:
-    """About how many characters wide ``df`` renders: each column's widest cell or header, plus padding."""
+    """About how many characters wide ``df`` renders: each column's widest cell or header."""
     return sum(max([len(str(c))] + [len(number(v, digits)) for v in df[c]]) + 3 for c in df.columns)
 
 
 def frame(rows: list[dict], columns: list[str] | None = None, *, where: dict | None = None):
-    """``rows`` filtered by ``where`` and cut to ``columns`` (those present, in that order), as a DataFrame."""
+    """``rows`` filtered by ``where``, cut to ``columns`` (those present, in order): a DataFrame."""
     import pandas as pd
 
     if where:
@@ -50,14 +51,17 @@ def frame(rows: list[dict], columns: list[str] | None = None, *, where: dict | N
     return df
 
 
-def html(rows: list[dict], columns: list[str] | None = None, *, title: str = "", where: dict | None = None,
-         digits: int = 4, fold: int = FOLD_ROWS) -> str:
-    """The HTML :func:`table` displays: a titled block marked ``data-wb-table`` (what the report tests count)."""
+def html(rows: list[dict], columns: list[str] | None = None, *, title: str = "",
+         where: dict | None = None, digits: int = 4, fold: int = FOLD_ROWS) -> str:
+    """The HTML :func:`table` shows: a titled block marked ``data-wb-table`` (tests count them)."""
     df = frame(rows, columns, where=where)
-    transposed = 0 < len(df) <= WIDE_ROWS and len(df.columns) > 2 and _width(df, digits) > PAGE_CHARS
+    transposed = (0 < len(df) <= WIDE_ROWS and len(df.columns) > 2
+                  and _width(df, digits) > PAGE_CHARS)
     if transposed:  # one line per column: a wide single-row table would run off the page
         df = df.T.reset_index()
-        df.columns = ["field"] + [f"row {i + 1}" if len(df.columns) > 2 else "value" for i in range(len(df.columns) - 1)]
+        df.columns = (["field"]
+                      + [f"row {i + 1}" if len(df.columns) > 2 else "value"
+                         for i in range(len(df.columns) - 1)])
     styled = df.style.format(lambda v: number(v, digits), na_rep="-").hide(axis="index")
     body = styled.to_html() if len(df.columns) else "<p><i>(no columns)</i></p>"
     if df.empty:
@@ -71,8 +75,8 @@ def html(rows: list[dict], columns: list[str] | None = None, *, title: str = "",
             f"{head}{body}</div>")
 
 
-def table(rows: list[dict], columns: list[str] | None = None, *, title: str = "", where: dict | None = None,
-          digits: int = 4, fold: int = FOLD_ROWS) -> None:
+def table(rows: list[dict], columns: list[str] | None = None, *, title: str = "",
+          where: dict | None = None, digits: int = 4, fold: int = FOLD_ROWS) -> None:
     """Display ``rows`` now (inside ``if``/``for`` too), floats to ``digits`` significant figures.
 
     Returns None, so a call at the end of a cell does not show the table twice."""
@@ -85,7 +89,7 @@ def table(rows: list[dict], columns: list[str] | None = None, *, title: str = ""
 
 
 def figures(headline: dict, *, title: str = "Summary") -> None:
-    """The run's headline figures as a table of label and value with its unit (what the report header shows)."""
+    """The run's headline figures: a table of label and value with unit, as the report has them."""
     from workbook.units import headline_items
 
     table([{"figure": k, "value": v} for k, v in headline_items(headline)], title=title)

@@ -1,9 +1,10 @@
 """Labels and units from result key names, and numbers shown to 3-4 significant figures.
 
 Why it exists: results follow the convention "units in key names" (``best_b1_latency_ms``,
-``decode_speedup_over_one_process``), so the key alone says what a figure is. Every place that shows figures
-(`workbook list`, the index, report headers, `workbook compare`) reads them through here, so a figure reads
-the same everywhere: ``best batch-1 latency: 1162 ms`` rather than ``best_b1_latency_ms=1162.3``.
+``decode_speedup_over_one_process``), so the key alone says what a figure is. Every place that shows
+figures (`workbook list`, the index, report headers, `workbook compare`) reads them through here, so
+a figure reads the same everywhere: ``best batch-1 latency: 1162 ms`` rather than
+``best_b1_latency_ms=1162.3``.
 """
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 
 # a key's last token(s) -> the unit shown; two-token units are tried first
-_PAIRS = {("img", "s"): "img/s", ("tokens", "s"): "tokens/s", ("tok", "s"): "tok/s", ("gb", "s"): "GB/s"}
-_UNITS = {"ms": "ms", "s": "s", "seconds": "s", "sec": "s", "us": "µs", "ns": "ns", "gb": "GB", "mb": "MB",
-          "mib": "MiB", "gib": "GiB", "pct": "%", "x": "×", "w": "W", "j": "J", "mhz": "MHz", "c": "°C",
-          "ulp": "ulp"}
-# these count only at the end of a longer key (or before "per X"): "power_w" is in watts, "w" and "x_offset" are not
+_PAIRS = {("img", "s"): "img/s", ("tokens", "s"): "tokens/s", ("tok", "s"): "tok/s",
+          ("gb", "s"): "GB/s"}
+_UNITS = {"ms": "ms", "s": "s", "seconds": "s", "sec": "s", "us": "µs", "ns": "ns", "gb": "GB",
+          "mb": "MB", "mib": "MiB", "gib": "GiB", "pct": "%", "x": "×", "w": "W", "j": "J",
+          "mhz": "MHz", "c": "°C", "ulp": "ulp"}
+# these count only at the end of a longer key (or before "per X"): "power_w" is in watts, "w" and
+# "x_offset" are not
 _SHORT = {"s", "x", "w", "j", "c", "us", "ns", "sec"}
 _RATIO_WORDS = {"speedup", "ratio", "speedups", "ratios"}
 _NO_SPACE = {"%", "×"}  # units written right after the number
@@ -24,7 +27,7 @@ _WORDS = {"speedup": "speed-up", "fwd": "forward", "bwd": "backward", "img": "im
 
 
 def _split(key: str) -> tuple[list[str], str | None, int, int]:
-    """The key's tokens, its unit, and the token span [start, end) the unit (with any ``per X``) took."""
+    """The key's tokens, its unit, and the token span [start, end) of the unit (with ``per X``)."""
     toks = key.lower().split("_")
     for i in range(len(toks) - 1, -1, -1):
         end, per = i + 1, ""
@@ -40,7 +43,7 @@ def _split(key: str) -> tuple[list[str], str | None, int, int]:
 
 
 def unit(key: str) -> str | None:
-    """The unit a key's name gives (``ms``, ``img/s``, ``%``, ``×`` for speed-ups and ratios), or None."""
+    """The unit a key's name gives (``ms``, ``img/s``, ``%``, ``×`` for speed-ups), or None."""
     toks, u, _, _ = _split(key)
     if any(t in _RATIO_WORDS for t in toks):
         return "×"
@@ -63,10 +66,11 @@ def label(key: str) -> str:
 
 
 def number(v) -> str:
-    """A number to 3-4 significant figures, halves rounded up: 1162.3 -> 1162, 12.345 -> 12.3, 0.05835 -> 0.0584.
+    """A number to 3-4 significant figures, halves rounded up: 1162.3 -> 1162, 12.345 -> 12.3,
+    0.05835 -> 0.0584.
 
-    Rounding starts from the number's shortest decimal form (``repr``), so 0.05835 rounds as written rather than
-    as the binary 0.058349999...; ints stay whole."""
+    Rounding starts from the number's shortest decimal form (``repr``), so 0.05835 rounds as written
+    rather than as the binary 0.058349999...; ints stay whole."""
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, int):
@@ -83,7 +87,7 @@ def number(v) -> str:
 
 
 def fmt(value, key: str | None = None) -> str:
-    """``value`` as text, with the unit ``key`` names: None -> ``-``, text unchanged, ints as ints."""
+    """``value`` as text with the unit ``key`` names: None -> ``-``, text as is, ints as ints."""
     if value is None:
         return "-"
     if isinstance(value, bool):
