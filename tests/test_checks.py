@@ -92,23 +92,10 @@ def test_integers():
             "least 1.")
 
 
-def _configure(*, cores: int, seed: int = 0):
-    """A notebook's ``configure`` as the check sees it: its keyword parameters are the names."""
-
-
-def test_a_name_papermill_injected_that_the_notebook_does_not_declare_is_refused():
-    injected = "# Parameters\ncors = 2\nseed = 1\n"
-    history = ["", "cores: int = 1  # NeuronCores\nseed: int = 0", injected]
-    msg = _msg(checks.injected_are_parameters, _configure, history, {"cors": 2, "seed": 1})
-    assert msg == ("Parameter cors=2 is not allowed: not a parameter of this notebook, whose "
-                   "parameters are cores, seed.")
-
-
-def test_declared_names_and_kernels_without_an_injected_cell_pass():
-    # papermill injected only declared names; the latest injected cell is the one that counts
-    history = ["", "# Parameters\ncors = 2\n", "# Parameters\ncores = 2\nseed = 3\n", "x = 1"]
-    checks.injected_are_parameters(_configure, history, {})
-    # JupyterLab and nbmake: nothing injected, so nothing to check; outside IPython there is no
-    # history at all
-    checks.injected_are_parameters(_configure, ["", "cores: int = 1", "cors = 5"], {})
-    checks.injected_are_parameters(_configure)
+def test_injected_names_reads_the_latest_cell_papermill_injected():
+    history = ["", "# Parameters\ncors = 2\n", "# Parameters\ncores = 2\nseed: int = 3\n", "x = 1"]
+    assert checks.injected_names(history) == ["cores", "seed"]
+    # JupyterLab and nbmake inject nothing; outside IPython there is no history at all
+    assert checks.injected_names(["", "cores: int = 1", "cors = 5"]) is None
+    assert checks.injected_names(["# Parameters\nnot python ("]) is None
+    assert checks.injected_names() is None

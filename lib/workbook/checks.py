@@ -1,20 +1,16 @@
-"""Value checks that every notebook's first cell shares: integers and lists of them, booleans,
-seeds, folders, and names plain papermill injected that the notebook does not declare.
+"""Value checks beyond one parameter's declared rules: integers and lists of them, booleans, seeds,
+folders, and the names plain papermill injected into a notebook.
 
-Why it exists: plain papermill hands ``-p allow_fallback false`` to a notebook as the *string*
-"false" (papermill only turns ``True``/``False`` into booleans), and ``bool("false")`` is True; it
-hands ``-p seed abc`` over as text that ``torch.manual_seed`` rejects with a traceback several cells
-later. These checks turn every such value into the one-sentence :func:`~workbook.errors.bad_param`
-error before anything runs, the same way in each notebook. Plain papermill also takes ``-p cors 2``
-for a notebook whose parameter is ``cores``: it prints a warning and runs everything with the
-default, so a report would carry figures for a setting nobody asked for.
-:func:`injected_are_parameters` refuses that name instead (``workbook run`` refuses it before
-starting, through :mod:`workbook.params`).
+Why it exists: a parameter's own rules live in its spec (:mod:`workbook.spec`); what is left is
+checked here in the same one-sentence form (:func:`~workbook.errors.bad_param`): a folder the run
+must be able to write, an argument of an entry point called from a shell, a bound that depends on
+another value. :func:`injected_names` reads which names plain papermill injected, since it only
+warns about a misspelt ``-p cors 2`` and runs everything with the default: :meth:`Spec.take
+<workbook.spec.Spec.take>` refuses such a name.
 """
 from __future__ import annotations
 
 import ast
-import inspect
 import os
 from pathlib import Path
 
@@ -110,30 +106,3 @@ def injected_names(history=None) -> list[str] | None:
     return [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
             for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
             if isinstance(t, ast.Name)]
-
-
-def injected_are_parameters(configure, history=None, namespace=None) -> None:
-    """Refuse a name that plain papermill injected but the notebook does not declare (a misspelt
-    ``-p``).
-
-    The declared names are ``configure``'s keyword parameters (each notebook passes every parameter
-    to its experiment's ``configure``); the injected ones come from :func:`injected_names`.
-    ``history`` and ``namespace`` stand in for ``In`` and the user namespace in tests. Outside
-    IPython (tests calling ``configure``, scripts) and in a kernel where no cell was injected
-    (JupyterLab, nbmake) there is nothing to check.
-    """
-    if history is None:
-        try:
-            from IPython import get_ipython
-        except ImportError:
-            return
-        shell = get_ipython()
-        if shell is None:
-            return
-        history, namespace = shell.user_ns.get("In") or [], shell.user_ns
-    declared = set(inspect.signature(configure).parameters)
-    for name in injected_names(history) or []:
-        if name not in declared:
-            raise bad_param(name, (namespace or {}).get(name),
-                            "not a parameter of this notebook, whose parameters are "
-                            + ", ".join(sorted(declared)))
