@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from workbook import cli
+from workbook import cli, runner
 
 
 def fake_run(root, notebook, run_id, status="ok", params=None, headline=None, started=None,
@@ -243,3 +243,23 @@ def test_gc_needs_a_status(mixed, capsys):
                                        "only runs that failed or were interrupted, never ones that "
                                        "finished ok.\n")
     assert _left(mixed) == set(mixed)
+
+
+def test_list_and_index_read_a_run_whose_process_is_gone_as_killed(mixed, wb_root, capsys):
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    killed = next(i for i, ln in enumerate(lines) if "killed-15:00:00" in ln)
+    assert lines[killed].split()[2] == "killed"
+    assert lines[killed + 1].strip().startswith("killed: its process (pid ")
+    away = next(i for i, ln in enumerate(lines) if "away-16:00:00" in ln)
+    assert lines[away].split()[2] == "running"  # another host's run cannot be checked from here
+    assert lines[away + 1].strip().startswith("on host 'not-")
+    assert next(ln for ln in lines if "live-14:00:00" in ln).split()[2] == "running"
+    run = json.loads((mixed["killed"] / "run.json").read_text())
+    assert run["status"] == "killed" and run["error"].startswith("killed: ")  # written back
+    assert cli.main(["list", "--status", "killed"]) == 0
+    assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()
+            if not ln.startswith(" ")] == ["killed-15:00:00"]
+    page = runner.write_index().read_text()
+    assert '<b>killed</b><br><small>killed: its process' in page
+    assert "which this machine cannot check" in page

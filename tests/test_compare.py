@@ -4,6 +4,7 @@ A-vs-B figures.
 
 No notebook is executed: each run is a results.json written here."""
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,15 @@ def test_page_all_and_nothing_changed(tmp_path):
     assert "<td>v_ms</td><td class=\"n\">1.5 ms</td>" in full
     assert "Every figure is listed (--all)." in full
     json.dumps(full)  # plain text
+
+
+def test_compare_names_an_unfinished_run(tmp_path):
+    a = _write(tmp_path / "A", _results({}, {"t": [{"k": "x", "v": 1.0}]}))
+    b = _write(tmp_path / "B", _results({}, {"t": [{"k": "x", "v": 1.0}]}))
+    gone = {"status": "running", "pid": 2 ** 22 + 12345, "host": socket.gethostname()}
+    (b / "run.json").write_text(json.dumps(gone))
+    lines = compare.compare(a, b).splitlines()
+    status = next(ln for ln in lines if ln.startswith("run status"))
+    assert status.split()[2:] == ["-", "killed"]  # A has no run.json; B's process is gone
+    (b / "run.json").write_text(json.dumps({"status": "ok"}))
+    assert not any(ln.startswith("run status") for ln in compare.compare(a, b).splitlines())
