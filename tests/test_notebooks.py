@@ -91,16 +91,16 @@ def test_every_notebook_declares_its_parameters_for_papermill():
         assert all(p.help for p in ours.values()), f"{nb.name}: every parameter needs a # help comment"
 
 
-def test_every_notebook_parameter_is_a_configure_parameter():
-    """checks.injected_are_parameters takes configure's keyword parameters as the notebook's declared names."""
-    import importlib
-    import inspect
-
-    import papermill as pm
+def test_every_notebook_checks_its_parameters_through_its_spec_first():
+    """The cell after the parameters takes them through the notebook's spec (SPEC.take: types, allowed
+    values, a misspelt papermill -p name) before the experiment's configure sees them."""
+    from workbook import spec
 
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        configure = importlib.import_module(f"workbook.experiments.{nb.stem}").configure
-        assert set(inspect.signature(configure).parameters) == set(pm.inspect_notebook(str(nb))), nb.name
+        assert spec.get(nb.stem) is not None, f"{nb.name}: declare its spec in lib/workbook/specs/{nb.stem}.py"
+        cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+        first = "".join(cells[1]["source"])
+        assert "SPEC.take(globals())" in first and "exp.configure(P)" in first, nb.name
 
 
 def test_notebooks_are_committed_without_outputs():
@@ -188,7 +188,7 @@ BLOCK = {"kernels": "[block]"}  # the head-size rule concerns the encoder-layer 
 TRITON_BAD = _bad("triton_precision", TP_CHEAP, [
     ("kernel", "mlp", "Parameter kernel='mlp' is not allowed: not a parameter of this notebook"),
     ("kernels", "[layernorm, softmax]", "Parameter kernels="),
-    ("dtypes", "[float64]", "a list from float32, bfloat16, float16"),
+    ("dtypes", "[float64]", "a non-empty list of names from float32, bfloat16, float16"),
     ("hidden", "20000", "at most 16384"),
     ("heads", "5", "Parameter heads=5 is not allowed: a divisor of hidden=72",
      BLOCK),
@@ -335,7 +335,9 @@ def test_bad_parameter_is_refused_by_the_first_cell_checks(notebook, params, exp
     kwargs.update({k: _resolve_type(v) for k, v in params.items()})
     exp = importlib.import_module(f"workbook.experiments.{notebook}")
     with pytest.raises(ParameterError) as err:  # BackendUnavailable is a ParameterError
-        cfg = exp.configure(**kwargs)
+        from workbook import spec
+
+        cfg = exp.configure(spec.get(notebook).check(kwargs))
         if hasattr(exp, "build"):
             exp.build(cfg)
     assert expected in str(err.value)

@@ -71,12 +71,9 @@ def _target(name: str, reason: str) -> Target:
         import psutil
 
         return Target("cpu", reason, usable_cpus(), cpu_name(), psutil.virtual_memory().total)
-    from workbook.backends.neuron_sysfs import discover_cores, parse_visible_cores
-    import os
+    from workbook.backends.neuron_sysfs import visible_cores
 
-    vis = os.environ.get("NEURON_RT_VISIBLE_CORES")
-    n = len(parse_visible_cores(vis)) if vis and vis.strip() else len(discover_cores())
-    return Target("neuron", reason, n, "AWS NeuronCores")
+    return Target("neuron", reason, visible_cores(), "AWS NeuronCores")
 
 
 def resolve(requested: str, *, param: str = "backend", choices: tuple[str, ...] = NAMES,
@@ -107,26 +104,6 @@ def resolve(requested: str, *, param: str = "backend", choices: tuple[str, ...] 
             return _target(name, f"auto: {why}" + (f"; skipped {'; '.join(skipped)}" if skipped else ""))
         skipped.append(f"{name}: {why}")
     return _target("cpu", "auto: the CPU, since " + ("; ".join(skipped) or "nothing else was asked for"))
-
-
-@dataclass(frozen=True)
-class DeviceChoice:  # kept while pos_interp and triton_precision move to resolve(); then removed
-    device: str
-    reason: str
-    name: str
-
-    def torch(self):
-        import torch
-
-        return torch.device(self.device)
-
-
-def resolve_device(requested: str, param: str = "device") -> DeviceChoice:
-    t = resolve(requested, param=param, choices=("auto", "cpu", "cuda"))
-    reason = t.reason if t.reason.startswith("auto") else "requested"
-    if t.name == "cpu" and requested == "auto":
-        reason = "auto: torch sees no CUDA GPU, so the CPU"
-    return DeviceChoice(t.name, reason, t.device_name)
 
 
 def cpu_name() -> str:
