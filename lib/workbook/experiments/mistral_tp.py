@@ -1,5 +1,4 @@
-"""The mistral_tp experiment: load a Mistral causal LM tensor-parallel and generate, on Neuron, CUDA
-or the CPU.
+"""The mistral_tp experiment: Mistral loaded tensor-parallel generates, on Neuron, CUDA or CPU.
 
 Seed: a Mistral-7B-Instruct service that moved from manual ``torch_neuronx`` tracing to
 transformers-neuronx (``tp_degree`` across NeuronCores, ``amp``, ``batch_size``,
