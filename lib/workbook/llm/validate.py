@@ -12,7 +12,8 @@ interpreter and libraries, so only the estimate is checked there).
     python -m workbook.llm.validate --model DIR --tp 2 --batch 4 --seq 2048 --device cpu \\
         --budget-gb 1
 
-Exit 0: valid; 3: a rule or the budget refused it (one sentence on stderr); 1: the run failed.
+``--budget-gb`` is in GB (10**9 bytes). Exit 0: valid; 3: a rule or the budget refused it (one
+sentence on stderr); 1: the run failed.
 """
 from __future__ import annotations
 
@@ -37,12 +38,12 @@ def check(model: str, tp: int, batch: int, seq: int, device: str, budget_gb: flo
         if v < 1:
             raise bad_param(name, v, "a positive integer")
     if budget_gb <= 0:
-        raise bad_param("budget_gb", budget_gb, "a positive number of GiB per device")
+        raise bad_param("budget_gb", budget_gb, "a positive number of GB per device")
     target = targets.resolve(device, param="device", choices=("cpu", "cuda"))
     config = mistral.load_config(model)
     devices = devices_available if devices_available is not None else target.devices
     layout = shard.check(config, tp, mechanism=MECHANISM, devices=devices, devices_are=target.unit,
-                         bytes_per_device=int(budget_gb * 2**30), batch=batch, seq=seq,
+                         bytes_per_device=int(budget_gb * 1e9), batch=batch, seq=seq,
                          dtype=dtype, shared_cores=target.name == "cpu")
     return config, layout
 
@@ -58,9 +59,9 @@ def validate(model: str, tp: int, batch: int, seq: int, device: str, budget_gb: 
     result = launch(spec, tp, timeout_s=timeout_s)
     result.pop("logits", None)
     peaks = [r["peak_memory_mib"] for r in result["ranks"]]
-    if device == "cuda" and max(peaks) * 2**20 > budget_gb * 2**30:
-        raise WorkbookError(f"peak memory {max(peaks) / 1024:.2f} GiB on a rank exceeds the budget "
-                            f"of {budget_gb:g} GiB per device")
+    if device == "cuda" and max(peaks) * 2**20 > budget_gb * 1e9:
+        raise WorkbookError(f"peak memory {max(peaks) * 2**20 / 1e9:.2f} GB on a rank exceeds the "
+                            f"budget of {budget_gb:g} GB per device")
     return {"peak_mib_per_rank": peaks, "notes": layout.notes,
             "prompt_tokens": result["prompt_tokens"][0]}
 
