@@ -265,7 +265,7 @@ def test_mistral_tp_neuron_path_through_the_standins(tmp_path, neuron_tree, monk
 MISTRAL_BAD = _bad("mistral_tp", TP_TINY, [
     ("tp", "2", "Parameter tp=2 is not allowed: not a parameter of this notebook"),
     ("tp_degree", "3", "a divisor of the model's 8 attention heads"),
-    ("tp_degree", "4", "at most the 2 CPU cores available"),
+    ("prompts", "[a, b]", "Parameter batch_size=1 is not allowed: at least the number of prompts (2)"),
     ("batch_size", "0", "Parameter batch_size="),
     ("sequence_length", "100000", "at most the model's 4096 positions"),
     ("top_p", "0", "a number in (0, 1]"),

@@ -1,2 +1,5 @@
-"""The LLM wing: Mistral on Neuron (neuron), tensor parallelism over torchrun ranks on CUDA or the CPU
-(launch starts the ranks, worker runs in each), and the export-configuration search (search)."""
+"""The LLM wing, one module per job: Mistral on Neuron (neuron: the path chain and its probe;
+neuron_paths: NxD Inference and transformers-neuronx); tensor parallelism over torchrun ranks on CUDA or
+the CPU (shard: the plans and the one check of every dimension they split; launch starts the ranks;
+decode runs in each; validate: one export-search attempt); the export search (search_plan: candidates
+and rules; search: the resumable state and loop; attempts: one process per try; search_cli)."""
