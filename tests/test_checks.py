@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from workbook import checks
 from workbook.errors import ParameterError
 
@@ -27,25 +26,6 @@ def test_integer_bounds_and_types():
     assert "n=True" in _msg(checks.integer, "n", True, 0)  # a bool is not a count
     assert "n=2.0" in _msg(checks.integer, "n", 2.0, 0)
     assert "n='4'" in _msg(checks.integer, "n", "4", 0)
-
-
-@pytest.mark.parametrize("given, expected", [(True, True), (False, False), ("false", False),
-                                             ("True", True), (" FALSE ", False)])
-def test_boolean_reads_the_text_plain_papermill_passes(given, expected):
-    assert checks.boolean("allow_fallback", given) is expected
-
-
-@pytest.mark.parametrize("given", ["no", "0", 0, 1, None, "yes"])
-def test_boolean_refuses_anything_else(given):
-    assert _msg(checks.boolean, "allow_fallback", given) == \
-        f"Parameter allow_fallback={given!r} is not allowed: true or false."
-
-
-def test_seed_range():
-    assert checks.seed(0) == 0 and checks.seed(checks.SEED_MAX) == checks.SEED_MAX
-    for bad in (-1, checks.SEED_MAX + 1, "abc", 1.5, True):
-        assert _msg(checks.seed, bad) == (f"Parameter seed={bad!r} is not allowed: an integer "
-                                          "from 0 to 4294967295.")
 
 
 def test_directory(tmp_path):
@@ -79,17 +59,6 @@ def test_directory_refuses_what_the_os_says_it_cannot_write(tmp_path, monkeypatc
     assert msg == (f"Parameter artifact_dir={str(tmp_path / 'cache' / 'deeper')!r} is not allowed: "
                    f"a folder this user can write ({str(tmp_path)!r} is not writable).")
     assert asked == [tmp_path]
-
-
-def test_integers():
-    assert checks.integers("batch_sizes", "[1, 4]", 1, "a list") == [1, 4]  # plain papermill's text
-    assert checks.integers("batch_sizes", 8, 1, "a list") == [8]
-    assert checks.integers("speed_tokens", [], 1, "a list", allow_empty=True) == []
-    for bad in ([], [0], [True], [1.5], "[a]"):
-        assert _msg(checks.integers, "batch_sizes", bad, 1,
-                    "a non-empty list of integers of at least 1") == (
-            f"Parameter batch_sizes={bad!r} is not allowed: a non-empty list of integers of at "
-            "least 1.")
 
 
 def test_injected_names_reads_the_latest_cell_papermill_injected():

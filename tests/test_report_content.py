@@ -243,3 +243,18 @@ def test_export_search_resumes_without_repeating(reports):
     saved = json.loads(next(Path(state_dir).glob("*.json")).read_text())
     assert len(saved["attempts"]) == res1["headline"]["tested"] == res2["headline"]["tested"]
     assert res2["tables"]["configurations"] == res1["tables"]["configurations"]
+
+
+def _shape(results: dict) -> dict:
+    return {"keys": sorted(results), "headline": sorted(results.get("headline") or {}),
+            "tables": {name: sorted({k for row in rows for k in row})
+                       for name, rows in sorted((results.get("tables") or {}).items())}}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_results_keep_their_shape(reports, name):
+    """The results.json keys, headline keys, table names and columns of each notebook's run are those the
+    code recorded before the consolidation (tests/data/results_shape.json): structure changed, results not."""
+    before = json.loads((ROOT / "tests" / "data" / "results_shape.json").read_text())[name]
+    now = _shape(json.loads((reports[name].run_dir / "results.json").read_text()))
+    assert now == before

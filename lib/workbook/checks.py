@@ -1,5 +1,5 @@
-"""Value checks beyond one parameter's declared rules: integers and lists of them, booleans, seeds,
-folders, and the names plain papermill injected into a notebook.
+"""Value checks beyond one parameter's declared rules: integers with bounds that depend on another
+value, folders, and the names plain papermill injected into a notebook.
 
 Why it exists: a parameter's own rules live in its spec (:mod:`workbook.spec`); what is left is
 checked here in the same one-sentence form (:func:`~workbook.errors.bad_param`): a folder the run
@@ -15,9 +15,6 @@ import os
 from pathlib import Path
 
 from workbook.errors import bad_param
-from workbook.params import Param, as_list, coerce
-
-SEED_MAX = 2 ** 32 - 1  # numpy's and torch's generators both take it; numpy refuses larger
 
 
 def integer(name: str, value, low: int | None = None, high: int | None = None,
@@ -33,27 +30,6 @@ def integer(name: str, value, low: int | None = None, high: int | None = None,
             allowed = "an integer" + bounds
         raise bad_param(name, value, allowed)
     return value
-
-
-def integers(name: str, value, low: int, allowed: str, *, allow_empty: bool = False) -> list[int]:
-    """``value`` as a list of ints of at least ``low`` (text such as ``"[224, 448]"``, which plain
-    papermill passes, is read first); an empty list only with ``allow_empty``."""
-    values = as_list(name, value)
-    bad = any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values)
-    if (not values and not allow_empty) or bad:
-        raise bad_param(name, value, allowed)
-    return list(values)
-
-
-def boolean(name: str, value) -> bool:
-    """``value`` as a bool; the text "true"/"false" (any case) is what plain papermill passes for
-    ``-p X false``."""
-    return coerce(Param(name, "bool", None, ""), value)
-
-
-def seed(value, name: str = "seed") -> int:
-    """A generator seed: an integer from 0 to 2**32 - 1."""
-    return integer(name, value, 0, SEED_MAX, f"an integer from 0 to {SEED_MAX}")
 
 
 def directory(name: str, value: str) -> Path | None:

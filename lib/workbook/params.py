@@ -125,12 +125,6 @@ def coerce(p: Param, value):
     return value
 
 
-def as_list(name: str, value) -> list:
-    """A list parameter as a list: plain papermill passes ``-p resolutions "[224, 384]"`` (or
-    ``224,384``) as text."""
-    return coerce(Param(name, "list", None, ""), value)
-
-
 def load_yaml(path: Path, what: str) -> dict:
     if not path.exists():
         raise WorkbookError(f"The {what} {str(path)!r} does not exist.")

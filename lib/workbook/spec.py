@@ -1,11 +1,12 @@
 """An experiment's parameters, declared once: name, type, default, allowed values and help.
 
-Each experiment declares a :class:`Spec` in ``workbook/specs/<notebook>.py`` (a module that imports
-nothing heavy, so the CLI can read it). Everything else comes from that one declaration: the notebook's
-``parameters`` cell (:meth:`Spec.cell_source`; a test keeps the two equal), ``workbook params``, the
-runner's checks before a kernel starts, and the notebook's first cell, which calls :meth:`Spec.take` and
-hands the checked :class:`Values` to the experiment. Rules that relate two parameters, or depend on the
-model or the machine, stay in the experiment's ``configure``; a rule about one value lives here.
+Each experiment declares a :class:`Spec` in ``workbook/specs/<notebook>.py`` (a module that
+imports nothing heavy, so the CLI can read it). Everything else comes from that one declaration:
+the notebook's ``parameters`` cell (:meth:`Spec.cell_source`; a test keeps the two equal),
+``workbook params``, the runner's checks before a kernel starts, and the notebook's first cell,
+which calls :meth:`Spec.take` and hands the checked :class:`Values` to the experiment. Rules that
+relate two parameters, or depend on the model or the machine, stay in the experiment's
+``configure``; a rule about one value lives here.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from workbook.errors import bad_param
 
 TYPES = ("str", "int", "float", "bool", "list", "dict")
+SEED_MAX = 2 ** 32 - 1  # numpy's and torch's generators both take it; numpy refuses larger
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class Param:
         return what + _bounds(self)
 
     def check(self, value):
-        """``value`` converted to this parameter's type and checked, or a ParameterError in one sentence."""
+        """``value`` converted to this parameter's type and checked, or a one-sentence
+        ParameterError."""
         v = _convert(self, value)
         items = v if self.type == "list" else [v]
         if self.type == "list":
@@ -69,7 +72,8 @@ class Param:
             if self.choices and x not in self.choices:
                 raise bad_param(self.name, value, self.describe_allowed())
             if isinstance(x, (int, float)) and not isinstance(x, bool):
-                if ((self.low is not None and x < self.low) or (self.high is not None and x > self.high)
+                if ((self.low is not None and x < self.low)
+                        or (self.high is not None and x > self.high)
                         or (self.above is not None and x <= self.above)):
                     raise bad_param(self.name, value, self.describe_allowed())
         return v
@@ -81,7 +85,8 @@ class Param:
 
 def _bounds(p: Param) -> str:
     if p.above is not None:
-        return f" greater than {_num(p.above)}" + (f" and at most {_num(p.high)}" if p.high is not None else "")
+        high = f" and at most {_num(p.high)}" if p.high is not None else ""
+        return f" greater than {_num(p.above)}" + high
     if p.low is not None and p.high is not None:
         return f" from {_num(p.low)} to {_num(p.high)}"
     if p.low is not None:
@@ -96,7 +101,7 @@ def _num(x) -> str:
 
 
 def _literal(v) -> str:
-    """A Python literal papermill and JupyterLab read back as the same value (double-quoted text)."""
+    """A Python literal that papermill and JupyterLab read back as the same value."""
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
@@ -116,7 +121,8 @@ def _yaml(text: str):
 
 
 def _convert(p: Param, value):
-    """Plain papermill passes ``-p x false``, ``-p xs "[1, 2]"`` and ``-p d "{a: 1}"`` as text: read it."""
+    """Plain papermill passes ``-p x false``, ``-p xs "[1, 2]"`` and ``-p d "{a: 1}"`` as text:
+    read it."""
     t, given = p.type, value  # the sentence names the value as given
     if t == "bool":
         if isinstance(value, bool):
@@ -162,7 +168,8 @@ def _convert(p: Param, value):
 
 
 class Values(dict):
-    """Checked parameter values: a dict (what ``record.start`` stores) read as attributes (``P.cores``)."""
+    """Checked parameter values: a dict (what ``record.start`` stores) read as attributes
+    (``P.cores``)."""
 
     def __getattr__(self, name):
         try:
@@ -193,25 +200,26 @@ class Spec:
         return "\n".join(p.line() for p in self)
 
     def check(self, values: dict, *, partial: bool = False) -> Values:
-        """Every value converted and checked; an unknown name refused. ``partial``: only the given names."""
+        """Every value converted and checked; an unknown name refused. ``partial``: only the given
+        names."""
         for k in values:
             if k not in self.params:
-                raise bad_param(k, values[k], f"not a parameter of {self.notebook}, whose parameters are "
-                                              + ", ".join(self.params))
+                raise bad_param(k, values[k], f"not a parameter of {self.notebook}, whose "
+                                              "parameters are " + ", ".join(self.params))
         names = list(values) if partial else list(self.params)
         merged = {**({} if partial else self.defaults()), **values}
         return Values({k: self.params[k].check(merged[k]) for k in names})
 
     def take(self, namespace: dict, history=None) -> Values:
-        """The notebook's parameters as its cells left them (``globals()``), checked. A name plain papermill
-        injected that the notebook does not declare (a misspelt ``-p``) is refused too: papermill itself only
-        warns and runs everything with the default."""
+        """The notebook's parameters as its cells left them (``globals()``), checked. A name plain
+        papermill injected that the notebook does not declare (a misspelt ``-p``) is refused too:
+        papermill itself only warns and runs everything with the default."""
         from workbook.checks import injected_names
 
         for name in injected_names(history) or []:
             if name not in self.params:
-                raise bad_param(name, namespace.get(name), "not a parameter of this notebook, whose "
-                                "parameters are " + ", ".join(sorted(self.params)))
+                raise bad_param(name, namespace.get(name), "not a parameter of this notebook, "
+                                "whose parameters are " + ", ".join(sorted(self.params)))
         return self.check({k: namespace[k] for k in self.params if k in namespace})
 
 
@@ -225,7 +233,8 @@ def write_cell(notebook_path) -> bool:
     if spec is None:
         from workbook.errors import WorkbookError
 
-        raise WorkbookError(f"{path.stem} has no spec: declare one in lib/workbook/specs/{path.stem}.py.")
+        raise WorkbookError(f"{path.stem} has no spec: declare one in "
+                            f"lib/workbook/specs/{path.stem}.py.")
     nb = json.loads(path.read_text())
     cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
     lines = spec.cell_source().split("\n")
@@ -238,7 +247,8 @@ def write_cell(notebook_path) -> bool:
 
 
 def get(notebook: str) -> Spec | None:
-    """The declared spec of a notebook (``workbook.specs.<notebook>.SPEC``), or None for one without."""
+    """The declared spec of a notebook (``workbook.specs.<notebook>.SPEC``), or None for one
+    without."""
     import importlib
 
     try:

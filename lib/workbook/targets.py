@@ -1,11 +1,12 @@
 """Targets: where an experiment runs (cpu, cuda or neuron), resolved in one place for all of them.
 
-``auto`` picks Neuron where the experiment's Neuron path can run here, else CUDA where torch sees a GPU,
-else the CPU, and the :class:`Target` says why, how many devices there are and what to install for a
-missing one. A target asked for by name that cannot run here is a one-sentence ParameterError naming
-what is missing, never a silent fallback. What "the Neuron path can run" means differs per experiment
-(torch-neuronx and NeuronCores for a vision tower, an LLM library for Mistral, optimum-cli for an
-export), so the experiment passes that probe in; the order and the sentences are the same everywhere.
+``auto`` picks Neuron where the experiment's Neuron path can run here, else CUDA where torch sees
+a GPU, else the CPU, and the :class:`Target` says why, how many devices there are and what to
+install for a missing one. A target asked for by name that cannot run here is a one-sentence
+ParameterError naming what is missing, never a silent fallback. What "the Neuron path can run"
+means differs per experiment (torch-neuronx and NeuronCores for a vision tower, an LLM library for
+Mistral, optimum-cli for an export), so the experiment passes that probe in; the order and the
+sentences are the same everywhere.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from workbook.errors import bad_param
 from workbook.proc import usable_cpus
 
 NAMES = ("auto", "cpu", "cuda", "neuron")
-CUDA_HINT = ("install a CUDA build of torch (make setup TORCH_PINS=...) on a machine with an NVIDIA GPU, "
-             "or pick cpu")
+CUDA_HINT = ("install a CUDA build of torch (make setup TORCH_PINS=...) on a machine with an "
+             "NVIDIA GPU, or pick cpu")
 UNITS = {"cpu": "CPU cores", "cuda": "GPUs", "neuron": "NeuronCores"}
 
 Probe = Callable[[], "tuple[bool, str]"]  # () -> (usable here, why or why not / what to install)
@@ -57,8 +58,8 @@ def cuda_probe() -> tuple[bool, str]:
 
     if torch.cuda.is_available():
         return True, f"torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-    return False, (f"torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False, torch "
-                   f"{torch.__version__}); {CUDA_HINT}")
+    return False, ("torch sees no CUDA GPU on this machine (torch.cuda.is_available() is False, "
+                   f"torch {torch.__version__}); {CUDA_HINT}")
 
 
 def _target(name: str, reason: str) -> Target:
@@ -78,8 +79,8 @@ def _target(name: str, reason: str) -> Target:
 
 def resolve(requested: str, *, param: str = "backend", choices: tuple[str, ...] = NAMES,
             neuron: Probe | None = None) -> Target:
-    """The target for ``requested`` (one of ``choices``). ``neuron`` says whether this experiment's Neuron
-    path can run here; without it, Neuron is not a choice."""
+    """The target for ``requested`` (one of ``choices``). ``neuron`` says whether this
+    experiment's Neuron path can run here; without it, Neuron is not a choice."""
     if requested not in choices:
         raise bad_param(param, requested, "one of " + ", ".join(choices))
     probes = {"cuda": cuda_probe, "cpu": lambda: (True, "the CPU")}
@@ -91,8 +92,10 @@ def resolve(requested: str, *, param: str = "backend", choices: tuple[str, ...] 
     if requested != "auto":
         ok, why = probes[requested]()
         if not ok:
-            others = [c for c in choices if c not in ("auto", requested) and probes.get(c, lambda: (0, ""))()[0]]
-            raise bad_param(param, requested, (" or ".join(others) + " here" if others else "another target")
+            others = [c for c in choices if c not in ("auto", requested)
+                      and probes.get(c, lambda: (0, ""))()[0]]
+            raise bad_param(param, requested,
+                            (" or ".join(others) + " here" if others else "another target")
                             + f", since {requested} cannot run: {why}")
         return _target(requested, "requested" + (f" ({why})" if requested != "cpu" else ""))
     skipped = []
@@ -101,9 +104,11 @@ def resolve(requested: str, *, param: str = "backend", choices: tuple[str, ...] 
             continue
         ok, why = probes[name]()
         if ok:
-            return _target(name, f"auto: {why}" + (f"; skipped {'; '.join(skipped)}" if skipped else ""))
+            also = f"; skipped {'; '.join(skipped)}" if skipped else ""
+            return _target(name, f"auto: {why}" + also)
         skipped.append(f"{name}: {why}")
-    return _target("cpu", "auto: the CPU, since " + ("; ".join(skipped) or "nothing else was asked for"))
+    since = "; ".join(skipped) or "nothing else was asked for"
+    return _target("cpu", "auto: the CPU, since " + since)
 
 
 def cpu_name() -> str:

@@ -1,1 +1,4 @@
-"""Each notebook's parameters, declared once (see :mod:`workbook.spec`); these modules import nothing heavy."""
+"""Each notebook's parameters, declared once (see :mod:`workbook.spec`).
+
+These modules import nothing heavy, so the CLI and the runner read them without starting torch.
+"""

@@ -1,5 +1,5 @@
 """The mistral_tp notebook's parameters (the layers below import the choice lists from here)."""
-from workbook.spec import Param, Spec
+from workbook.spec import SEED_MAX, Param, Spec
 
 BACKENDS = ("auto", "neuron", "cuda", "cpu")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -28,7 +28,7 @@ SPEC = Spec("mistral_tp", [
           allowed="a number in (0, 1]"),
     Param("temperature", "float", 1.0, "sampling temperature", above=0,
           allowed="a positive number"),
-    Param("seed", "int", 0, "sampling seed", low=0, high=2 ** 32 - 1),
+    Param("seed", "int", 0, "sampling seed", low=0, high=SEED_MAX),
     Param("neuron_paths", "list", list(NEURON_PATHS), "Neuron paths in the order to try",
           choices=NEURON_PATHS, item="str", nonempty=True),
     Param("allow_fallback", "bool", False, "let a failed Neuron path hand over to the next one "

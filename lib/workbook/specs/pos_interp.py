@@ -1,5 +1,5 @@
 """The pos_interp notebook's parameters."""
-from workbook.spec import Param, Spec
+from workbook.spec import SEED_MAX, Param, Spec
 
 IMPLEMENTATIONS = ("hf_bicubic", "timm_bicubic_aa", "bicubic_ac", "bilinear", "bilinear_ac",
                    "gather4")
@@ -31,5 +31,5 @@ SPEC = Spec("pos_interp", [
     Param("checkpoint", "str", "", "local checkpoint: tower weights and an extra table"),
     Param("iterations", "int", 5, "timed forwards per configuration (per-call: 5x)", low=1),
     Param("warmup", "int", 1, "untimed calls before timing", low=0),
-    Param("seed", "int", 0, "seed for weights, tables and images", low=0, high=2 ** 32 - 1),
+    Param("seed", "int", 0, "seed for weights, tables and images", low=0, high=SEED_MAX),
 ])

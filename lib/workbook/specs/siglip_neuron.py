@@ -1,6 +1,6 @@
 """The siglip_neuron notebook's parameters."""
 from workbook.errors import bad_param
-from workbook.spec import Param, Spec
+from workbook.spec import SEED_MAX, Param, Spec
 
 BACKENDS = ("auto", "cpu", "cuda", "neuron")
 DTYPES = ("float32", "tfloat32", "bfloat16", "float16")
@@ -53,7 +53,7 @@ SPEC = Spec("siglip_neuron", [
                allowed="a mapping from dtypes (" + ", ".join(DTYPES) + ") to relative-L2-error "
                "tolerances (numbers of at least 0)"),
     Param("artifact_dir", "str", "", "compiled-artifact cache folder; empty for artifacts/"),
-    Param("seed", "int", 0, "seed for weights and input tensors", low=0, high=2 ** 32 - 1),
+    Param("seed", "int", 0, "seed for weights and input tensors", low=0, high=SEED_MAX),
     Param("images", "str", "", "folder of real images; empty for seeded tensors"),
     Param("cpu_reference_max_batch", "int", 8, "largest batch timed on the CPU (fp32 eager)",
           low=0),

@@ -1,5 +1,5 @@
 """The triton_precision notebook's parameters."""
-from workbook.spec import Param, Spec
+from workbook.spec import SEED_MAX, Param, Spec
 
 DTYPES = ("float32", "bfloat16", "float16")
 KERNELS = ("layernorm", "linear_gelu", "mlp", "qkv", "block")
@@ -34,5 +34,5 @@ SPEC = Spec("triton_precision", [
           low=1),
     Param("iterations", "int", 5, "timed iterations", low=1),
     Param("warmup", "int", 2, "untimed iterations", low=0),
-    Param("seed", "int", 0, "seeds weights and inputs", low=0, high=2 ** 32 - 1),
+    Param("seed", "int", 0, "seeds weights and inputs", low=0, high=SEED_MAX),
 ])
