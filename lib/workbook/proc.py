@@ -39,6 +39,18 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere nothing). For a
+    process started by a launcher that does not set it, such as torchrun's ranks."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
 def _die_with_parent():
     """preexec_fn: SIGKILL the child when the process that started it dies (PR_SET_PDEATHSIG)."""
     parent = os.getpid()
@@ -53,7 +65,7 @@ def _die_with_parent():
 
     def pre():
         if libc is not None:
-            libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
     return pre

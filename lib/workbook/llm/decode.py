@@ -19,7 +19,6 @@ import gc
 import json
 import os
 import resource
-import signal
 import sys
 import time
 from datetime import timedelta
@@ -28,7 +27,6 @@ from pathlib import Path
 PAD_ID = 0
 BYTE_LO = 3  # fixed-forward ids avoid pad/bos/eos
 END_STACK_DUMP_S = 60  # a rank still winding down this long after its results prints its stacks
-PR_SET_PDEATHSIG = 1
 
 _T0 = time.perf_counter()
 
@@ -37,9 +35,9 @@ def die_with_torchrun() -> None:
     """SIGKILL this process when its parent (torchrun) dies; exit now if it already has."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
+    from workbook import proc
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    proc.set_parent_death_signal()
     try:  # the parent may have died before prctl took effect: this process was handed on
         parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
     except OSError:
