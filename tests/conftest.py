@@ -23,6 +23,20 @@ if "WORKBOOK_OUTPUTS" not in os.environ:
     os.environ["WORKBOOK_OUTPUTS"] = tempfile.mkdtemp(prefix="workbook-test-outputs-")
 
 
+def assert_imports_without(modules: list[str], heavy: set[str]) -> None:
+    """Importing ``modules`` in a fresh interpreter (without the stand-ins' PYTHONPATH) loads none of
+    ``heavy``: what lets the CLI and the runner read them without starting torch or an SDK."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {', '.join(modules)}; heavy = {sorted(heavy)!r}; "
+            "assert not set(heavy) & set(sys.modules), sorted(sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
 def make_notebook(path, params_src: str, cells: list[str]) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
+from conftest import assert_imports_without
 from workbook import artifacts
 from workbook.backends import neuron, neuron_worker
 from workbook.backends.base import BackendUnavailable
@@ -124,13 +123,8 @@ def run(prep, b, x, dtype="float32"):
 
 # ------------------------------------------------------------------------------------ availability
 def test_module_imports_without_the_sdk_or_torch():
-    code = ("import sys, workbook.backends.neuron, workbook.backends.neuron_worker; "
-            "assert 'torch_neuronx' not in sys.modules and 'torch' not in sys.modules, "
-            "sorted(sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert_imports_without(["workbook.backends.neuron", "workbook.backends.neuron_worker"],
+                           {"torch_neuronx", "torch"})
 
 
 def test_unavailable_without_sdk_says_how_to_install(clean, sysfs):

@@ -10,15 +10,12 @@ Every number here is a CPU number; the results say so (standin=True).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 import torch
-
+from conftest import assert_imports_without
 from workbook.backends import neuron
 from workbook.errors import ParameterError, WorkbookError
 from workbook.llm import neuron as neuron_llm
@@ -321,23 +318,22 @@ def test_available(clean, sysfs, monkeypatch, tmp_path):
 
 
 def test_modules_import_without_torch_or_the_sdk():
-    code = ("import sys, workbook.llm.neuron, workbook.llm.neuron_paths; "
-            "heavy = {'torch', 'transformers', 'transformers_neuronx', "
-            "'neuronx_distributed_inference'}; "
-            "assert not heavy & set(sys.modules), sorted(sys.modules)")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                       timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert_imports_without(["workbook.llm.neuron", "workbook.llm.neuron_paths"],
+                           {"torch", "transformers", "transformers_neuronx",
+                            "neuronx_distributed_inference"})
 
 
 # ------------------------------------------------------------------------------------ the stand-ins
 def test_standins_enforce_documented_signatures(sdk, ckpt, tmp_path):
     from neuronx_distributed_inference.models.config import NeuronConfig
     from neuronx_distributed_inference.models.mistral.modeling_mistral import (
-        MistralInferenceConfig, NeuronMistralForCausalLM)
+        MistralInferenceConfig,
+        NeuronMistralForCausalLM,
+    )
     from neuronx_distributed_inference.utils.hf_adapter import (
-        HuggingFaceGenerationAdapter, load_pretrained_config)
+        HuggingFaceGenerationAdapter,
+        load_pretrained_config,
+    )
     from transformers_neuronx import MistralForSampling
 
     with pytest.raises(ValueError, match="amp='fp16'"):

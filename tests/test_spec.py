@@ -5,7 +5,6 @@ import json
 import pkgutil
 
 import pytest
-
 import workbook.specs
 from workbook import params, spec
 from workbook.errors import ParameterError
@@ -142,3 +141,11 @@ def test_every_notebook_parameters_cell_is_its_spec():
         assert cell == declared.cell_source(), (
             f"{nb.name}'s parameters cell differs from its spec; run `workbook params {nb.stem} "
             "--write-cell`")
+
+
+def test_specs_import_nothing_heavy():
+    """The runner and `workbook params` read every spec without starting torch."""
+    from conftest import assert_imports_without
+
+    specs = [f"workbook.specs.{p.stem}" for p in sorted(notebooks_dir().glob("*.ipynb"))]
+    assert_imports_without(specs, {"torch", "transformers"})
