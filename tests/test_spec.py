@@ -149,3 +149,11 @@ def test_specs_import_nothing_heavy():
 
     specs = [f"workbook.specs.{p.stem}" for p in sorted(notebooks_dir().glob("*.ipynb"))]
     assert_imports_without(specs, {"torch", "transformers"})
+
+
+def test_a_dict_checks_its_keys_against_choices_and_its_values_by_item_type_and_bounds():
+    p = Param("tol", "dict", {}, "", choices=("a", "b"), item="float", low=0, allowed="a to numbers")
+    assert p.check("{a: 1, b: 2e-2}") == {"a": 1.0, "b": 0.02}  # YAML 1.1 reads 2e-2 as text
+    for bad in ({"c": 1}, {"a": -1}, {"a": "x"}, {"a": True}):
+        with pytest.raises(ParameterError, match=r"tol=.* is not allowed: a to numbers\."):
+            p.check(bad)

@@ -24,11 +24,11 @@ class Param:
     type: str  # one of TYPES, as the parameters cell annotates it
     default: object
     help: str
-    choices: tuple = ()  # allowed values (of each item, for a list)
-    low: float | None = None  # smallest allowed number (of each item, for a list of numbers)
+    choices: tuple = ()  # allowed values (of each item, for a list; the keys, for a dict)
+    low: float | None = None  # smallest allowed number (of each item / value, for a list / dict)
     high: float | None = None
     above: float | None = None  # a number must be greater than this
-    item: str = ""  # a list's item type: int, float or str (empty: anything)
+    item: str = ""  # a list's item type or a dict's value type: int, float or str (empty: anything)
     nonempty: bool = False  # a list or text that may not be empty
     allowed: str = ""  # what is allowed, in words, where the generated sentence would be vague
 
@@ -56,21 +56,20 @@ class Param:
         """``value`` converted to this parameter's type and checked, or a one-sentence
         ParameterError."""
         v = _convert(self, value)
-        items = v if self.type == "list" else [v]
-        if self.type == "list":
-            if self.nonempty and not v:
-                raise bad_param(self.name, value, self.describe_allowed())
-            if self.item:
-                each = Param(self.name, self.item, None, "")
-                try:
-                    items = v = [_convert(each, x) for x in v]
-                except ValueError:  # the sentence names the whole value, not the item
-                    raise bad_param(self.name, value, self.describe_allowed()) from None
-        elif self.type == "str" and self.nonempty and not v:
+        if self.nonempty and self.type in ("str", "list", "dict") and not v:
             raise bad_param(self.name, value, self.describe_allowed())
-        for x in items:
-            if self.choices and x not in self.choices:
-                raise bad_param(self.name, value, self.describe_allowed())
+        if self.item and self.type in ("list", "dict"):
+            each = Param(self.name, self.item, None, "")
+            try:  # the sentence names the whole value, not the item
+                v = ([_convert(each, x) for x in v] if self.type == "list"
+                     else {k: _convert(each, x) for k, x in v.items()})
+            except ValueError:
+                raise bad_param(self.name, value, self.describe_allowed()) from None
+        names = list(v) if self.type in ("list", "dict") else [v]  # what choices apply to
+        numbers = list(v.values()) if self.type == "dict" else names
+        if self.choices and any(x not in self.choices for x in names):
+            raise bad_param(self.name, value, self.describe_allowed())
+        for x in numbers:
             if isinstance(x, (int, float)) and not isinstance(x, bool):
                 if ((self.low is not None and x < self.low)
                         or (self.high is not None and x > self.high)

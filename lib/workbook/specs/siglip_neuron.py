@@ -1,5 +1,4 @@
 """The siglip_neuron notebook's parameters."""
-from workbook.errors import bad_param
 from workbook.spec import SEED_MAX, Param, Spec
 
 BACKENDS = ("auto", "cpu", "cuda", "neuron")
@@ -8,22 +7,6 @@ DTYPES = ("float32", "tfloat32", "bfloat16", "float16")
 MODES = ("eager", "compile", "compile-cudagraphs", "compile-max-autotune", "trace")
 AUTO_CAST = ("none", "matmult", "all")
 AUTO_CAST_TYPES = ("bf16", "fp16", "tf32", "fp8_e4m3")
-
-
-class Tolerances(Param):
-    """A mapping from dtype names to numbers of at least 0 (spec.Param takes a dict whole)."""
-
-    def check(self, value):
-        v = super().check(value)
-        out = {}
-        for k, x in v.items():
-            try:  # YAML 1.1 reads 2e-2 (no dot) as text
-                out[k] = float(x) if not isinstance(x, bool) else -1.0
-            except (TypeError, ValueError):
-                out[k] = -1.0
-            if k not in DTYPES or out[k] < 0:
-                raise bad_param(self.name, value, self.describe_allowed())
-        return out
 
 
 SPEC = Spec("siglip_neuron", [
@@ -47,11 +30,11 @@ SPEC = Spec("siglip_neuron", [
           item="str"),
     Param("warmup", "int", 1, "untimed calls before timing", low=0),
     Param("iters", "int", 3, "timed calls per configuration", low=1),
-    Tolerances("tolerances", "dict",
-               {"float32": 1e-4, "tfloat32": 2e-3, "bfloat16": 2e-2, "float16": 5e-3},
-               "relative L2 error allowed against CPU fp32, per dtype",
-               allowed="a mapping from dtypes (" + ", ".join(DTYPES) + ") to relative-L2-error "
-               "tolerances (numbers of at least 0)"),
+    Param("tolerances", "dict",
+          {"float32": 1e-4, "tfloat32": 2e-3, "bfloat16": 2e-2, "float16": 5e-3},
+          "relative L2 error allowed against CPU fp32, per dtype", choices=DTYPES, item="float",
+          low=0, allowed="a mapping from dtypes (" + ", ".join(DTYPES) + ") to relative-L2-error "
+          "tolerances (numbers of at least 0)"),
     Param("artifact_dir", "str", "", "compiled-artifact cache folder; empty for artifacts/"),
     Param("seed", "int", 0, "seed for weights and input tensors", low=0, high=SEED_MAX),
     Param("images", "str", "", "folder of real images; empty for seeded tensors"),
