@@ -13,11 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
+from workbook.params import notebook_files
 from workbook.paths import repo_root
 
 ROOT = repo_root()
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = notebook_files()
 # -o STAMP: make treats set-up as done, so no test ever reinstalls
 STAMP = ".venv/.workbook-installed"
 

@@ -22,6 +22,7 @@ import tokenize
 from pathlib import Path
 
 import pytest
+from workbook.params import notebook_files
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "lib" / "workbook"
@@ -136,7 +137,7 @@ def _lib_files():
 
 
 def _notebooks():
-    return sorted(NOTEBOOKS.glob("*.ipynb"))
+    return notebook_files()
 
 
 def _markdown_cells(path: Path):

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from workbook import runner
+from workbook.params import notebook_files
 from workbook.paths import repo_root
 
 ROOT = repo_root()
@@ -81,10 +81,9 @@ def test_failed_run_through_the_cli_has_report_and_exit_code(tmp_path):
 def test_every_notebook_declares_its_parameters_for_papermill():
     """papermill --help-notebook must see every parameter (a help comment with '=' hides a line from it)."""
     import papermill as pm
-
     from workbook.params import notebook_parameters
 
-    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    for nb in notebook_files():
         ours = notebook_parameters(nb)
         theirs = pm.inspect_notebook(str(nb))
         assert set(theirs) == set(ours), nb.name
@@ -96,7 +95,7 @@ def test_every_notebook_checks_its_parameters_through_its_spec_first():
     values, a misspelt papermill -p name) before the experiment's configure sees them."""
     from workbook import spec
 
-    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    for nb in notebook_files():
         assert spec.get(nb.stem) is not None, f"{nb.name}: declare its spec in lib/workbook/specs/{nb.stem}.py"
         cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
         first = "".join(cells[1]["source"])
@@ -104,7 +103,7 @@ def test_every_notebook_checks_its_parameters_through_its_spec_first():
 
 
 def test_notebooks_are_committed_without_outputs():
-    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+    for nb in notebook_files():
         cells = json.loads(Path(nb).read_text())["cells"]
         assert not any(c.get("outputs") for c in cells), f"{nb.name} has outputs; strip them"
 
@@ -112,7 +111,6 @@ def test_notebooks_are_committed_without_outputs():
 def test_checkpoint_gives_weights_and_an_extra_table(tmp_path, monkeypatch):
     """The real loading path on a checkpoint the test writes (open_clip layout, a one-block SO400M tower)."""
     import torch
-
     from workbook.models import build_tower
 
     src = build_tower("ViT-SO400M-14-SigLIP", depth=1, seed=7)
@@ -316,7 +314,7 @@ def test_bad_parameter_stops_in_the_first_cell(notebook, params, expected, tmp_p
 
 def test_every_notebook_has_a_bad_parameter_case_through_papermill():
     assert {c.values[0] for c in ALL_BAD if c.id in THROUGH_PAPERMILL} == {
-        nb.stem for nb in (ROOT / "notebooks").glob("*.ipynb")}
+        nb.stem for nb in notebook_files()}
 
 
 @pytest.mark.parametrize("notebook,params,expected", [c for c in ALL_BAD if c.id not in THROUGH_PAPERMILL])
@@ -326,7 +324,6 @@ def test_bad_parameter_is_refused_by_the_first_cell_checks(notebook, params, exp
     import importlib
 
     from papermill.cli import _resolve_type
-
     from workbook.errors import ParameterError
     from workbook.params import notebook_parameters
 

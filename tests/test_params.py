@@ -1,6 +1,5 @@
 """Parameter parsing, merging and type checks (no notebook execution)."""
 import pytest
-
 from workbook import params as P
 from workbook.errors import ParameterError, WorkbookError
 
@@ -65,3 +64,11 @@ def test_cli_values_are_yaml():
     assert P.parse_cli_value("[1, 8]") == [1, 8]
     assert P.parse_cli_value("cuda") == "cuda"
     assert P.parse_cli_value("2") == 2
+
+
+def test_papermill_outputs_beside_the_notebooks_are_not_notebooks(tmp_path, monkeypatch):
+    """`papermill X.ipynb out.ipynb` run from notebooks/ leaves out.ipynb there; `make` must not run it."""
+    monkeypatch.setattr(P, "notebooks_dir", lambda: tmp_path)
+    for name in ("pos_interp", "outliers", "out", "out-gpu", "out1", "out_a", "out-pytest-17531"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    assert P.list_notebooks() == ["outliers", "pos_interp"]

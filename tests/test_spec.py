@@ -8,7 +8,7 @@ import pytest
 import workbook.specs
 from workbook import params, spec
 from workbook.errors import ParameterError
-from workbook.paths import notebooks_dir
+from workbook.params import notebook_files
 from workbook.spec import Param, Spec, Values
 
 
@@ -134,7 +134,7 @@ def test_cell_source_reads_back_as_the_same_defaults(s):
 
 
 def test_every_notebook_parameters_cell_is_its_spec():
-    for nb in sorted(notebooks_dir().glob("*.ipynb")):
+    for nb in notebook_files():
         declared = spec.get(nb.stem)
         assert declared is not None, f"{nb.name} has no spec in lib/workbook/specs/{nb.stem}.py"
         cell = params.parameters_source(json.loads(nb.read_text()))
@@ -147,7 +147,7 @@ def test_specs_import_nothing_heavy():
     """The runner and `workbook params` read every spec without starting torch."""
     from conftest import assert_imports_without
 
-    specs = [f"workbook.specs.{p.stem}" for p in sorted(notebooks_dir().glob("*.ipynb"))]
+    specs = [f"workbook.specs.{p.stem}" for p in notebook_files()]
     assert_imports_without(specs, {"torch", "transformers"})
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import re
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +42,19 @@ def notebook_path(name: str) -> Path:
     raise WorkbookError(f"There is no notebook {name!r}; known notebooks: {known}.")
 
 
+def is_executed_copy(path: Path) -> bool:
+    """``out.ipynb``, ``out-gpu.ipynb``, ``out1.ipynb``: what plain papermill wrote when run from
+    notebooks/ (git ignores the same names), never a notebook of the project."""
+    return re.fullmatch(r"out([-_0-9].*)?", Path(path).stem) is not None
+
+
+def notebook_files() -> list[Path]:
+    """The project's notebooks, without papermill's executed copies lying beside them."""
+    return sorted(p for p in notebooks_dir().glob("*.ipynb") if not is_executed_copy(p))
+
+
 def list_notebooks() -> list[str]:
-    return sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+    return [p.stem for p in notebook_files()]
 
 
 def parameters_source(nb: dict) -> str:
