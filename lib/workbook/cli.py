@@ -18,6 +18,8 @@ the report, so the same experiment can be re-run on another machine with one lin
                                     (remove failed and/or interrupted runs, never ok ones)
     workbook report NOTEBOOK.ipynb  (report of a plain papermill / JupyterLab run, from its
                                     executed notebook)
+    workbook serve [--port N] [model options]
+                                    (an OpenAI-compatible server; `workbook serve --help`)
 """
 from __future__ import annotations
 
@@ -91,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                              "its executed notebook, into the run's folder")
     rp.add_argument("executed", metavar="NOTEBOOK.ipynb",
                     help="the notebook papermill wrote (e.g. out.ipynb)")
+    sub.add_parser("serve", add_help=False,
+                   help="serve a Mistral over HTTP (OpenAI-compatible); see workbook serve --help")
     return ap
 
 
@@ -126,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # its own options and --help
+        from workbook.serve.cli import main as serve
+
+        return serve(argv[1:])
     args = _parser().parse_args(argv)
     from workbook import params as P, runner
 

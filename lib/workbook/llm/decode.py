@@ -69,20 +69,22 @@ def _full(t):
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def _load_plain(spec, dtype, device):
+def load_plain(model_dir: str, dtype, device):
+    """The whole model on ``device``: from its weights, or seeded random weights drawn there for a
+    config-only folder (every rank, and the server, draw the same weights from the same seed)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from workbook.models.mistral import random_init_seed
 
-    seed = random_init_seed(spec.model)
+    seed = random_init_seed(model_dir)
     if seed is not None:  # config only: every rank draws the same seeded weights, on its device
         torch.manual_seed(seed)
         with torch.device(device):
-            config = AutoConfig.from_pretrained(spec.model)
+            config = AutoConfig.from_pretrained(model_dir)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         return model.eval()
-    return AutoModelForCausalLM.from_pretrained(spec.model, dtype=dtype).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
 
 
 def load(spec, rank, world, device):
@@ -93,7 +95,7 @@ def load(spec, rank, world, device):
 
     dtype = getattr(torch, spec.dtype)
     if world == 1:
-        model = _load_plain(spec, dtype, device)
+        model = load_plain(spec.model, dtype, device)
         cfg = model.config
         return model, {"tp_mechanism": "none (one process)",
                        "heads_per_rank": cfg.num_attention_heads,
@@ -104,7 +106,7 @@ def load(spec, rank, world, device):
         return model, {"tp_mechanism": "tp_plan",
                        "heads_per_rank": cfg.num_attention_heads // world,
                        "kv_heads_per_rank": cfg.num_key_value_heads // world}
-    model = _load_plain(spec, dtype, device)
+    model = load_plain(spec.model, dtype, device)
     q, k = shard.parallelize(model, rank, world, device, local=spec.tp_mechanism == "local_shards")
     if device.type == "cuda":  # the whole model was built before sharding: free the dropped slices
         torch.cuda.empty_cache()

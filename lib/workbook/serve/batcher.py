@@ -1,0 +1,95 @@
+"""Admission, the queue and the engine's thread: static batching of the waiting requests.
+
+The HTTP side submits requests; the engine's thread takes every waiting request (up to
+``max_batch``) as one batch and runs it to the end while new ones queue. A request is refused at
+once when ``max_queue`` are already waiting (the server answers 503 with Retry-After), so a flood
+cannot grow memory or latency without bound. A request whose client goes away is dropped from the
+queue, or, once running, stops receiving tokens (its batch ends early when no request in it still
+wants any). :meth:`Batcher.close` lets the running and waiting requests finish, then stops the
+thread.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from workbook.serve.engine import Request
+
+
+class Batcher:
+    def __init__(self, engine, max_queue: int, log=print):
+        self.engine, self.max_queue, self.log = engine, max_queue, log
+        self._cv = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._closing = False
+        self.counts = {"admitted": 0, "refused_full": 0, "cancelled": 0, "failed_batches": 0}
+        self.error: str | None = None  # the last batch's failure, for /health
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, req: Request) -> bool:
+        """Queue ``req``; False (nothing queued) when ``max_queue`` are already waiting or the
+        server is closing."""
+        with self._cv:
+            if self._closing or len(self._waiting) >= self.max_queue:
+                self.counts["refused_full"] += 1
+                return False
+            self._waiting.append(req)
+            self.counts["admitted"] += 1
+            self._cv.notify()
+            return True
+
+    def cancel(self, req: Request) -> None:
+        """The client went away: no more tokens; a waiting request leaves the queue now."""
+        with self._cv:
+            if req.cancelled or req.made >= req.max_tokens:
+                return
+            req.cancelled = True
+            self.counts["cancelled"] += 1
+            try:
+                self._waiting.remove(req)
+            except ValueError:
+                pass  # running: the engine skips it from its next step on
+
+    def state(self) -> dict:
+        with self._cv:
+            return {"waiting": len(self._waiting), "running": len(self._running),
+                    "max_batch": self.engine.cfg.max_batch, "max_queue": self.max_queue,
+                    "closing": self._closing, **self.counts, "batches": self.engine.batches}
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._waiting and not self._closing:
+                    self._cv.wait()
+                if not self._waiting:  # closing, nothing left
+                    return
+                n = min(len(self._waiting), self.engine.cfg.max_batch)
+                self._running = [self._waiting.popleft() for _ in range(n)]
+            batch = self._running
+            try:
+                self.engine.run_batch(batch)
+            except Exception as e:  # noqa: BLE001 - the server must keep serving; clients are told
+                self.counts["failed_batches"] += 1
+                self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                self.log(f"batch of {len(batch)} failed: {self.error}")
+                for r in batch:
+                    r.emit("error", self.error)
+            finally:
+                with self._cv:
+                    self._running = []
+
+    def close(self, timeout_s: float = 60) -> bool:
+        """Finish what is running and waiting, then stop the thread; False if it is still busy
+        after ``timeout_s``."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        t0 = time.perf_counter()
+        self._thread.join(timeout_s)
+        alive = self._thread.is_alive()
+        self.log(f"engine stopped after {time.perf_counter() - t0:.1f} s" if not alive
+                 else f"engine still busy after {timeout_s:.0f} s")
+        return not alive
