@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request as HttpRequest
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from workbook.serve.protocol import (ChatRequest, CompletionRequest, GenerateRequest, Refusal,
-                                     Service, TextDelta, chat_prompt, completion_id, error_body,
-                                     parse, prompt_of, sse, validation_sentence)
+from workbook.serve.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    GenerateRequest,
+    Refusal,
+    Service,
+    TextDelta,
+    chat_prompt,
+    completion_id,
+    error_body,
+    parse,
+    prompt_of,
+    sse,
+    validation_sentence,
+)
 
 
 def _refused(e: Refusal) -> JSONResponse:

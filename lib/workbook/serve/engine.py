@@ -16,8 +16,8 @@ new token is handed to the request's ``emit`` callback on the engine's thread.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from workbook.errors import bad_param
 

@@ -252,7 +252,7 @@ class TextDelta:
         full = self.encoder.decode(self.ids)
         if full.endswith("\ufffd"):  # an unfinished character: wait for the next token
             return ""
-        delta = full[len(self.text):] if full.startswith(self.text) else full
+        delta = full.removeprefix(self.text)
         self.text = full
         return delta
 
