@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from workbook.errors import WorkbookError, bad_param
 
@@ -176,11 +176,34 @@ def main(argv=None) -> int:
 
     app = build_app(service)
     app.router.lifespan_context = lifespan
+    _Server = _server_class()
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
                             timeout_graceful_shutdown=args.drain_s, lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config).run(sockets=[sock])
     log("stopped")
     return 0
+
+
+def _server_class():
+    import signal
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a drain that a signal started ends in exit 0: uvicorn raises
+        the signal again once drained, which would kill the process after a clean shutdown."""
+
+        @contextmanager
+        def capture_signals(self):
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            before = {s: signal.signal(s, self.handle_exit) for s in sigs}
+            try:
+                yield
+            finally:
+                for s, handler in before.items():
+                    signal.signal(s, handler)
+
+    return Server
 
 
 if __name__ == "__main__":

@@ -1,0 +1,282 @@
+"""workbook serve on 127.0.0.1 with the tiny Mistral: endpoints, streaming, refusals, disconnects,
+a full queue, and Ctrl-C/SIGTERM draining."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from workbook.serve import cli
+
+TIMEOUT = 60
+
+
+class Server:
+    """The CLI's service behind uvicorn in a thread (port chosen by the OS)."""
+
+    def __init__(self, argv):
+        import uvicorn
+
+        from workbook.serve.app import build_app
+
+        args = cli.parser().parse_args(argv)
+        self.service = cli.build(args, log=lambda _m: None)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(build_app(self.service), log_level="warning",
+                                                    access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
+                                       daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.05)
+        self.client = httpx.Client(base_url=self.url, timeout=TIMEOUT)
+
+    def close(self):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.service.batcher.close(10)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server(["--max-batch", "4", "--max-queue", "8", "--context", "1024",
+                "--vision-tower", "SigLIP-Tiny", "--vision-variants", "224:hf_bicubic,224:gather4"])
+    yield s
+    s.close()
+
+
+def _stream(client, path, body):
+    """(parsed chunks, saw [DONE]) of a streamed request."""
+    chunks, done = [], False
+    with client.stream("POST", path, json=body) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            if line == "data: [DONE]":
+                done = True
+                continue
+            chunks.append(json.loads(line[6:]))
+    return chunks, done
+
+
+def test_health_and_models(server):
+    h = server.client.get("/health").json()
+    assert h["status"] == "ok" and h["max_batch"] == 4 and h["max_queue"] == 8
+    m = server.client.get("/v1/models").json()
+    ids = [d["id"] for d in m["data"]]
+    assert ids == ["tiny-mistral", "tiny-mistral:hf_bicubic@224", "tiny-mistral:gather4@224"]
+    assert m["data"][0]["max_model_len"] == 1024
+    assert m["server"]["scheduling"].startswith("static batching")
+    assert m["server"]["vision"]["tower"] == "SigLIP-Tiny"
+
+
+def test_generate_answers_in_the_seed_shape(server):
+    r = server.client.post("/generate", json={"prompt": "hello", "max_new_tokens": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"text", "prompt", "model", "usage"} and body["prompt"] == "hello"
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+
+
+def test_generate_is_greedy_and_batch_independent(server):
+    """Four at once (one batch) make the tokens one alone makes."""
+    alone = server.client.post("/generate", json={"prompt": "abc", "max_new_tokens": 6}).json()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as ex:
+        prompts = ["abc", "a much longer prompt", "abc", "x"]
+        got = list(ex.map(lambda p: server.client.post(
+            "/generate", json={"prompt": p, "max_new_tokens": 6}).json(), prompts))
+    assert got[0]["text"] == alone["text"] == got[2]["text"]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"model": "tiny-mistral", "prompt": "hello", "max_tokens": 7}),
+    ("/v1/chat/completions", {"model": "tiny-mistral",
+                              "messages": [{"role": "user", "content": "hello"}],
+                              "max_tokens": 7}),
+])
+def test_streams_one_chunk_per_token_then_usage_and_done(server, path, body):
+    chunks, done = _stream(server.client, path, {**body, "stream": True,
+                                                  "stream_options": {"include_usage": True}})
+    assert done
+    tokens = [c for c in chunks if c["choices"]]
+    assert len(tokens) == 7
+    assert [c["choices"][0]["finish_reason"] for c in tokens] == [None] * 6 + ["length"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 7
+    if "chat" in path:
+        assert tokens[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert tokens[0]["object"] == "chat.completion.chunk"
+    text = "".join(c["choices"][0].get("text", c["choices"][0].get("delta", {}).get("content", ""))
+                   for c in tokens)
+    plain = server.client.post(path, json=body).json()
+    assert plain["usage"]["completion_tokens"] == 7
+    answer = plain["choices"][0].get("text", plain["choices"][0].get("message", {}).get("content"))
+    assert text == answer
+
+
+def test_a_vision_variant_prefixes_its_image_tokens(server):
+    body = {"model": "tiny-mistral:gather4@224", "prompt": "hi", "max_tokens": 2}
+    r = server.client.post("/v1/completions", json=body).json()
+    assert r["usage"]["prompt_tokens"] == (224 // 14) ** 2 + 2
+    g = server.client.post("/generate", json={"prompt": "hi", "max_new_tokens": 2,
+                                              "image_size": 224, "interp": "hf_bicubic"}).json()
+    assert g["usage"]["prompt_tokens"] == (224 // 14) ** 2 + 2
+
+
+@pytest.mark.parametrize("path,content,status,sentence", [
+    ("/v1/completions", b'{"prompt": "hi",', 400, "The request body is not valid JSON"),
+    ("/v1/completions", b'[1, 2]', 400, "The request body must be a JSON object."),
+    ("/v1/completions", b'{"prompt": "hi", "bogus": 1}', 400, "Unknown field 'bogus'"),
+    ("/v1/completions", b'{"prompt": "hi", "max_tokens": "many"}', 400, "Field 'max_tokens'"),
+    ("/v1/completions", b'{"max_tokens": 3}', 400, "Field 'prompt' is required."),
+    ("/v1/completions", b'{"prompt": "hi", "max_tokens": 5000}', 400,
+     "but the context is 1024; shorten the prompt or max_tokens."),
+    ("/v1/completions", b'{"prompt": "hi", "model": "gpt-9"}', 404,
+     "The model 'gpt-9' does not exist here; served: tiny-mistral"),
+    ("/v1/completions", b'{"prompt": "hi", "temperature": 0.8, "top_p": 0.9}', 400,
+     "This server decodes greedily"),
+    ("/v1/completions", b'{"prompt": ["a", "b"]}', 400, "send one prompt per request"),
+    ("/v1/completions", b'{"prompt": "hi", "n": 2}', 400, "one choice per request"),
+    ("/v1/chat/completions", b'{"messages": []}', 400, "Field 'messages'"),
+    ("/generate", b'{"prompt": ""}', 400, "Field 'prompt'"),
+    ("/generate", b'{"prompt": "hi", "image_size": 224, "interp": "nearest"}', 400,
+     "Parameter interp='nearest' is not allowed"),
+    ("/generate", b'{"prompt": "hi", "image_size": 4096}', 400, "but the context is 1024"),
+])
+def test_bad_requests_get_one_sentence_and_the_server_goes_on(server, path, content, status,
+                                                               sentence):
+    r = server.client.post(path, content=content)  # no Content-Type, as curl -d would send
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert sentence in err["message"] and err["code"] == status
+    assert err["message"].count(". ") == 0 or err["message"].endswith("."), err["message"]
+    ok = server.client.post("/generate", json={"prompt": "still there?", "max_new_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_slot(server):
+    before = server.service.batcher.state()
+    with server.client.stream("POST", "/v1/completions",
+                              json={"prompt": "long", "max_tokens": 900, "stream": True}) as r:
+        lines = r.iter_lines()
+        got = 0
+        for line in lines:
+            if line.startswith("data: "):
+                got += 1
+            if got == 3:
+                break
+    # the server notices at its next write; the batch ends early instead of making 900 tokens
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        st = server.service.batcher.state()
+        if st["cancelled"] > before["cancelled"] and st["running"] == 0:
+            break
+        time.sleep(0.05)
+    st = server.service.batcher.state()
+    assert st["cancelled"] == before["cancelled"] + 1 and st["running"] == 0
+    r = server.client.post("/generate", json={"prompt": "next", "max_new_tokens": 3})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    s = Server(["--max-batch", "1", "--max-queue", "1", "--context", "256"])
+    gate = threading.Event()
+    run_batch = s.service.engine.run_batch
+
+    def held(reqs):
+        gate.wait(TIMEOUT)
+        run_batch(reqs)
+
+    s.service.engine.run_batch = held
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(2) as ex:
+            body = {"prompt": "hi", "max_new_tokens": 2}
+            first = ex.submit(s.client.post, "/generate", json=body)   # taken by the engine
+            _wait(lambda: s.service.batcher.state()["running"] == 1)
+            second = ex.submit(s.client.post, "/generate", json=body)  # waits in the queue
+            _wait(lambda: s.service.batcher.state()["waiting"] == 1)
+            third = s.client.post("/generate", json=body)
+            assert third.status_code == 503 and third.headers["retry-after"] == "1"
+            assert "queue is full (1 waiting)" in third.json()["error"]["message"]
+            gate.set()
+            assert first.result().status_code == 200 and second.result().status_code == 200
+        assert s.service.batcher.state()["refused_full"] == 1
+        assert s.client.post("/generate", json=body).status_code == 200
+    finally:
+        gate.set()
+        s.close()
+
+
+def _wait(cond, timeout=20):
+    deadline = time.time() + timeout
+    while not cond():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_drains_the_request_in_flight_and_exits_0(tmp_path, sig):
+    ready = tmp_path / "url"
+    p = subprocess.Popen([sys.executable, "-m", "workbook.cli", "serve", "--port", "0",
+                          "--context", "512", "--ready-file", str(ready)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ))
+    try:
+        _wait(lambda: ready.exists() or p.poll() is not None, timeout=120)
+        assert p.poll() is None, p.stderr.read()
+        url = ready.read_text().strip()
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+            with c.stream("POST", "/v1/completions",
+                          json={"prompt": "drain me", "max_tokens": 300, "stream": True}) as r:
+                lines = r.iter_lines()
+                next(lines)
+                p.send_signal(sig)
+                rest = list(lines)
+        assert "data: [DONE]" in rest  # the request in flight got all its tokens
+        assert p.wait(30) == 0
+        err = p.stderr.read()
+        assert "draining" in err and "engine stopped" in err and "Traceback" not in err
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+@pytest.mark.parametrize("argv,sentence", [
+    (["--port", "70000"], "Parameter port=70000 is not allowed: 0 (any free port) to 65535."),
+    (["--max-batch", "0"], "Parameter max_batch=0 is not allowed"),
+    (["--compile", "--device", "cpu"], "Parameter compile=True is not allowed: false on the CPU"),
+    (["--vision-variants", "384:gather4"], "empty unless --vision-tower names a tower"),
+    (["--vision-tower", "SigLIP-Tiny", "--vision-variants", "384:cubic"],
+     "INTERP one of hf_bicubic"),
+    (["--model", "/nonexistent/model"], "Parameter model='/nonexistent/model' is not allowed"),
+])
+def test_bad_options_are_one_sentence_and_exit_2(argv, sentence, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert sentence in err and "Traceback" not in err
+
+
+def test_a_taken_port_is_refused_before_loading(capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert cli.main(["--port", str(port)]) == 2
+    assert f"Parameter port={port} is not allowed: a port free on 127.0.0.1" in capsys.readouterr().err
