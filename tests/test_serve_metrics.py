@@ -64,3 +64,15 @@ def test_a_one_token_request_has_no_tpot_and_meets_a_tpot_slo():
 def test_bad_slos_name_the_parameter(slos, sentence):
     with pytest.raises(ParameterError, match=sentence):
         check_slos(slos)
+
+
+def test_with_first_and_last_arrival_only_itl_is_its_pooled_mean():
+    """What GuideLLM keeps: the pooled mean of the gaps is exact, their percentiles unknown."""
+    full = [_t(0.0, [0.1, 0.2, 0.3]), _t(1.0, [1.3, 1.35])]
+    ends = [Timing(t.send_s, [t.chunk_s[0], t.chunk_s[-1]], t.output_tokens, t.prompt_tokens,
+                   all_chunks=False) for t in full]
+    a, b = summary(full, 2.0), summary(ends, 2.0)
+    assert b["mean_itl_ms"] == pytest.approx(a["mean_itl_ms"])
+    assert b["p99_itl_ms"] is None and "pooled mean only" in b["itl_note"]
+    for k in ("mean_ttft_ms", "mean_tpot_ms", "p99_e2el_ms"):
+        assert b[k] == pytest.approx(a[k])

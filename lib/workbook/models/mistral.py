@@ -227,3 +227,30 @@ def param_count(config) -> dict:
     return {"embed": embed + h, "head": head, "attn_q_o": n * attn_q_o, "attn_kv": n * attn_kv,
             "mlp": n * mlp, "norms": n * norms,
             "total": embed + head + h + n * (attn_q_o + attn_kv + mlp + norms)}
+
+
+def _byte_chars() -> dict[int, str]:
+    """The byte -> printable character map of byte-level BPE tokenizers (GPT-2's)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+            *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
+
+
+def write_byte_tokenizer(path) -> Path:
+    """A Hugging Face tokenizer folder that encodes exactly as :func:`encode` (byte ``b`` -> id
+    ``b + 3``, no BOS), for tools that need a tokenizer to size prompts (the serving load
+    generator) while the model itself has none."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = _byte_chars()
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{chars[b]: b + BYTE_OFFSET for b in range(256)}}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<unk>")
+    path = Path(path)
+    fast.save_pretrained(path)
+    return path

@@ -5,7 +5,8 @@ each streamed chunk arrived, how many tokens it made, whether it succeeded. From
 
 - TTFT: send -> first chunk; E2EL: send -> last chunk;
 - TPOT per request: (E2EL - TTFT) / (output tokens - 1), for requests with more than one token;
-- ITL: every gap between consecutive chunks, pooled over all requests;
+- ITL: every gap between consecutive chunks, pooled over all requests (where only the first and
+  last arrival are known, its pooled mean: the sum of (E2EL - TTFT) over the sum of (tokens - 1));
 - mean, median, std and p90/p99 of each, in ms; request, output-token and total-token throughput
   over the benchmark's duration; goodput: requests per second meeting every SLO given.
 
@@ -31,6 +32,7 @@ class Timing:
     prompt_tokens: int = 0
     ok: bool = True
     error: str = ""
+    all_chunks: bool = True  # False: chunk_s holds only the first and last token's arrival
 
     @property
     def ttft_ms(self) -> float | None:
@@ -47,9 +49,12 @@ class Timing:
         return (self.e2el_ms - self.ttft_ms) / (self.output_tokens - 1)
 
     @property
-    def itl_ms(self) -> list[float]:
+    def itl_ms(self) -> list[float] | None:
+        """Every gap between chunks; None when only the first and last arrival are known."""
         if not self.ok:
             return []
+        if not self.all_chunks:
+            return None
         return [(b - a) * 1e3 for a, b in zip(self.chunk_s, self.chunk_s[1:])]
 
 
@@ -99,7 +104,15 @@ def summary(timings: list[Timing], duration_s: float, slos_ms: dict | None = Non
         res["request_goodput"] = sum(meets(t, slos_ms) for t in ok) / dur
     res.update(_stats("ttft", [t.ttft_ms for t in ok if t.ttft_ms is not None]))
     res.update(_stats("tpot", [t.tpot_ms for t in ok if t.tpot_ms is not None]))
-    res.update(_stats("itl", [g for t in ok for g in t.itl_ms]))
+    if all(t.all_chunks for t in ok):
+        res.update(_stats("itl", [g for t in ok for g in t.itl_ms]))
+    else:  # only first and last arrivals: the pooled mean is known, the spread of gaps is not
+        res.update({k: None for k in _stats("itl", [])})
+        gaps = sum(t.output_tokens - 1 for t in ok if t.tpot_ms is not None)
+        span = sum(t.e2el_ms - t.ttft_ms for t in ok if t.tpot_ms is not None)
+        res["mean_itl_ms"] = span / gaps if gaps else None
+        res["itl_note"] = ("pooled mean only: the load generator keeps each request's first and "
+                           "last token times, not every gap")
     res.update(_stats("e2el", [t.e2el_ms for t in ok if t.e2el_ms is not None]))
     res["errors"] = sorted({t.error for t in timings if not t.ok and t.error})[:5]
     return res
