@@ -51,7 +51,7 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
-def _die_with_parent():
+def die_with_parent():
     """preexec_fn: SIGKILL the child when the process that started it dies (PR_SET_PDEATHSIG)."""
     parent = os.getpid()
     libc = None
@@ -101,7 +101,7 @@ def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = N
     t0 = time.perf_counter()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
-                                env=env, start_new_session=True, preexec_fn=_die_with_parent())
+                                env=env, start_new_session=True, preexec_fn=die_with_parent())
         try:
             rc, timed_out = proc.wait(timeout=timeout_s), False
         except subprocess.TimeoutExpired:
