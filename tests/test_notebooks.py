@@ -292,12 +292,30 @@ def test_mistral_tp_config_only_shape_is_refused_where_it_does_not_fit(tmp_path)
     assert error["ename"] == "ParameterError" and "Parameter compile=True" in error["evalue"]
 
 
-ALL_BAD = POS_BAD + SIGLIP_BAD + TRITON_BAD + ES_BAD + MISTRAL_BAD
+SERVING_BAD = _bad("serving", {}, [
+    ("rates", "[2]", "Parameter rates='[2]' is not allowed: not a parameter of this notebook"),
+    ("request_rates", "[0]", "is not allowed: a non-empty list of positive requests/s."),
+    ("request_rates", "[]", "is not allowed: a non-empty list of positive requests/s."),
+    ("slo_ms", "{'latency': 100}", "is not allowed: a dict of ttft, tpot and/or e2el to positive ms."),
+    ("slo_ms", "{'ttft': -1}", "is not allowed: a dict of ttft, tpot and/or e2el to positive ms."),
+    ("ab_interps", "[gather4, gather4]", "two different implementations, A and B"),
+    ("ab_interps", "[nearest, gather4]", "Parameter ab_interps="),
+    ("ab_sizes", "[8]", "sizes of at least one patch (14 px)"),
+    ("ab_sizes", "[1024]", "fit the model's 4096 positions (the largest needs 5425)"),
+    ("context", "50", "at least prompt_tokens + output_tokens (96)"),
+    ("context", "100000", "at most the model's 4096 positions"),
+    ("compile", "True", "False unless the backend is cuda"),
+    ("backend", "cuda", "torch sees no CUDA GPU"),
+    ("backend", "neuron", "Parameter backend='neuron' is not allowed: one of auto, cuda, cpu"),
+    ("model", "/nonexistent/mistral", "Parameter model="),
+    ("url", "http://127.0.0.1:9", "an OpenAI-compatible server answering GET /v1/models"),
+])
+ALL_BAD = POS_BAD + SIGLIP_BAD + TRITON_BAD + ES_BAD + MISTRAL_BAD + SERVING_BAD
 # Through plain papermill, end to end, one case per notebook: a misspelt name (only a kernel has papermill's injected
 # cell to read it from). Every other case runs the first cell's checks in this process with the values papermill
 # would inject (its own type resolution of `-p` text): the same code, without a kernel start per case.
 THROUGH_PAPERMILL = {"pos_interp-iteration=5", "siglip_neuron-cors=2", "triton_precision-kernel=mlp",
-                     "export_search-validators=cpu", "mistral_tp-tp=2"}
+                     "export_search-validators=cpu", "mistral_tp-tp=2", "serving-rates=_2_"}
 
 
 @pytest.mark.parametrize("notebook,params,expected", [c for c in ALL_BAD if c.id in THROUGH_PAPERMILL])

@@ -31,6 +31,7 @@ RUNS = {
                          "claim_shape": [32, 24, 40]},
     "export_search": {"batch_sizes": [1], "min_seq": 2048, "validator": "cpu"},
     "mistral_tp": {"max_tokens": 4, "backend": "cpu"},
+    "serving": {},  # its defaults: this is the run of serving.ipynb in the tests (nbmake skips it)
 }
 TABLES = {
     "pos_interp": ["Set-up", "Implementations", "Fidelity on position tables", "Kernel and alignment effects",
@@ -44,6 +45,9 @@ TABLES = {
     "export_search": ["Candidate sizes", "Configurations by status", "Every configuration", "Optimal configurations"],
     "mistral_tp": ["Tensor-parallel logits and tokens against one process",
                    "Load, first token and decode, per run and rank"],
+    "serving": ["Roofline: copy bandwidth and weights read per decode step", "Prefill and decode per batch size",
+                "Latency and throughput per benchmark", "Batch 1: through the server against the engine alone",
+                "A/B rounds", "TTFT change of B against A, per image size", "Claim check"],
 }
 FIGURES = {
     "pos_interp": ["Smallest per-position cosine vs hf_bicubic (float32)",
@@ -54,6 +58,8 @@ FIGURES = {
                          "so400m training step, forward+backward", "so400m training step, peak memory"],
     "export_search": ["tp=2"],
     "mistral_tp": ["Mistral tensor-parallel run"],
+    "serving": ["The engine alone: decode against batch size", "Latency and throughput against request rate",
+                "TTFT change of gather4 against hf_bicubic (mean over rounds, band: the rounds' spread)"],
 }
 CHATTER = re.compile(r"\d+%\||it/s\]|IProgress not found|AUTOTUNE|Ignoring this choice")
 
@@ -258,3 +264,26 @@ def test_results_keep_their_shape(reports, name):
     before = json.loads((ROOT / "tests" / "data" / "results_shape.json").read_text())[name]
     now = _shape(json.loads((reports[name].run_dir / "results.json").read_text()))
     assert now == before
+
+
+def test_serving_measures_what_vllm_bench_serve_reports(reports):
+    """Every benchmark's requests completed, its metrics saved under vllm bench serve's field names, the
+    overhead at batch 1 and the claim table in the results."""
+    run_dir = reports["serving"].run_dir
+    res = json.loads((run_dir / "results.json").read_text())
+    t = res["tables"]
+    assert [r["benchmark"] for r in t["load"]] == ["rate 2", "rate 8", "one at a time", "concurrency 4"]
+    assert all(r["failed"] == 0 and r["completed"] > 0 and r["median_ttft_ms"] > 0 for r in t["load"])
+    assert len(t["ab_rounds"]) == 8 and {r["config"] for r in t["ab_rounds"]} == {"hf_bicubic", "gather4"}
+    saved = sorted(p.name for p in (run_dir / "vllm").glob("*.json"))
+    assert len(saved) == 4 + 8
+    one = json.loads((run_dir / "vllm" / "rate-8.json").read_text())
+    for field in ("duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
+                  "request_throughput", "request_goodput", "output_throughput", "total_token_throughput",
+                  "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_itl_ms", "mean_e2el_ms"):
+        assert field in one, field
+    assert one["request_rate"] == 8.0 and one["total_output_tokens"] == one["completed"] * 32
+    head = res["headline"]
+    assert head["batch1_ttft_ms"] > 0 and "server_overhead_pct_tpot" in head
+    html = (run_dir / "report.html").read_text()
+    assert "not on vLLM" in html and "static batching" in html
