@@ -231,28 +231,59 @@ def _wait(cond, timeout=20):
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_drains_the_request_in_flight_and_exits_0(tmp_path, sig):
+def _start_cli(tmp_path, *options):
     ready = tmp_path / "url"
     p = subprocess.Popen([sys.executable, "-m", "workbook.cli", "serve", "--port", "0",
-                          "--context", "512", "--ready-file", str(ready)],
+                          "--context", "512", "--ready-file", str(ready), *options],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=dict(os.environ))
+    _wait(lambda: ready.exists() or p.poll() is not None, timeout=120)
+    assert p.poll() is None, p.stderr.read()
+    return p, ready.read_text().strip()
+
+
+def _drains_on(p, url, sig):
+    """A stream in flight when ``sig`` arrives gets every token; then the server exits 0."""
+    with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+        with c.stream("POST", "/v1/completions",
+                      json={"prompt": "drain me", "max_tokens": 300, "stream": True}) as r:
+            lines = r.iter_lines()
+            next(lines)
+            p.send_signal(sig)
+            rest = list(lines)
+    assert "data: [DONE]" in rest  # the request in flight got all its tokens
+    assert p.wait(60) == 0
+    err = p.stderr.read()
+    assert "draining" in err and "engine stopped" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_drains_the_request_in_flight_and_exits_0(tmp_path, sig):
+    p, url = _start_cli(tmp_path)
     try:
-        _wait(lambda: ready.exists() or p.poll() is not None, timeout=120)
-        assert p.poll() is None, p.stderr.read()
-        url = ready.read_text().strip()
+        _drains_on(p, url, sig)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_two_tensor_parallel_ranks_serve_what_one_process_serves(tmp_path, server):
+    """--tp-degree 2: two gloo ranks under torchrun, rank 0 serving; the same greedy tokens as one
+    process, streaming works, and Ctrl-C drains and stops every rank."""
+    p, url = _start_cli(tmp_path, "--tp-degree", "2")
+    try:
         with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
-            with c.stream("POST", "/v1/completions",
-                          json={"prompt": "drain me", "max_tokens": 300, "stream": True}) as r:
-                lines = r.iter_lines()
-                next(lines)
-                p.send_signal(sig)
-                rest = list(lines)
-        assert "data: [DONE]" in rest  # the request in flight got all its tokens
-        assert p.wait(30) == 0
-        err = p.stderr.read()
-        assert "draining" in err and "engine stopped" in err and "Traceback" not in err
+            info = c.get("/v1/models").json()["server"]
+            assert info["tp_degree"] == 2 and info["tp_mechanism"] == "local_shards"
+            body = {"prompt": "tensor parallel", "max_new_tokens": 8}
+            assert c.post("/generate", json=body).json() == server.client.post(
+                "/generate", json=body).json()
+            chunks, done = _stream(c, "/v1/completions", {"prompt": "hi", "max_tokens": 5,
+                                                          "stream": True})
+            assert done and len(chunks) == 5
+        _drains_on(p, url, signal.SIGINT)
+        left = subprocess.run(["pgrep", "-f", "workbook.serve.tp"], capture_output=True, text=True)
+        assert left.stdout.strip() == "", "a rank outlived the server"
     finally:
         if p.poll() is None:
             p.kill()
@@ -266,6 +297,8 @@ def test_sigterm_or_ctrl_c_drains_the_request_in_flight_and_exits_0(tmp_path, si
     (["--vision-tower", "SigLIP-Tiny", "--vision-variants", "384:cubic"],
      "INTERP one of hf_bicubic"),
     (["--model", "/nonexistent/model"], "Parameter model='/nonexistent/model' is not allowed"),
+    (["--tp-degree", "3"], "Parameter tp-degree=3 is not allowed: a degree local_shards can split "
+                           "this model over: 1, 2, 4"),
 ])
 def test_bad_options_are_one_sentence_and_exit_2(argv, sentence, capsys):
     assert cli.main(argv) == 2

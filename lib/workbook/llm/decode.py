@@ -64,7 +64,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _full(t):
+def full_tensor(t):
     """A plain tensor from a DTensor (transformers' plan may hand back DTensors) or a tensor."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
@@ -165,7 +165,7 @@ def generate(model, prompt_ids, spec, device, max_new, step_fn=None):
         t0 = time.perf_counter()
         out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kv, use_cache=True,
                     cache_position=torch.arange(width, device=device), logits_to_keep=1)
-        nxt = _pick(_full(out.logits)[:, -1], spec, gen)
+        nxt = _pick(full_tensor(out.logits)[:, -1], spec, gen)
         if share:
             dist.broadcast(nxt, 0)
         _sync(device)
@@ -186,7 +186,7 @@ def generate(model, prompt_ids, spec, device, max_new, step_fn=None):
             t0 = time.perf_counter()
             out = step(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, **kv,
                        use_cache=True, cache_position=cache_pos)
-            nxt = _pick(_full(out.logits)[:, -1], spec, gen)
+            nxt = _pick(full_tensor(out.logits)[:, -1], spec, gen)
             if share:
                 dist.broadcast(nxt, 0)
             cache_pos = cache_pos + 1
@@ -312,7 +312,7 @@ def run(spec, out: Path) -> None:
         fixed = torch.randint(BYTE_LO, model.config.vocab_size, (1, spec.fixed_forward_len),
                               generator=gen)
         with torch.inference_mode():
-            logits = _full(model(input_ids=fixed.to(device)).logits).float().cpu()
+            logits = full_tensor(model(input_ids=fixed.to(device)).logits).float().cpu()
         _progress("fixed forward done" + ("; the decode step compiles during the first warm-up"
                                           if spec.compile else ""))
         step_fn = None

@@ -2,6 +2,7 @@
 
     workbook serve [--port N] [--host ADDR] [--model DIR|mistral-7b-shape] [--device cpu|cuda]
                    [--dtype ...] [--max-batch N] [--max-queue N] [--context N] [--compile]
+                   [--tp-degree N [--tp-mechanism local_shards|parallelize_module]]
                    [--vision-tower NAME --vision-variants 384:hf_bicubic,384:gather4 ...]
 
 Bound to 127.0.0.1 unless ``--host`` says otherwise. Every option is checked before anything is
@@ -51,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--vision-variants", default="", help="SIZE:INTERP,... served as model names "
                     "NAME:INTERP@SIZE (e.g. 384:hf_bicubic,384:gather4)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the image projection and images")
+    ap.add_argument("--tp-degree", type=int, default=1, help="tensor-parallel ranks under "
+                    "torchrun, one GPU (or CPU process) each, rank 0 serving HTTP (default 1)")
+    ap.add_argument("--tp-mechanism", default="local_shards",
+                    choices=("local_shards", "parallelize_module"),
+                    help="how the ranks split the model (default local_shards)")
     ap.add_argument("--drain-s", type=float, default=30, help="on Ctrl-C/SIGTERM, seconds to let "
                     "requests in flight finish (default 30)")
     ap.add_argument("--ready-file", default="", help="write the URL here once serving")
@@ -89,7 +95,7 @@ def _check(args) -> None:
 
 
 def engine_config(args):
-    from workbook.models.mistral import SHAPES, workbook_model
+    from workbook.models.mistral import SHAPES, load_config, workbook_model
     from workbook.serve.engine import EngineConfig, check
 
     device = args.device
@@ -104,22 +110,39 @@ def engine_config(args):
     cfg = EngineConfig(model=model, dtype=dtype, device=device, max_batch=args.max_batch,
                        context=args.context, compile=args.compile,
                        vision_tower=args.vision_tower, vision_depth=args.vision_depth,
-                       seed=args.seed)
+                       seed=args.seed, tp_degree=args.tp_degree, tp_mechanism=args.tp_mechanism)
     check(cfg)
+    if cfg.tp_degree > 1:
+        from workbook.llm import shard
+
+        ok = shard.degrees(load_config(model), cfg.tp_mechanism)
+        if cfg.tp_degree not in ok:
+            raise bad_param("tp-degree", cfg.tp_degree, f"a degree {cfg.tp_mechanism} can split "
+                            f"this model over: {', '.join(map(str, ok))}")
+        if device == "cuda":
+            import torch
+
+            if torch.cuda.device_count() < cfg.tp_degree:
+                raise bad_param("tp-degree", cfg.tp_degree, f"at most the "
+                                f"{torch.cuda.device_count()} GPUs torch sees (one rank a GPU)")
     return cfg
 
 
-def build(args, log=print):
-    """Engine (loaded, warmed up), batcher and service for ``args``."""
+def build(args, cfg=None, log=print, wrap=None, device=None):
+    """Engine (loaded, warmed up), batcher and service for ``args``; ``wrap`` puts the engine
+    behind another (rank 0 of a tensor-parallel group), ``device`` is this rank's."""
     from pathlib import Path
 
     from workbook.serve.batcher import Batcher
     from workbook.serve.engine import Engine
     from workbook.serve.protocol import Service
 
-    cfg = engine_config(args)
-    log(f"loading {cfg.model} ({cfg.dtype} on {cfg.device})")
-    engine = Engine(cfg, log=log)
+    cfg = cfg or engine_config(args)
+    log(f"loading {cfg.model} ({cfg.dtype} on {cfg.device}"
+        + (f", {cfg.tp_degree} tensor-parallel ranks" if cfg.tp_degree > 1 else "") + ")")
+    engine = Engine(cfg, log=log, device=device)
+    if wrap is not None:
+        engine = wrap(engine)
     vs = variants(args.vision_variants)
     for size, interp in vs:
         engine.vision.check(size, interp, name="vision-variants")
@@ -142,16 +165,32 @@ def _socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _log(msg):
+    print(f"[serve] {msg}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
-
-    def log(msg):
-        print(f"[serve] {msg}", file=sys.stderr, flush=True)
-
     try:
         _check(args)
-        sock = _socket(args.host, args.port)  # before loading: a taken port fails in a second
-        service = build(args, log=log)
+        _socket(args.host, args.port).close()  # before loading: a taken port fails in a second
+        cfg = engine_config(args)
+    except WorkbookError as e:
+        print(f"workbook serve: {e}", file=sys.stderr)
+        return 2
+    if cfg.tp_degree > 1:
+        from workbook.serve.tp import supervise
+
+        return supervise(cfg.tp_degree, argv)
+    return serve(args, cfg)
+
+
+def serve(args, cfg, wrap=None, device=None) -> int:
+    """Load, warm up and serve until Ctrl-C/SIGTERM has drained the requests in flight."""
+    try:
+        sock = _socket(args.host, args.port)
+        service = build(args, cfg, log=_log, wrap=wrap, device=device)
     except WorkbookError as e:
         print(f"workbook serve: {e}", file=sys.stderr)
         return 2
@@ -164,23 +203,25 @@ def main(argv=None) -> int:
 
     @asynccontextmanager
     async def lifespan(_app):
-        log(f"serving {url}  (models: {', '.join(service.models())})")
+        _log(f"serving {url}  (models: {', '.join(service.models())})")
         print(f"serving {url}", flush=True)
         if args.ready_file:
             from pathlib import Path
 
             Path(args.ready_file).write_text(url + "\n")
         yield
-        log("draining: requests in flight finish, then the engine stops")
+        _log("draining: requests in flight finish, then the engine stops")
         service.batcher.close(timeout_s=args.drain_s)
+        if hasattr(service.engine, "finish"):  # the other ranks leave with rank 0
+            service.engine.finish()
 
     app = build_app(service)
     app.router.lifespan_context = lifespan
-    _Server = _server_class()
+    server_class = _server_class()
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
                             timeout_graceful_shutdown=args.drain_s, lifespan="on")
-    _Server(config).run(sockets=[sock])
-    log("stopped")
+    server_class(config).run(sockets=[sock])
+    _log("stopped")
     return 0
 
 

@@ -12,12 +12,17 @@ until each has its ``max_tokens``; a request whose client went away stops receiv
 batch ends early once no request in it still wants any. Decoding is greedy and never stops at
 EOS, so that every request makes exactly the tokens it asked for (what a benchmark needs). Each
 new token is handed to the request's ``emit`` callback on the engine's thread.
+
+With ``tp_degree`` > 1 the engine is one rank of a tensor-parallel group (:mod:`workbook.serve.tp`)
+and runs in lockstep with the others: a batch then runs until every request has its tokens, since
+the other ranks cannot know that a client left.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from workbook.errors import bad_param
 
@@ -37,6 +42,8 @@ class EngineConfig:
     vision_tower: str = ""  # "" for text only, else a SigLIP tower name (workbook.models.siglip)
     vision_depth: int = 0  # 0: the tower's own depth
     seed: int = 0  # of the image projection and the seeded images
+    tp_degree: int = 1  # ranks under torchrun (workbook.serve.tp); 1: this process alone
+    tp_mechanism: str = "local_shards"  # or parallelize_module (workbook.llm.shard)
 
 
 def check(cfg: EngineConfig) -> None:
@@ -53,6 +60,10 @@ def check(cfg: EngineConfig) -> None:
     if cfg.compile and cfg.device != "cuda":
         raise bad_param("compile", cfg.compile, "false on the CPU (the compiled step is captured "
                         "in CUDA graphs)")
+    if cfg.tp_degree < 1:
+        raise bad_param("tp_degree", cfg.tp_degree, "a whole number of at least 1")
+    if cfg.tp_mechanism not in ("local_shards", "parallelize_module"):
+        raise bad_param("tp_mechanism", cfg.tp_mechanism, "local_shards or parallelize_module")
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -88,19 +99,30 @@ class Request:
 class Engine:
     """The loaded model, its encoder, its caches, and :meth:`run_batch`."""
 
-    def __init__(self, cfg: EngineConfig, log=print):
+    def __init__(self, cfg: EngineConfig, log=print, device=None):
+        """Load ``cfg.model`` on ``device`` (default ``cfg.device``); with ``tp_degree`` > 1 this is
+        one rank of an initialised process group and loads its shard."""
         import torch
 
-        from workbook.llm.decode import cache_keyword, load_plain
+        from workbook.llm import decode
         from workbook.models import mistral
 
         check(cfg)
         self.cfg, self.log = cfg, log
-        self.device = torch.device(cfg.device)
+        self.device = device if device is not None else torch.device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
         config = mistral.load_config(cfg.model)
         t0 = time.perf_counter()
-        self.model = load_plain(cfg.model, self.dtype, self.device)
+        self.lockstep = cfg.tp_degree > 1  # every rank takes every step: no early end of a batch
+        if self.lockstep:
+            import torch.distributed as dist
+
+            how = SimpleNamespace(model=cfg.model, dtype=cfg.dtype, tp_mechanism=cfg.tp_mechanism)
+            self.model, self.tp_facts = decode.load(how, dist.get_rank(), dist.get_world_size(),
+                                                    self.device)
+        else:
+            self.model = decode.load_plain(cfg.model, self.dtype, self.device)
+            self.tp_facts = {"tp_mechanism": "none (one process)"}
         self.load_s = time.perf_counter() - t0
         self.encoder = mistral.encoder_for(cfg.model, config)
         self.vocab_size = config.vocab_size
@@ -108,7 +130,7 @@ class Engine:
         if cfg.context > self.max_positions:
             raise bad_param("context", cfg.context, f"at most the model's "
                             f"max_position_embeddings ({self.max_positions})")
-        self._kv = cache_keyword(self.model)
+        self._kv = decode.cache_keyword(self.model)
         self._caches: dict[int, object] = {}
         self.step_fn = (torch.compile(self.model, mode="reduce-overhead", fullgraph=False)
                         if cfg.compile else self.model)
@@ -134,14 +156,15 @@ class Engine:
             cache.reset()
         return cache
 
-    def warm_up(self, steps: int = 3) -> float:
-        """One short batch per bucket, so caches are allocated and a compiled step is captured
-        before the first request; returns the seconds it took."""
+    def warm_up(self, steps: int = 3, run=None) -> float:
+        """One short batch per bucket (through ``run``, default :meth:`run_batch`), so caches are
+        allocated and a compiled step is captured before the first request; returns the seconds
+        it took."""
         t0 = time.perf_counter()
         for b in buckets(self.cfg.max_batch):
             reqs = [Request([PAD_ID + 3] * 4, min(steps, self.cfg.context - 4),
                             emit=lambda *_: None) for _ in range(b)]
-            self.run_batch(reqs)
+            (run or self.run_batch)(reqs)
             self.log(f"warm-up: batch {b} ready")
         self.batches = 0
         return time.perf_counter() - t0
@@ -177,6 +200,8 @@ class Engine:
         """Prefill ``reqs`` together, then decode until none wants more; emit every token."""
         import torch
 
+        from workbook.llm.decode import full_tensor
+
         b = bucket_for(len(reqs), self.cfg.max_batch)
         filler = [Request([PAD_ID + 3], 1, emit=lambda *_: None, cancelled=True)
                   for _ in range(b - len(reqs))]
@@ -187,34 +212,43 @@ class Engine:
             out = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, **kv,
                              use_cache=True, cache_position=torch.arange(width, device=self.device),
                              logits_to_keep=1)
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = full_tensor(out.logits)[:, -1].argmax(-1)
             self._hand_out(reqs, nxt)
             pos = pos[:, -1:]
             cache_pos = torch.tensor([width], device=self.device)
             at = width  # the position this step writes (cache_pos, kept on the host too)
-            while any(r.wants_more() for r in reqs) and at < self.cfg.context:
+            while self._going(reqs) and at < self.cfg.context:
                 pos, at = pos + 1, at + 1
                 out = self.step_fn(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
                                    **kv, use_cache=True, cache_position=cache_pos)
-                nxt = out.logits[:, -1].argmax(-1)
+                nxt = full_tensor(out.logits)[:, -1].argmax(-1)
                 cache_pos = cache_pos + 1
                 self._hand_out(reqs, nxt)
         for r in reqs:
             r.emit("done", None)
         self.batches += 1
 
+    def _going(self, reqs: list[Request]) -> bool:
+        """Another step? Alone: while a request still wants tokens (a batch whose clients all left
+        ends now). In lockstep: while one has not made its tokens, which every rank knows."""
+        if self.lockstep:
+            return any(r.made < r.max_tokens for r in reqs)
+        return any(r.wants_more() for r in reqs)
+
     @staticmethod
     def _hand_out(reqs: list[Request], nxt) -> None:
         ids = nxt.tolist()  # the one host sync a step: the tokens go out now
         for r, t in zip(reqs, ids):
-            if r.wants_more():
+            if r.made < r.max_tokens:
                 r.made += 1
-                r.emit("token", t)
+                if not r.cancelled:
+                    r.emit("token", t)
 
     def describe(self) -> dict:
         cfg = self.cfg
         return {"model": cfg.model, "dtype": cfg.dtype, "device": str(self.device),
                 "max_batch": cfg.max_batch, "context": cfg.context, "compile": cfg.compile,
                 "scheduling": self.scheduling, "encoder": self.encoder.why,
+                "tp_degree": cfg.tp_degree, "tp_mechanism": self.tp_facts["tp_mechanism"],
                 "load_s": self.load_s,
                 "vision": self.vision.describe() if self.vision is not None else None}
