@@ -305,6 +305,7 @@ SERVING_BAD = _bad("serving", {}, [
     ("context", "50", "at least prompt_tokens + output_tokens (96)"),
     ("context", "100000", "at most the model's 4096 positions"),
     ("compile", "True", "False unless the backend is cuda"),
+    ("tp_degree", "3", "a degree that splits this model's heads and MLP: 1, 2, 4"),
     ("backend", "cuda", "torch sees no CUDA GPU"),
     ("backend", "neuron", "Parameter backend='neuron' is not allowed: one of auto, cuda, cpu"),
     ("model", "/nonexistent/mistral", "Parameter model="),

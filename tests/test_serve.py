@@ -313,3 +313,23 @@ def test_a_taken_port_is_refused_before_loading(capsys):
         port = s.getsockname()[1]
         assert cli.main(["--port", str(port)]) == 2
     assert f"Parameter port={port} is not allowed: a port free on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_the_notebook_drives_a_server_given_as_url(server, tmp_path, monkeypatch):
+    """serving -p url URL: no server started, the load goes to URL, the report names what answered
+    (its /v1/models) and says the engine-alone and A/B sections were not measured there."""
+    from workbook import runner
+
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    info = runner.run("serving", cli={"url": server.url, "request_rates": [8.0], "max_requests": 4,
+                                      "concurrency": 0}, log=lambda *_: None)
+    assert info.status == "ok", info.error
+    res = json.loads((info.run_dir / "results.json").read_text())
+    assert res["answered_by"] == "tiny-mistral" and res["url"] == server.url
+    assert [r["benchmark"] for r in res["tables"]["load"]] == ["rate 8", "one at a time"]
+    assert all(r["completed"] == 4 and r["failed"] == 0 for r in res["tables"]["load"])
+    assert {n["what"] for n in res["not_measured"]} == {
+        "the engine alone (prefill, decode, roofline)", "the vision-prefix A/B"}
+    html = (info.run_dir / "report.html").read_text()
+    assert "tiny-mistral:hf_bicubic@224" in html  # what /v1/models listed
+    assert not list((info.run_dir / "load").glob("server.log"))  # nothing was started

@@ -86,6 +86,16 @@ def configure(P: Values) -> Config:
     if P.context > config.max_position_embeddings:
         raise bad_param("context", P.context,
                         f"at most the model's {config.max_position_embeddings} positions")
+    if P.tp_degree > 1:
+        from workbook.llm import shard
+
+        ok = shard.degrees(config, "local_shards")
+        if P.tp_degree not in ok:
+            raise bad_param("tp_degree", P.tp_degree, "a degree that splits this model's heads "
+                            "and MLP: " + ", ".join(map(str, ok)))
+        if P.tp_degree > target.devices:
+            raise bad_param("tp_degree", P.tp_degree, f"at most the {target.devices} "
+                            f"{target.unit} here (one rank each)")
     cfg = Config(P, target.name, target.reason, dtype, model, note, Path(model).name,
                  notes=[n for n in (note,) if n])
     if P.vision_tower:
@@ -143,6 +153,8 @@ def server_options(cfg: Config, *, context: int, vision: list[tuple[int, str]] =
             "--context", str(context), "--seed", str(p.seed)]
     if p.compile:
         opts.append("--compile")
+    if p.tp_degree > 1:
+        opts += ["--tp-degree", str(p.tp_degree)]
     if vision:
         opts += ["--vision-tower", p.vision_tower, "--vision-depth", str(p.vision_depth),
                  "--vision-variants", ",".join(f"{s}:{i}" for s, i in vision)]
@@ -191,9 +203,10 @@ def direct(cfg: Config, rec) -> list[dict]:
     from workbook.errors import WorkbookError
 
     p = cfg.p
-    if cfg.external or not p.batches:
-        rec.not_measured("the engine alone (prefill, decode, roofline)",
-                         "the server is external" if cfg.external else "batches is empty")
+    why = ("the server is external" if cfg.external else "batches is empty" if not p.batches
+           else "it runs one process, and tp_degree is above 1" if p.tp_degree > 1 else "")
+    if why:
+        rec.not_measured("the engine alone (prefill, decode, roofline)", why)
         return []
     done = rec.done_group("direct")
     if done is not None:
