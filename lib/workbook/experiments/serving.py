@@ -368,7 +368,7 @@ def direct_figure(rows: list[dict]):
     fig.add_trace(go.Scatter(x=x, y=[r["share_of_roofline"] for r in rows], mode="lines+markers",
                              name="share of roofline", line=dict(color=plots.color(1))),
                   row=1, col=2)
-    fig.update_xaxes(title_text="batch size", type="log")
+    fig.update_xaxes(title_text="batch size", type="log", tickvals=x)
     fig.update_yaxes(tickformat=".3~%", rangemode="tozero", row=1, col=2)
     fig.update_layout(title="The engine alone: decode against batch size", showlegend=True)
     return fig
