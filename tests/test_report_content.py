@@ -31,7 +31,6 @@ RUNS = {
                          "claim_shape": [32, 24, 40]},
     "export_search": {"batch_sizes": [1], "min_seq": 2048, "validator": "cpu"},
     "mistral_tp": {"max_tokens": 4, "backend": "cpu"},
-    "serving": {},  # its defaults: this is the run of serving.ipynb in the tests (nbmake skips it)
 }
 TABLES = {
     "pos_interp": ["Set-up", "Implementations", "Fidelity on position tables", "Kernel and alignment effects",
@@ -114,7 +113,10 @@ def _tables(text) -> list[str]:
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_every_table_and_figure_reaches_the_report(reports, name):
-    info = reports[name]
+    check_tables_and_figures(reports[name], name)
+
+
+def check_tables_and_figures(info, name):
     assert info.status == "ok", info.error
     outputs = _notebook_outputs(info)
     made = [t for o in outputs for t in _tables(o.get("data", {}).get("text/html", ""))]
@@ -129,7 +131,10 @@ def test_every_table_and_figure_reaches_the_report(reports, name):
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_the_report_reads_clean(reports, name):
-    info = reports[name]
+    check_reads_clean(reports[name])
+
+
+def check_reads_clean(info):
     html = (info.run_dir / "report.html").read_text()
     stderr = ["".join(o["text"]) for o in _notebook_outputs(info) if o.get("name") == "stderr"]
     assert not [s for s in stderr if CHATTER.search(s)], "progress or library chatter left in the notebook"
@@ -197,9 +202,12 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
 @pytest.mark.parametrize("name", ["triton_precision", "mistral_tp"])
 def test_report_renders_in_a_headless_browser(reports, name, tmp_path):
+    check_browser(reports[name], name, tmp_path)
+
+
+def check_browser(info, name, tmp_path):
     """The report as a reader's browser builds it (scripts run, no network): every table there, every plotly
     figure drawn, the header first."""
-    info = reports[name]
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
@@ -261,29 +269,11 @@ def _shape(results: dict) -> dict:
 def test_results_keep_their_shape(reports, name):
     """The results.json keys, headline keys, table names and columns of each notebook's run are those the
     code recorded before the consolidation (tests/data/results_shape.json): structure changed, results not."""
+    check_shape(reports[name], name)
+
+
+def check_shape(info, name):
     before = json.loads((ROOT / "tests" / "data" / "results_shape.json").read_text())[name]
-    now = _shape(json.loads((reports[name].run_dir / "results.json").read_text()))
+    now = _shape(json.loads((info.run_dir / "results.json").read_text()))
     assert now == before
 
-
-def test_serving_measures_what_vllm_bench_serve_reports(reports):
-    """Every benchmark's requests completed, its metrics saved under vllm bench serve's field names, the
-    overhead at batch 1 and the claim table in the results."""
-    run_dir = reports["serving"].run_dir
-    res = json.loads((run_dir / "results.json").read_text())
-    t = res["tables"]
-    assert [r["benchmark"] for r in t["load"]] == ["rate 2", "rate 8", "one at a time", "concurrency 4"]
-    assert all(r["failed"] == 0 and r["completed"] > 0 and r["median_ttft_ms"] > 0 for r in t["load"])
-    assert len(t["ab_rounds"]) == 8 and {r["config"] for r in t["ab_rounds"]} == {"hf_bicubic", "gather4"}
-    saved = sorted(p.name for p in (run_dir / "vllm").glob("*.json"))
-    assert len(saved) == 4 + 8
-    one = json.loads((run_dir / "vllm" / "rate-8.json").read_text())
-    for field in ("duration", "completed", "failed", "total_input_tokens", "total_output_tokens",
-                  "request_throughput", "request_goodput", "output_throughput", "total_token_throughput",
-                  "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_itl_ms", "mean_e2el_ms"):
-        assert field in one, field
-    assert one["request_rate"] == 8.0 and one["total_output_tokens"] == one["completed"] * 32
-    head = res["headline"]
-    assert head["batch1_ttft_ms"] > 0 and "server_overhead_pct_tpot" in head
-    html = (run_dir / "report.html").read_text()
-    assert "not on vLLM" in html and "static batching" in html
