@@ -1,7 +1,8 @@
 """The engine without HTTP: prefill and decode per batch size, and the memory roofline they sit under.
 
 ``python -m workbook.serve.direct CONFIG.json OUT.json`` loads the engine the server would load
-(same model, dtype, cache, compiled step), then for each batch size runs one batch the way the
+(same model, dtype, cache, compiled step; CONFIG's ``inductor`` sets torch inductor options first,
+to try one on the decode step), then for each batch size runs one batch the way the
 server does (the tokens of every step go to the host) and times its prefill and each decode step.
 Beside it, the device's copy bandwidth is measured (bytes read and written per second by a plain
 device-to-device copy, best of several), and each decode figure is put against the weight-read
@@ -76,6 +77,10 @@ def measure(cfg: dict, log=print) -> dict:
     from workbook.serve.engine import Engine, EngineConfig
 
     ec = EngineConfig(**cfg["engine"])
+    for key, value in cfg.get("inductor", {}).items():  # e.g. coordinate_descent_tuning: true
+        import torch._inductor.config as inductor_config
+
+        setattr(inductor_config, key, value)
     engine = Engine(ec, log=log)
     log(f"loaded in {engine.load_s:.1f} s; warming up")
     warm_s = engine.warm_up()
@@ -94,7 +99,7 @@ def measure(cfg: dict, log=print) -> dict:
         r["weight_gb_s"] = wbytes / 1e9 / (step / 1e3) if step else None
         r["share_of_roofline"] = limit_ms / step if step else None
     dev = engine.device
-    return {"engine": engine.describe(), "warm_up_s": warm_s, "weight_gb_per_step": wbytes / 1e9,
+    return {"engine": engine.describe(), "inductor": cfg.get("inductor", {}), "warm_up_s": warm_s, "weight_gb_per_step": wbytes / 1e9,
             **bw, "step_limit_ms": limit_ms, "roofline_tokens_s": 1e3 / limit_ms,
             "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"),
             "rows": rows}
