@@ -9,9 +9,12 @@ the report, so the same experiment can be re-run on another machine with one lin
         --force does neither)
     workbook run-all [--profile NAME] [--force]
     workbook list [--notebook NAME] [--status ok|failed|interrupted|killed|running]
-                  [--param NAME=VALUE ...] [-n N]
+                  [--param NAME=VALUE ...] [-n N] [--sweep ID]
     workbook compare RUN_A RUN_B [--all] [--tolerance 0.05]
         (what changed beyond noise, as text and as outputs/compare/<A>__<B>.html with figures)
+    workbook sweep NOTEBOOK -p NAME "[V1, V2]" ... [--profile P] [-f F] [--max-parallel N]
+                                    (every combination, each an ordinary run; the same command
+                                    continues a sweep; outputs/sweeps/<id>/report.html)
     workbook params NOTEBOOK        (the notebook's parameters with their help)
     workbook rm RUN [RUN ...]       (remove run folders under outputs/)
     workbook gc --failed [--interrupted] [--dry-run]
@@ -58,6 +61,21 @@ def _parser() -> argparse.ArgumentParser:
                          "repeatable")
     ls.add_argument("-n", "--last", type=_count, metavar="N",
                     help="only the newest N runs (after the filters)")
+    ls.add_argument("--sweep", metavar="ID", help="only the runs of this sweep's points")
+    sw = sub.add_parser("sweep", help="run a notebook over a grid: every -p with a list of values "
+                                      "is an axis; each point is an ordinary run")
+    sw.add_argument("notebook")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUES"),
+                    default=[], help='an axis: -p dtype "[float32, bfloat16]" (a list parameter '
+                                     'takes a list of lists); a single value is fixed')
+    sw.add_argument("-f", "--file", help="YAML file of parameters (as for run)")
+    sw.add_argument("--profile", help="params/<profile>.yaml section (as for run)")
+    sw.add_argument("--executor", default="local", choices=("local",),
+                    help="where points run: local (this machine, in parallel without "
+                         "oversubscribing it)")
+    sw.add_argument("--max-parallel", type=int, default=0, metavar="N",
+                    help="points at once (default: one a GPU for GPU points, 1 for CPU points)")
+    sw.add_argument("--timeout", type=float, default=None, help="seconds per point")
     c = sub.add_parser("compare",
                        help="what changed beyond noise between two runs of one notebook; also "
                             "written as outputs/compare/<A>__<B>.html with A-vs-B figures")
@@ -154,10 +172,24 @@ def _main(argv: list[str] | None) -> int:
                   + f"\n  {runner.write_index()}")
             return 1 if bad else 0
         if args.cmd == "list":
-            runs = _filter_runs(runner.list_runs(), args.notebook, args.status, args.param,
-                                args.last)
-            _print_list(runs, filtered=bool(args.notebook or args.status or args.param))
+            runs = runner.list_runs()
+            if args.sweep:
+                from workbook.sweep.state import load
+
+                ids = {p["run_id"] for p in load(args.sweep)["points"] if p.get("run_id")}
+                runs = [r for r in runs if r.get("run_id") in ids]
+            runs = _filter_runs(runs, args.notebook, args.status, args.param, args.last)
+            _print_list(runs, filtered=bool(args.notebook or args.status or args.param
+                                            or args.sweep))
             return 0
+        if args.cmd == "sweep":
+            from workbook.params import parse_cli_value
+            from workbook.sweep.driver import run_sweep
+
+            cli = {k: parse_cli_value(v) for k, v in args.param}
+            data = run_sweep(args.notebook, cli, profile=args.profile, file=args.file,
+                             max_parallel=args.max_parallel, timeout_s=args.timeout)
+            return 0 if all(p["status"] == "ok" for p in data["points"]) else 1
         if args.cmd == "compare":
             from workbook import compare, compare_html
             from workbook.paths import shown

@@ -188,16 +188,30 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None,
-        profile: str | None = None, force: bool = False, log=print,
-        timeout: float | None = None) -> RunInfo:
-    """Run one notebook; a bad request raises ParameterError/WorkbookError before anything runs."""
+def prepare(notebook: str, *, cli: dict | None = None, param_file: str | None = None,
+            profile: str | None = None, lib_fp: str | None = None) -> tuple:
+    """What a run of ``notebook`` with these parameters would be, without running it: (notebook
+    path, name, merged values, their sources, notebook hash, lib fingerprint, run key). The key
+    names the run folder an identical run reuses (a sweep finds its points' runs by it)."""
     nb_path = P.notebook_path(notebook)
     name = nb_path.stem
     defaults = P.notebook_parameters(nb_path)
     values, sources = P.merge(name, defaults, profile=profile, file=param_file, cli=cli)
-    nb_hash, lib_fp = notebook_source_hash(nb_path), lib_fingerprint()
-    key = run_key(nb_hash, values, lib_fp)
+    nb_hash, lib_fp = notebook_source_hash(nb_path), lib_fp or lib_fingerprint()
+    return nb_path, name, values, sources, nb_hash, lib_fp, run_key(nb_hash, values, lib_fp)
+
+
+def latest_with_key(notebook: str, key: str) -> Path | None:
+    """The newest run folder made with ``key`` (finished or not)."""
+    return next((d for d, _run in _runs_with_key(notebook, key)), None)
+
+
+def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None,
+        profile: str | None = None, force: bool = False, log=print,
+        timeout: float | None = None) -> RunInfo:
+    """Run one notebook; a bad request raises ParameterError/WorkbookError before anything runs."""
+    nb_path, name, values, sources, nb_hash, lib_fp, key = prepare(
+        notebook, cli=cli, param_file=param_file, profile=profile)
 
     if not force:
         prev = find_reusable(name, key)

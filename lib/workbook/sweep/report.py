@@ -1,0 +1,121 @@
+"""The sweep's page, ``outputs/sweeps/<id>/report.html``: every point with its headline figures and a
+link to its report, and each headline figure against each swept parameter.
+
+A row per point (swept values, status, where it ran, the run's headline figures as the index shows
+them); then, for every numeric headline figure, one figure per axis: the figure against that axis's
+values, one line per combination of the other axes. plotly.js is embedded once, so the page opens
+with no network, like the reports it links.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+
+from workbook.paths import outputs_dir
+from workbook.units import label, unit
+
+STYLE = """body{font-family:sans-serif;margin:24px;max-width:1400px}
+table{border-collapse:collapse;margin:8px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;font-size:13px;vertical-align:top}
+th{background:#f4f4f4;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.failed{color:#c62828}.plot{max-width:1100px}"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def rows(sweep: dict) -> list[dict]:
+    """One row per point: its swept values, status, run and headline figures."""
+    out = []
+    for p in sweep["points"]:
+        run_dir = outputs_dir() / sweep["notebook"] / p["run_id"] if p.get("run_id") else None
+        head = {}
+        if run_dir is not None and (run_dir / "results.json").is_file():
+            head = json.loads((run_dir / "results.json").read_text()).get("headline") or {}
+        took = (p["ended"] - p["started"]) if p.get("ended") and p.get("started") else None
+        out.append({**{k: _text(v) for k, v in p["params"].items()}, "status": p["status"],
+                    "run": run_dir, "host": p.get("host"), "seconds": took,
+                    "error": p.get("error"), "headline": head})
+    return out
+
+
+def _text(v):
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
+
+
+def _numeric_keys(rs: list[dict]) -> list[str]:
+    keys = []
+    for r in rs:
+        for k, v in r["headline"].items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def figures(sweep: dict, rs: list[dict]):
+    """Each numeric headline figure against each axis, a line per combination of the others."""
+    from workbook import plots
+
+    axes = list(sweep["axes"])
+    done = [r for r in rs if r["status"] == "ok"]
+    for key in _numeric_keys(done):
+        for axis in axes:
+            others = [a for a in axes if a != axis]
+            pts = [{**r, "y": r["headline"].get(key), "series": " · ".join(
+                f"{a}={r[a]}" for a in others) or key} for r in done if key in r["headline"]]
+            if not pts:
+                continue
+            numeric = all(isinstance(r[axis], (int, float)) for r in pts)
+            u = unit(key)
+            title = f"{label(key)} against {axis}"
+            if numeric:
+                yield plots.lines(pts, x=axis, y="y", group="series", title=title,
+                                  y_title=key + (f" ({u})" if u else ""), x_title=axis)
+            else:
+                yield plots.bars(pts, x=axis, y="y", group="series", title=title,
+                                 y_title=key + (f" ({u})" if u else ""))
+
+
+def render(sweep: dict, page: Path) -> str:
+    from workbook import plots
+    from workbook.show import number
+
+    plots.setup()
+    rs = rows(sweep)
+    axes, keys = list(sweep["axes"]), _numeric_keys(rs)
+    fixed = ", ".join(f"{k}={_text(v)}" for k, v in sweep["fixed"].items()) or "none"
+    head = [f"<h1>sweep {_e(sweep['id'])}: {_e(sweep['notebook'])}</h1>",
+            f"<p>axes: {_e(', '.join(f'{a} ({len(v)})' for a, v in sweep['axes'].items()))}; "
+            f"fixed: {_e(fixed)}; profile: {_e(sweep.get('profile') or 'none')}; executor: "
+            f"{_e(sweep['executor'])}, {_e(sweep['max_parallel'])} at a time</p>"]
+    cols = axes + ["status", "report", "host", "seconds"] + keys
+    table = ["<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>"]
+    for r in rs:
+        link = (f'<a href="{_e(os.path.relpath(r["run"] / "report.html", page.parent))}">'
+                f'{_e(r["run"].name)}</a>' if r["run"] is not None else "")
+        status = (f'<span class="failed">{_e(r["status"])}: {_e(r["error"] or "")}</span>'
+                  if r["status"] == "failed" else _e(r["status"]))
+        cells = ([f"<td>{_e(r[a])}</td>" for a in axes] + [f"<td>{status}</td>", f"<td>{link}</td>",
+                 f"<td>{_e(r['host'] or '')}</td>",
+                 f'<td class="n">{_e(number(r["seconds"], 3)) if r["seconds"] else ""}</td>']
+                 + [f'<td class="n">{_e(number(r["headline"].get(k)))}</td>' for k in keys])
+        table.append("<tr>" + "".join(cells) + "</tr>")
+    table.append("</table>")
+    parts = head + ["".join(table)]
+    first = True
+    for fig in figures(sweep, rs):
+        parts.append('<div class="plot">' + fig.to_html(full_html=False, include_plotlyjs=first,
+                                                        config={"displaylogo": False}) + "</div>")
+        first = False
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>sweep {_e(sweep["id"])}'
+            f'</title><style>{STYLE}</style></head><body>{"".join(parts)}</body></html>')
+
+
+def write(sweep: dict) -> Path:
+    page = outputs_dir() / "sweeps" / sweep["id"] / "report.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(render(sweep, page), encoding="utf-8")
+    return page
