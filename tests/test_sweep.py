@@ -1,0 +1,103 @@
+"""workbook sweep with the local executor, on the throw-away smoke notebook: axes, points, sweep.json,
+the page, a driver killed mid-sweep and the same command finishing it, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from workbook import runner
+from workbook.errors import ParameterError, WorkbookError
+from workbook.sweep import plan
+from workbook.sweep.driver import run_sweep
+
+
+def test_a_list_is_an_axis_and_a_list_parameter_takes_a_list_of_lists(wb_root):
+    axes, fixed = plan.split_axes("smoke", {"n": [1, 2], "sizes": [[1], [2, 3]], "label": "x",
+                                            "pause": 0.5})
+    assert axes == {"n": [1, 2], "sizes": [[1], [2, 3]]} and fixed == {"label": "x", "pause": 0.5}
+    axes, fixed = plan.split_axes("smoke", {"n": [1, 2], "sizes": [4, 5]})
+    assert axes == {"n": [1, 2]} and fixed == {"sizes": [4, 5]}  # one value of a list parameter
+
+
+@pytest.mark.parametrize("cli,sentence", [
+    ({"n": []}, "Parameter n=[] is not allowed: a non-empty list of values to sweep."),
+    ({"n": 3}, "Nothing to sweep: give at least one parameter a list of values"),
+    ({"nn": [1]}, "Parameter nn=[1] is not allowed: smoke has no such parameter"),
+    ({"n": [1, "many"]}, "Parameter n='many' is not allowed"),
+])
+def test_bad_axes_stop_before_any_point_runs(wb_root, cli, sentence):
+    with pytest.raises(WorkbookError) as err:
+        run_sweep("smoke", cli, log=lambda *_: None)
+    assert sentence in str(err.value)
+    assert not (wb_root / "outputs" / "smoke").exists()
+
+
+def test_a_point_this_machine_cannot_run_is_refused_first(monkeypatch):
+    """pos_interp on cuda takes a GPU; with none visible the sweep says so before running anything."""
+    from workbook.sweep import local
+
+    monkeypatch.setattr(local, "visible_gpus", lambda: 0)
+    with pytest.raises(ParameterError, match="it takes 1 GPU"):
+        run_sweep("pos_interp", {"device": ["cuda", "cpu"]}, log=lambda *_: None)
+    assert plan.gpus_for({"backend": "cuda", "tp_degree": 2}, 0) == 2
+    assert plan.gpus_for({"backend": "auto"}, 0) == 0 and plan.gpus_for({"device": "cpu"}, 4) == 0
+
+
+def test_a_two_by_two_sweep_runs_every_point_and_writes_its_page(wb_root):
+    lines = []
+    data = run_sweep("smoke", {"n": [1, 2], "sizes": [[1], [2, 3]], "label": "b"}, max_parallel=2,
+                     log=lines.append)
+    assert [p["status"] for p in data["points"]] == ["ok"] * 4
+    assert [p["params"] for p in data["points"]] == [
+        {"n": 1, "sizes": [1]}, {"n": 1, "sizes": [2, 3]}, {"n": 2, "sizes": [1]},
+        {"n": 2, "sizes": [2, 3]}]
+    sweep_dir = wb_root / "outputs" / "sweeps" / data["id"]
+    on_disk = json.loads((sweep_dir / "sweep.json").read_text())
+    assert on_disk["points"] == data["points"] and on_disk["max_parallel"] == 2
+    for p in data["points"]:
+        run = json.loads((wb_root / "outputs" / "smoke" / p["run_id"] / "run.json").read_text())
+        assert run["status"] == "ok" and run["params"]["n"] == p["params"]["n"]
+        assert run["params"]["label"] == "b"
+    page = (sweep_dir / "report.html").read_text()
+    assert page.count('/report.html">') == 4 and "x against n" in page and "x against sizes" in page
+    assert any(line.startswith("[4/4 done, 0 running, 0 failed]") for line in lines)
+    listed = subprocess.run([sys.executable, "-m", "workbook.cli", "list", "--sweep", data["id"]],
+                            capture_output=True, text=True, env=dict(os.environ))
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines() if line.startswith("smoke")) \
+        == sorted(p["run_id"] for p in data["points"])
+
+
+def test_a_killed_driver_is_continued_by_the_same_command(wb_root):
+    """SIGKILL the driver once a point has finished; the same command runs only what is not done."""
+    argv = [sys.executable, "-m", "workbook.cli", "sweep", "smoke", "-p", "n", "[1, 2]",
+            "-p", "pause", "1.0"]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ))
+    sweeps = wb_root / "outputs" / "sweeps"
+    deadline = time.time() + 120
+    done = []
+    while time.time() < deadline and not done:
+        for f in sweeps.glob("*/sweep.json"):
+            try:
+                done = [p for p in json.loads(f.read_text())["points"] if p["status"] == "ok"]
+            except ValueError:
+                pass
+        time.sleep(0.2)
+    assert done, "no point finished"
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    finished = {p["index"]: p["run_id"] for p in done}
+    second = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"{len(finished)} done earlier" in second.stdout
+    data = json.loads(next(sweeps.glob("*/sweep.json")).read_text())
+    assert [p["status"] for p in data["points"]] == ["ok"] * 2 and data["runs_of_driver"] == 2
+    for i, run_id in finished.items():  # not run again
+        assert data["points"][i]["run_id"] == run_id
+    keys = [runner.read_run(d)["key"] for d in (wb_root / "outputs" / "smoke").iterdir()
+            if runner.read_run(d) and runner.read_run(d)["status"] == "ok"]
+    assert sorted(keys) == sorted(p["key"] for p in data["points"])  # one ok run per point
