@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-parallel", type=int, default=0, metavar="N",
                     help="points at once (default: one a GPU for GPU points, 1 for CPU points)")
     sw.add_argument("--timeout", type=float, default=None, help="seconds per point")
+    sw.add_argument("--rev", action="append", default=[], metavar="REV",
+                    help="a git revision to run every point at, in a worktree of its own "
+                         "(repeat: --rev main --rev my-branch); revisions alternate A B, B A, ...")
     c = sub.add_parser("compare",
                        help="what changed beyond noise between two runs of one notebook; also "
                             "written as outputs/compare/<A>__<B>.html with A-vs-B figures")
@@ -188,7 +191,8 @@ def _main(argv: list[str] | None) -> int:
 
             cli = {k: parse_cli_value(v) for k, v in args.param}
             data = run_sweep(args.notebook, cli, profile=args.profile, file=args.file,
-                             max_parallel=args.max_parallel, timeout_s=args.timeout)
+                             max_parallel=args.max_parallel, timeout_s=args.timeout,
+                             revs=args.rev)
             return 0 if all(p["status"] == "ok" for p in data["points"]) else 1
         if args.cmd == "compare":
             from workbook import compare, compare_html

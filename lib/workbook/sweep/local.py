@@ -88,10 +88,12 @@ def run_points(points, run_one, parallel: int, gpus: int) -> None:
             f.result()
 
 
-def launch(argv: list[str], log: Path, gpu_ids: list[int], cpu_ids: list[int], timeout_s=None):
+def launch(argv: list[str], log: Path, gpu_ids: list[int], cpu_ids: list[int], timeout_s=None,
+           env_extra: dict | None = None, cwd=None):
     """One point's run: pinned to its cores, given its GPUs; the process result."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(len(cpu_ids)), MKL_NUM_THREADS=str(len(cpu_ids)))
+    env = dict(os.environ, OMP_NUM_THREADS=str(len(cpu_ids)), MKL_NUM_THREADS=str(len(cpu_ids)),
+               **(env_extra or {}))
     env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
     if shutil.which("taskset"):
         argv = ["taskset", "-c", ",".join(map(str, cpu_ids)), *argv]
-    return proc.run(argv, log=log, timeout_s=timeout_s, env=env, grace_s=10)
+    return proc.run(argv, log=log, timeout_s=timeout_s, env=env, grace_s=10, cwd=cwd)

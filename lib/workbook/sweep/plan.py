@@ -1,11 +1,12 @@
 """A sweep's points: the product of the axes given on the command line, each checked like a run.
 
 A ``-p NAME VALUE`` whose value is a list is an axis: one point per value. A parameter that is
-itself a list (``resolutions``, ``sizes``) is swept by a list of lists (``-p sizes "[[1, 2], [4]]"``);
-a plain list is its one fixed value. Every point is merged with the profile and the parameter file
-and checked as ``workbook run`` would check it, so a bad value stops the sweep, in one sentence,
-before any point runs. A point's run key (:func:`workbook.runner.prepare`) names the run folder an
-identical run reuses: that is how a sweep finds what its points already did.
+itself a list (``resolutions``, ``sizes``) is swept by a list of lists
+(``-p sizes "[[1, 2], [4]]"``); a plain list is its one fixed value. Every point is merged with
+the profile and the parameter file and checked as ``workbook run`` would check it, so a bad value
+stops the sweep, in one sentence, before any point runs. A point's run key
+(:func:`workbook.runner.prepare`) names the run folder an identical run reuses: that is how a
+sweep finds what its points already did.
 """
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ class Point:
     key: str  # its run key
     values: dict  # every parameter of its run, merged
     gpus: int  # GPUs one run of it takes (0: none)
+    rev: str | None = None  # the git revision it runs at (None: this tree)
+    sha: str | None = None
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={json.dumps(v)}" for k, v in self.params.items())
+        return ", ".join([f"{k}={json.dumps(v)}" for k, v in self.params.items()]
+                         + ([f"rev={self.rev}"] if self.rev else []))
 
 
-def split_axes(notebook: str, cli: dict) -> tuple[dict, dict]:
-    """``-p`` values -> (axes: name -> values to sweep, fixed: name -> value)."""
+def split_axes(notebook: str, cli: dict, allow_empty: bool = False) -> tuple[dict, dict]:
+    """``-p`` values -> (axes: name -> values to sweep, fixed: name -> value); no axis is
+    allowed where revisions are swept (``allow_empty``)."""
     from workbook import params as P
 
     defaults = P.notebook_parameters(P.notebook_path(notebook))
@@ -47,7 +52,7 @@ def split_axes(notebook: str, cli: dict) -> tuple[dict, dict]:
             axes[name] = value
         else:
             fixed[name] = value
-    if not axes:
+    if not axes and not allow_empty:
         raise WorkbookError("Nothing to sweep: give at least one parameter a list of values, "
                             "e.g. -p dtype \"[float32, bfloat16]\" (a list parameter takes a list "
                             "of lists).")
@@ -82,8 +87,22 @@ def points(notebook: str, axes: dict, fixed: dict, *, profile=None, file=None,
     return out
 
 
-def sweep_id(notebook: str, axes: dict, fixed: dict, profile, file) -> str:
+def with_revisions(grid: list[Point], revs: list[tuple[str, str]]) -> list[Point]:
+    """Each grid point at each revision, the revisions' order alternating point by point (A B,
+    B A, ...); a point's key is its revision's commit and its parameters' key here."""
+    from workbook.sweep.revisions import order
+
+    by_key = {json.dumps(p.params, sort_keys=True): p for p in grid}
+    out = []
+    for params, (rev, sha) in order([p.params for p in grid], revs):
+        g = by_key[json.dumps(params, sort_keys=True)]
+        out.append(Point(len(out), params, f"{sha[:12]}:{g.key}", g.values, g.gpus, rev, sha))
+    return out
+
+
+def sweep_id(notebook: str, axes: dict, fixed: dict, profile, file, revs=()) -> str:
     """The same command gives the same id (and folder), so running it again continues."""
     blob = json.dumps({"nb": notebook, "axes": axes, "fixed": fixed, "profile": profile,
-                       "file": file}, sort_keys=True, default=str)
+                       "file": file, **({"revs": [sha for _, sha in revs]} if revs else {})},
+                      sort_keys=True, default=str)
     return f"{notebook}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"

@@ -1,5 +1,5 @@
-"""The sweep's page, ``outputs/sweeps/<id>/report.html``: every point with its headline figures and a
-link to its report, and each headline figure against each swept parameter.
+"""The sweep's page, ``outputs/sweeps/<id>/report.html``: every point with its headline figures
+and a link to its report, and each headline figure against each swept parameter.
 
 A row per point (swept values, status, where it ran, the run's headline figures as the index shows
 them); then, for every numeric headline figure, one figure per axis: the figure against that axis's
@@ -36,7 +36,8 @@ def rows(sweep: dict) -> list[dict]:
         if run_dir is not None and (run_dir / "results.json").is_file():
             head = json.loads((run_dir / "results.json").read_text()).get("headline") or {}
         took = (p["ended"] - p["started"]) if p.get("ended") and p.get("started") else None
-        out.append({**{k: _text(v) for k, v in p["params"].items()}, "status": p["status"],
+        out.append({**{k: _text(v) for k, v in p["params"].items()},
+                    **({"revision": p["rev"]} if p.get("rev") else {}), "status": p["status"],
                     "run": run_dir, "host": p.get("host"), "seconds": took,
                     "error": p.get("error"), "headline": head})
     return out
@@ -59,7 +60,7 @@ def figures(sweep: dict, rs: list[dict]):
     """Each numeric headline figure against each axis, a line per combination of the others."""
     from workbook import plots
 
-    axes = list(sweep["axes"])
+    axes = list(sweep["axes"]) + (["revision"] if sweep.get("revisions") else [])
     done = [r for r in rs if r["status"] == "ok"]
     for key in _numeric_keys(done):
         for axis in axes:
@@ -85,7 +86,8 @@ def render(sweep: dict, page: Path) -> str:
 
     plots.setup()
     rs = rows(sweep)
-    axes, keys = list(sweep["axes"]), _numeric_keys(rs)
+    axes = list(sweep["axes"]) + (["revision"] if sweep.get("revisions") else [])
+    keys = _numeric_keys(rs)
     fixed = ", ".join(f"{k}={_text(v)}" for k, v in sweep["fixed"].items()) or "none"
     head = [f"<h1>sweep {_e(sweep['id'])}: {_e(sweep['notebook'])}</h1>",
             f"<p>axes: {_e(', '.join(f'{a} ({len(v)})' for a, v in sweep['axes'].items()))}; "
@@ -105,6 +107,13 @@ def render(sweep: dict, page: Path) -> str:
         table.append("<tr>" + "".join(cells) + "</tr>")
     table.append("</table>")
     parts = head + ["".join(table)]
+    deltas = revision_deltas(sweep)
+    if deltas:
+        a, b = (r["rev"] for r in sweep["revisions"][:2])
+        parts.append(f"<h2>{_e(b)} (B) against {_e(a)} (A)</h2><p>A figure changed when the "
+                     "p10-p90 bands of A and B do not overlap, or, where none is recorded, when it "
+                     "moved more than 5 %; as markdown for a pull request:</p>"
+                     f"<pre>{_e(markdown(sweep, deltas))}</pre>")
     first = True
     for fig in figures(sweep, rs):
         parts.append('<div class="plot">' + fig.to_html(full_html=False, include_plotlyjs=first,
@@ -119,3 +128,41 @@ def write(sweep: dict) -> Path:
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(render(sweep, page), encoding="utf-8")
     return page
+
+
+def revision_deltas(sweep: dict) -> list[dict]:
+    """With two revisions: each grid point's headline figures, A against B (workbook compare)."""
+    from workbook import compare
+
+    revs = sweep.get("revisions") or []
+    if len(revs) != 2:
+        return []
+    a, b = revs[0]["commit"], revs[1]["commit"]
+    runs: dict[str, dict] = {}
+    for p in sweep["points"]:
+        if p["status"] == "ok" and p.get("run_id"):
+            runs.setdefault(json.dumps(p["params"], sort_keys=True), {})[p["commit"]] = \
+                outputs_dir() / sweep["notebook"] / p["run_id"]
+    out = []
+    for params, pair in runs.items():
+        if a in pair and b in pair:
+            c = compare.diff(pair[a], pair[b])
+            for f in c.headline:
+                out.append({"point": ", ".join(f"{k}={_text(v)}" for k, v in
+                                                json.loads(params).items()) or "-",
+                            "figure": f.key, "a": f.a, "b": f.b, "b_over_a": f.ratio(),
+                            "verdict": f.verdict, "why": f.why})
+    return out
+
+
+def markdown(sweep: dict, deltas: list[dict]) -> str:
+    """The delta table as markdown, for a pull request's description."""
+    from workbook.show import number
+
+    a, b = (r["rev"] for r in sweep["revisions"][:2])
+    lines = [f"{sweep['notebook']}: `{b}` (B) against `{a}` (A), workbook sweep {sweep['id']}", "",
+             "| point | figure | A | B | B/A | verdict |", "|---|---|---|---|---|---|"]
+    for d in deltas:
+        lines.append(f"| {d['point']} | {d['figure']} | {number(d['a'])} | {number(d['b'])} | "
+                     f"{d['b_over_a']} | {d['verdict']} ({d['why']}) |")
+    return "\n".join(lines)

@@ -34,7 +34,8 @@ class SweepState:
                                     "started": None, "ended": None, "error": None},
                                  **old.get(p.key, {}),
                                  "index": p.index, "params": p.params, "key": p.key,
-                                 "gpus": p.gpus} for p in points]}
+                                 "gpus": p.gpus, "rev": p.rev, "commit": p.sha}
+                                for p in points]}
         self.save()
 
     def _read(self) -> dict | None:
