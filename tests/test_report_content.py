@@ -7,6 +7,7 @@ rows, and everything downstream is the notebook's own code.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -78,16 +79,17 @@ def _seamed_root(tmp: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def reports():
+@contextlib.contextmanager
+def run_reports(names):
+    """Each of ``names`` run once through the runner with its cheap parameters, in a throw-away root."""
     mp = pytest.MonkeyPatch()
     tmp = Path(tempfile.mkdtemp(prefix="workbook-reports-"))
     mp.setenv("WORKBOOK_ROOT", str(_seamed_root(tmp)))
     mp.setenv("WORKBOOK_OUTPUTS", str(tmp / "outputs"))
     infos = {}
     try:
-        for name, params in RUNS.items():
-            cli = dict(params)
+        for name in names:
+            cli = dict(RUNS[name])
             if name == "export_search":
                 cli["state_dir"] = str(tmp / "state")
             infos[name] = runner.run(name, cli=cli, log=lambda *_: None)
@@ -95,6 +97,15 @@ def reports():
     finally:
         mp.undo()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+HERE = ("pos_interp", "siglip_neuron", "triton_precision")  # the LLM notebooks: test_report_llm.py
+
+
+@pytest.fixture(scope="module")
+def reports():
+    with run_reports(HERE) as infos:
+        yield infos
 
 
 def _notebook_outputs(info):
@@ -111,7 +122,7 @@ def _tables(text) -> list[str]:
     return re.findall(r'data-wb-table="([^"]*)"', "".join(text) if isinstance(text, list) else text)
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", HERE)
 def test_every_table_and_figure_reaches_the_report(reports, name):
     check_tables_and_figures(reports[name], name)
 
@@ -129,7 +140,7 @@ def check_tables_and_figures(info, name):
     assert html.count('class="plotly-graph-div"') == len(figures)
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", HERE)
 def test_the_report_reads_clean(reports, name):
     check_reads_clean(reports[name])
 
@@ -157,16 +168,6 @@ def test_gpu_sections_ran_through_the_stand_in_and_say_so(reports):
     assert "TEST STAND-IN" in html[html.index('class="wb-header'):][:6000]
 
 
-def test_export_search_text_agrees_with_its_table(reports):
-    info = reports["export_search"]
-    res = json.loads((info.run_dir / "results.json").read_text())
-    counts = {r["status"]: r["configurations"] for r in res["tables"]["counts"]}
-    said = "".join("".join(o.get("text", "")) for o in _notebook_outputs(info) if o.get("name") == "stdout")
-    total = sum(counts.values())
-    assert f"{total} configurations: " in said
-    assert all(f"{n} {status.replace('-', ' ')}" in said for status, n in counts.items())
-
-
 def test_pos_interp_results_and_claim_check(reports):
     info = reports["pos_interp"]
     res = json.loads((info.run_dir / "results.json").read_text())
@@ -181,26 +182,12 @@ def test_pos_interp_results_and_claim_check(reports):
     assert "Not measured:" in html and "Claim check" in html
 
 
-def test_mistral_figure_and_random_weights_note(reports):
-    info = reports["mistral_tp"]
-    res = json.loads((info.run_dir / "results.json").read_text())
-    steps = res["tables"]["decode_steps"]
-    assert {r["run"] for r in steps} == {"tp=2", "one process"} and all(r["decode_step_ms"] > 0 for r in steps)
-    assert len(res["tables"]["logits_by_position"]) > 0
-    fig = next(o["data"]["application/vnd.plotly.v1+json"] for o in _notebook_outputs(info)
-               if "application/vnd.plotly.v1+json" in o.get("data", {}))
-    names = {t.get("name") for t in fig["data"]}
-    assert {"tp=2", "one process", "tp against one process"} <= names
-    said = "".join("".join(o.get("text", "")) for o in _notebook_outputs(info) if o.get("name") == "stdout")
-    assert "seeded random numbers, so the generated text means nothing" in said
-
-
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
-@pytest.mark.parametrize("name", ["triton_precision", "mistral_tp"])
+@pytest.mark.parametrize("name", ["triton_precision"])
 def test_report_renders_in_a_headless_browser(reports, name, tmp_path):
     check_browser(reports[name], name, tmp_path)
 
@@ -228,44 +215,13 @@ def test_triton_precision_precision_and_model_check(reports):
                for r in res["tables"]["model_check"])
 
 
-def test_mistral_tp_two_gloo_ranks_match_one_process(reports):
-    res = json.loads((reports["mistral_tp"].run_dir / "results.json").read_text())
-    assert res["lead"] == "Numbers from: cpu tensor parallelism over 2 torchrun processes (gloo, parallelize_module)"
-    check = res["tables"]["correctness"][0]
-    assert check["tokens_identical"] is True and check["logits_max_abs_diff"] < 1e-4
-    g = res["tables"]["generations"][0]
-    assert g["completion_tokens"] == 4 and g["total_tokens"] == g["prompt_tokens"] + 4
-    assert {m["rank"] for m in res["tables"]["measurements"] if m["run"] == "tp=2"} == {0, 1}
-    assert res["fallbacks"] == []
-
-
-def test_export_search_resumes_without_repeating(reports):
-    """A second run on the same state file reads it back and tries nothing again."""
-    first = reports["export_search"]
-    state_dir = first.data["params"]["state_dir"]
-    res1 = json.loads((first.run_dir / "results.json").read_text())
-    assert res1["validator"] == "cpu" and res1["tables"]["configurations"][0]["status"] == "valid"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WORKBOOK_OUTPUTS", str(first.run_dir.parent.parent))
-    mp.setenv("WORKBOOK_ROOT", str(Path(state_dir).parent / "root"))
-    try:
-        again = runner.run("export_search", cli={**RUNS["export_search"], "state_dir": state_dir}, force=True,
-                           log=lambda *_: None)
-    finally:
-        mp.undo()
-    res2 = json.loads((again.run_dir / "results.json").read_text())
-    saved = json.loads(next(Path(state_dir).glob("*.json")).read_text())
-    assert len(saved["attempts"]) == res1["headline"]["tested"] == res2["headline"]["tested"]
-    assert res2["tables"]["configurations"] == res1["tables"]["configurations"]
-
-
 def _shape(results: dict) -> dict:
     return {"keys": sorted(results), "headline": sorted(results.get("headline") or {}),
             "tables": {name: sorted({k for row in rows for k in row})
                        for name, rows in sorted((results.get("tables") or {}).items())}}
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", HERE)
 def test_results_keep_their_shape(reports, name):
     """The results.json keys, headline keys, table names and columns of each notebook's run are those the
     code recorded before the consolidation (tests/data/results_shape.json): structure changed, results not."""

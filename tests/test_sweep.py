@@ -101,3 +101,38 @@ def test_a_killed_driver_is_continued_by_the_same_command(wb_root):
     keys = [runner.read_run(d)["key"] for d in (wb_root / "outputs" / "smoke").iterdir()
             if runner.read_run(d) and runner.read_run(d)["status"] == "ok"]
     assert sorted(keys) == sorted(p["key"] for p in data["points"])  # one ok run per point
+
+
+def test_two_revisions_run_in_their_own_worktrees_alternating(tmp_path, monkeypatch):
+    """--rev A --rev B on a clone of this repository with a smoke notebook committed twice (x_ms changed
+    in B): each point runs at each commit with that commit's notebook, the order alternates, the runs
+    record their commit, and the delta table says B changed x_ms."""
+    from conftest import SMOKE_CELLS, SMOKE_PARAMS, make_notebook
+    from workbook.paths import repo_root
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(repo_root()), str(clone)], check=True)
+    git = ["git", "-C", str(clone), "-c", "user.email=t@t", "-c", "user.name=t"]
+    nb = clone / "notebooks" / "smoke.ipynb"
+    make_notebook(nb, SMOKE_PARAMS, SMOKE_CELLS)
+    subprocess.run(git + ["add", "notebooks/smoke.ipynb"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "A"], check=True)
+    make_notebook(nb, SMOKE_PARAMS, [c.replace("n * 1.5", "n * 3.0") for c in SMOKE_CELLS])
+    subprocess.run(git + ["commit", "-q", "-am", "B"], check=True)
+    monkeypatch.setenv("WORKBOOK_ROOT", str(clone))
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    lines = []
+    data = run_sweep("smoke", {"n": [1, 2]}, revs=["HEAD~1", "HEAD"], log=lines.append)
+    assert [p["status"] for p in data["points"]] == ["ok"] * 4
+    assert [(p["params"]["n"], p["rev"]) for p in data["points"]] == [
+        (1, "HEAD~1"), (1, "HEAD"), (2, "HEAD"), (2, "HEAD~1")]  # A B, then B A
+    for p in data["points"]:
+        run = json.loads((tmp_path / "outputs" / "smoke" / p["run_id"] / "run.json").read_text())
+        assert p["commit"].startswith(run["provenance"]["git"]["commit"])
+        res = json.loads((tmp_path / "outputs" / "smoke" / p["run_id"] / "results.json").read_text())
+        assert res["headline"]["x_ms"] == p["params"]["n"] * (1.5 if p["rev"] == "HEAD~1" else 3.0)
+    table = "\n".join(lines)
+    assert "| n=1 | x_ms | 1.5 | 3 | 2× | changed" in table
+    assert "| n=2 | x_ms | 3 | 6 | 2× | changed" in table
+    with pytest.raises(ParameterError, match="Parameter rev='no-such-branch' is not allowed"):
+        run_sweep("smoke", {"n": [1]}, revs=["no-such-branch", "HEAD"], log=lambda *_: None)
