@@ -47,34 +47,10 @@ def test_a_point_this_machine_cannot_run_is_refused_first(monkeypatch):
     assert plan.gpus_for({"backend": "auto"}, 0) == 0 and plan.gpus_for({"device": "cpu"}, 4) == 0
 
 
-def test_a_two_by_two_sweep_runs_every_point_and_writes_its_page(wb_root):
-    lines = []
-    data = run_sweep("smoke", {"n": [1, 2], "sizes": [[1], [2, 3]], "label": "b"}, max_parallel=2,
-                     log=lines.append)
-    assert [p["status"] for p in data["points"]] == ["ok"] * 4
-    assert [p["params"] for p in data["points"]] == [
-        {"n": 1, "sizes": [1]}, {"n": 1, "sizes": [2, 3]}, {"n": 2, "sizes": [1]},
-        {"n": 2, "sizes": [2, 3]}]
-    sweep_dir = wb_root / "outputs" / "sweeps" / data["id"]
-    on_disk = json.loads((sweep_dir / "sweep.json").read_text())
-    assert on_disk["points"] == data["points"] and on_disk["max_parallel"] == 2
-    for p in data["points"]:
-        run = json.loads((wb_root / "outputs" / "smoke" / p["run_id"] / "run.json").read_text())
-        assert run["status"] == "ok" and run["params"]["n"] == p["params"]["n"]
-        assert run["params"]["label"] == "b"
-    page = (sweep_dir / "report.html").read_text()
-    assert page.count('/report.html">') == 4 and "x against n" in page and "x against sizes" in page
-    assert any(line.startswith("[4/4 done, 0 running, 0 failed]") for line in lines)
-    listed = subprocess.run([sys.executable, "-m", "workbook.cli", "list", "--sweep", data["id"]],
-                            capture_output=True, text=True, env=dict(os.environ))
-    assert sorted(line.split()[1] for line in listed.stdout.splitlines() if line.startswith("smoke")) \
-        == sorted(p["run_id"] for p in data["points"])
-
-
 def test_a_killed_driver_is_continued_by_the_same_command(wb_root):
     """SIGKILL the driver once a point has finished; the same command runs only what is not done."""
     argv = [sys.executable, "-m", "workbook.cli", "sweep", "smoke", "-p", "n", "[1, 2]",
-            "-p", "pause", "1.0"]
+            "-p", "pause", "0.5"]
     first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=dict(os.environ))
     sweeps = wb_root / "outputs" / "sweeps"
@@ -103,10 +79,11 @@ def test_a_killed_driver_is_continued_by_the_same_command(wb_root):
     assert sorted(keys) == sorted(p["key"] for p in data["points"])  # one ok run per point
 
 
-def test_two_revisions_run_in_their_own_worktrees_alternating(tmp_path, monkeypatch):
-    """--rev A --rev B on a clone of this repository with a smoke notebook committed twice (x_ms changed
-    in B): each point runs at each commit with that commit's notebook, the order alternates, the runs
-    record their commit, and the delta table says B changed x_ms."""
+def test_two_revisions_by_two_values_run_in_worktrees_alternating(tmp_path, monkeypatch):
+    """A 2x2 sweep, two at a time: n [1, 2] by --rev A --rev B on a clone of this repository with a smoke
+    notebook committed twice (x_ms changed in B). Each point runs at each commit with that commit's
+    notebook, the order alternates, the runs record their commit, sweep.json and the page hold every
+    point, `workbook list --sweep` lists their runs, and the delta table says B changed x_ms."""
     from conftest import SMOKE_CELLS, SMOKE_PARAMS, make_notebook
     from workbook.paths import repo_root
 
@@ -122,8 +99,20 @@ def test_two_revisions_run_in_their_own_worktrees_alternating(tmp_path, monkeypa
     monkeypatch.setenv("WORKBOOK_ROOT", str(clone))
     monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
     lines = []
-    data = run_sweep("smoke", {"n": [1, 2]}, revs=["HEAD~1", "HEAD"], log=lines.append)
+    data = run_sweep("smoke", {"n": [1, 2]}, revs=["HEAD~1", "HEAD"], max_parallel=2,
+                     log=lines.append)
     assert [p["status"] for p in data["points"]] == ["ok"] * 4
+    sweep_dir = tmp_path / "outputs" / "sweeps" / data["id"]
+    on_disk = json.loads((sweep_dir / "sweep.json").read_text())
+    assert on_disk["points"] == data["points"] and on_disk["max_parallel"] == 2
+    page = (sweep_dir / "report.html").read_text()
+    assert page.count('/report.html">') == 4 and "x against n" in page and "x against revision" in page
+    assert "(B) against" in page and any(line.startswith("[4/4 done, 0 running, 0 failed]")
+                                         for line in lines)
+    listed = subprocess.run([sys.executable, "-m", "workbook.cli", "list", "--sweep", data["id"]],
+                            capture_output=True, text=True, env=dict(os.environ))
+    assert sorted(line.split()[1] for line in listed.stdout.splitlines() if line.startswith("smoke")) \
+        == sorted(p["run_id"] for p in data["points"])
     assert [(p["params"]["n"], p["rev"]) for p in data["points"]] == [
         (1, "HEAD~1"), (1, "HEAD"), (2, "HEAD"), (2, "HEAD~1")]  # A B, then B A
     for p in data["points"]:

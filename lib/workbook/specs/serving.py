@@ -41,9 +41,9 @@ SPEC = Spec("serving", [
     Param("vision_depth", "int", 0, "tower blocks kept; 0: all", low=0),
     Param("ab_interps", "list", ["hf_bicubic", "gather4"], "A and B: the position "
           "interpolation of each server configuration", choices=INTERPS, item="str"),
-    Param("ab_sizes", "list", [384], "image sizes of the A/B, px", item="int", low=1,
+    Param("ab_sizes", "list", [224], "image sizes of the A/B, px", item="int", low=1,
           nonempty=True, allowed="a non-empty list of image sizes in pixels"),
-    Param("ab_rate", "float", 4.0, "Poisson arrival rate of the A/B, requests/s", above=0),
+    Param("ab_rate", "float", 2.0, "Poisson arrival rate of the A/B, requests/s", above=0),
     Param("ab_rounds", "int", 2, "alternating rounds (A then B, then B then A, ...)", low=1),
     Param("ab_requests", "int", 8, "requests per configuration, size and round", low=1),
     Param("seed", "int", 0, "seed of arrivals, prompts and the image projection", low=0,
