@@ -252,38 +252,50 @@ def load_items(cfg: Config):
     return items
 
 
-def load(cfg: Config, rec, log=print) -> list[dict]:
-    """Every rate, one at a time, and the concurrency run against one server; a row each."""
+def drive(cfg: Config, rec, name: str, items, options: list[str] | None, log=print):
+    """GuideLLM runs ``items`` (in ``rec.run_dir / name``) against a workbook serve started with
+    ``options``, or against ``url`` when ``options`` is None; (every item's records, tokenizer)."""
     from workbook.serve import bench
     from workbook.serve.process import ServerProcess
 
     p = cfg.p
+    folder = rec.run_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = bench.Plan(p.url, tokenizer_dir(cfg, rec.run_dir), p.prompt_tokens, p.output_tokens,
+                      items)
+    if options is None:
+        return bench.run(plan, folder, log_file=folder / "guidellm.log",
+                         timeout_s=p.timeout_s), plan.tokenizer
+    with ServerProcess(options, folder / "server.log", start_timeout_s=p.timeout_s) as server:
+        log(f"server up at {server.url}; {len(items)} benchmarks from the load generator")
+        plan.url = server.url
+        return bench.run(plan, folder, log_file=folder / "guidellm.log",
+                         timeout_s=p.timeout_s), plan.tokenizer
+
+
+def load(cfg: Config, rec, log=print) -> list[dict]:
+    """Every rate, one at a time, and the concurrency run against one server; a row each."""
+    p = cfg.p
     done = rec.done_group("load")
     if done is not None:
         return done
-    folder = rec.run_dir / "load"
-    folder.mkdir(parents=True, exist_ok=True)
-    plan = bench.Plan("", tokenizer_dir(cfg, rec.run_dir), p.prompt_tokens, p.output_tokens,
-                      load_items(cfg))
-    if cfg.external:
-        plan.url = p.url
-        items = bench.run(plan, folder, log_file=folder / "guidellm.log", timeout_s=p.timeout_s)
-    else:
-        with ServerProcess(server_options(cfg, context=p.context), folder / "server.log",
-                           start_timeout_s=p.timeout_s) as server:
-            log(f"server up at {server.url}; load generator running")
-            plan.url = server.url
-            items = bench.run(plan, folder, log_file=folder / "guidellm.log",
-                              timeout_s=p.timeout_s)
+    options = None if cfg.external else server_options(cfg, context=p.context)
+    items, tokenizer = drive(cfg, rec, "load", load_items(cfg), options, log)
     rows = []
     for item in items:
         row = {**summarize(item, p.slo_ms), "group": item["group"]}
         save_vllm_result(row, rec.run_dir / "vllm", {"backend": "openai", "model_id": cfg.served,
-                                                     "tokenizer_id": plan.tokenizer})
+                                                     "tokenizer_id": tokenizer})
         rows.append(row)
     rec.keys("load", ["benchmark"])
     rec.add_group("load", rows)
     return rows
+
+
+def roofline(rec) -> list[dict]:
+    """The engine-alone run's device, copy bandwidth, weights per step and scheduling, as a row."""
+    return [{k: rec.data[k] for k in ("device_name", "copy_gb_s", "weight_gb_per_step",
+                                      "roofline_tokens_s", "scheduling")}]
 
 
 def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
@@ -342,7 +354,8 @@ def load_figure(rows: list[dict]):
         for i, q in enumerate(("median", "p90", "p99")):
             fig.add_trace(go.Scatter(x=x, y=[r[f"{q}_{metric}_ms"] for r in rates],
                                      mode="lines+markers", name=f"{metric.upper()} {q}",
-                                     line=dict(color=plots.color(i), dash=("solid", "dot")[col - 1])),
+                                     line={"color": plots.color(i),
+                                           "dash": ("solid", "dot")[col - 1]}),
                           row=1, col=col)
     fig.add_trace(go.Scatter(x=x, y=[r["output_throughput"] for r in rates], mode="lines+markers",
                              name="output tokens/s", line=dict(color=plots.color(3))), row=1, col=3)

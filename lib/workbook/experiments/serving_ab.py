@@ -14,15 +14,14 @@ import statistics
 
 from workbook.experiments.serving import (
     Config,
+    drive,
     save_vllm_result,
     server_options,
     summarize,
-    tokenizer_dir,
 )
 
 # The seed's claimed TTFT change of B (gather4) against A (hf_bicubic), in %, per image size.
 CLAIMS = {384: (-5.0, -3.0), 512: (-12.0, -8.0), 1024: (-20.0, -15.0)}
-OVERALL_CLAIM = (-15.0, -10.0)
 LABEL = "measured on the workbook's VLM-shaped stack (seeded random weights), not on vLLM"
 
 
@@ -45,9 +44,6 @@ def ab_items(cfg: Config):
 
 def run(cfg: Config, rec, log=print) -> list[dict]:
     """Every round of every size and configuration against one vision server; a row each."""
-    from workbook.serve import bench
-    from workbook.serve.process import ServerProcess
-
     p = cfg.p
     if not p.vision_tower or cfg.external:
         rec.not_measured("the vision-prefix A/B", "vision_tower is empty" if not p.vision_tower
@@ -57,16 +53,9 @@ def run(cfg: Config, rec, log=print) -> list[dict]:
     done = rec.done_group("ab_rounds")
     if done is not None:
         return done
-    folder = rec.run_dir / "ab"
-    folder.mkdir(parents=True, exist_ok=True)
     variants = [(s, i) for s in p.ab_sizes for i in p.ab_interps]
-    plan = bench.Plan("", tokenizer_dir(cfg, rec.run_dir), p.prompt_tokens, p.output_tokens,
-                      ab_items(cfg))
-    with ServerProcess(server_options(cfg, context=cfg.ab_context(), vision=variants),
-                       folder / "server.log", start_timeout_s=p.timeout_s) as server:
-        log(f"vision server up at {server.url}; {len(plan.items)} A/B benchmarks")
-        plan.url = server.url
-        items = bench.run(plan, folder, log_file=folder / "guidellm.log", timeout_s=p.timeout_s)
+    options = server_options(cfg, context=cfg.ab_context(), vision=variants)
+    items, _ = drive(cfg, rec, "ab", ab_items(cfg), options, log)
     rows = []
     for item in items:
         size = int(item["model"].rsplit("@", 1)[1])

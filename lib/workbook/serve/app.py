@@ -12,7 +12,6 @@ import time
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from workbook.serve.protocol import (
@@ -28,7 +27,6 @@ from workbook.serve.protocol import (
     parse,
     prompt_of,
     sse,
-    validation_sentence,
 )
 
 
@@ -40,10 +38,6 @@ def build_app(service: Service) -> FastAPI:
     app = FastAPI(title="workbook serve", docs_url=None, redoc_url=None)
     app.state.service = service
     enc = service.engine.encoder
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_req, exc: RequestValidationError):
-        return JSONResponse(error_body(400, validation_sentence(exc.errors())), status_code=400)
 
     @app.exception_handler(Refusal)
     async def _refusal(_req, exc: Refusal):
@@ -81,14 +75,14 @@ def build_app(service: Service) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
         body = await parse(request, CompletionRequest)
-        Service._greedy_only(body)
+        Service.greedy_only(body)
         ids = prompt_of(body, enc)
         return await _answer(body, ids, "text_completion", "cmpl")
 
     @app.post("/v1/chat/completions")
     async def chat(request: HttpRequest):
         body = await parse(request, ChatRequest)
-        Service._greedy_only(body)
+        Service.greedy_only(body)
         return await _answer(body, enc.encode(chat_prompt(body)), "chat.completion", "chatcmpl")
 
     async def _answer(body, ids, kind, prefix):
@@ -143,13 +137,6 @@ def build_app(service: Service) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-
-    @app.middleware("http")
-    async def _json_errors(request: HttpRequest, call_next):
-        try:
-            return await call_next(request)
-        except Refusal as e:
-            return _refused(e)
 
     return app
 

@@ -1,4 +1,4 @@
-"""The engine without HTTP: prefill and decode per batch size, and the memory roofline they sit under.
+"""The engine without HTTP: prefill and decode per batch size, and the roofline they sit under.
 
 ``python -m workbook.serve.direct CONFIG.json OUT.json`` loads the engine the server would load
 (same model, dtype, cache, compiled step; CONFIG's ``inductor`` sets torch inductor options first,
@@ -99,7 +99,8 @@ def measure(cfg: dict, log=print) -> dict:
         r["weight_gb_s"] = wbytes / 1e9 / (step / 1e3) if step else None
         r["share_of_roofline"] = limit_ms / step if step else None
     dev = engine.device
-    return {"engine": engine.describe(), "inductor": cfg.get("inductor", {}), "warm_up_s": warm_s, "weight_gb_per_step": wbytes / 1e9,
+    return {"engine": engine.describe(), "inductor": cfg.get("inductor", {}), "warm_up_s": warm_s,
+            "weight_gb_per_step": wbytes / 1e9,
             **bw, "step_limit_ms": limit_ms, "roofline_tokens_s": 1e3 / limit_ms,
             "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"),
             "rows": rows}

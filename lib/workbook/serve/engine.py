@@ -1,4 +1,4 @@
-"""The model behind ``workbook serve``: one batch of requests run to the end, tokens handed out as made.
+"""The model behind ``workbook serve``: a batch of requests run to the end, tokens out as made.
 
 The engine is what ``mistral_tp`` measures, behind a server: the same loading (a checkpoint, or a
 config-only folder whose seeded weights are drawn on the device), a static KV cache, and a decode

@@ -122,8 +122,6 @@ def validation_sentence(errors) -> str:
         return "The request body is not valid."
     e = errors[0]
     where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-    if e.get("type") == "json_invalid":
-        return "The request body is not valid JSON."
     if e.get("type") == "extra_forbidden":
         return f"Unknown field {where!r}: this server does not take it."
     if e.get("type") == "missing":
@@ -152,7 +150,7 @@ class Service:
                            f"{', '.join(self.models())}.")
 
     @staticmethod
-    def _greedy_only(r: _Sampling) -> None:
+    def greedy_only(r: _Sampling) -> None:
         sampling = ((r.temperature or 0) > 0 and ((r.top_p or 1) < 1 or (r.top_k or 0) > 1))
         if sampling:
             raise Refusal(400, "This server decodes greedily: send temperature 0 (or no "
@@ -189,7 +187,8 @@ class Service:
         req = Request(prompt_ids, max_tokens, emit=emit, image=image, prefix_tokens=prefix)
         if not self.batcher.submit(req):
             st = self.batcher.state()
-            why = "is shutting down" if st["closing"] else f"queue is full ({st['waiting']} waiting)"
+            why = ("is shutting down" if st["closing"]
+                   else f"queue is full ({st['waiting']} waiting)")
             raise Refusal(503, f"The server {why}; retry after {RETRY_AFTER_S} s.",
                           {"Retry-After": str(RETRY_AFTER_S)})
         return req

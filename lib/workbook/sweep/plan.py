@@ -92,12 +92,8 @@ def with_revisions(grid: list[Point], revs: list[tuple[str, str]]) -> list[Point
     B A, ...); a point's key is its revision's commit and its parameters' key here."""
     from workbook.sweep.revisions import order
 
-    by_key = {json.dumps(p.params, sort_keys=True): p for p in grid}
-    out = []
-    for params, (rev, sha) in order([p.params for p in grid], revs):
-        g = by_key[json.dumps(params, sort_keys=True)]
-        out.append(Point(len(out), params, f"{sha[:12]}:{g.key}", g.values, g.gpus, rev, sha))
-    return out
+    return [Point(i, g.params, f"{sha[:12]}:{g.key}", g.values, g.gpus, rev, sha)
+            for i, (g, (rev, sha)) in enumerate(order(grid, revs))]
 
 
 def sweep_id(notebook: str, axes: dict, fixed: dict, profile, file, revs=()) -> str:

@@ -46,13 +46,10 @@ def env_for(tree: Path, sha: str) -> dict:
             "WORKBOOK_OUTPUTS": str(outputs_dir()), "WORKBOOK_GIT_COMMIT": sha[:12]}
 
 
-def order(grid: list[dict], revs: list[tuple[str, str]]) -> list[tuple[dict, tuple[str, str]]]:
+def order(grid: list, revs: list[tuple[str, str]]) -> list[tuple]:
     """Every grid point with every revision, the revisions' order alternating point by point."""
-    out = []
-    for i, params in enumerate(grid):
-        turn = revs if i % 2 == 0 else list(reversed(revs))
-        out += [(params, r) for r in turn]
-    return out
+    return [(point, r) for i, point in enumerate(grid)
+            for r in (revs if i % 2 == 0 else revs[::-1])]
 
 
 def find_run(notebook: str, sha: str, params: dict) -> Path | None:
