@@ -333,3 +333,72 @@ def test_the_notebook_drives_a_server_given_as_url(server, tmp_path, monkeypatch
     html = (info.run_dir / "report.html").read_text()
     assert "tiny-mistral:hf_bicubic@224" in html  # what /v1/models listed
     assert not list((info.run_dir / "load").glob("server.log"))  # nothing was started
+
+
+def test_decode_queues_exactly_the_steps_a_batch_needs(server):
+    """One step ahead of the host: a batch takes as many decode steps as its longest request needs
+    and no more; one whose client left stops within a step of it."""
+    from workbook.serve.engine import Request
+
+    engine = server.service.engine
+    calls, step = [], engine.step_fn
+
+    def counted(*a, **k):
+        calls.append(1)
+        return step(*a, **k)
+
+    got = {0: [], 1: []}
+    engine.step_fn = counted
+    try:
+        engine.run_batch([Request([5, 6, 7], 3, emit=lambda k, v: got[0].append(v)),
+                          Request([5, 6], 6, emit=lambda k, v: got[1].append(v))])
+        assert len(calls) == 5  # six tokens: one from the prefill, five steps
+        assert [len(got[0]), len(got[1])] == [3 + 1, 6 + 1]  # the tokens, then "done"
+        calls.clear()
+        leaving, seen = Request([5, 6, 7], 50, emit=None), []
+
+        def emit(kind, _v):
+            seen.append(kind)
+            if len(seen) == 2:
+                leaving.cancelled = True
+        leaving.emit = emit
+        engine.run_batch([leaving])
+        # two tokens out; the step after them was queued before the client was seen to leave
+        assert seen == ["token", "token", "done"] and len(calls) == 2
+    finally:
+        engine.step_fn = step
+
+
+def test_a_resumed_run_keeps_the_engine_alone_facts(tmp_path, monkeypatch):
+    """A run resumed after the engine-alone section takes its rows and its roofline facts (device,
+    copy bandwidth, step) from the run that measured them, and does not measure them again."""
+    from workbook import proc, record
+    from workbook.experiments import serving
+    from workbook.specs.serving import SPEC
+
+    monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    cfg = serving.configure(SPEC.defaults())
+    result = {"copy_gb_s": 30.0, "weight_gb_per_step": 0.01, "roofline_tokens_s": 3000.0,
+              "device_name": "cpu", "engine": {"scheduling": "static", "step": "eager"},
+              "rows": [{"batch": 1, "decode_step_ms_p50": 1.5}]}
+
+    def measured(argv, **_kw):
+        from pathlib import Path
+
+        Path(argv[-1]).write_text(json.dumps(result))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(proc, "run", measured)
+    first = record.Recorder("serving", dict(cfg.p), run_dir=tmp_path / "a")
+    rows = serving.direct(cfg, first)
+
+    def never(*_a, **_kw):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(proc, "run", never)
+    monkeypatch.setenv(record.RESUME_ENV, str(tmp_path / "a"))
+    again = record.Recorder("serving", dict(cfg.p), run_dir=tmp_path / "b")
+    resumed = serving.direct(cfg, again)
+    assert [r["decode_step_ms_p50"] for r in resumed] == [r["decode_step_ms_p50"] for r in rows]
+    assert serving.roofline(again) == serving.roofline(first)
+    assert serving.roofline(again)[0]["step"] == "eager"

@@ -208,9 +208,10 @@ def direct(cfg: Config, rec) -> list[dict]:
     if why:
         rec.not_measured("the engine alone (prefill, decode, roofline)", why)
         return []
-    done = rec.done_group("direct")
-    if done is not None:
-        return done
+    facts = rec.done_group("roofline", timed=True)  # recorded after the rows, so both are there
+    if facts:
+        rec.set(**{k: v for k, v in facts[0].items() if k != "resumed_from"})
+        return rec.done_group("direct", timed=True)
     folder = rec.run_dir / "direct"
     folder.mkdir(parents=True, exist_ok=True)
     spec = {"engine": {"model": cfg.model, "dtype": cfg.dtype, "device": cfg.device,
@@ -228,12 +229,14 @@ def direct(cfg: Config, rec) -> list[dict]:
         raise WorkbookError(f"The engine measurement failed ({how}); last lines of its log:\n"
                             f"{proc.tail_text(folder / 'direct.log')}")
     res = json.loads((folder / "result.json").read_text())
-    rec.set(copy_gb_s=res["copy_gb_s"], weight_gb_per_step=res["weight_gb_per_step"],
-            roofline_tokens_s=res["roofline_tokens_s"], device_name=res["device_name"],
-            scheduling=res["engine"]["scheduling"])
+    facts = {"copy_gb_s": res["copy_gb_s"], "weight_gb_per_step": res["weight_gb_per_step"],
+             "roofline_tokens_s": res["roofline_tokens_s"], "device_name": res["device_name"],
+             "scheduling": res["engine"]["scheduling"], "step": res["engine"]["step"]}
+    rec.set(**facts)
     rows = [{**r, "roofline_tokens_s": res["roofline_tokens_s"]} for r in res["rows"]]
     rec.keys("direct", ["batch"])
     rec.add_group("direct", rows)
+    rec.add_group("roofline", [facts])
     return rows
 
 
@@ -276,7 +279,7 @@ def drive(cfg: Config, rec, name: str, items, options: list[str] | None, log=pri
 def load(cfg: Config, rec, log=print) -> list[dict]:
     """Every rate, one at a time, and the concurrency run against one server; a row each."""
     p = cfg.p
-    done = rec.done_group("load")
+    done = rec.done_group("load", timed=True)
     if done is not None:
         return done
     options = None if cfg.external else server_options(cfg, context=p.context)
@@ -295,7 +298,7 @@ def load(cfg: Config, rec, log=print) -> list[dict]:
 def roofline(rec) -> list[dict]:
     """The engine-alone run's device, copy bandwidth, weights per step and scheduling, as a row."""
     return [{k: rec.data[k] for k in ("device_name", "copy_gb_s", "weight_gb_per_step",
-                                      "roofline_tokens_s", "scheduling")}]
+                                      "roofline_tokens_s", "step", "scheduling")}]
 
 
 def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:

@@ -50,7 +50,7 @@ def run(cfg: Config, rec, log=print) -> list[dict]:
                          else "the server at url is not workbook serve (its model names carry "
                               "no image prefix)")
         return []
-    done = rec.done_group("ab_rounds")
+    done = rec.done_group("ab_rounds", timed=True)
     if done is not None:
         return done
     variants = [(s, i) for s in p.ab_sizes for i in p.ab_interps]

@@ -92,9 +92,6 @@ class Request:
     made: int = 0
     admitted_at: float = field(default_factory=time.perf_counter)
 
-    def wants_more(self) -> bool:
-        return not self.cancelled and self.made < self.max_tokens
-
 
 class Engine:
     """The loaded model, its encoder, its caches, and :meth:`run_batch`."""
@@ -132,8 +129,14 @@ class Engine:
                             f"max_position_embeddings ({self.max_positions})")
         self._kv = decode.cache_keyword(self.model)
         self._caches: dict[int, object] = {}
-        self.step_fn = (torch.compile(self.model, mode="reduce-overhead", fullgraph=False)
-                        if cfg.compile else self.model)
+        self.step_fn = self.model
+        if cfg.compile:
+            import torch._inductor.config as inductor_config
+
+            # Tuning the generated kernels' launch parameters shortens the batch-1 step (figures in
+            # outputs/reference/*/serving/README.md); it is paid once, at warm-up.
+            inductor_config.coordinate_descent_tuning = True
+            self.step_fn = torch.compile(self.model, mode="reduce-overhead", fullgraph=False)
         self.vision = None
         if cfg.vision_tower:
             from workbook.serve.vision import VisionPrefix
@@ -212,32 +215,58 @@ class Engine:
             out = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, **kv,
                              use_cache=True, cache_position=torch.arange(width, device=self.device),
                              logits_to_keep=1)
-            nxt = full_tensor(out.logits)[:, -1].argmax(-1)
-            self._hand_out(reqs, nxt)
+            nxt = self._to_host(full_tensor(out.logits)[:, -1].argmax(-1))
             pos = pos[:, -1:]
             cache_pos = torch.tensor([width], device=self.device)
-            at = width  # the position this step writes (cache_pos, kept on the host too)
-            while self._going(reqs) and at < self.cfg.context:
-                pos, at = pos + 1, at + 1
-                out = self.step_fn(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                                   **kv, use_cache=True, cache_position=cache_pos)
-                nxt = full_tensor(out.logits)[:, -1].argmax(-1)
-                cache_pos = cache_pos + 1
+            at = width  # the position the next step writes (cache_pos, kept on the host too)
+            # One step ahead: the next step is queued on the device before the host waits for the
+            # tokens of this one, so handing tokens out overlaps the device's work. Whether there
+            # is a next step is known beforehand (no EOS stop); a client that left is seen a step
+            # late, which costs at most one step.
+            while True:
+                ahead = None
+                if self._going(reqs, after=1) and at < self.cfg.context:
+                    pos = pos + 1
+                    out = self.step_fn(input_ids=nxt[0][:, None], attention_mask=mask,
+                                       position_ids=pos, **kv, use_cache=True,
+                                       cache_position=cache_pos)
+                    ahead = self._to_host(full_tensor(out.logits)[:, -1].argmax(-1))
+                    cache_pos, at = cache_pos + 1, at + 1
                 self._hand_out(reqs, nxt)
+                if ahead is None:
+                    break
+                nxt = ahead
         for r in reqs:
             r.emit("done", None)
         self.batches += 1
 
-    def _going(self, reqs: list[Request]) -> bool:
-        """Another step? Alone: while a request still wants tokens (a batch whose clients all left
-        ends now). In lockstep: while one has not made its tokens, which every rank knows."""
+    def _going(self, reqs: list[Request], after: int = 0) -> bool:
+        """Another step once ``after`` more tokens are handed out? Alone: while a request still
+        wants tokens (a batch whose clients all left ends). In lockstep: while one has not made
+        its tokens, which every rank knows."""
         if self.lockstep:
-            return any(r.made < r.max_tokens for r in reqs)
-        return any(r.wants_more() for r in reqs)
+            return any(r.made + after < r.max_tokens for r in reqs)
+        return any(not r.cancelled and r.made + after < r.max_tokens for r in reqs)
+
+    def _to_host(self, tokens):
+        """The tokens on the device, and their copy on its way to the host: a copy queued now,
+        before the next step, so that waiting for it does not wait for that step too."""
+        import torch
+
+        if self.device.type != "cuda":
+            return tokens, tokens, None
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return tokens, host, ready
 
     @staticmethod
     def _hand_out(reqs: list[Request], nxt) -> None:
-        ids = nxt.tolist()  # the one host sync a step: the tokens go out now
+        _, host, ready = nxt
+        if ready is not None:
+            ready.synchronize()  # the one wait a step: the tokens go out now
+        ids = host.tolist()
         for r, t in zip(reqs, ids):
             if r.made < r.max_tokens:
                 r.made += 1
@@ -248,6 +277,9 @@ class Engine:
         cfg = self.cfg
         return {"model": cfg.model, "dtype": cfg.dtype, "device": str(self.device),
                 "max_batch": cfg.max_batch, "context": cfg.context, "compile": cfg.compile,
+                "step": ("torch.compile, CUDA graphs, coordinate-descent tuning, one step queued "
+                         "ahead of the host" if cfg.compile else "eager, one step queued ahead "
+                         "of the host"),
                 "scheduling": self.scheduling, "encoder": self.encoder.why,
                 "tp_degree": cfg.tp_degree, "tp_mechanism": self.tp_facts["tp_mechanism"],
                 "load_s": self.load_s,
