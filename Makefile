@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PINS)
-	$(BIN)/python -m pip install -q -e '.[test,triton]' $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[test,triton,ray]' $(TORCH_PINS)
 	$(BIN)/python -m ipykernel install --sys-prefix --name workbook --display-name "Python (workbook)" >/dev/null
 	touch $(STAMP)
 

@@ -13,6 +13,7 @@ the report, so the same experiment can be re-run on another machine with one lin
     workbook compare RUN_A RUN_B [--all] [--tolerance 0.05]
         (what changed beyond noise, as text and as outputs/compare/<A>__<B>.html with figures)
     workbook sweep NOTEBOOK -p NAME "[V1, V2]" ... [--profile P] [-f F] [--max-parallel N]
+                   [--rev A --rev B] [--executor local|ray] [--address ADDR]
                                     (every combination, each an ordinary run; the same command
                                     continues a sweep; outputs/sweeps/<id>/report.html)
     workbook params NOTEBOOK        (the notebook's parameters with their help)
@@ -70,9 +71,13 @@ def _parser() -> argparse.ArgumentParser:
                                      'takes a list of lists); a single value is fixed')
     sw.add_argument("-f", "--file", help="YAML file of parameters (as for run)")
     sw.add_argument("--profile", help="params/<profile>.yaml section (as for run)")
-    sw.add_argument("--executor", default="local", choices=("local",),
+    sw.add_argument("--executor", default="local",
                     help="where points run: local (this machine, in parallel without "
-                         "oversubscribing it)")
+                         "oversubscribing it) or ray (tasks on a Ray cluster; needs the ray "
+                         "extra)")
+    sw.add_argument("--address", default=None, metavar="ADDR",
+                    help="with --executor ray: the cluster to join (host:port, or auto for the "
+                         "one on this machine); default: a local cluster started for the sweep")
     sw.add_argument("--max-parallel", type=int, default=0, metavar="N",
                     help="points at once (default: one a GPU for GPU points, 1 for CPU points)")
     sw.add_argument("--timeout", type=float, default=None, help="seconds per point")
@@ -192,7 +197,7 @@ def _main(argv: list[str] | None) -> int:
             cli = {k: parse_cli_value(v) for k, v in args.param}
             data = run_sweep(args.notebook, cli, profile=args.profile, file=args.file,
                              max_parallel=args.max_parallel, timeout_s=args.timeout,
-                             revs=args.rev)
+                             revs=args.rev, executor=args.executor, address=args.address)
             return 0 if all(p["status"] == "ok" for p in data["points"]) else 1
         if args.cmd == "compare":
             from workbook import compare, compare_html

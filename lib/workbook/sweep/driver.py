@@ -8,34 +8,56 @@ from __future__ import annotations
 
 import time
 
-from workbook.sweep import local, plan, report, revisions
+from workbook.sweep import local, plan, ray_exec, report, revisions
 from workbook.sweep.state import SweepState, here
 
 
+EXECUTORS = ("local", "ray")
+
+
 def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel: int = 0,
-              timeout_s: float | None = None, revs: list[str] = (), log=print) -> dict:
-    """Run every point of the sweep (at each of ``revs`` when given); its sweep.json as it ends."""
+              timeout_s: float | None = None, revs: list[str] = (), executor: str = "local",
+              address: str | None = None, log=print) -> dict:
+    """Run every point of the sweep (at each of ``revs`` when given) with ``executor`` (local, or
+    ray at ``address``); its sweep.json as it ends."""
     from workbook import params as P
     from workbook import runner
     from workbook.errors import bad_param
 
+    if executor not in EXECUTORS:
+        raise bad_param("executor", executor, " or ".join(EXECUTORS))
+    if address and executor != "ray":
+        raise bad_param("address", address, "given only with --executor ray")
+    if max_parallel < 0:
+        raise bad_param("max-parallel", max_parallel, "0 (as the resources allow) or more")
     name = P.notebook_path(notebook).stem
     axes, fixed = plan.split_axes(name, cli, allow_empty=bool(revs))
     resolved = revisions.resolve(list(revs)) if revs else []
-    gpus = local.visible_gpus()
+    ray = ray_exec.require() if executor == "ray" else None
+    gpus = local.visible_gpus() if ray is None else 0
     points = plan.points(name, axes, fixed, profile=profile, file=file, visible_gpus=gpus)
     if resolved:
         points = plan.with_revisions(points, resolved)
-    for p in points:
-        if p.gpus > gpus:
-            raise bad_param("point", p.label, f"a point this machine can run: it takes {p.gpus} "
-                            f"GPU(s) and torch sees {gpus}")
-    if max_parallel < 0:
-        raise bad_param("max-parallel", max_parallel, "0 (as the resources allow) or more")
-    parallel = max_parallel or local.default_parallel(points, gpus)
+    if ray is None:
+        cores = local.visible_neuron_cores()
+        for p in points:
+            if p.gpus > gpus or p.neuron_cores > cores:
+                raise bad_param("point", p.label, f"a point this machine can run: it takes "
+                                f"{p.gpus} GPU(s) and {p.neuron_cores} NeuronCore(s); torch sees "
+                                f"{gpus} GPU(s) and the Neuron driver {cores} NeuronCore(s)")
+        parallel = max_parallel or local.default_parallel(points, gpus, cores)
+    else:
+        ray_exec.connect(address, log=log)
+        try:
+            ray_exec.check_fits(ray, points)
+        except Exception:
+            ray_exec.disconnect(ray)
+            raise
+        parallel = max_parallel or ray_exec.capacity(ray, points)
     sid = plan.sweep_id(name, axes, fixed, profile, file, resolved)
     state = SweepState(sid, {"notebook": name, "axes": axes, "fixed": fixed, "profile": profile,
-                             "file": str(file) if file else None, "executor": "local",
+                             "file": str(file) if file else None, "executor": executor,
+                             "address": address,
                              "max_parallel": parallel,
                              "revisions": [{"rev": r, "commit": c} for r, c in resolved]},
                        points)
@@ -53,34 +75,43 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
     logs = state.dir / "points"
     logs.mkdir(parents=True, exist_ok=True)
 
-    def run_one(p, gpu_ids, cpu_ids):
-        state.update(p.index, status="running", host=here(), started=time.time(), ended=None,
-                     gpu_ids=gpu_ids, cpu_ids=cpu_ids, error=None)
+    def run_one(p, slots):
+        state.update(p.index, status="running", host=here() if ray is None else "ray",
+                     started=time.time(), ended=None, error=None, **slots)
         _progress(state, log, f"point {p.index + 1} ({p.label}) started")
         argv = local.argv_for(name, {**fixed, **p.params}, profile=profile, file=file)
-        extra, cwd = {}, None
-        if p.sha:
-            cwd = revisions.worktree(state.dir, p.sha)
-            extra = revisions.env_for(cwd, p.sha)
-        r = local.launch(argv, logs / f"{p.index}.log", gpu_ids, cpu_ids, timeout_s=timeout_s,
-                         env_extra=extra, cwd=cwd)
+        tree = revisions.worktree(state.dir, p.sha) if p.sha else None
+        if ray is None:
+            extra = revisions.env_for(tree, p.sha) if p.sha else {}
+            r = local.launch(argv, logs / f"{p.index}.log", slots, timeout_s=timeout_s,
+                             env_extra=extra, cwd=tree)
+            code, timed_out, host, lost = r.returncode, r.timed_out, here(), None
+        else:
+            out = _on_ray(ray, p, argv, tree, sid, timeout_s, name, logs)
+            code, timed_out, host = out["returncode"], out["timed_out"], out["host"]
+            lost = out.get("error")
         if p.sha:
             folder = revisions.find_run(name, p.sha, {**fixed, **p.params})
             run = runner.read_run(folder) if folder else None
-            ok = r.returncode == 0 and bool(run) and run.get("status") == "ok"
+            ok = code == 0 and bool(run) and run.get("status") == "ok"
         else:
             folder = runner.latest_with_key(name, p.key)
-            ok = r.returncode == 0 and runner.find_reusable(name, p.key) is not None
-        error = None if ok else (f"timed out after {timeout_s:.0f} s" if r.timed_out else
-                                 _run_error(folder) or f"exit code {r.returncode}")
-        state.update(p.index, status="ok" if ok else "failed", ended=time.time(),
+            ok = code == 0 and runner.find_reusable(name, p.key) is not None
+        error = None if ok else (f"timed out after {timeout_s:.0f} s" if timed_out else lost
+                                 or _run_error(folder) or f"exit code {code}")
+        state.update(p.index, status="ok" if ok else "failed", ended=time.time(), host=host,
                      run_id=folder.name if folder else None, error=error)
         _progress(state, log, f"point {p.index + 1} ({p.label}) "
                   + (f"ok: {folder.name}" if ok else f"failed: {error}"))
 
     try:
-        local.run_points(todo, run_one, parallel, gpus)
+        if ray is None:
+            local.run_points(todo, run_one, parallel, gpus, cores)
+        else:
+            ray_exec.run_points(todo, run_one, parallel)
     finally:
+        if ray is not None:
+            ray_exec.disconnect(ray)
         page = report.write(state.data)
     c = state.counts()
     deltas = report.revision_deltas(state.data)
@@ -88,6 +119,29 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
         log(report.markdown(state.data, deltas))
     log(f"sweep {sid}: {c['ok']} ok, {c['failed']} failed\n  {page}")
     return state.data
+
+
+def _on_ray(ray, p, argv, tree, sid, timeout_s, name, logs) -> dict:
+    """One point as a Ray task: its run folder unpacked into outputs/, its log's tail kept."""
+    from workbook.paths import repo_root
+
+    commit = p.sha[:12] if p.sha else _commit()
+    try:
+        out = ray.get(ray_exec.submit(ray, p, name, argv, tree=tree or repo_root(), sweep_id=sid,
+                                      commit=commit, timeout_s=timeout_s))
+    except ray.exceptions.RayError as e:  # retries spent, or the cluster went away
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        (logs / f"{p.index}.log").write_text(f"{type(e).__name__}: {e}\n")
+        return {"returncode": None, "timed_out": False, "host": "ray", "error": first}
+    (logs / f"{p.index}.log").write_text(out["log_tail"] + "\n")
+    ray_exec.unpack(out, name)
+    return out
+
+
+def _commit() -> str:
+    from workbook import provenance
+
+    return str((provenance.collect().get("git") or {}).get("commit") or "unknown")
 
 
 def _finished(name: str, p, prior: dict):

@@ -25,6 +25,7 @@ class Point:
     key: str  # its run key
     values: dict  # every parameter of its run, merged
     gpus: int  # GPUs one run of it takes (0: none)
+    neuron_cores: int = 0  # NeuronCores one run of it takes
     rev: str | None = None  # the git revision it runs at (None: this tree)
     sha: str | None = None
 
@@ -68,6 +69,15 @@ def gpus_for(values: dict, visible: int) -> int:
     return 0
 
 
+def neuron_cores_for(values: dict) -> int:
+    """NeuronCores a run with these parameters takes: its cores (or ranks) when its target is
+    neuron, else none."""
+    target = next((values[k] for k in ("backend", "device", "validator") if k in values), None)
+    if target == "neuron":
+        return max(int(values.get("tp_degree") or values.get("cores") or 1), 1)
+    return 0
+
+
 def points(notebook: str, axes: dict, fixed: dict, *, profile=None, file=None,
            visible_gpus: int = 0) -> list[Point]:
     """Every combination of the axes, checked; identical runs (same key) appear once."""
@@ -83,7 +93,8 @@ def points(notebook: str, axes: dict, fixed: dict, *, profile=None, file=None,
         if key in seen:
             continue
         seen.add(key)
-        out.append(Point(len(out), swept, key, values, gpus_for(values, visible_gpus)))
+        out.append(Point(len(out), swept, key, values, gpus_for(values, visible_gpus),
+                         neuron_cores_for(values)))
     return out
 
 
@@ -92,8 +103,8 @@ def with_revisions(grid: list[Point], revs: list[tuple[str, str]]) -> list[Point
     B A, ...); a point's key is its revision's commit and its parameters' key here."""
     from workbook.sweep.revisions import order
 
-    return [Point(i, g.params, f"{sha[:12]}:{g.key}", g.values, g.gpus, rev, sha)
-            for i, (g, (rev, sha)) in enumerate(order(grid, revs))]
+    return [Point(i, g.params, f"{sha[:12]}:{g.key}", g.values, g.gpus, g.neuron_cores, rev,
+                  sha) for i, (g, (rev, sha)) in enumerate(order(grid, revs))]
 
 
 def sweep_id(notebook: str, axes: dict, fixed: dict, profile, file, revs=()) -> str:
