@@ -522,8 +522,8 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
     kills = [
         (0.3, None),  # right after start: before or during the first try
         # during a try, >= 2 done; then during a later try
-        (0, lambda st: len(st["attempts"]) >= 2 and st["running"] is not None),
-        (0, lambda st: len(st["attempts"]) >= 6 and st["running"] is not None),
+        (0, lambda st: len(st["attempts"]) >= 2 and st["running"]),
+        (0, lambda st: len(st["attempts"]) >= 6 and st["running"]),
     ]
     kept = []
     for wait, ready in kills:
@@ -533,9 +533,9 @@ def test_sigkill_and_resume_lose_nothing_and_repeat_nothing(tmp_path):
         if st is not None:
             kept.extend(st["attempts"])
             if ready is not None:
-                assert st["running"] is not None  # really killed in the middle of a try
+                assert st["running"]  # really killed in the middle of a try
                 # the try sleeps 0.3 s: it must die with the search, not linger until resume
-                assert _gone(st["running"]["token"], within=0.25)
+                assert _gone(st["running"][0]["token"], within=0.25)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     final = json.loads(path.read_text())
@@ -568,12 +568,12 @@ def test_two_kills_in_the_same_try_resume_to_the_uninterrupted_answer(tmp_path):
     path = tmp_path / "state" / "org--fake.json"
     for n in (1, 2):
         def inside(st, n=n):  # the slow try runs: started n times by now
-            run = st["running"]
+            run = st["running"][0]
             return (run is not None and (run["tp"], run["batch"], run["seq"]) == (2, 8, 1024)
                     and side.exists() and side.read_text().count("start 2 8 1024") == n)
         search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         st = _kill_when(search, path, inside)
-        assert _gone(st["running"]["token"])
+        assert _gone(st["running"][0]["token"])
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     final = json.loads(path.read_text())
@@ -602,8 +602,8 @@ def test_no_process_of_a_try_outlives_a_killed_search(tmp_path):
     cmd = _cli(tmp_path, f"{{python}} -S {script} {pids}", tmp_path / "state")
     search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     st = _kill_when(search, tmp_path / "state" / "org--fake.json",
-                    lambda st: st["running"] is not None and pids.exists() and pids.read_text())
-    token = st["running"]["token"]
+                    lambda st: st["running"] and pids.exists() and pids.read_text())
+    token = st["running"][0]["token"]
     assert _gone(token, within=5)
     assert not any(_alive(int(p)) for p in pids.read_text().split())
 
@@ -637,10 +637,10 @@ def test_a_killed_search_leaves_no_rank_of_the_cpu_validator(tiny_lm, tmp_path):
                               stderr=subprocess.DEVNULL)
 
     def ranks_run(st):  # validate, torchrun and two ranks
-        return st["running"] is not None and len(_procs_with_token(st["running"]["token"])) >= 4
+        return st["running"] and len(_procs_with_token(st["running"][0]["token"])) >= 4
 
     st = _kill_when(search, es.state_path(tmp_path, tiny_lm), ranks_run, limit=120)
-    assert _gone(st["running"]["token"])
+    assert _gone(st["running"][0]["token"])
 
 
 @pytest.mark.parametrize("args, sentence", [

@@ -226,6 +226,10 @@ ES_BAD = _bad("export_search", ES_CHEAP, [
     ("memory_budget_gb", "0", "a positive number of GB per device"),
     ("instance_type", "p5", "empty or one of trn1, inf2, trn2"),
     ("model", "/nonexistent/mistral", "Parameter model="),
+    ("executor", "slurm", "Parameter executor='slurm' is not allowed"),
+    ("address", "10.0.0.1:6379", "Parameter address='10.0.0.1:6379' is not allowed: left at its "
+                                 "default unless executor is ray"),
+    ("max_parallel", "-1", "Parameter max_parallel="),
 ])
 
 

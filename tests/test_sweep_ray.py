@@ -133,3 +133,35 @@ def test_without_ray_the_executor_is_refused_with_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if not installed
     with pytest.raises(ParameterError, match=r"ray once Ray is installed \(pip install -e "):
         ray_exec.require()
+
+
+def test_the_export_search_through_ray_gives_the_local_answer(cluster, tmp_path):
+    """The same fake tries (tests/test_export_search.py) searched here and through Ray: one at a
+    time, the same tries in the same order and the same table; two at a time, the same verdicts
+    and optimum, every try recorded once."""
+    from test_export_search import CANDS, EXPECTED_TRIES, _fake_validator, _statuses
+
+    from workbook.llm import search
+    from workbook.llm import search_plan as sp
+    from workbook.llm.search_ray import RayDispatch
+
+    v, _ = _fake_validator(tmp_path, pause=0.05)
+    here = search.search("m", v, CANDS, tmp_path / "here", 60, log=lambda *_: None)
+    states = {}
+    for parallel in (1, 2):
+        d = RayDispatch(cluster, parallel, log=lambda *_: None)
+        try:
+            states[parallel] = search.search("m", v, CANDS, tmp_path / f"ray{parallel}", 60,
+                                             log=lambda *_: None, dispatch=d)
+        finally:
+            d.close()
+    one, two = states[1], states[2]
+    assert [(a["tp"], a["batch"], a["seq"]) for a in one["attempts"]] == EXPECTED_TRIES
+    assert _statuses(one) == _statuses(here)
+    assert all(a["host"] == socket.gethostname() and Path(a["log"]).is_file()
+               for a in one["attempts"])
+    tried = [(a["tp"], a["batch"], a["seq"]) for a in two["attempts"]]
+    assert len(tried) == len(set(tried)) and set(EXPECTED_TRIES) <= set(tried)
+    assert {k: s in sp.VALID for k, s in _statuses(two).items()} == \
+        {k: s in sp.VALID for k, s in _statuses(here).items()}
+    assert sp.optimal(two) == sp.optimal(here)

@@ -44,6 +44,13 @@ def configure(P: Values) -> Config:
     one sentence on error. Nothing is tried here."""
     from workbook.models import mistral
 
+    if P.executor == "ray":
+        from workbook.sweep import ray_exec
+
+        ray_exec.require()  # not installed: the one sentence, before anything starts
+    elif P.address or P.max_parallel:
+        name = "address" if P.address else "max_parallel"
+        raise bad_param(name, P[name], "left at its default unless executor is ray")
     target = targets.resolve(P.validator, param="validator", choices=VALIDATORS,
                              neuron=attempts.optimum_cli_probe)
     model, note = P.model, ""
@@ -65,7 +72,8 @@ def configure(P: Values) -> Config:
                    "heads")
             raise bad_param("total_cores", P.total_cores, why) from None
         raise
-    attempts.check_fits(cands, target, "total_cores", P.total_cores)
+    if P.executor == "local":  # on a cluster, each try is checked against the nodes it may use
+        attempts.check_fits(cands, target, "total_cores", P.total_cores)
     cfg = Config(p=P, target=target, model=model, cands=cands, heads=heads, max_positions=positions,
                  state_dir=state or outputs_dir() / "export_search" / "state")
     # a state file of another validator, or of other settings, is refused here, not when it opens
@@ -116,8 +124,22 @@ def describe(cfg: Config) -> list[dict]:
 def run(cfg: Config, rec, log=print) -> dict:
     """Run (or resume) the search, then record the counts by status, every configuration, the
     optimal ones and the headline; returns the final state."""
-    state = search.search(cfg.model, validator(cfg), cfg.cands, cfg.state_dir, cfg.p.timeout_s,
-                          progress=True, log=log)
+    dispatch = None
+    if cfg.p.executor == "ray":
+        from workbook.llm.search_ray import RayDispatch
+
+        dispatch = RayDispatch(cfg.p.address or None, cfg.p.max_parallel, log=log)
+        try:
+            dispatch.check(validator(cfg).name, cfg.cands["tps"])
+        except Exception:
+            dispatch.close()
+            raise
+    try:
+        state = search.search(cfg.model, validator(cfg), cfg.cands, cfg.state_dir,
+                              cfg.p.timeout_s, progress=True, log=log, dispatch=dispatch)
+    finally:
+        if dispatch is not None:
+            dispatch.close()
     for r in sp.counts(state):
         rec.add("counts", r)
     rows = sp.summary(state)

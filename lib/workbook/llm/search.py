@@ -10,7 +10,13 @@ be interrupted. So the search:
   the pure rules of :mod:`workbook.llm.search_plan` leave "pending";
 - gives the same answer however often, and whenever, it was killed: a try is decided only by what
   the try itself showed (its exit status, a timeout, an out-of-memory kill while it ran). A try cut
-  short because the search was killed from outside is tried again on resume.
+  short because the search was killed from outside is tried again on resume;
+- runs its tries here, one at a time, or through a dispatcher (:mod:`workbook.llm.search_ray`:
+  Ray tasks on the NeuronCores or GPUs of several machines), several at a time: the next pending
+  candidates start while others run, and each result re-plans the rest. Run one at a time it tries
+  exactly what the local search tries; several at a time, a candidate that a result still in
+  flight would have settled by rule may be tried as well, so more configurations are "tested",
+  with the same verdicts.
 
 A try that has a result is never run again; to retry one (say after raising the timeout), delete
 its entry from ``attempts`` in the state file.
@@ -111,11 +117,13 @@ def _open_state(path: Path, model: str, validator: Validator, cands: dict, timeo
         log(f"resuming {path}: {len(state['attempts'])} tries already done")
     else:
         state = {"model": model, "model_name": model_name(model), "validator_name": validator.name,
-                 "attempts": [], "running": None, "interruptions": [], "sessions": [],
+                 "attempts": [], "running": [], "interruptions": [], "sessions": [],
                  "seconds_total": 0.0}
-    for key, empty in (("attempts", []), ("running", None), ("interruptions", []),
+    for key, empty in (("attempts", []), ("running", []), ("interruptions", []),
                        ("sessions", [])):
         state.setdefault(key, empty)
+    if isinstance(state["running"], dict) or state["running"] is None:  # one try, before lists
+        state["running"] = [state["running"]] if state["running"] else []
     state.update(validator=validator.describe(), rules_version=RULES_VERSION, candidates=cands,
                  timeout_s=timeout_s, complete=False)
     state["sessions"].append({"started": now_iso(), "pid": os.getpid()})
@@ -144,38 +152,63 @@ def _own_evidence(run: dict, workdir: Path) -> dict | None:
 
 
 def _recover_interrupted(state: dict, workroot: Path, log) -> None:
-    """A try that was running when the search was killed: stop its leftovers; record its outcome
-    where it left evidence of one, else try it again."""
-    run = state.get("running")
-    if not run:
-        return
-    key = (run["tp"], run["batch"], run["seq"])
-    killed = kill_leftovers(run["token"])
-    rec = _own_evidence(run, workroot / _workdir_name(*key))
-    if any((a["tp"], a["batch"], a["seq"]) == key for a in state["attempts"]):
-        rec = None  # already recorded (a state file written by hand)
-    if rec is not None:
-        state["attempts"].append(rec)
-    outcome = f"recorded as {rec['status']}" if rec is not None else "tried again"
-    state["interruptions"].append({"tp": key[0], "batch": key[1], "seq": key[2],
-                                   "started": run["started"], "noticed": now_iso(),
-                                   "leftover_processes_killed": len(killed), "outcome": outcome})
-    state["running"] = None
-    log(f"the last session was killed during tp={key[0]} batch={key[1]} seq={key[2]} (leftover "
-        f"processes stopped: {len(killed)}); {outcome}")
+    """Tries that were running when the search was killed: stop their leftovers; record each one's
+    outcome where it left evidence of one, else try it again."""
+    for run in state.get("running") or []:
+        key = (run["tp"], run["batch"], run["seq"])
+        killed = kill_leftovers(run["token"])
+        rec = _own_evidence(run, workroot / _workdir_name(*key))
+        if any((a["tp"], a["batch"], a["seq"]) == key for a in state["attempts"]):
+            rec = None  # already recorded (a state file written by hand)
+        if rec is not None:
+            state["attempts"].append(rec)
+        outcome = f"recorded as {rec['status']}" if rec is not None else "tried again"
+        state["interruptions"].append({"tp": key[0], "batch": key[1], "seq": key[2],
+                                       "started": run["started"], "noticed": now_iso(),
+                                       "leftover_processes_killed": len(killed),
+                                       "outcome": outcome})
+        log(f"the last session was killed during tp={key[0]} batch={key[1]} seq={key[2]} "
+            f"(leftover processes stopped: {len(killed)}); {outcome}")
+    state["running"] = []
+
+
+class HereDispatch:
+    """Tries run in this process, one at a time (what :func:`search` does without a dispatcher)."""
+
+    parallel = 1
+
+    def __init__(self):
+        self._done: dict[str, dict] = {}
+
+    def submit(self, validator, model, tp, batch, seq, workdir, timeout_s, token):
+        self._done[token] = run_attempt(validator, model, tp, batch, seq, workdir, timeout_s,
+                                        token)
+        return token
+
+    def wait(self, handles):
+        return list(handles)  # each ran to its end in submit
+
+    def result(self, handle, workdir):
+        return self._done.pop(handle)
+
+    def cancel(self, handles):
+        pass
 
 
 # ---------------------------------------------------------------- the search
 
 def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: float, progress=None,
-           log=print) -> dict:
+           log=print, dispatch=None) -> dict:
     """Try every pending candidate, largest first, re-planning after each result; return the state.
 
     The state is ``<out_dir>/<model_name>.json``, rewritten after every try; each try's folder (log,
     export) is ``<out_dir>/<model_name>.attempts/tp<T>-b<B>-s<S>``. ``timeout_s``: for one try, all
     its steps. ``progress``: None, True (a progress bar) or a callable ``progress(record,
-    plan_rows)`` called after each try.
+    plan_rows)`` called after each try. ``dispatch``: where tries run (default here, one at a
+    time; :class:`workbook.llm.search_ray.RayDispatch` for a Ray cluster), ``dispatch.parallel``
+    at a time.
     """
+    dispatch = dispatch or HereDispatch()
     cands = normalize_cands(cands)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,30 +233,42 @@ def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: fl
             rows = state["plan"]
             bar = progress_bar(total=len(rows), initial=sum(r["status"] != "pending" for r in rows),
                                desc="export search", unit="config")
+        running: dict = {}  # handle -> (tp, batch, seq), token
         try:
             while True:
-                pending = [r for r in plan(cands, state["attempts"]) if r[3] == "pending"]
-                if not pending:
+                busy = {key for key, _ in running.values()}
+                pending = [tuple(r[:3]) for r in plan(cands, state["attempts"])
+                           if r[3] == "pending" and tuple(r[:3]) not in busy]
+                while pending and len(running) < dispatch.parallel:
+                    tp, b, s = pending.pop(0)
+                    token = uuid.uuid4().hex
+                    state["running"].append({"tp": tp, "batch": b, "seq": s,
+                                             "started": now_iso(), "token": token,
+                                             "pid": os.getpid(), "oom_kills": oom_kills()})
+                    save()
+                    h = dispatch.submit(validator, model, tp, b, s,
+                                        workroot / _workdir_name(tp, b, s), timeout_s, token)
+                    running[h] = ((tp, b, s), token)
+                if not running:
                     break
-                tp, b, s = pending[0][:3]
-                token = uuid.uuid4().hex
-                state["running"] = {"tp": tp, "batch": b, "seq": s, "started": now_iso(),
-                                    "token": token, "pid": os.getpid(), "oom_kills": oom_kills()}
-                save()
-                try:
-                    rec = run_attempt(validator, model, tp, b, s,
-                                      workroot / _workdir_name(tp, b, s), timeout_s, token)
-                finally:  # on Ctrl-C the try's processes are gone already: it is tried again
-                    state["running"] = None
-                state["attempts"].append(rec)
-                save()
-                left = sum(r["status"] == "pending" for r in state["plan"])
-                log(f"tp={tp} batch={b} seq={s}: {rec['status']} in {rec['seconds']:.1f} s "
-                    f"({rec['detail']}); {left} pending")
-                if bar is not None:
-                    bar.update(len(state["plan"]) - left - bar.n)
-                elif callable(progress):
-                    progress(rec, state["plan"])
+                for h in dispatch.wait(list(running)):
+                    (tp, b, s), token = running.pop(h)
+                    rec = {"tp": tp, "batch": b, "seq": s,
+                           **dispatch.result(h, workroot / _workdir_name(tp, b, s))}
+                    state["running"] = [r for r in state["running"] if r["token"] != token]
+                    state["attempts"].append(rec)
+                    save()
+                    left = sum(r["status"] == "pending" for r in state["plan"])
+                    log(f"tp={tp} batch={b} seq={s}: {rec['status']} in {rec['seconds']:.1f} s "
+                        f"({rec['detail']}); {left} pending")
+                    if bar is not None:
+                        bar.update(len(state["plan"]) - left - bar.n)
+                    elif callable(progress):
+                        progress(rec, state["plan"])
+        except BaseException:
+            # on Ctrl-C or an error the tries in flight are stopped: they are tried again
+            dispatch.cancel(list(running))
+            state["running"] = []
         except BaseException:
             save()
             raise
