@@ -55,33 +55,15 @@ def _ok_runs(root: Path) -> list[dict]:
     return [r for r in runs if r and r["status"] == "ok"]
 
 
-def test_a_sweep_runs_as_ray_tasks_and_its_runs_come_back(wb_root, cluster):
-    lines = []
-    data = run_sweep("smoke", {"n": [1, 2], "label": ["a", "b"]}, executor="ray",
-                     address=cluster, log=lines.append)
-    assert data["executor"] == "ray" and data["address"] == cluster
-    assert [p["status"] for p in data["points"]] == ["ok"] * 4
-    assert all(p["host"] == socket.gethostname() for p in data["points"])
-    runs = _ok_runs(wb_root)  # unpacked into the driver's outputs/, one a point
-    assert sorted(r["key"] for r in runs) == sorted(p["key"] for p in data["points"])
-    for p in data["points"]:
-        res = json.loads((wb_root / "outputs" / "smoke" / p["run_id"] / "results.json").read_text())
-        assert res["headline"]["x_ms"] == p["params"]["n"] * 1.5
-        assert res["params"]["label"] == p["params"]["label"]
-    assert any(line.startswith("[4/4 done, 0 running, 0 failed]") for line in lines)
-    again = run_sweep("smoke", {"n": [1, 2], "label": ["a", "b"]}, executor="ray",
-                      address=cluster, log=lines.append)
-    assert [p["run_id"] for p in again["points"]] == [p["run_id"] for p in data["points"]]
-    assert "4 done earlier, 0 to run" in "\n".join(lines)
-
-
-def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(wb_root, cluster):
-    """SIGKILL the Ray worker running the point once its first group is recorded: Ray runs the
-    task again, the run resumes what the killed attempt recorded, one run comes back."""
-    argv = {"n": [4], "sizes": [[1, 2]], "pause": 3.0}
-    out = {}
+def test_a_sweep_runs_as_ray_tasks_and_a_killed_worker_is_retried(wb_root, cluster):
+    """The 2x2 sweep through Ray: every point's run comes back into the driver's outputs/, one run a
+    point. The worker running point 0 is SIGKILLed once its first group is recorded: Ray runs the
+    task again, the run resumes what the killed attempt recorded, nothing is lost or doubled. The
+    same command then finds every point done."""
+    grid = {"n": [1, 2], "label": ["a", "b"], "sizes": [1, 2], "pause": 1.5}
+    out, lines = {}, []
     driver = threading.Thread(target=lambda: out.update(data=run_sweep(
-        "smoke", argv, executor="ray", address=cluster, log=lambda *_: None)))
+        "smoke", grid, executor="ray", address=cluster, log=lines.append)))
     driver.start()
     scratch, groups = None, []
     deadline = time.time() + 120
@@ -96,19 +78,28 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_doubled(wb_root, clus
                 except ValueError:
                     continue
         time.sleep(0.2)
-    assert groups, "the point never recorded its first group"
+    assert groups, "point 0 never recorded its first group"
     first_pid = groups[0]["pid"]
     os.kill(int((scratch / "worker.pid").read_text()), signal.SIGKILL)
     driver.join(300)
     data = out["data"]
-    assert [p["status"] for p in data["points"]] == ["ok"]
-    runs = _ok_runs(wb_root)
-    assert len(runs) == 1  # one run came back
-    res = json.loads((wb_root / "outputs" / "smoke" / data["points"][0]["run_id"]
-                      / "results.json").read_text())
-    assert [r["size"] for r in res["tables"]["g"]] == [1, 2]  # nothing lost, nothing twice
-    assert res["tables"]["g"][0]["pid"] == first_pid  # the killed attempt's group, resumed
-    assert res["tables"]["g"][1]["pid"] != first_pid
+    assert data["executor"] == "ray" and data["address"] == cluster
+    assert [p["status"] for p in data["points"]] == ["ok"] * 4
+    assert all(p["host"] == socket.gethostname() for p in data["points"])
+    runs = _ok_runs(wb_root)  # unpacked into the driver's outputs/, one a point
+    assert sorted(r["key"] for r in runs) == sorted(p["key"] for p in data["points"])
+    for p in data["points"]:
+        res = json.loads((wb_root / "outputs" / "smoke" / p["run_id"] / "results.json").read_text())
+        assert res["headline"]["x_ms"] == p["params"]["n"] * 1.5
+        assert res["params"]["label"] == p["params"]["label"]
+        assert [r["size"] for r in res["tables"]["g"]] == [1, 2]  # nothing lost, nothing twice
+    killed = json.loads((wb_root / "outputs" / "smoke" / data["points"][0]["run_id"]
+                         / "results.json").read_text())["tables"]["g"]
+    assert killed[0]["pid"] == first_pid != killed[1]["pid"]  # the killed attempt's group resumed
+    assert any(line.startswith("[4/4 done, 0 running, 0 failed]") for line in lines)
+    again = run_sweep("smoke", grid, executor="ray", address=cluster, log=lines.append)
+    assert [p["run_id"] for p in again["points"]] == [p["run_id"] for p in data["points"]]
+    assert "4 done earlier, 0 to run" in "\n".join(lines)
 
 
 def test_bad_ray_input_is_one_sentence(wb_root, cluster):
