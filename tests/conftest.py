@@ -72,8 +72,19 @@ def wb_root(tmp_path, monkeypatch):
     return root
 
 
+# Modules (and notebooks) that take minutes, longest first: xdist hands modules out in collection
+# order, so starting these first keeps one worker from running a long one alone at the end.
+LONG_FIRST = ["siglip_neuron.ipynb", "export_search.ipynb", "test_report_serving.py",
+              "pos_interp.ipynb", "test_report_content.py", "test_sweep_ray.py", "test_sweep.py",
+              "test_report_llm.py", "test_runner.py", "test_llm_launch.py", "mistral_tp.ipynb",
+              "triton_precision.ipynb", "test_notebooks.py", "test_serve.py"]
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need a CUDA GPU; here they are skipped, saying so."""
+    """Long modules first (:data:`LONG_FIRST`); tests marked ``gpu`` need a CUDA GPU: here they are
+    skipped, saying so."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
     try:
         import torch
 

@@ -568,7 +568,7 @@ def test_two_kills_in_the_same_try_resume_to_the_uninterrupted_answer(tmp_path):
     path = tmp_path / "state" / "org--fake.json"
     for n in (1, 2):
         def inside(st, n=n):  # the slow try runs: started n times by now
-            run = st["running"][0]
+            run = (st["running"] or [None])[0]
             return (run is not None and (run["tp"], run["batch"], run["seq"]) == (2, 8, 1024)
                     and side.exists() and side.read_text().count("start 2 8 1024") == n)
         search = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,7 +17,7 @@ def _name(spec: str) -> str:
 def test_environment_yml_matches_pyproject():
     proj = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(proj["dependencies"])
-    for extra in ("test", "triton"):
+    for extra in ("test", "triton", "ray"):
         wanted += proj["optional-dependencies"][extra]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)

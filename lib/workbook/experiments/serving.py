@@ -323,7 +323,12 @@ LOAD_COLUMNS = ["benchmark", "achieved_rate", "gap_cv", "completed", "failed",
                 "output_throughput", "request_goodput"]
 DIRECT_COLUMNS = ["batch", "prefill_ms", "decode_step_ms_p50", "decode_step_ms_p90",
                   "decode_tokens_s_per_seq", "decode_tokens_s_total", "weight_gb_s",
-                  "share_of_roofline"]
+                  "share_of_roofline", "device_step_ms", "device_share_of_roofline"]
+
+
+def direct_columns(rows: list[dict]) -> list[str]:
+    """The engine-alone table's columns that hold figures (the step alone is timed on GPUs)."""
+    return [c for c in DIRECT_COLUMNS if any(r.get(c) is not None for r in rows)]
 
 
 def headline(rec, direct_rows, load_rows, over, extra: dict | None = None) -> None:
@@ -382,8 +387,12 @@ def direct_figure(rows: list[dict]):
                              mode="lines+markers", name="decode tokens/s",
                              line=dict(color=plots.color(0))), row=1, col=1)
     fig.add_trace(go.Scatter(x=x, y=[r["share_of_roofline"] for r in rows], mode="lines+markers",
-                             name="share of roofline", line=dict(color=plots.color(1))),
-                  row=1, col=2)
+                             name="share of roofline, served step",
+                             line=dict(color=plots.color(1))), row=1, col=2)
+    if any(r.get("device_share_of_roofline") for r in rows):
+        fig.add_trace(go.Scatter(x=x, y=[r.get("device_share_of_roofline") for r in rows],
+                                 mode="lines+markers", name="share of roofline, step alone",
+                                 line=dict(color=plots.color(2), dash="dot")), row=1, col=2)
     fig.update_xaxes(title_text="batch size", type="log", tickvals=x)
     fig.update_yaxes(tickformat=".3~%", rangemode="tozero", row=1, col=2)
     fig.update_layout(title="The engine alone: decode against batch size", showlegend=True)

@@ -3,7 +3,8 @@
 ``python -m workbook.serve.direct CONFIG.json OUT.json`` loads the engine the server would load
 (same model, dtype, cache, compiled step; CONFIG's ``inductor`` sets torch inductor options first,
 to try one on the decode step), then for each batch size runs one batch the way the
-server does (the tokens of every step go to the host) and times its prefill and each decode step.
+server does (the tokens of every step go to the host) and times its prefill and each decode step,
+and on a GPU the step alone (steps back to back on the device), whose difference is host overhead.
 Beside it, the device's copy bandwidth is measured (bytes read and written per second by a plain
 device-to-device copy, best of several), and each decode figure is put against the weight-read
 limit it implies: weights read per step / bandwidth is the shortest a step can be.
@@ -83,12 +84,13 @@ def measure(cfg: dict, log=print) -> dict:
         setattr(inductor_config, key, value)
     engine = Engine(ec, log=log)
     log(f"loaded in {engine.load_s:.1f} s; warming up")
-    warm_s = engine.warm_up()
+    warm_s = engine.warm_up(sizes=cfg["batches"])  # a compiled step per size measured
     wbytes = weight_bytes_per_step(engine.model)
     rows = []
     for b in cfg["batches"]:
         _timed_batch(engine, b, cfg["prompt_tokens"], min(cfg["output_tokens"], 8))
         row = _timed_batch(engine, b, cfg["prompt_tokens"], cfg["output_tokens"])
+        row["device_step_ms"] = engine.time_steps(b)
         log(f"batch {b}: prefill {row['prefill_ms']:.1f} ms, decode step "
             f"{row['decode_step_ms_p50']:.2f} ms")
         rows.append(row)
@@ -98,6 +100,8 @@ def measure(cfg: dict, log=print) -> dict:
         step = r["decode_step_ms_p50"]
         r["weight_gb_s"] = wbytes / 1e9 / (step / 1e3) if step else None
         r["share_of_roofline"] = limit_ms / step if step else None
+        dev = r["device_step_ms"]
+        r["device_share_of_roofline"] = limit_ms / dev if dev else None
     dev = engine.device
     return {"engine": engine.describe(), "inductor": cfg.get("inductor", {}), "warm_up_s": warm_s,
             "weight_gb_per_step": wbytes / 1e9,

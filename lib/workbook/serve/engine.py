@@ -159,12 +159,14 @@ class Engine:
             cache.reset()
         return cache
 
-    def warm_up(self, steps: int = 3, run=None) -> float:
-        """One short batch per bucket (through ``run``, default :meth:`run_batch`), so caches are
-        allocated and a compiled step is captured before the first request; returns the seconds
-        it took."""
+    def warm_up(self, steps: int = 3, run=None, sizes=None) -> float:
+        """One short batch per bucket (through ``run``, default :meth:`run_batch`; only the
+        buckets of ``sizes`` when given), so caches are allocated and a compiled step is captured
+        before the first request; returns the seconds it took."""
         t0 = time.perf_counter()
-        for b in buckets(self.cfg.max_batch):
+        want = buckets(self.cfg.max_batch) if sizes is None else \
+            sorted({bucket_for(n, self.cfg.max_batch) for n in sizes})
+        for b in want:
             reqs = [Request([PAD_ID + 3] * 4, min(steps, self.cfg.context - 4),
                             emit=lambda *_: None) for _ in range(b)]
             (run or self.run_batch)(reqs)
@@ -239,6 +241,33 @@ class Engine:
         for r in reqs:
             r.emit("done", None)
         self.batches += 1
+
+    def time_steps(self, batch: int, steps: int = 50) -> float | None:
+        """Milliseconds per decode step run back to back on the device (CUDA events, no host work
+        between steps): the step's own time, against which the served step's host overhead shows.
+        None on the CPU."""
+        import torch
+
+        if self.device.type != "cuda":
+            return None
+        b = bucket_for(batch, self.cfg.max_batch)
+        with torch.inference_mode():
+            kv = {self._kv: self._cache(b)}
+            at = self.cfg.context // 2
+            args = dict(input_ids=torch.full((b, 1), PAD_ID + 3, device=self.device),
+                        attention_mask=torch.ones(b, self.cfg.context, dtype=torch.long,
+                                                  device=self.device),
+                        position_ids=torch.full((b, 1), at, device=self.device),
+                        cache_position=torch.tensor([at], device=self.device), use_cache=True, **kv)
+            for _ in range(3):
+                self.step_fn(**args)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(steps):
+                self.step_fn(**args)
+            end.record()
+            end.synchronize()
+        return start.elapsed_time(end) / steps
 
     def _going(self, reqs: list[Request], after: int = 0) -> bool:
         """Another step once ``after`` more tokens are handed out? Alone: while a request still
