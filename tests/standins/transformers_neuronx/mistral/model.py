@@ -7,8 +7,11 @@ the real module differs (it binds the internal checkpoint container under that n
 """
 from __future__ import annotations
 
+import time
+
 import torch
 
+STEP_S = 0.01  # seconds the stand-in's "device" takes per generated token
 AMP_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 _KNOWN = ("n_positions", "batch_size", "amp", "tp_degree", "context_length_estimate",
           "context_unroll", "unroll", "neuron_config")
@@ -145,4 +148,8 @@ class MistralForSampling:
         pkg.CALLS.append({"fn": "MistralForSampling.sample", "shape": list(input_ids.shape),
                           "sequence_length": sequence_length, "top_k": top_k})
         with torch.inference_mode():
-            return self._hf.generate(input_ids, **kw)
+            out = self._hf.generate(input_ids, **kw)
+        # a device takes time per step; the tiny CPU model alone is so fast that a busy CPU's
+        # noise can make a one-token call look slower than a full one
+        time.sleep(STEP_S * (out.shape[1] - context_length))
+        return out
