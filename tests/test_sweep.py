@@ -101,7 +101,7 @@ def test_two_revisions_by_two_values_run_in_worktrees_alternating(tmp_path, monk
     lines = []
     data = run_sweep("smoke", {"n": [1, 2]}, revs=["HEAD~1", "HEAD"], max_parallel=2,
                      log=lines.append)
-    assert [p["status"] for p in data["points"]] == ["ok"] * 4
+    assert [p["status"] for p in data["points"]] == ["ok"] * 4, [p.get("error") for p in data["points"]]
     sweep_dir = tmp_path / "outputs" / "sweeps" / data["id"]
     on_disk = json.loads((sweep_dir / "sweep.json").read_text())
     assert on_disk["points"] == data["points"] and on_disk["max_parallel"] == 2
@@ -121,7 +121,51 @@ def test_two_revisions_by_two_values_run_in_worktrees_alternating(tmp_path, monk
         res = json.loads((tmp_path / "outputs" / "smoke" / p["run_id"] / "results.json").read_text())
         assert res["headline"]["x_ms"] == p["params"]["n"] * (1.5 if p["rev"] == "HEAD~1" else 3.0)
     table = "\n".join(lines)
-    assert "| n=1 | x_ms | 1.5 | 3 | 2× | changed" in table
-    assert "| n=2 | x_ms | 3 | 6 | 2× | changed" in table
+    assert "one run a side, [p10-p90] where recorded" in table
+    assert "| n=1 | x_ms | 1.5 ms | 3 ms | 2× | changed (beyond ±5%) |" in table
+    assert "| n=2 | x_ms | 3 ms | 6 ms | 2× | changed (beyond ±5%) |" in table
     with pytest.raises(ParameterError, match="Parameter rev='no-such-branch' is not allowed"):
         run_sweep("smoke", {"n": [1]}, revs=["no-such-branch", "HEAD"], log=lambda *_: None)
+
+
+def test_repeats_take_turns_and_give_the_a_b_table_the_repeats_range(wb_root, monkeypatch):
+    """--repeat 3: each point three times at each revision, A B, B A, A B; the delta table takes
+    each side's median and calls a figure changed only where the repeats' ranges do not overlap."""
+    from workbook.paths import outputs_dir
+    from workbook.sweep import report
+
+    grid = plan.points("smoke", {"n": [1]}, {})
+    pts = plan.with_revisions(grid, [("A", "a" * 40), ("B", "b" * 40)], repeat=3)
+    assert [(p.rev, p.repeat) for p in pts] == [("A", 0), ("B", 0), ("B", 1), ("A", 1),
+                                                ("A", 2), ("B", 2)]
+    assert len({p.key for p in pts}) == 6 and pts[2].label == "n=1, rev=B, repeat 2"
+    figures = {"A": [(10.0, "x"), (11.0, "x"), (12.0, "x")],  # x_ms, label
+               "B": [(11.5, "x"), (13.0, "y"), (14.0, "y")]}
+    points = []
+    for p in pts:
+        x, label = figures[p.rev][p.repeat]
+        run = outputs_dir() / "smoke" / f"run-{p.rev}{p.repeat}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"headline": {
+            "x_ms": x, "y_ms": 5.0 if p.rev == "A" else 9.0, "label": label}}))
+        points.append({"params": p.params, "commit": p.sha, "status": "ok",
+                       "run_id": run.name})
+    sweep = {"id": "s", "notebook": "smoke", "points": points, "repeat": 3,
+             "revisions": [{"rev": "A", "commit": "a" * 40}, {"rev": "B", "commit": "b" * 40}]}
+    rows = {d["figure"]: d for d in report.revision_deltas(sweep)}
+    assert (rows["x_ms"]["a"], rows["x_ms"]["b"]) == (11.0, 13.0)
+    assert rows["x_ms"]["verdict"] == "noise" and rows["x_ms"]["why"] == "within the repeats' range"
+    assert rows["y_ms"]["verdict"] == "changed" and rows["y_ms"]["why"] == "beyond the repeats' range"
+    assert rows["label"]["b"] == '"y" / "x"' or rows["label"]["b"] == '"x" / "y"'
+    md = report.markdown(sweep, list(rows.values()))
+    assert "median of 3 runs a side, taken in turns" in md
+    assert "| n=1 | x_ms | 11 ms [10–12] | 13 ms [11.5–14] | 1.18× | noise (within the repeats' range) |" in md
+
+
+def test_repeat_is_refused_without_two_revisions(wb_root):
+    with pytest.raises(ParameterError, match="Parameter repeat=3 is not allowed: 1 unless two "
+                                             "revisions are compared"):
+        run_sweep("smoke", {"n": [1, 2]}, repeat=3, log=lambda *_: None)
+    with pytest.raises(ParameterError, match="Parameter repeat=0 is not allowed"):
+        run_sweep("smoke", {"n": [1]}, revs=["HEAD~1", "HEAD"], repeat=0, log=lambda *_: None)
+    assert not (wb_root / "outputs" / "smoke").exists()

@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--rev", action="append", default=[], metavar="REV",
                     help="a git revision to run every point at, in a worktree of its own "
                          "(repeat: --rev main --rev my-branch); revisions alternate A B, B A, ...")
+    sw.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="with two --rev: run each point N times at each revision, taking turns, "
+                         "so the A/B table has the repeats' range as its noise band")
     c = sub.add_parser("compare",
                        help="what changed beyond noise between two runs of one notebook; also "
                             "written as outputs/compare/<A>__<B>.html with A-vs-B figures")
@@ -197,7 +200,8 @@ def _main(argv: list[str] | None) -> int:
             cli = {k: parse_cli_value(v) for k, v in args.param}
             data = run_sweep(args.notebook, cli, profile=args.profile, file=args.file,
                              max_parallel=args.max_parallel, timeout_s=args.timeout,
-                             revs=args.rev, executor=args.executor, address=args.address)
+                             revs=args.rev, executor=args.executor, address=args.address,
+                             repeat=args.repeat)
             return 0 if all(p["status"] == "ok" for p in data["points"]) else 1
         if args.cmd == "compare":
             from workbook import compare, compare_html

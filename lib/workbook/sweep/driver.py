@@ -17,9 +17,9 @@ EXECUTORS = ("local", "ray")
 
 def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel: int = 0,
               timeout_s: float | None = None, revs: list[str] = (), executor: str = "local",
-              address: str | None = None, log=print) -> dict:
-    """Run every point of the sweep (at each of ``revs`` when given) with ``executor`` (local, or
-    ray at ``address``); its sweep.json as it ends."""
+              address: str | None = None, repeat: int = 1, log=print) -> dict:
+    """Run every point of the sweep (at each of ``revs`` when given, ``repeat`` times each) with
+    ``executor`` (local, or ray at ``address``); its sweep.json as it ends."""
     from workbook import params as P
     from workbook import runner
     from workbook.errors import bad_param
@@ -30,6 +30,11 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
         raise bad_param("address", address, "given only with --executor ray")
     if max_parallel < 0:
         raise bad_param("max-parallel", max_parallel, "0 (as the resources allow) or more")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise bad_param("repeat", repeat, "a number of runs of at least 1")
+    if repeat > 1 and len(revs) < 2:
+        raise bad_param("repeat", repeat, "1 unless two revisions are compared (--rev A --rev B): "
+                        "the repeats give the A/B table its noise band")
     name = P.notebook_path(notebook).stem
     axes, fixed = plan.split_axes(name, cli, allow_empty=bool(revs))
     resolved = revisions.resolve(list(revs)) if revs else []
@@ -37,7 +42,7 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
     gpus = local.visible_gpus() if ray is None else 0
     points = plan.points(name, axes, fixed, profile=profile, file=file, visible_gpus=gpus)
     if resolved:
-        points = plan.with_revisions(points, resolved)
+        points = plan.with_revisions(points, resolved, repeat)
     if ray is None:
         cores = local.visible_neuron_cores()
         for p in points:
@@ -54,11 +59,11 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
             ray_exec.disconnect(ray)
             raise
         parallel = max_parallel or ray_exec.capacity(ray, points)
-    sid = plan.sweep_id(name, axes, fixed, profile, file, resolved)
+    sid = plan.sweep_id(name, axes, fixed, profile, file, resolved, repeat)
     state = SweepState(sid, {"notebook": name, "axes": axes, "fixed": fixed, "profile": profile,
                              "file": str(file) if file else None, "executor": executor,
                              "address": address,
-                             "max_parallel": parallel,
+                             "max_parallel": parallel, "repeat": repeat,
                              "revisions": [{"rev": r, "commit": c} for r, c in resolved]},
                        points)
     todo = []
@@ -74,13 +79,18 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
         f"  {state.path}")
     logs = state.dir / "points"
     logs.mkdir(parents=True, exist_ok=True)
+    # one worktree a revision, made here, one after the other: two `git worktree add` at once
+    # can trip over each other's locks
+    trees = {sha: revisions.worktree(state.dir, sha) for sha in {p.sha for p in todo if p.sha}}
 
     def run_one(p, slots):
         state.update(p.index, status="running", host=here() if ray is None else "ray",
                      started=time.time(), ended=None, error=None, **slots)
         _progress(state, log, f"point {p.index + 1} ({p.label}) started")
         argv = local.argv_for(name, {**fixed, **p.params}, profile=profile, file=file)
-        tree = revisions.worktree(state.dir, p.sha) if p.sha else None
+        if p.repeat:
+            argv.append("--force")  # a repeat is measured again, not the first run reused
+        tree = trees[p.sha] if p.sha else None
         if ray is None:
             extra = revisions.env_for(tree, p.sha) if p.sha else {}
             r = local.launch(argv, logs / f"{p.index}.log", slots, timeout_s=timeout_s,
@@ -91,7 +101,9 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
             code, timed_out, host = out["returncode"], out["timed_out"], out["host"]
             lost = out.get("error")
         if p.sha:
-            folder = revisions.find_run(name, p.sha, {**fixed, **p.params})
+            taken = {q.get("run_id") for i, q in enumerate(state.data["points"])
+                     if i != p.index and q.get("run_id")}
+            folder = revisions.find_run(name, p.sha, {**fixed, **p.params}, taken)
             run = runner.read_run(folder) if folder else None
             ok = code == 0 and bool(run) and run.get("status") == "ok"
         else:

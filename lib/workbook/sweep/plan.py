@@ -28,11 +28,13 @@ class Point:
     neuron_cores: int = 0  # NeuronCores one run of it takes
     rev: str | None = None  # the git revision it runs at (None: this tree)
     sha: str | None = None
+    repeat: int = 0  # which run of this point at this revision (0: the first)
 
     @property
     def label(self) -> str:
         return ", ".join([f"{k}={json.dumps(v)}" for k, v in self.params.items()]
-                         + ([f"rev={self.rev}"] if self.rev else []))
+                         + ([f"rev={self.rev}"] if self.rev else [])
+                         + ([f"repeat {self.repeat + 1}"] if self.repeat else []))
 
 
 def split_axes(notebook: str, cli: dict, allow_empty: bool = False) -> tuple[dict, dict]:
@@ -98,18 +100,22 @@ def points(notebook: str, axes: dict, fixed: dict, *, profile=None, file=None,
     return out
 
 
-def with_revisions(grid: list[Point], revs: list[tuple[str, str]]) -> list[Point]:
-    """Each grid point at each revision, the revisions' order alternating point by point (A B,
-    B A, ...); a point's key is its revision's commit and its parameters' key here."""
+def with_revisions(grid: list[Point], revs: list[tuple[str, str]], repeat: int = 1) -> list[Point]:
+    """Each grid point at each revision ``repeat`` times, the revisions' order alternating turn by
+    turn (A B, B A, A B, ...); a point's key is its revision's commit, its parameters' key here
+    and, past the first, its repeat."""
     from workbook.sweep.revisions import order
 
-    return [Point(i, g.params, f"{sha[:12]}:{g.key}", g.values, g.gpus, g.neuron_cores, rev,
-                  sha) for i, (g, (rev, sha)) in enumerate(order(grid, revs))]
+    turns = [(g, r) for g in grid for r in range(repeat)]
+    return [Point(i, g.params, f"{sha[:12]}:{g.key}" + (f"#{r}" if r else ""), g.values, g.gpus,
+                  g.neuron_cores, rev, sha, r)
+            for i, ((g, r), (rev, sha)) in enumerate(order(turns, revs))]
 
 
-def sweep_id(notebook: str, axes: dict, fixed: dict, profile, file, revs=()) -> str:
+def sweep_id(notebook: str, axes: dict, fixed: dict, profile, file, revs=(), repeat=1) -> str:
     """The same command gives the same id (and folder), so running it again continues."""
     blob = json.dumps({"nb": notebook, "axes": axes, "fixed": fixed, "profile": profile,
-                       "file": file, **({"revs": [sha for _, sha in revs]} if revs else {})},
+                       "file": file, **({"revs": [sha for _, sha in revs]} if revs else {}),
+                       **({"repeat": repeat} if repeat > 1 else {})},
                       sort_keys=True, default=str)
     return f"{notebook}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"

@@ -110,9 +110,14 @@ def render(sweep: dict, page: Path) -> str:
     deltas = revision_deltas(sweep)
     if deltas:
         a, b = (r["rev"] for r in sweep["revisions"][:2])
+        band = ("the ranges of the repeated runs" if (sweep.get("repeat") or 1) > 1
+                else "p10-p90 bands")
         parts.append(f"<h2>{_e(b)} (B) against {_e(a)} (A)</h2><p>A figure changed when the "
-                     "p10-p90 bands of A and B do not overlap, or, where none is recorded, when it "
-                     "moved more than 5 %; as markdown for a pull request:</p>"
+                     f"{band} of A and B do not overlap, or, where there are none, when it moved "
+                     "more than 5 %"
+                     + ("" if (sweep.get("repeat") or 1) > 1 else
+                        " (one run a side: --repeat N gives every figure a band)")
+                     + "; as markdown for a pull request:</p>"
                      f"<pre>{_e(markdown(sweep, deltas))}</pre>")
     first = True
     for fig in figures(sweep, rs):
@@ -131,38 +136,74 @@ def write(sweep: dict) -> Path:
 
 
 def revision_deltas(sweep: dict) -> list[dict]:
-    """With two revisions: each grid point's headline figures, A against B (workbook compare)."""
-    from workbook import compare
-
+    """With two revisions: each grid point's headline figures, A against B. One run a side: as
+    ``workbook compare`` judges them (bands where recorded, else the tolerance); repeated runs:
+    the medians, with the repeats' range as each side's band."""
     revs = sweep.get("revisions") or []
     if len(revs) != 2:
         return []
     a, b = revs[0]["commit"], revs[1]["commit"]
-    runs: dict[str, dict] = {}
+    runs: dict[str, dict[str, list[Path]]] = {}
     for p in sweep["points"]:
         if p["status"] == "ok" and p.get("run_id"):
-            runs.setdefault(json.dumps(p["params"], sort_keys=True), {})[p["commit"]] = \
-                outputs_dir() / sweep["notebook"] / p["run_id"]
+            runs.setdefault(json.dumps(p["params"], sort_keys=True), {}).setdefault(
+                p["commit"], []).append(outputs_dir() / sweep["notebook"] / p["run_id"])
     out = []
     for params, pair in runs.items():
         if a in pair and b in pair:
-            c = compare.diff(pair[a], pair[b])
-            for f in c.headline:
-                out.append({"point": ", ".join(f"{k}={_text(v)}" for k, v in
-                                                json.loads(params).items()) or "-",
-                            "figure": f.key, "a": f.a, "b": f.b, "b_over_a": f.ratio(),
-                            "verdict": f.verdict, "why": f.why})
+            point = ", ".join(f"{k}={_text(v)}" for k, v in json.loads(params).items()) or "-"
+            for f in _judged(pair[a], pair[b]):
+                out.append({"point": point, "figure": f.key, "a": f.a, "b": f.b,
+                            "a_text": f.text("A"), "b_text": f.text("B"),
+                            "b_over_a": f.ratio(), "verdict": f.verdict, "why": f.why,
+                            "runs": (len(pair[a]), len(pair[b]))})
     return out
+
+
+def _judged(dirs_a: list[Path], dirs_b: list[Path]) -> list:
+    from workbook import compare
+
+    if len(dirs_a) == 1 and len(dirs_b) == 1:
+        return compare.diff(dirs_a[0], dirs_b[0]).headline
+    heads_a, heads_b = _headlines(dirs_a), _headlines(dirs_b)
+    keys = list(dict.fromkeys([k for h in heads_a + heads_b for k in h]))
+    out = []
+    for k in keys:
+        va, vb = [h.get(k) for h in heads_a], [h.get(k) for h in heads_b]
+        (a, band_a), (b, band_b) = _middle(va), _middle(vb)
+        f = compare.classify(compare.Figure(k, a, b, band_a, band_b), compare.TOLERANCE)
+        f.why = f.why.replace("p10-p90", "the repeats' range")
+        out.append(f)
+    return out
+
+
+def _headlines(dirs: list[Path]) -> list[dict]:
+    return [json.loads((d / "results.json").read_text()).get("headline") or {} for d in dirs]
+
+
+def _middle(values: list):
+    """The median of a side's repeats and their range (None for one value); a value that is not
+    a number: itself where the repeats agree."""
+    import statistics
+
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if nums and len(nums) == len(values):
+        return statistics.median(nums), ((min(nums), max(nums)) if len(nums) > 1 else None)
+    seen = list(dict.fromkeys(json.dumps(v, sort_keys=True, default=str) for v in values))
+    return (values[0] if len(seen) == 1 else " / ".join(seen)), None
 
 
 def markdown(sweep: dict, deltas: list[dict]) -> str:
     """The delta table as markdown, for a pull request's description."""
-    from workbook.show import number
-
     a, b = (r["rev"] for r in sweep["revisions"][:2])
-    lines = [f"{sweep['notebook']}: `{b}` (B) against `{a}` (A), workbook sweep {sweep['id']}", "",
+    n = max((max(d["runs"]) for d in deltas), default=1)
+    how = (f"median of {n} runs a side, taken in turns, [the repeats' range]" if n > 1
+           else "one run a side, [p10-p90] where recorded")
+    lines = [f"{sweep['notebook']}: `{b}` (B) against `{a}` (A), workbook sweep {sweep['id']} "
+             f"({how})", "",
              "| point | figure | A | B | B/A | verdict |", "|---|---|---|---|---|---|"]
     for d in deltas:
-        lines.append(f"| {d['point']} | {d['figure']} | {number(d['a'])} | {number(d['b'])} | "
-                     f"{d['b_over_a']} | {d['verdict']} ({d['why']}) |")
+        why = f" ({d['why']})" if d["why"] else ""
+        lines.append(f"| {d['point']} | {d['figure']} | {d['a_text']} | {d['b_text']} | "
+                      f"{d['b_over_a']} | {d['verdict']}{why} |")
     return "\n".join(lines)

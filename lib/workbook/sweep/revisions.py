@@ -6,7 +6,8 @@ worktree (its notebooks, its lib, in the kernel too), the driver's ``outputs/``,
 ``WORKBOOK_GIT_COMMIT`` set to R's commit, so the run records which code produced it. Older
 revisions need none of the sweep's code: a point's run is found afterwards by its commit and
 parameters in run.json. Revisions take turns in alternating order (A B, then B A, ...) so drift in
-the machine falls on both sides.
+the machine falls on both sides; ``--repeat N`` runs each point N times at each revision (measured
+again, never reused), so the delta table has the repeats' range as its noise band.
 """
 from __future__ import annotations
 
@@ -47,20 +48,22 @@ def env_for(tree: Path, sha: str) -> dict:
 
 
 def order(grid: list, revs: list[tuple[str, str]]) -> list[tuple]:
-    """Every grid point with every revision, the revisions' order alternating point by point."""
+    """Every grid point (or turn) with every revision, the revisions' order alternating turn by
+    turn."""
     return [(point, r) for i, point in enumerate(grid)
             for r in (revs if i % 2 == 0 else revs[::-1])]
 
 
-def find_run(notebook: str, sha: str, params: dict) -> Path | None:
-    """The newest run of ``notebook`` at commit ``sha`` whose parameters include ``params``."""
+def find_run(notebook: str, sha: str, params: dict, taken=frozenset()) -> Path | None:
+    """The newest run of ``notebook`` at commit ``sha`` whose parameters include ``params``, other
+    than the runs in ``taken`` (other repeats' runs)."""
     from workbook.runner import read_run
 
     base = outputs_dir() / notebook
     if not base.is_dir():
         return None
     for d in sorted(base.iterdir(), reverse=True):
-        run = read_run(d)
+        run = read_run(d) if d.name not in taken else None
         if not run:
             continue
         commit = str(((run.get("provenance") or {}).get("git") or {}).get("commit") or "")
