@@ -88,8 +88,8 @@ def run_sweep(notebook: str, cli: dict, *, profile=None, file=None, max_parallel
                      started=time.time(), ended=None, error=None, **slots)
         _progress(state, log, f"point {p.index + 1} ({p.label}) started")
         argv = local.argv_for(name, {**fixed, **p.params}, profile=profile, file=file)
-        if p.repeat:
-            argv.append("--force")  # a repeat is measured again, not the first run reused
+        if repeat > 1:
+            argv.append("--force")  # every turn measured now, no earlier run reused
         tree = trees[p.sha] if p.sha else None
         if ray is None:
             extra = revisions.env_for(tree, p.sha) if p.sha else {}
