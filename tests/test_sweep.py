@@ -148,18 +148,23 @@ def test_repeats_take_turns_and_give_the_a_b_table_the_repeats_range(wb_root, mo
         run.mkdir(parents=True)
         (run / "results.json").write_text(json.dumps({"headline": {
             "x_ms": x, "y_ms": 5.0 if p.rev == "A" else 9.0, "label": label}}))
-        points.append({"params": p.params, "commit": p.sha, "status": "ok",
+        points.append({"params": p.params, "commit": p.sha, "rev": p.rev, "status": "ok",
                        "run_id": run.name})
-    sweep = {"id": "s", "notebook": "smoke", "points": points, "repeat": 3,
+    sweep = {"id": "s", "notebook": "smoke", "points": points, "repeat": 3, "axes": {},
+             "fixed": {"n": 1}, "executor": "local", "max_parallel": 1,
              "revisions": [{"rev": "A", "commit": "a" * 40}, {"rev": "B", "commit": "b" * 40}]}
     rows = {d["figure"]: d for d in report.revision_deltas(sweep)}
     assert (rows["x_ms"]["a"], rows["x_ms"]["b"]) == (11.0, 13.0)
     assert rows["x_ms"]["verdict"] == "noise" and rows["x_ms"]["why"] == "within the repeats' range"
     assert rows["y_ms"]["verdict"] == "changed" and rows["y_ms"]["why"] == "beyond the repeats' range"
-    assert rows["label"]["b"] == '"y" / "x"' or rows["label"]["b"] == '"x" / "y"'
+    assert rows["label"]["a"] == "x" and rows["label"]["b"] == '"x" / "y"'  # the values taken
+    assert rows["label"]["verdict"] == "changed"
     md = report.markdown(sweep, list(rows.values()))
     assert "median of 3 runs a side, taken in turns" in md
     assert "| n=1 | x_ms | 11 ms [10–12] | 13 ms [11.5–14] | 1.18× | noise (within the repeats' range) |" in md
+    page = report.render(sweep, outputs_dir() / "page.html")
+    assert "axes: revision (2, 3 runs each, taking turns)" in page
+    assert page.count('"type":"box"') == 2  # x_ms and y_ms: every repeat drawn, none stacked
 
 
 def test_repeat_is_refused_without_two_revisions(wb_root):

@@ -81,6 +81,23 @@ def bars(rows: list[dict], *, x: str, y: str, group: str, title: str, log_y=Fals
     return fig
 
 
+def spread(rows: list[dict], *, x: str, y: str, group: str, title: str,
+           y_title: str | None = None) -> go.Figure:
+    """Several measurements at each x (repeated runs): a box per x and series with every
+    measurement drawn, where bars would stack them."""
+    series: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        series[str(r[group])].append(r)
+    fig = go.Figure([go.Box(x=[str(r[x]) for r in rs], y=[r[y] for r in rs], name=name,
+                            boxpoints="all", pointpos=0, jitter=0.3, marker_color=color(i),
+                            line_color=color(i))
+                     for i, (name, rs) in enumerate(series.items())])
+    fig.update_layout(title=title, boxmode="group", xaxis_title=x, yaxis_title=y_title or y,
+                      showlegend=True)
+    fig.update_xaxes(type="category")
+    return fig
+
+
 def heatmap(z, *, x, y, title: str, zmin=None, zmax=None, colorscale="Viridis") -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, zmin=zmin, zmax=zmax, colorscale=colorscale))
     fig.update_layout(title=title)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from workbook.paths import outputs_dir
@@ -43,6 +44,15 @@ def rows(sweep: dict) -> list[dict]:
     return out
 
 
+def _axes_text(sweep: dict) -> list[str]:
+    out = [f"{a} ({len(v)})" for a, v in sweep["axes"].items()]
+    if sweep.get("revisions"):
+        n = sweep.get("repeat") or 1
+        out.append(f"revision ({len(sweep['revisions'])}"
+                   + (f", {n} runs each, taking turns)" if n > 1 else ")"))
+    return out or ["none"]
+
+
 def _text(v):
     return json.dumps(v) if isinstance(v, (list, dict)) else v
 
@@ -72,7 +82,11 @@ def figures(sweep: dict, rs: list[dict]):
             numeric = all(isinstance(r[axis], (int, float)) for r in pts)
             u = unit(key)
             title = f"{label(key)} against {axis}"
-            if numeric:
+            turns = Counter((json.dumps(r[axis], default=str), r["series"]) for r in pts)
+            if max(turns.values()) > 1:  # repeated runs: each one drawn, none stacked
+                yield plots.spread(pts, x=axis, y="y", group="series", title=title,
+                                   y_title=key + (f" ({u})" if u else ""))
+            elif numeric:
                 yield plots.lines(pts, x=axis, y="y", group="series", title=title,
                                   y_title=key + (f" ({u})" if u else ""), x_title=axis)
             else:
@@ -90,7 +104,7 @@ def render(sweep: dict, page: Path) -> str:
     keys = _numeric_keys(rs)
     fixed = ", ".join(f"{k}={_text(v)}" for k, v in sweep["fixed"].items()) or "none"
     head = [f"<h1>sweep {_e(sweep['id'])}: {_e(sweep['notebook'])}</h1>",
-            f"<p>axes: {_e(', '.join(f'{a} ({len(v)})' for a, v in sweep['axes'].items()))}; "
+            f"<p>axes: {_e(', '.join(_axes_text(sweep)))}; "
             f"fixed: {_e(fixed)}; profile: {_e(sweep.get('profile') or 'none')}; executor: "
             f"{_e(sweep['executor'])}, {_e(sweep['max_parallel'])} at a time</p>"]
     cols = axes + ["status", "report", "host", "seconds"] + keys
@@ -183,13 +197,13 @@ def _headlines(dirs: list[Path]) -> list[dict]:
 
 def _middle(values: list):
     """The median of a side's repeats and their range (None for one value); a value that is not
-    a number: itself where the repeats agree."""
+    a number: itself where the repeats agree, else the values they took, in sorted order."""
     import statistics
 
     nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if nums and len(nums) == len(values):
         return statistics.median(nums), ((min(nums), max(nums)) if len(nums) > 1 else None)
-    seen = list(dict.fromkeys(json.dumps(v, sort_keys=True, default=str) for v in values))
+    seen = sorted({json.dumps(v, sort_keys=True, default=str) for v in values})
     return (values[0] if len(seen) == 1 else " / ".join(seen)), None
 
 
