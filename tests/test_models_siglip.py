@@ -199,3 +199,26 @@ def test_images():
     assert not torch.equal(a, images(2, 32, seed=2))
     assert a.min() >= -1 and a.max() <= 1
     assert images(1, 8, dtype=torch.bfloat16).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("impl", [None, "hf_bicubic", "gather4"])
+def test_the_forward_is_one_static_graph_for_torch_compile_and_export(impl):
+    """What a whole-graph compiler (``torch.compile(backend="neuron")`` on Trn2/Trn3) needs: the
+    tower's forward, at its own size and, with a swapped interpolation, at another, is one graph
+    (``fullgraph=True``, no break) with static shapes (``torch.export`` finds no data-dependent
+    size), and both give the eager output."""
+    tower = tiny() if impl is None else use_interpolation(tiny(), impl)
+    side = (tower.grid + (0 if impl is None else 4)) * tower.patch
+    x = images(2, side, seed=0)
+    ref = out(tower, x)
+    torch._dynamo.reset()
+    compiled = torch.compile(tower.model, fullgraph=True, dynamic=False, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ref)
+    ep = torch.export.export(tower.model, (x,), strict=False)
+    shapes = [n.meta["val"].shape for n in ep.graph.nodes
+              if isinstance(n.meta.get("val"), torch.Tensor)]
+    assert shapes and all(isinstance(d, int) for s in shapes for d in s)  # no symbolic size
+    assert ep.range_constraints == {}  # no unbacked (data-dependent) symbol either
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x), ref)
