@@ -402,3 +402,28 @@ def test_a_resumed_run_keeps_the_engine_alone_facts(tmp_path, monkeypatch):
     assert [r["decode_step_ms_p50"] for r in resumed] == [r["decode_step_ms_p50"] for r in rows]
     assert serving.roofline(again) == serving.roofline(first)
     assert serving.roofline(again)[0]["step"] == "eager"
+
+
+def test_byte_text_streams_a_character_a_token_and_adds_up_to_the_whole():
+    """Ids outside the byte range (most of a random-weight model's 32000) are one replacement
+    character each, sent with their token, not held to the end; a multi-byte character waits
+    for its last byte; the deltas add up to decode() of all the ids, whatever the mix."""
+    import random
+
+    from workbook.models.mistral import BYTE_OFFSET, Encoder, decode
+    from workbook.serve.protocol import TextDelta
+
+    enc = Encoder("bytes", "test", 32000)
+    d = TextDelta(enc)
+    assert [d.add(t) for t in (5000, 31999, 7000)] == ["\ufffd"] * 3  # each out at once
+    euro = [b + BYTE_OFFSET for b in "€".encode()]  # three bytes
+    assert [d.add(t) for t in euro] == ["", "", "€"]
+    assert d.add(ord("a") + BYTE_OFFSET) == "a" and d.finish() == ""
+    rng = random.Random(0)
+    pool = [ord(c) + BYTE_OFFSET for c in "ab"] + euro + [0xC3 + BYTE_OFFSET, 0xFF + BYTE_OFFSET,
+                                                           300, 0, 2]
+    for _ in range(200):
+        ids = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        d = TextDelta(enc)
+        text = "".join(d.add(t) for t in ids) + d.finish()
+        assert text == decode(ids) == d.text, ids

@@ -241,13 +241,33 @@ def chat_prompt(body: ChatRequest) -> str:
 
 
 class TextDelta:
-    """The text each new token adds (a token may end inside a multi-byte character)."""
+    """The text each new token adds. A token may end inside a multi-byte character: its text waits
+    for the token that completes it. With the byte-level encoding that is decided byte by byte
+    (an id outside the byte range is one replacement character, at once), so a model whose ids
+    are mostly outside it, as a random-weight model with a large vocabulary makes, still streams
+    a character a token; with a tokenizer, a text ending in U+FFFD waits for the next token."""
 
     def __init__(self, encoder):
+        import codecs
+
+        from workbook.models.mistral import BYTE_OFFSET
+
         self.encoder, self.ids, self.text = encoder, [], ""
+        self._bytes = getattr(encoder, "kind", None) == "bytes"
+        self._offset = BYTE_OFFSET
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def add(self, token: int) -> str:
         self.ids.append(token)
+        if self._bytes:
+            i = int(token) - self._offset
+            if 0 <= i < 256:
+                delta = self._utf8.decode(bytes([i]))
+            else:  # what decode() writes for it: U+FFFD, after any unfinished character
+                delta = self._utf8.decode(b"", final=True) + "\ufffd"
+                self._utf8.reset()
+            self.text += delta
+            return delta
         full = self.encoder.decode(self.ids)
         if full.endswith("\ufffd"):  # an unfinished character: wait for the next token
             return ""
@@ -256,6 +276,11 @@ class TextDelta:
         return delta
 
     def finish(self) -> str:
+        if self._bytes:
+            delta = self._utf8.decode(b"", final=True)
+            self._utf8.reset()
+            self.text += delta
+            return delta
         full = self.encoder.decode(self.ids)
         delta = full[len(self.text):] if full.startswith(self.text) else ""
         self.text = full
