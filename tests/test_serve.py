@@ -427,3 +427,31 @@ def test_byte_text_streams_a_character_a_token_and_adds_up_to_the_whole():
         d = TextDelta(enc)
         text = "".join(d.add(t) for t in ids) + d.finish()
         assert text == decode(ids) == d.text, ids
+
+
+def test_overhead_compares_ttft_tpot_and_the_whole_request_with_the_engine_alone():
+    """Batch 1 through the server against the engine alone: TTFT vs prefill, TPOT vs the step,
+    and the whole request vs prefill plus a step a token after the first, which holds even when
+    a server's text reaches the client late; each in the headline."""
+    from workbook.experiments import serving as exp
+
+    direct = [{"batch": 1, "prefill_ms": 50.0, "decode_step_ms_p50": 5.0, "share_of_roofline": 0.7}]
+    load = [{"group": "sequential", "median_ttft_ms": 55.0, "median_tpot_ms": 5.5,
+             "median_e2el_ms": 750.0, "completed": 4, "total_output_tokens": 512,
+             "output_throughput": 170.0}]
+    rows = {r["metric"]: r for r in exp.overhead(direct, load)}
+    assert rows["TTFT vs prefill"]["overhead_pct"] == pytest.approx(10.0)
+    assert rows["TPOT vs decode step"]["overhead_pct"] == pytest.approx(10.0)
+    e2el = rows["E2EL vs prefill + 127 steps"]
+    assert e2el["engine_ms"] == pytest.approx(50 + 127 * 5) and \
+        e2el["overhead_pct"] == pytest.approx(100 * (750 / 685 - 1))
+
+    class Rec:
+        def headline(self, **kw):
+            self.head = kw
+
+    rec = Rec()
+    exp.headline(rec, direct, load, list(rows.values()))
+    assert {k: round(v, 2) for k, v in rec.head.items() if k.startswith("server_overhead")} == {
+        "server_overhead_pct_ttft": 10.0, "server_overhead_pct_tpot": 10.0,
+        "server_overhead_pct_e2el": round(100 * (750 / 685 - 1), 2)}
