@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbook.backends import neuron_worker
+from workbook.backends import neuron_compile, neuron_worker
 from workbook.backends.base import Backend, BackendUnavailable, Prepared
 from workbook.backends.neuron_sysfs import (  # noqa: F401 - re-exported for callers and tests
     DEFAULT_SYSFS, MB, SYSFS_ENV, VISIBLE_ENV, discover_cores, parse_visible_cores,
@@ -62,9 +62,10 @@ def import_sdk():
         return None, f"{INSTALL_HINT} (import torch_neuronx: {e})"
     except Exception as e:  # a broken install: say what broke
         return None, f"import torch_neuronx failed ({type(e).__name__}: {e}); {INSTALL_HINT}"
-    if not callable(getattr(mod, "trace", None)):
+    if not callable(getattr(mod, "trace", None)) and not neuron_compile.torchneuron(mod):
         where = getattr(mod, "__file__", "?")
-        return None, f"{INSTALL_HINT}; the torch_neuronx found ({where}) has no trace()"
+        return None, (f"{INSTALL_HINT}; the torch_neuronx found ({where}) has neither trace() nor "
+                      "TorchNeuron's torch device 'neuron'")
     return mod, ""
 
 
@@ -113,14 +114,17 @@ def _range_text(n: int) -> str:
 
 
 class NeuronBackend(Backend):
-    """Trace with torch_neuronx (mode ``trace``); ``cores`` = NeuronCores used through DataParallel.
+    """Trace with torch_neuronx (mode ``trace``, the XLA path: Inf2/Trn1, Trn2 up to SDK 2.33;
+    ``cores`` = NeuronCores used through DataParallel), or compile with TorchNeuron (mode
+    ``compile``: ``torch.compile(backend="neuron")`` on a Trn2/Trn3, SDK 2.33+, one NeuronCore;
+    :mod:`workbook.backends.neuron_compile`).
 
     ``float32``: fp32 model and inputs (neuronx-cc may still cast matmuls, per ``auto_cast``);
     ``bfloat16``: model and inputs cast to bf16 before tracing.
     """
 
     name = "neuron"
-    modes = ("trace",)
+    modes = ("trace", "compile")
     dtypes = ("float32", "bfloat16")
     unit = "NeuronCores"
     clock = "cpu"  # a traced model's call returns CPU tensors when the NeuronCore is done
@@ -147,6 +151,8 @@ class NeuronBackend(Backend):
             "sdk_version": getattr(mod, "__version__", None) if mod is not None else None,
             "neuronx_cc_version": _dist_version("neuronx-cc"),
             "standin": standin,
+            "torchneuron": bool(mod is not None and neuron_compile.torchneuron(mod)),
+            "trace": bool(mod is not None and callable(getattr(mod, "trace", None))),
             "cores": n,
             "cores_in_sysfs": len(found),
             "devices": len({d for d, _ in found}),
@@ -166,8 +172,19 @@ class NeuronBackend(Backend):
                                 f"the Neuron runtime with {VISIBLE_ENV}={_RUNTIME_CORES}, which it "
                                 "reads once, and a process keeps its NeuronCores until it exits; "
                                 "prepare the largest core count first, or restart the kernel")
-        for _, _, batch in steps:
-            if batch % cores:
+        modes = {mode for mode, _, _ in steps}
+        self._modes_here(modes)
+        if "compile" in modes:
+            if cores > 1:
+                raise bad_param("cores", cores, "1 with mode compile (TorchNeuron's torch.compile "
+                                "runs on one NeuronCore here; mode trace splits a batch over "
+                                "several with DataParallel)")
+            given = [k for k in options if k != "timeout_s"]
+            if given:
+                raise bad_param("options", given, "timeout_s only with mode compile: neuronx-cc's "
+                                "flags and weight inlining belong to mode trace")
+        for mode, _, batch in steps:
+            if mode == "trace" and batch % cores:
                 raise bad_param("cores", cores, f"a divisor of the batch size {batch}: with "
                                 "cores > 1 the model is traced for batch/cores images and "
                                 "DataParallel gives each NeuronCore that many")
@@ -176,6 +193,22 @@ class NeuronBackend(Backend):
             raise bad_param("inline_weights_to_neff", False, "True when cores > 1 (DataParallel is "
                             "documented for traced models with their weights in the NEFF)")
         return [OWN_CAST_NOTE] if opts["own_cast"] else []
+
+    @staticmethod
+    def _modes_here(modes: set[str]) -> None:
+        """Each mode asked for needs its kind of torch-neuronx: one sentence naming the one that
+        works with the torch-neuronx installed."""
+        mod, _ = import_sdk()
+        if mod is None:
+            return  # resolve() has already said what is missing
+        version = getattr(mod, "__version__", "(version unknown)")
+        if "compile" in modes and not neuron_compile.torchneuron(mod):
+            raise bad_param("modes", "compile", f"trace here: {neuron_compile.NOT_TORCHNEURON}; "
+                            f"the torch-neuronx installed ({version}) is the XLA one")
+        if "trace" in modes and not callable(getattr(mod, "trace", None)):
+            raise bad_param("modes", "trace", f"compile here: the torch-neuronx installed "
+                            f"({version}) is TorchNeuron, without the XLA trace() (Inf2/Trn1, or "
+                            "Trn2 up to Neuron SDK 2.33)")
 
     def _options(self, options: dict | None) -> dict:
         options = dict(options or {})
@@ -212,6 +245,8 @@ class NeuronBackend(Backend):
         mod, why = import_sdk()
         if mod is None:
             raise BackendUnavailable(f"the neuron backend cannot run here: {why}.")
+        if mode == "compile":
+            return self._prepare_compiled(mod, model, example, dtype=dtype, cache=cache)
         opts = self._options(options)
         args = self._compiler_args = opts["compiler_args_final"]
         batch = int(example.shape[0])
@@ -242,8 +277,23 @@ class NeuronBackend(Backend):
                         cache=("hit" if hit else "miss") if cache is not None else "none",
                         artifact=str(d / "model.pt"), notes=notes)
 
+    def _prepare_compiled(self, mod, model, example, *, dtype, cache) -> Prepared:
+        standin = is_standin(mod)
+        notes: list[str] = [STANDIN_NOTE] if standin else []
+        _pin_cores(1, notes)
+        global _RUNTIME_CORES
+        if _RUNTIME_CORES is None:
+            _RUNTIME_CORES = os.environ[VISIBLE_ENV]
+        fn, compile_s = neuron_compile.prepare(
+            mod, model, example.detach().to("cpu"), dtype=dtype,
+            cache_dir=cache.dir if cache is not None else None, notes=notes)
+        return Prepared(fn=fn, backend="neuron-standin" if standin else "neuron", mode="compile",
+                        dtype=dtype, batch=int(example.shape[0]), cores=1, compile_s=compile_s,
+                        cache="none", artifact=str(cache.dir) if cache is not None else None,
+                        notes=notes)
+
     def to_input(self, x, dtype):
-        """Traced Neuron models take CPU tensors: the batch stays on the CPU, cast to ``dtype``."""
+        """Both modes' callables take CPU tensors: the batch stays on the CPU, cast to ``dtype``."""
         return x.detach().to("cpu", _torch_dtype(dtype))
 
     def memory(self) -> dict:

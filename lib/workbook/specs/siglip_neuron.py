@@ -18,7 +18,8 @@ SPEC = Spec("siglip_neuron", [
           allowed="a positive integer, a multiple of the model's patch size"),
     Param("backend", "str", "auto", "auto, cpu, cuda or neuron", choices=BACKENDS),
     Param("modes", "list", ["eager"],
-          "eager, compile (cpu, cuda), compile-* (cuda), trace (neuron)",
+          "eager, compile (cpu, cuda; neuron: TorchNeuron, Trn2/Trn3), compile-* (cuda), "
+          "trace (neuron: Inf2/Trn1)",
           choices=MODES, item="str", nonempty=True),
     Param("dtypes", "list", ["float32"], "float32, tfloat32 (cuda), bfloat16, float16 (cuda)",
           choices=DTYPES, item="str", nonempty=True),

@@ -218,3 +218,51 @@ def move_trace_to_device(trace, device_id):
         raise TypeError("move_trace_to_device: device_id must be a non-negative int, got "
                         f"{device_id!r}")
     CALLS.append({"fn": "move_trace_to_device", "device_id": device_id})
+
+
+# -------------------------------------------------------------------------------------------------
+# TorchNeuron (Neuron SDK 2.33+, Trn2/Trn3): torch-neuronx as a native PyTorch device, used through
+# torch.compile(model, backend="neuron", fullgraph=True); static shapes only (dynamic=True is
+# rejected). A test makes this stand-in TorchNeuron with as_torchneuron(monkeypatch).
+
+class NeuronDeviceModule:
+    """TEST STAND-IN for TorchNeuron's ``torch.neuron`` device module (what ``torch.neuron`` has
+    once torch_neuronx is loaded): NeuronCores come from the visible cores, nothing else."""
+
+    STANDIN = True
+
+    def is_available(self) -> bool:
+        return visible_core_count() > 0
+
+    def device_count(self) -> int:
+        return visible_core_count()
+
+
+def neuron_backend(gm, example_inputs, **_):
+    """TEST STAND-IN for TorchNeuron's dynamo backend ``"neuron"``: refuses symbolic (dynamic)
+    shapes as the real one refuses dynamic=True, records the graph, and runs it on the CPU."""
+    for n in gm.graph.nodes:
+        v = n.meta.get("example_value") if n.op == "placeholder" else None
+        if isinstance(v, torch.SymInt) or (isinstance(v, torch.Tensor) and not all(
+                isinstance(d, int) for d in v.shape)):
+            raise RuntimeError("TorchNeuron stand-in: dynamic shapes are not supported; "
+                               "compile with dynamic=False")
+    shapes = [list(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)]
+    CALLS.append({"fn": "torch.compile(backend='neuron')", "input_shapes": shapes,
+                  "graph_nodes": len(gm.graph.nodes)})
+    return gm.forward
+
+
+def as_torchneuron(monkeypatch) -> None:
+    """This stand-in as TorchNeuron for one test: ``torch.neuron`` present, the dynamo backend
+    ``"neuron"`` registered (once per process), and the XLA ``trace``/``DataParallel`` gone."""
+    import sys
+
+    import torch._dynamo
+
+    if "neuron" not in torch._dynamo.list_backends(exclude_tags=()):
+        torch._dynamo.register_backend(compiler_fn=neuron_backend, name="neuron")
+    monkeypatch.setattr(torch, "neuron", NeuronDeviceModule(), raising=False)
+    me = sys.modules[__name__]
+    for name in ("trace", "DataParallel", "move_trace_to_device"):
+        monkeypatch.delattr(me, name)
