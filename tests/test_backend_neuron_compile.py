@@ -53,14 +53,11 @@ def test_compile_runs_one_static_graph_and_matches_eager(torchneuron, tmp_path):
     assert b.describe()["torchneuron"] is True and b.describe()["trace"] is False
 
 
-def test_compile_takes_one_core_and_no_trace_flags(torchneuron):
+def test_compile_takes_one_core(torchneuron):
     b = NeuronBackend()
     with pytest.raises(ParameterError, match="Parameter cores=2 is not allowed: 1 with mode "
                                              "compile"):
         b.rules(steps=[("compile", "float32", 4)], cores=2, options={})
-    with pytest.raises(ParameterError, match="timeout_s only with mode compile"):
-        b.rules(steps=[("compile", "float32", 4)], cores=1,
-                options={"compiler_args": ["--model-type=transformer"]})
 
 
 def test_trace_is_refused_with_torchneuron_naming_compile(torchneuron):
@@ -81,3 +78,39 @@ def test_the_standin_backend_refuses_dynamic_shapes(torchneuron):
     with pytest.raises(Exception, match="dynamic shapes are not supported"):
         compiled(batch(4))
     torch._dynamo.reset()
+
+
+def _family(sysfs_root, name):
+    arch = sysfs_root / "neuron0" / "info" / "architecture"
+    arch.mkdir(parents=True, exist_ok=True)
+    (arch / "device_name").write_text(name + "\n")
+
+
+def test_auto_takes_compile_on_a_trn2_with_torchneuron(torchneuron, sysfs):
+    _family(sysfs, "Trainium2")
+    mode, why = NeuronBackend().auto_mode()
+    assert mode == "compile" and why.startswith("a trn2 (sysfs neuron0/info/architecture/"
+                                                "device_name = Trainium2) with TorchNeuron")
+
+
+def test_auto_takes_trace_on_an_inf2_and_compile_there_is_refused(standin, sysfs):
+    _family(sysfs, "Inferentia2")
+    assert NeuronBackend().auto_mode() == ("trace", "an inf2 (sysfs neuron0/info/architecture/"
+                                           "device_name = Inferentia2): the XLA path, "
+                                           "torch_neuronx.trace")
+    with pytest.raises(ParameterError, match="Parameter modes='compile' is not allowed: trace on "
+                                             "an inf2"):
+        NeuronBackend().rules(steps=[("compile", "float32", 4)], cores=1, options={})
+
+
+def test_auto_on_a_trn2_with_the_xla_torch_neuronx_says_which_sdk_that_is(standin, sysfs):
+    _family(sysfs, "Trainium2")
+    mode, why = NeuronBackend().auto_mode()
+    assert mode == "trace" and "up to Neuron SDK 2.33" in why
+
+
+def test_auto_with_an_unknown_family_follows_the_installed_torch_neuronx(torchneuron, sysfs,
+                                                                         monkeypatch):
+    monkeypatch.setenv("PATH", "")  # no neuron-ls either
+    mode, why = NeuronBackend().auto_mode()
+    assert mode == "compile" and why.startswith("an instance of unknown family")

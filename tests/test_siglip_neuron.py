@@ -188,7 +188,7 @@ def test_mode_the_cpu_lacks():
     msg = bad(modes=["compile-cudagraphs"])
     assert "modes=['compile-cudagraphs']" in msg
     assert "modes of the cpu backend: eager, compile" in msg
-    assert "a non-empty list of names from eager, compile" in bad(modes=[])
+    assert "a non-empty list of names from auto, eager, compile" in bad(modes=[])
 
 
 def test_tolerances_missing_a_dtype():

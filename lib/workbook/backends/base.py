@@ -49,6 +49,11 @@ class Backend(ABC):
     def describe(self) -> dict:
         """What the report states about this backend's hardware and software."""
 
+    def auto_mode(self) -> tuple[str, str | None]:
+        """The mode a run asking for ``auto`` gets here, and why where the choice depends on the
+        machine (None: always this one)."""
+        return "eager", None
+
     def rules(self, *, steps, cores: int, options: dict) -> list[str]:
         """This backend's own rules on a run's (mode, dtype, batch) steps, cores and compiler
         options: a ParameterError for what it cannot run, else the notes a reader needs."""

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbook.backends import neuron_compile, neuron_worker
+from workbook.backends import neuron_compile, neuron_family, neuron_worker
 from workbook.backends.base import Backend, BackendUnavailable, Prepared
 from workbook.backends.neuron_sysfs import (  # noqa: F401 - re-exported for callers and tests
     DEFAULT_SYSFS, MB, SYSFS_ENV, VISIBLE_ENV, discover_cores, parse_visible_cores,
@@ -153,6 +153,7 @@ class NeuronBackend(Backend):
             "standin": standin,
             "torchneuron": bool(mod is not None and neuron_compile.torchneuron(mod)),
             "trace": bool(mod is not None and callable(getattr(mod, "trace", None))),
+            **dict(zip(("instance_family", "instance_family_from"), neuron_family.detect())),
             "cores": n,
             "cores_in_sysfs": len(found),
             "devices": len({d for d, _ in found}),
@@ -179,10 +180,6 @@ class NeuronBackend(Backend):
                 raise bad_param("cores", cores, "1 with mode compile (TorchNeuron's torch.compile "
                                 "runs on one NeuronCore here; mode trace splits a batch over "
                                 "several with DataParallel)")
-            given = [k for k in options if k != "timeout_s"]
-            if given:
-                raise bad_param("options", given, "timeout_s only with mode compile: neuronx-cc's "
-                                "flags and weight inlining belong to mode trace")
         for mode, _, batch in steps:
             if mode == "trace" and batch % cores:
                 raise bad_param("cores", cores, f"a divisor of the batch size {batch}: with "
@@ -194,14 +191,38 @@ class NeuronBackend(Backend):
                             "documented for traced models with their weights in the NEFF)")
         return [OWN_CAST_NOTE] if opts["own_cast"] else []
 
+    def auto_mode(self) -> tuple[str, str]:
+        """The mode for ``auto``, and why: TorchNeuron's compile on a Trn2/Trn3, the XLA trace on
+        an Inf2/Trn1; where the family is unknown, the one the installed torch-neuronx has."""
+        mod, why = import_sdk()
+        if mod is None:
+            return "trace", why
+        fam, where = neuron_family.detect()
+        tn, tr = neuron_compile.torchneuron(mod), callable(getattr(mod, "trace", None))
+        if fam in neuron_family.TORCHNEURON_FAMILIES and tn:
+            return "compile", f"a {fam} ({where}) with TorchNeuron: torch.compile(backend='neuron')"
+        if fam in neuron_family.TORCHNEURON_FAMILIES:
+            return "trace", (f"a {fam} ({where}) with the XLA torch-neuronx, which serves Trn2 up "
+                             "to Neuron SDK 2.33 (from 2.34: TorchNeuron and mode compile)")
+        if fam is not None:
+            return "trace", f"an {fam} ({where}): the XLA path, torch_neuronx.trace"
+        mode = "compile" if tn and not tr else "trace"
+        return mode, (f"an instance of unknown family ({where}) whose torch-neuronx "
+                      f"{'is TorchNeuron' if mode == 'compile' else 'has trace()'}")
+
     @staticmethod
     def _modes_here(modes: set[str]) -> None:
-        """Each mode asked for needs its kind of torch-neuronx: one sentence naming the one that
-        works with the torch-neuronx installed."""
+        """Each mode asked for needs its kind of torch-neuronx and instance: one sentence naming
+        the mode that works here."""
         mod, _ = import_sdk()
         if mod is None:
             return  # resolve() has already said what is missing
         version = getattr(mod, "__version__", "(version unknown)")
+        fam, where = neuron_family.detect()
+        if "compile" in modes and fam is not None and fam not in \
+                neuron_family.TORCHNEURON_FAMILIES:
+            raise bad_param("modes", "compile", f"trace on an {fam} ({where}): TorchNeuron's "
+                            "torch.compile runs on Trn2 and Trn3")
         if "compile" in modes and not neuron_compile.torchneuron(mod):
             raise bad_param("modes", "compile", f"trace here: {neuron_compile.NOT_TORCHNEURON}; "
                             f"the torch-neuronx installed ({version}) is the XLA one")

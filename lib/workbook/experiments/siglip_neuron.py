@@ -87,17 +87,22 @@ def configure(p: Values) -> Config:
     if not any(a.startswith("--auto-cast") for a in args):  # flags given win; never both
         options.update(auto_cast=p.auto_cast, auto_cast_type=p.auto_cast_type)
     notes = b.rules(steps=steps, cores=p.cores, options=options)
+    mode, why = b.auto_mode()
+    if "auto" in p.modes and not p.runs and why:
+        notes.append(f"modes auto: {mode}, for {why}.")
     if p.model in TINY_MODELS:
         notes.append(f"{p.model} is a small test configuration, not a real SigLIP size.")
     return Config(p, target, b, weights, steps, dict(p.tolerances), cache_dir, options, notes)
 
 
 def _matrix(p: Values, b: Backend) -> list[tuple[str, str, int]]:
-    """modes × dtypes × batch sizes, each of them one the backend runs."""
-    for name, values, have in (("modes", p.modes, b.modes), ("dtypes", p.dtypes, b.dtypes)):
+    """modes × dtypes × batch sizes, each of them one the backend runs (``auto``: the backend's
+    own pick)."""
+    modes = [b.auto_mode()[0] if m == "auto" else m for m in p.modes]
+    for name, values, have in (("modes", modes, b.modes), ("dtypes", p.dtypes, b.dtypes)):
         if any(v not in have for v in values):
             raise bad_param(name, values, f"{name} of the {b.name} backend: " + ", ".join(have))
-    return [(m, d, bs) for m in dict.fromkeys(p.modes) for d in dict.fromkeys(p.dtypes)
+    return [(m, d, bs) for m in dict.fromkeys(modes) for d in dict.fromkeys(p.dtypes)
             for bs in dict.fromkeys(p.batch_sizes)]
 
 

@@ -4,7 +4,7 @@ from workbook.spec import SEED_MAX, Param, Spec
 BACKENDS = ("auto", "cpu", "cuda", "neuron")
 DTYPES = ("float32", "tfloat32", "bfloat16", "float16")
 # each backend runs its own subset of these (workbook.backends.*.modes)
-MODES = ("eager", "compile", "compile-cudagraphs", "compile-max-autotune", "trace")
+MODES = ("auto", "eager", "compile", "compile-cudagraphs", "compile-max-autotune", "trace")
 AUTO_CAST = ("none", "matmult", "all")
 AUTO_CAST_TYPES = ("bf16", "fp16", "tf32", "fp8_e4m3")
 
@@ -17,9 +17,9 @@ SPEC = Spec("siglip_neuron", [
     Param("image_size", "int", 224, "input size in px, a multiple of the patch size", low=1,
           allowed="a positive integer, a multiple of the model's patch size"),
     Param("backend", "str", "auto", "auto, cpu, cuda or neuron", choices=BACKENDS),
-    Param("modes", "list", ["eager"],
-          "eager, compile (cpu, cuda; neuron: TorchNeuron, Trn2/Trn3), compile-* (cuda), "
-          "trace (neuron: Inf2/Trn1)",
+    Param("modes", "list", ["auto"],
+          "auto (eager on cpu/cuda; neuron: compile on Trn2/Trn3, trace on Inf2/Trn1), eager, "
+          "compile (cpu, cuda; neuron: TorchNeuron), compile-* (cuda), trace (neuron)",
           choices=MODES, item="str", nonempty=True),
     Param("dtypes", "list", ["float32"], "float32, tfloat32 (cuda), bfloat16, float16 (cuda)",
           choices=DTYPES, item="str", nonempty=True),
