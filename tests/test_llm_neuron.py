@@ -136,7 +136,8 @@ def test_transformers_neuronx_path_through_its_standin(sdk, ckpt, reference, see
     r = run_chain([TNX], spec(ckpt, repeats=5))  # medians of 5: a busy CPU cannot invert 1 and 6
     assert r["path"] == TNX and r["standin"] is True and r["backend"] == "neuron-standin"
     assert r["headline"].startswith("Numbers from the transformers-neuronx path "
-                                    "(transformers-neuronx MistralForSampling) - TEST STAND-IN")
+                                    "(transformers-neuronx MistralForSampling, legacy: Neuron SDK 2.25 and "
+                                        "older) - TEST STAND-IN")
     assert r["notes"][0].startswith(neuron_llm.STANDIN_NOTE) and "fallback" not in r
     assert [(a["path"], a["ok"], a["error"]) for a in r["attempts"]] == [(TNX, True, None)]
     res = r["results"]
@@ -313,6 +314,20 @@ def test_available(clean, sysfs, monkeypatch, tmp_path):
     assert neuron_llm.available(TNX)[1].endswith("and 1 NeuronCores visible")
     monkeypatch.setenv(neuron.SYSFS_ENV, str(tmp_path / "nothing"))
     assert neuron_llm.available(TNX) == (False, neuron.NO_CORES)
+
+
+def test_a_trn2_without_the_libraries_is_pointed_to_vllm_neuron(clean, sysfs, monkeypatch):
+    """Neither LLM library on a Trn2 (SDK 2.34 supports neither there): the sentence names the
+    family, where it was read, and the way that works: vLLM-Neuron, measured by serving's url."""
+    arch = sysfs / "neuron0" / "info" / "architecture"
+    arch.mkdir(parents=True)
+    (arch / "device_name").write_text("Trainium2\n")
+    ok, why = neuron_llm.available(NXDI)
+    assert not ok and why.startswith("on a trn2 (sysfs neuron0/info/architecture/device_name = "
+                                     "Trainium2), Neuron SDK 2.34 and later support neither")
+    assert "vllm serve MODEL" in why and "workbook run serving -p url" in why
+    ok, why = neuron_llm.probe([NXDI, TNX])()
+    assert not ok and why.count("vLLM-Neuron") == 2
     with pytest.raises(ParameterError, match="path='cpu'"):
         neuron_llm.available("cpu")
 

@@ -30,8 +30,13 @@ NEURON_PACKAGES = ("transformers_neuronx", "neuronx_distributed_inference", "neu
                    "torch_neuronx")
 STANDIN_NOTE = ("the Neuron SDK modules used are TEST STAND-INS: these are CPU numbers, not Neuron "
                 "figures")
-DESCRIPTION = {TNX: "transformers-neuronx MistralForSampling",
+DESCRIPTION = {TNX: "transformers-neuronx MistralForSampling, legacy: Neuron SDK 2.25 and older",
                NXDI: "NxDI NeuronMistralForCausalLM"}
+# From Neuron SDK 2.34 neither library serves a Trn2/Trn3; the documented way there is vLLM-Neuron.
+TRN_HINT = ("on a {fam} ({where}), Neuron SDK 2.34 and later support neither NxD Inference nor "
+            "transformers-neuronx: serve the model with vLLM-Neuron (vllm serve MODEL "
+            "--tensor-parallel-size N) and measure it with workbook run serving -p url "
+            "http://HOST:PORT")
 SDK_HINT = {
     TNX: ("transformers-neuronx is not installed (it is end-of-support since Neuron 2.26; install "
           "it from AWS's Neuron pip repository on a Neuron 2.25-or-older instance)"),
@@ -201,6 +206,11 @@ def available(path: str) -> tuple[bool, str]:
     try:
         import_sdk(path)
     except Exception as e:
+        from workbook.backends import neuron_family
+
+        fam, where = neuron_family.detect()
+        if fam in neuron_family.TORCHNEURON_FAMILIES:
+            return False, f"{TRN_HINT.format(fam=fam, where=where)} ({_err(e)})"
         placeholder = "WRONG PACKAGE" in str(e)
         hint = " (the PyPI placeholder: pip uninstall it first)" if placeholder else ""
         return False, f"{SDK_HINT[path]}{hint} ({_err(e)})"
