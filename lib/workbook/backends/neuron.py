@@ -62,7 +62,7 @@ def import_sdk():
         return None, f"{INSTALL_HINT} (import torch_neuronx: {e})"
     except Exception as e:  # a broken install: say what broke
         return None, f"import torch_neuronx failed ({type(e).__name__}: {e}); {INSTALL_HINT}"
-    if not callable(getattr(mod, "trace", None)) and not neuron_compile.torchneuron(mod):
+    if not callable(getattr(mod, "trace", None)) and not neuron_compile.torchneuron():
         where = getattr(mod, "__file__", "?")
         return None, (f"{INSTALL_HINT}; the torch_neuronx found ({where}) has neither trace() nor "
                       "TorchNeuron's torch device 'neuron'")
@@ -151,7 +151,7 @@ class NeuronBackend(Backend):
             "sdk_version": getattr(mod, "__version__", None) if mod is not None else None,
             "neuronx_cc_version": _dist_version("neuronx-cc"),
             "standin": standin,
-            "torchneuron": bool(mod is not None and neuron_compile.torchneuron(mod)),
+            "torchneuron": bool(mod is not None and neuron_compile.torchneuron()),
             "trace": bool(mod is not None and callable(getattr(mod, "trace", None))),
             **dict(zip(("instance_family", "instance_family_from"), neuron_family.detect())),
             "cores": n,
@@ -198,7 +198,7 @@ class NeuronBackend(Backend):
         if mod is None:
             return "trace", why
         fam, where = neuron_family.detect()
-        tn, tr = neuron_compile.torchneuron(mod), callable(getattr(mod, "trace", None))
+        tn, tr = neuron_compile.torchneuron(), callable(getattr(mod, "trace", None))
         if fam in neuron_family.TORCHNEURON_FAMILIES and tn:
             return "compile", f"a {fam} ({where}) with TorchNeuron: torch.compile(backend='neuron')"
         if fam in neuron_family.TORCHNEURON_FAMILIES:
@@ -223,7 +223,7 @@ class NeuronBackend(Backend):
                 neuron_family.TORCHNEURON_FAMILIES:
             raise bad_param("modes", "compile", f"trace on an {fam} ({where}): TorchNeuron's "
                             "torch.compile runs on Trn2 and Trn3")
-        if "compile" in modes and not neuron_compile.torchneuron(mod):
+        if "compile" in modes and not neuron_compile.torchneuron():
             raise bad_param("modes", "compile", f"trace here: {neuron_compile.NOT_TORCHNEURON}; "
                             f"the torch-neuronx installed ({version}) is the XLA one")
         if "trace" in modes and not callable(getattr(mod, "trace", None)):
@@ -302,12 +302,10 @@ class NeuronBackend(Backend):
         standin = is_standin(mod)
         notes: list[str] = [STANDIN_NOTE] if standin else []
         _pin_cores(1, notes)
-        global _RUNTIME_CORES
-        if _RUNTIME_CORES is None:
-            _RUNTIME_CORES = os.environ[VISIBLE_ENV]
+        _runtime_started()
         fn, compile_s = neuron_compile.prepare(
-            mod, model, example.detach().to("cpu"), dtype=dtype,
-            cache_dir=cache.dir if cache is not None else None, notes=notes)
+            model, example.detach().to("cpu"), dtype=dtype,
+            cache_dir=cache.dir if cache is not None else None, standin=standin, notes=notes)
         return Prepared(fn=fn, backend="neuron-standin" if standin else "neuron", mode="compile",
                         dtype=dtype, batch=int(example.shape[0]), cores=1, compile_s=compile_s,
                         cache="none", artifact=str(cache.dir) if cache is not None else None,
@@ -368,16 +366,21 @@ def _pin_cores(cores: int, notes: list[str]) -> None:
                      "until a new process")
 
 
+def _runtime_started() -> None:
+    """This process's first load starts the Neuron runtime, which keeps the cores it saw."""
+    global _RUNTIME_CORES
+    if _RUNTIME_CORES is None:
+        _RUNTIME_CORES = os.environ[VISIBLE_ENV]
+
+
 def _load(mod, model_pt: Path, cores: int, batch: int, inline: bool, notes: list[str]):
     """Load the traced model onto the cores (DataParallel for more than one); (callable, load s)."""
-    global _RUNTIME_CORES
     import torch
 
     t0 = time.perf_counter()
     loaded = torch.jit.load(str(model_pt))
     load_s = time.perf_counter() - t0
-    if _RUNTIME_CORES is None:
-        _RUNTIME_CORES = os.environ[VISIBLE_ENV]
+    _runtime_started()
     if not inline:
         mod.move_trace_to_device(loaded, 0)
         notes.append("weights kept out of the NEFF (inline_weights_to_neff=False): moved to "

@@ -28,19 +28,14 @@ NOT_TORCHNEURON = ("mode compile needs TorchNeuron (torch-neuronx 2.13.3 or 2.14
                    "Neuron SDK 2.33+, on a Trn2 or Trn3), which adds the torch device 'neuron'")
 
 
-def torchneuron(mod) -> bool:
+def torchneuron() -> bool:
     """Is the imported torch_neuronx TorchNeuron: has PyTorch a ``neuron`` device module?"""
     import torch
 
     return getattr(torch, "neuron", None) is not None
 
 
-def device(mod) -> str:
-    """The torch device TorchNeuron runs on; the TEST STAND-IN runs on the CPU."""
-    return "cpu" if getattr(mod, "STANDIN", False) else "neuron"
-
-
-def prepare(mod, model, example, *, dtype, cache_dir, notes: list[str]):
+def prepare(model, example, *, dtype, cache_dir, standin: bool, notes: list[str]):
     """``(callable, compile_s)``: ``model`` compiled for ``example``'s shape, its first call made."""
     import torch
 
@@ -51,7 +46,7 @@ def prepare(mod, model, example, *, dtype, cache_dir, notes: list[str]):
         os.environ[CACHE_ENV] = str(cache_dir)
         notes.append(f"TorchNeuron's NEFF cache ({CACHE_ENV}) is the artifact folder: a later run "
                      "of these shapes loads instead of compiling")
-    dev = device(mod)
+    dev = "cpu" if standin else "neuron"  # the TEST STAND-IN runs on the CPU
     cast = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     net = model.to(dev, cast).eval()
     compiled = torch.compile(net, backend="neuron", fullgraph=True, dynamic=False)

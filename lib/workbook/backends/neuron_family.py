@@ -13,6 +13,7 @@ Neither found: the family is unknown, and the caller says so rather than guess.
 """
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -51,12 +52,21 @@ def detect(root: Path | str | None = None, neuron_ls: str | None = "neuron-ls",
                 return fam, f"sysfs {dev.name}/info/architecture/{name} = {value}"
     exe = shutil.which(neuron_ls) if neuron_ls else None
     if exe:
-        try:
-            out = subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s).stdout
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return None, f"neuron-ls failed ({type(e).__name__}) and sysfs names no architecture"
+        out = _neuron_ls(exe, timeout_s)
+        if isinstance(out, BaseException):
+            return None, f"neuron-ls failed ({type(out).__name__}) and sysfs names no architecture"
         m = re.search(r"instance-type:\s*(\S+)", out)
         if m and family_of(m.group(1)):
             return family_of(m.group(1)), f"neuron-ls: instance-type {m.group(1)}"
     return None, ("neither the Neuron driver's sysfs (info/architecture) nor neuron-ls names the "
                   "instance type")
+
+
+@functools.lru_cache(maxsize=None)
+def _neuron_ls(exe: str, timeout_s: float):
+    """neuron-ls's output, or the error it gave: run once a process (the instance stays the same,
+    and every check of a run asks)."""
+    try:
+        return subprocess.run([exe], capture_output=True, text=True, timeout=timeout_s).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return e

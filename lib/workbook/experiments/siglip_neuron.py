@@ -73,7 +73,8 @@ def configure(p: Values) -> Config:
     cache_dir = checks.directory("artifact_dir", p.artifact_dir) or artifacts.default_dir()
     target = targets.resolve(p.backend, neuron=probe)
     b = get(target.name)
-    steps = _parse_runs(p.runs, b) if p.runs else _matrix(p, b)
+    auto, why = b.auto_mode()
+    steps = _parse_runs(p.runs, b) if p.runs else _matrix(p, b, auto)
     if p.cores > target.devices:
         n = target.devices
         raise bad_param("cores", p.cores, f"1 to {n}: this machine has {n} {b.unit} for the "
@@ -87,18 +88,18 @@ def configure(p: Values) -> Config:
     if not any(a.startswith("--auto-cast") for a in args):  # flags given win; never both
         options.update(auto_cast=p.auto_cast, auto_cast_type=p.auto_cast_type)
     notes = b.rules(steps=steps, cores=p.cores, options=options)
-    mode, why = b.auto_mode()
     if "auto" in p.modes and not p.runs and why:
-        notes.append(f"modes auto: {mode}, for {why}.")
+        notes.append(f"modes auto: {auto}, for {why}.")
     if p.model in TINY_MODELS:
         notes.append(f"{p.model} is a small test configuration, not a real SigLIP size.")
     return Config(p, target, b, weights, steps, dict(p.tolerances), cache_dir, options, notes)
 
 
-def _matrix(p: Values, b: Backend) -> list[tuple[str, str, int]]:
-    """modes × dtypes × batch sizes, each of them one the backend runs (``auto``: the backend's
-    own pick)."""
-    modes = [b.auto_mode()[0] if m == "auto" else m for m in p.modes]
+def _matrix(p: Values, b: Backend, auto: str | None = None) -> list[tuple[str, str, int]]:
+    """modes × dtypes × batch sizes, each of them one the backend runs (mode ``auto``: ``auto``
+    as the caller resolved it, else the backend's own pick)."""
+    auto = auto or b.auto_mode()[0]
+    modes = [auto if m == "auto" else m for m in p.modes]
     for name, values, have in (("modes", modes, b.modes), ("dtypes", p.dtypes, b.dtypes)):
         if any(v not in have for v in values):
             raise bad_param(name, values, f"{name} of the {b.name} backend: " + ", ".join(have))

@@ -124,13 +124,12 @@ def render(sweep: dict, page: Path) -> str:
     deltas = revision_deltas(sweep)
     if deltas:
         a, b = (r["rev"] for r in sweep["revisions"][:2])
-        band = ("the ranges of the repeated runs" if (sweep.get("repeat") or 1) > 1
-                else "p10-p90 bands")
+        repeated = (sweep.get("repeat") or 1) > 1
+        band = "the ranges of the repeated runs" if repeated else "p10-p90 bands"
         parts.append(f"<h2>{_e(b)} (B) against {_e(a)} (A)</h2><p>A figure changed when the "
                      f"{band} of A and B do not overlap, or, where there are none, when it moved "
                      "more than 5 %"
-                     + ("" if (sweep.get("repeat") or 1) > 1 else
-                        " (one run a side: --repeat N gives every figure a band)")
+                     + ("" if repeated else " (one run a side: --repeat N gives every figure a band)")
                      + "; as markdown for a pull request:</p>"
                      f"<pre>{_e(markdown(sweep, deltas))}</pre>")
     first = True
