@@ -46,7 +46,10 @@ TABLES = {
     "mistral_tp": ["Tensor-parallel logits and tokens against one process",
                    "Load, first token and decode, per run and rank"],
     "serving": ["Roofline: copy bandwidth and weights read per decode step", "Prefill and decode per batch size",
-                "Latency and throughput per benchmark", "Batch 1: through the server against the engine alone",
+                "Latency and throughput per benchmark",
+                "The server clock against the client clock, per benchmark (means)",
+                "Batch 1: through the server against the engine alone",
+                "Batch 1: where the time of a request goes (means)",
                 "A/B rounds", "TTFT change of B against A, per image size", "Claim check"],
 }
 FIGURES = {

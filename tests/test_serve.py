@@ -129,6 +129,29 @@ def test_streams_one_chunk_per_token_then_usage_and_done(server, path, body):
     assert text == answer
 
 
+def test_metrics_time_each_finished_request_on_the_servers_clock(server):
+    from workbook.serve import clock
+
+    before = clock.scrape(server.url)
+    t0 = time.perf_counter()
+    chunks, done = _stream(server.client, "/v1/completions",
+                           {"model": "tiny-mistral:gather4@224", "prompt": "hello",
+                            "max_tokens": 5, "stream": True})
+    client_ms = 1e3 * (time.perf_counter() - t0)
+    assert done and len(chunks) == 5
+    after = clock.scrape(server.url)
+    got = clock.window(before, after, model="tiny-mistral:gather4@224")
+    assert got["server_requests"] == 1
+    ttft, e2el = got["server_mean_ttft_ms"], got["server_mean_e2el_ms"]
+    assert 0 < got["server_mean_prefill_ms"] <= ttft <= e2el <= client_ms
+    assert got["server_mean_queue_ms"] + got["server_mean_prefill_ms"] == pytest.approx(ttft)
+    assert got["server_mean_decode_ms"] == pytest.approx(e2el - ttft)
+    assert got["server_mean_tpot_ms"] == pytest.approx(got["server_mean_decode_ms"] / 4)
+    assert clock.window(before, after, model="tiny-mistral") is None  # its own label
+    text = server.client.get("/metrics").text
+    assert 'workbook:generation_tokens_total{model_name="tiny-mistral:gather4@224"}' in text
+
+
 def test_a_vision_variant_prefixes_its_image_tokens(server):
     body = {"model": "tiny-mistral:gather4@224", "prompt": "hi", "max_tokens": 2}
     r = server.client.post("/v1/completions", json=body).json()
@@ -455,3 +478,48 @@ def test_overhead_compares_ttft_tpot_and_the_whole_request_with_the_engine_alone
     assert {k: round(v, 2) for k, v in rec.head.items() if k.startswith("server_overhead")} == {
         "server_overhead_pct_ttft": 10.0, "server_overhead_pct_tpot": 10.0,
         "server_overhead_pct_e2el": round(100 * (750 / 685 - 1), 2)}
+
+
+def test_the_batch1_request_splits_into_engine_server_and_client():
+    """One request at a time, three accounts of it (means): the engine alone, the server's own
+    clock, the client; each difference in the table and the E2EL split in the headline."""
+    from workbook.experiments import serving_split as split
+
+    direct = [{"batch": 1, "prefill_ms": 50.0, "decode_step_ms_p50": 5.0}]
+    seq = {"group": "sequential", "benchmark": "one at a time", "completed": 4,
+           "total_output_tokens": 512, "mean_ttft_ms": 62.0, "mean_tpot_ms": 5.4,
+           "mean_e2el_ms": 760.0, "server_requests": 4, "server_mean_queue_ms": 1.0,
+           "server_mean_prefill_ms": 51.0, "server_mean_ttft_ms": 52.0,
+           "server_mean_tpot_ms": 5.1, "server_mean_e2el_ms": 700.0}
+    rows = {r["span"].split()[0]: r for r in split.batch1(direct, [seq])}
+    assert rows["TTFT"]["server_minus_engine_ms"] == pytest.approx(2.0)
+    assert rows["TTFT"]["client_minus_server_ms"] == pytest.approx(10.0)
+    assert rows["queue"]["client_ms"] is None
+    e2el = rows["E2EL"]
+    assert e2el["engine_alone_ms"] == pytest.approx(50 + 127 * 5)
+    assert e2el["server_minus_engine_ms"] == pytest.approx(700 - 685)
+    assert e2el["client_minus_server_ms"] == pytest.approx(60.0)
+    assert split.headline(list(rows.values())) == {
+        "batch1_e2el_server_minus_engine_ms": pytest.approx(15.0),
+        "batch1_e2el_client_minus_server_ms": pytest.approx(60.0)}
+
+
+def test_a_server_without_request_histograms_is_said_not_measured():
+    """A url server without /metrics histograms: no clock table, no split, and the report's
+    not-measured list says why."""
+    from workbook.experiments import serving_split as split
+
+    class Rec:
+        def __init__(self):
+            self.missing = []
+
+        def not_measured(self, what, why):
+            self.missing.append((what, why))
+
+    rec = Rec()
+    load = [{"group": "sequential", "benchmark": "one at a time", "completed": 2,
+             "total_output_tokens": 8, "mean_e2el_ms": 10.0}]
+    assert split.per_benchmark(rec, load) == []
+    assert rec.missing and "/metrics" in rec.missing[0][1]
+    assert split.batch1([{"batch": 1, "prefill_ms": 1.0, "decode_step_ms_p50": 1.0}], load) == []
+    assert split.headline([]) == {}

@@ -10,7 +10,8 @@ Three measurements, each in processes of their own (the kernel only reads their 
    (:mod:`workbook.serve.metrics`), also written under its ``--save-result`` field names.
 3. The vision-prefix A/B (:mod:`workbook.experiments.serving_ab`).
 
-The server's own overhead is its batch-1 TTFT and TPOT against the engine's prefill and decode step.
+The server's own overhead is its batch-1 TTFT and TPOT against the engine's prefill and decode step;
+:mod:`workbook.experiments.serving_split` splits it with the server's own clock.
 """
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ def summarize(item: dict, slo_ms: dict) -> dict:
     s = summary(bench.timings(item), bench.duration_s(item), slo_ms)
     a = bench.arrivals(item)
     return {"benchmark": item["label"], "kind": item["kind"], "value": item["value"],
-            "achieved_rate": a["achieved_rate"], "gap_cv": a["gap_cv"], **s}
+            "achieved_rate": a["achieved_rate"], "gap_cv": a["gap_cv"], **s,
+            **(item.get("server_clock") or {})}  # the server's own means (serving_split)
 
 
 def save_vllm_result(row: dict, folder: Path, extra: dict) -> None:

@@ -1,5 +1,6 @@
 """The FastAPI application: ``/generate``, ``/v1/completions``, ``/v1/chat/completions``,
-``/v1/models``, ``/health``.
+``/v1/models``, ``/health`` and ``/metrics`` (the server's own clock per request, under vLLM's
+metric names: :mod:`workbook.serve.clock`).
 
 Built around a :class:`~workbook.serve.protocol.Service` (engine, batcher, names), so tests and the
 CLI make the same application. Schemas, admission and the refusal sentences live in
@@ -12,7 +13,7 @@ import time
 
 from fastapi import FastAPI
 from fastapi import Request as HttpRequest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from workbook.serve.protocol import (
     ChatRequest,
@@ -50,6 +51,11 @@ def build_app(service: Service) -> FastAPI:
         return JSONResponse({"status": status, **st, "last_error": service.batcher.error},
                             status_code=503 if st["closing"] else 200)
 
+    @app.get("/metrics")
+    async def metrics():
+        body, kind = service.batcher.metrics.render()
+        return Response(body, media_type=kind)
+
     @app.get("/v1/models")
     async def models():
         eng = service.engine
@@ -60,6 +66,7 @@ def build_app(service: Service) -> FastAPI:
 
     @app.post("/generate")
     async def generate(request: HttpRequest):
+        arrived = time.perf_counter()
         body = await parse(request, GenerateRequest)
         image = None
         if body.image_size is not None or body.interp is not None:
@@ -67,28 +74,32 @@ def build_app(service: Service) -> FastAPI:
             if body.image_size is None:
                 raise Refusal(400, "Field 'interp' needs 'image_size' too.")
         ids = enc.encode(body.prompt)
-        req, events = await service.events(ids, body.max_new_tokens, image)
+        req, events = await service.events(ids, body.max_new_tokens, image, arrived_at=arrived)
         tokens = [v async for k, v in events if k == "token"]
         return {"text": enc.decode(tokens), "prompt": body.prompt, "model": service.served,
                 "usage": _usage(req.prefix_tokens + len(ids), len(tokens))}
 
     @app.post("/v1/completions")
     async def completions(request: HttpRequest):
+        arrived = time.perf_counter()
         body = await parse(request, CompletionRequest)
         Service.greedy_only(body)
         ids = prompt_of(body, enc)
-        return await _answer(body, ids, "text_completion", "cmpl")
+        return await _answer(body, ids, "text_completion", "cmpl", arrived)
 
     @app.post("/v1/chat/completions")
     async def chat(request: HttpRequest):
+        arrived = time.perf_counter()
         body = await parse(request, ChatRequest)
         Service.greedy_only(body)
-        return await _answer(body, enc.encode(chat_prompt(body)), "chat.completion", "chatcmpl")
+        return await _answer(body, enc.encode(chat_prompt(body)), "chat.completion", "chatcmpl",
+                             arrived)
 
-    async def _answer(body, ids, kind, prefix):
+    async def _answer(body, ids, kind, prefix, arrived):
         image = service._image_for_model(body.model)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
-        req, events = await service.events(ids, max_tokens, image)
+        req, events = await service.events(ids, max_tokens, image, model=body.model or "",
+                                           arrived_at=arrived)
         n_in = req.prefix_tokens + len(ids)  # image tokens are prompt tokens, as vLLM counts them
         name, rid, created = body.model or service.served, completion_id(prefix), int(time.time())
         chat = kind == "chat.completion"

@@ -6,7 +6,8 @@ once when ``max_queue`` are already waiting (the server answers 503 with Retry-A
 cannot grow memory or latency without bound. A request whose client goes away is dropped from the
 queue, or, once running, stops receiving tokens (its batch ends early when no request in it still
 wants any). :meth:`Batcher.close` lets the running and waiting requests finish, then stops the
-thread.
+thread. Each request that made all its tokens is recorded in :attr:`Batcher.metrics` (the
+server's own clock, :mod:`workbook.serve.clock`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 import time
 from collections import deque
 
+from workbook.serve.clock import ServerMetrics
 from workbook.serve.engine import Request
 
 
@@ -26,6 +28,7 @@ class Batcher:
         self._closing = False
         self.counts = {"admitted": 0, "refused_full": 0, "cancelled": 0, "failed_batches": 0}
         self.error: str | None = None  # the last batch's failure, for /health
+        self.metrics = ServerMetrics()
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self._thread.start()
 
@@ -71,6 +74,9 @@ class Batcher:
             batch = self._running
             try:
                 self.engine.run_batch(batch)
+                for r in batch:
+                    if not r.cancelled and r.made >= r.max_tokens:
+                        self.metrics.observe(r)
             except Exception as e:  # noqa: BLE001 - the server must keep serving; clients are told
                 self.counts["failed_batches"] += 1
                 self.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

@@ -16,6 +16,10 @@ Three facts about GuideLLM 0.8.1 that shape this driver:
   process shows in the report rather than in the latencies.
 - It keeps the first and last token times of each request and the number of chunks, not every
   chunk's arrival: ITL comes out as its pooled mean (see :mod:`workbook.serve.metrics`).
+
+Around each benchmark the server's ``/metrics`` is read (:mod:`workbook.serve.clock`), so each
+item also holds the server's own account of its requests, where the server keeps one (workbook
+serve and vLLM do).
 """
 from __future__ import annotations
 
@@ -186,6 +190,7 @@ async def _main(plan_path: Path) -> int:
     from guidellm.benchmark import benchmark_generative_text
 
     from workbook.record import write_json_atomic
+    from workbook.serve import clock
 
     _fix_poisson_start()
     plan = json.loads(plan_path.read_text())
@@ -197,10 +202,13 @@ async def _main(plan_path: Path) -> int:
             continue
         t0 = time.perf_counter()
         raw_path = out / f"guidellm-{i}.json"
+        before = clock.scrape(plan["url"])
         await benchmark_generative_text(args=_scenario(plan, item, raw_path), progress=False,
                                         console=None)
+        own = clock.window(before, clock.scrape(plan["url"]))
         rows = _records(json.loads(raw_path.read_text()))
-        write_json_atomic(out / f"item-{i}.json", {**item, "requests": rows})
+        write_json_atomic(out / f"item-{i}.json", {**item, "requests": rows,
+                                                   "server_clock": own})
         ok = sum(r["ok"] for r in rows)
         print(f"[{i + 1}/{len(items)}] {item['label']}: {ok}/{len(rows)} ok in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)

@@ -90,7 +90,13 @@ class Request:
     prefix_tokens: int = 0  # image patches prepended (set by the server when it admits)
     cancelled: bool = False  # the client went away: no more tokens for it
     made: int = 0
-    admitted_at: float = field(default_factory=time.perf_counter)
+    model: str = ""  # the model name the request asked for (a label of the server's metrics)
+    # the server's clock (time.perf_counter), for workbook.serve.clock: the request arrived,
+    # its batch started, its first and last tokens were handed out
+    arrived_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    first_at: float | None = None
+    last_at: float | None = None
 
 
 class Engine:
@@ -211,6 +217,9 @@ class Engine:
         filler = [Request([PAD_ID + 3], 1, emit=lambda *_: None, cancelled=True)
                   for _ in range(b - len(reqs))]
         rows = reqs + filler
+        started = time.perf_counter()
+        for r in reqs:
+            r.started_at = started
         with torch.inference_mode():
             kv = {self._kv: self._cache(b)}
             x, mask, pos, width = self._embeds(rows)
@@ -296,9 +305,14 @@ class Engine:
         if ready is not None:
             ready.synchronize()  # the one wait a step: the tokens go out now
         ids = host.tolist()
+        now = time.perf_counter()
         for r, t in zip(reqs, ids):
             if r.made < r.max_tokens:
                 r.made += 1
+                if r.made == 1:
+                    r.first_at = now
+                if r.made == r.max_tokens:
+                    r.last_at = now
                 if not r.cancelled:
                     r.emit("token", t)
 

@@ -162,7 +162,8 @@ class Service:
         if r.logprobs:
             raise Refusal(400, "Field 'logprobs' is not supported by this server.")
 
-    def admit(self, prompt_ids: list[int], max_tokens: int, image, emit) -> Request:
+    def admit(self, prompt_ids: list[int], max_tokens: int, image, emit, *, model: str = "",
+              arrived_at: float | None = None) -> Request:
         eng = self.engine
         if not prompt_ids:
             raise Refusal(400, "The prompt encodes to no token; send at least one character.")
@@ -184,7 +185,10 @@ class Service:
             raise Refusal(400, f"The request needs {need} positions ({prefix} image, "
                                f"{len(prompt_ids)} prompt, {max_tokens} new) but the context is "
                                f"{eng.cfg.context}; shorten the prompt or max_tokens.")
-        req = Request(prompt_ids, max_tokens, emit=emit, image=image, prefix_tokens=prefix)
+        req = Request(prompt_ids, max_tokens, emit=emit, image=image, prefix_tokens=prefix,
+                      model=model or self.served)
+        if arrived_at is not None:
+            req.arrived_at = arrived_at
         if not self.batcher.submit(req):
             st = self.batcher.state()
             why = ("is shutting down" if st["closing"]
@@ -194,16 +198,18 @@ class Service:
         return req
 
     # -- one request, as a stream of events -------------------------------------------------
-    async def events(self, prompt_ids, max_tokens, image):
+    async def events(self, prompt_ids, max_tokens, image, *, model: str = "",
+                     arrived_at: float | None = None):
         """Admit, then yield ("token", id) ... ("done", None) as the engine makes them; a caller
-        that stops iterating (client gone) cancels the request."""
+        that stops iterating (client gone) cancels the request. ``arrived_at`` (the server's
+        ``time.perf_counter()`` when the HTTP request came in) starts its clock."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
 
         def emit(kind, value):
             loop.call_soon_threadsafe(q.put_nowait, (kind, value))
 
-        req = self.admit(prompt_ids, max_tokens, image, emit)
+        req = self.admit(prompt_ids, max_tokens, image, emit, model=model, arrived_at=arrived_at)
         return req, self._drain(req, q)
 
     async def _drain(self, req, q):

@@ -1,0 +1,69 @@
+"""Where a served request's time goes: the engine alone, the server's own clock, the client.
+
+The load generator times each request from outside (sent, first chunk, last chunk). The server
+times the same requests from inside (:mod:`workbook.serve.clock`: arrival, batch start, first
+and last token handed out by the engine's thread), and its ``/metrics`` is read around each
+benchmark. Laid beside the engine alone, the three accounts split a request's time: what the
+engine's thread spends beyond the engine measured alone (queueing, the steps as served), and what
+lies between the server's clock and the client's (the event loop, HTTP, server-sent events and the
+client's own parsing). Means throughout: the server's histograms give each span's sum and count.
+"""
+from __future__ import annotations
+
+CLOCK_COLUMNS = ["benchmark", "server_requests", "server_mean_queue_ms", "server_mean_prefill_ms",
+                 "server_mean_ttft_ms", "mean_ttft_ms", "server_mean_tpot_ms", "mean_tpot_ms",
+                 "server_mean_e2el_ms", "mean_e2el_ms", "client_minus_server_e2el_ms"]
+
+
+def per_benchmark(rec, load_rows: list[dict]) -> list[dict]:
+    """Each benchmark's means on the server's clock beside the client's; [] (and a not-measured
+    entry) when the server keeps no request histograms at ``/metrics``."""
+    rows = []
+    for r in load_rows:
+        if r.get("server_requests"):
+            gap = (r["mean_e2el_ms"] - r["server_mean_e2el_ms"]
+                   if r.get("mean_e2el_ms") is not None
+                   and r.get("server_mean_e2el_ms") is not None else None)
+            rows.append({**{k: r.get(k) for k in CLOCK_COLUMNS}, "client_minus_server_e2el_ms": gap})
+    if load_rows and not rows:
+        rec.not_measured("the server's own clock per benchmark",
+                         "the server answered no request histograms at /metrics (workbook serve "
+                         "and vLLM keep them)")
+    return rows
+
+
+def batch1(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
+    """One request at a time: each span as the engine alone, the server's clock and the client
+    see it (means), and the two differences; [] without the engine alone or the server's clock."""
+    one = next((r for r in direct_rows if r["batch"] == 1), None)
+    seq = next((r for r in load_rows if r["group"] == "sequential"), None)
+    if one is None or seq is None or not seq.get("server_requests") or not seq.get("completed"):
+        return []
+    made = seq["total_output_tokens"] / seq["completed"]
+    step = one["decode_step_ms_p50"]
+    spans = [
+        ("queue (arrival to the batch's start)", 0.0, seq.get("server_mean_queue_ms"), None),
+        ("prefill (the batch's start to the first token)", one["prefill_ms"],
+         seq.get("server_mean_prefill_ms"), None),
+        ("TTFT", one["prefill_ms"], seq.get("server_mean_ttft_ms"), seq.get("mean_ttft_ms")),
+        ("TPOT", step, seq.get("server_mean_tpot_ms"), seq.get("mean_tpot_ms")),
+        (f"E2EL ({made:.0f} tokens)", one["prefill_ms"] + (made - 1) * step,
+         seq.get("server_mean_e2el_ms"), seq.get("mean_e2el_ms")),
+    ]
+    out = []
+    for name, engine, server, client in spans:
+        out.append({"span": name, "engine_alone_ms": engine, "server_clock_ms": server,
+                    "client_ms": client,
+                    "server_minus_engine_ms": None if server is None else server - engine,
+                    "client_minus_server_ms": (None if server is None or client is None
+                                               else client - server)})
+    return out
+
+
+def headline(rows: list[dict]) -> dict:
+    """The batch-1 request's E2EL split: ms the engine's thread adds, ms outside it."""
+    e2el = next((r for r in rows if r["span"].startswith("E2EL")), None)
+    if e2el is None:
+        return {}
+    return {"batch1_e2el_server_minus_engine_ms": e2el["server_minus_engine_ms"],
+            "batch1_e2el_client_minus_server_ms": e2el["client_minus_server_ms"]}
