@@ -523,3 +523,31 @@ def test_a_server_without_request_histograms_is_said_not_measured():
     assert rec.missing and "/metrics" in rec.missing[0][1]
     assert split.batch1([{"batch": 1, "prefill_ms": 1.0, "decode_step_ms_p50": 1.0}], load) == []
     assert split.headline([]) == {}
+
+
+def test_ab_deltas_judge_ttft_and_the_servers_prefill_span_by_the_rounds_spread():
+    """Per size, B against A per round: TTFT (queueing included) and the server's own prefill span
+    (tower, projection, prefill); each judged against the spread of the rounds."""
+    from types import SimpleNamespace
+
+    from workbook.experiments import serving_ab as ab
+
+    cfg = SimpleNamespace(p=SimpleNamespace(ab_interps=["hf_bicubic", "gather4"]))
+
+    def row(config, rnd, ttft, prefill):
+        return {"config": config, "size": 512, "round": rnd, "mean_ttft_ms": ttft,
+                "mean_tpot_ms": 20.0, "server_mean_prefill_ms": prefill}
+
+    rows = [row("hf_bicubic", 1, 1000, 500), row("gather4", 1, 1100, 450),
+            row("hf_bicubic", 2, 1000, 520), row("gather4", 2, 800, 468)]
+    (d,) = ab.deltas(cfg, rows)
+    assert d["ttft_change_pct"] == pytest.approx(-5.0)
+    assert d["verdict"] == "no change beyond the rounds' spread"  # +10 % and -20 %
+    assert d["server_prefill_change_pct"] == pytest.approx(-10.0)
+    assert d["server_prefill_band_pct"] == "-10.0 to -10.0" and d["server_prefill_verdict"] == \
+        "B faster"
+    for r in rows:
+        del r["server_mean_prefill_ms"]  # a server without a clock
+    (d,) = ab.deltas(cfg, rows)
+    assert d["server_prefill_change_pct"] is None and d["server_prefill_verdict"].startswith(
+        "not measured")
