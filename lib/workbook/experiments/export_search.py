@@ -13,7 +13,7 @@ from pathlib import Path
 
 from workbook import checks, targets
 from workbook.errors import ParameterError, bad_param
-from workbook.llm import attempts, search
+from workbook.llm import attempts, neuron_export, search
 from workbook.llm import search_plan as sp
 from workbook.paths import outputs_dir, shown
 from workbook.spec import Values
@@ -33,6 +33,9 @@ class Config:
     max_positions: int
     state_dir: Path
     notes: list[str] = field(default_factory=list)
+    neuron_path: str = ""  # nxdi or optimum, with the neuron validator
+    neuron_family: str | None = None  # the instance family the neuron validator compiles for
+    family_source: str = ""
 
     @property
     def validator(self) -> str:
@@ -51,12 +54,15 @@ def configure(P: Values) -> Config:
     elif P.address or P.max_parallel:
         name = "address" if P.address else "max_parallel"
         raise bad_param(name, P[name], "left at its default unless executor is ray")
-    target = targets.resolve(P.validator, param="validator", choices=VALIDATORS,
-                             neuron=attempts.optimum_cli_probe)
     model, note = P.model, ""
     if not model or model in mistral.SHAPES:
         model, note = mistral.workbook_model(model)
     config = mistral.load_config(model)  # not a causal LM, or missing: one sentence
+    if P.validator == "neuron":  # asked for: a path that cannot run is its own sentence
+        neuron_export.choose(P.neuron_path, config.model_type, P.instance_type)
+    target = targets.resolve(P.validator, param="validator", choices=VALIDATORS,
+                             neuron=neuron_export.probe(P.neuron_path, config.model_type,
+                                                        P.instance_type))
     state = checks.directory("state_dir", P.state_dir)
     heads, positions = config.num_attention_heads, config.max_position_embeddings
     try:
@@ -76,6 +82,14 @@ def configure(P: Values) -> Config:
         attempts.check_fits(cands, target, "total_cores", P.total_cores)
     cfg = Config(p=P, target=target, model=model, cands=cands, heads=heads, max_positions=positions,
                  state_dir=state or outputs_dir() / "export_search" / "state")
+    if target.name == "neuron":
+        cfg.neuron_path, why = neuron_export.choose(P.neuron_path, config.model_type,
+                                                    P.instance_type)
+        cfg.neuron_family, cfg.family_source = neuron_export.family(P.instance_type)
+        fam = cfg.neuron_family or "an unknown instance family"
+        cfg.notes.append(f"neuron path: {cfg.neuron_path} on {fam} ({cfg.family_source}); {why}")
+        if cfg.neuron_path == "optimum":
+            cfg.notes.append(neuron_export.cache_lookup(model))
     # a state file of another validator, or of other settings, is refused here, not when it opens
     search.read_state(search.state_path(cfg.state_dir, cfg.model), validator(cfg))
     if note:
@@ -89,6 +103,8 @@ def configure(P: Values) -> Config:
 
 def validator(cfg: Config) -> attempts.Validator:
     """The validator object the search runs each try with."""
+    if cfg.validator == "neuron" and cfg.neuron_path == "nxdi":
+        return attempts.NxdiValidator(cfg.p.dtype)
     if cfg.validator == "neuron":
         return attempts.NeuronValidator(cfg.p.instance_type or None)
     return attempts.TorchValidator(cfg.validator, cfg.p.memory_budget_gb, cfg.p.dtype,
@@ -102,6 +118,9 @@ def state_file(cfg: Config) -> Path:
 def start_record(cfg: Config, rec) -> None:
     rec.set(validator=cfg.validator, validator_reason=cfg.target.reason, model=shown(cfg.model),
             state_file=shown(state_file(cfg)))
+    if cfg.validator == "neuron":
+        rec.set(neuron_path=cfg.neuron_path, instance_family=cfg.neuron_family,
+                instance_family_source=cfg.family_source)
     for n in cfg.notes:
         rec.note(n)
 

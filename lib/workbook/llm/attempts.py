@@ -14,8 +14,9 @@ own, out of reach of a group kill, so a :func:`workbook.proc.reaper` kills every
 token when the try ends or the search dies, however it dies; a resumed search kills leftovers by the
 same token, in case the watchdog was killed too.
 
-Validators: ``cmd`` (argv templates), ``neuron`` (``optimum-cli export neuron``, then a load in a
-new process) and ``torch-cuda`` / ``torch-cpu`` (``python -m workbook.llm.validate``: a
+Validators: ``cmd`` (argv templates), two ``neuron`` ones (NxD Inference's compile, then a load and
+one token in a new process; or ``optimum-cli export neuron``, then a load in a new process; which
+one is :mod:`workbook.llm.neuron_export`'s choice) and ``torch-cuda`` / ``torch-cpu`` (``python -m workbook.llm.validate``: a
 tensor-parallel load through torchrun plus one forward at (batch, seq) under a per-device memory
 budget in GB).
 """
@@ -93,15 +94,6 @@ class CommandValidator(Validator):
         return f"{self.name}: " + " && ".join(shlex.join(s) for s in self.steps)
 
 
-def optimum_cli_probe() -> tuple[bool, str]:
-    """Whether the neuron validator can run here (for :func:`workbook.targets.resolve`)."""
-    if shutil.which("optimum-cli"):
-        return True, "optimum-cli is installed"
-    return False, ("optimum-cli (optimum-neuron) is not installed, and the neuron validator "
-                   "exports with it; install optimum-neuron (pip install optimum-neuron) with the "
-                   "Neuron SDK")
-
-
 class NeuronValidator(Validator):
     """Export with ``optimum-cli export neuron``, then load with NeuronModelForCausalLM in another
     process (``python -m workbook.llm.search load-neuron OUT``). With ``instance_type`` the export
@@ -138,6 +130,31 @@ class NeuronValidator(Validator):
         load = (", then NeuronModelForCausalLM.from_pretrained in a new process" if self.load
                 else " (compile only)")
         return f"neuron: optimum-cli export neuron --task text-generation{target}{load}"
+
+
+class NxdiValidator(Validator):
+    """NxD Inference: compile (tp, batch, seq) in one process, then load the compiled folder onto
+    the NeuronCores and generate one token in another (``python -m workbook.llm.nxdi_try``)."""
+
+    name = "neuron"  # what a try asks a scheduler for: NeuronCores
+
+    def __init__(self, dtype: str = "bfloat16", *, keep_compiled: bool = False,
+                 python: str = sys.executable):
+        self.dtype, self.keep_compiled, self.python = dtype, keep_compiled, python
+
+    def command(self, model, tp, batch, seq, workdir):
+        args = ["--model", str(model), "--tp", str(tp), "--batch", str(batch), "--seq", str(seq),
+                "--dtype", self.dtype, "--compiled", str(Path(workdir) / "compiled")]
+        return [[self.python, "-m", "workbook.llm.nxdi_try", step, *args]
+                for step in ("compile", "load")]
+
+    def cleanup(self, workdir):
+        if not self.keep_compiled:
+            shutil.rmtree(Path(workdir) / "compiled", ignore_errors=True)
+
+    def describe(self):
+        return (f"neuron: NxD Inference NeuronMistralForCausalLM.compile, then load and one "
+                f"token in a new process, {self.dtype}")
 
 
 class TorchValidator(Validator):

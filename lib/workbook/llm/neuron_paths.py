@@ -116,19 +116,29 @@ def _run_tnx(spec: LlmSpec, att: Attempt) -> dict:
     return _generate(spec, att, enc, ids, groups, gen)
 
 
-def _run_nxdi(spec: LlmSpec, att: Attempt) -> dict:
+def nxdi_model(model_path: str, tp: int, batch: int, seq: int, dtype: str):
+    """(the SDK's names, ``NeuronMistralForCausalLM`` for (tp, batch, seq) in ``dtype``), not yet
+    compiled or loaded; mistral_tp and the export search's NxD Inference tries build it alike."""
     import torch
 
     sdk = import_sdk(NXDI)
+    neuron_config = sdk["NeuronConfig"](tp_degree=tp, batch_size=batch, seq_len=seq,
+                                        torch_dtype=getattr(torch, dtype))
+    config = sdk["MistralInferenceConfig"](neuron_config,
+                                           load_config=sdk["load_pretrained_config"](model_path))
+    return sdk, sdk["NeuronMistralForCausalLM"](model_path, config)
+
+
+def _run_nxdi(spec: LlmSpec, att: Attempt) -> dict:
+    import torch
+
+    import_sdk(NXDI)
     enc, ids = _encode_all(spec, att)
     att.stage = "load"
     t0 = time.perf_counter()
-    neuron_config = sdk["NeuronConfig"](tp_degree=spec.tp_degree, batch_size=spec.batch_size,
-                                        seq_len=spec.n_positions,
-                                        torch_dtype=getattr(torch, TORCH_DTYPE[spec.amp]))
-    hf_config = sdk["load_pretrained_config"](spec.model_path)
-    config = sdk["MistralInferenceConfig"](neuron_config, load_config=hf_config)
-    model = sdk["NeuronMistralForCausalLM"](spec.model_path, config)
+    sdk, model = nxdi_model(spec.model_path, spec.tp_degree, spec.batch_size, spec.n_positions,
+                            TORCH_DTYPE[spec.amp])
+    config = model.config
     construct_s = time.perf_counter() - t0
     att.stage = "compile"
     compiled = spec.compiled_dir or tempfile.mkdtemp(prefix="workbook-nxdi-")

@@ -12,7 +12,7 @@ import sys
 
 from workbook.errors import WorkbookError, bad_param
 from workbook.llm import attempts, search, search_plan
-from workbook.specs.export_search import DTYPES, INSTANCE_TYPES
+from workbook.specs.export_search import DTYPES, INSTANCE_TYPES, NEURON_PATHS
 
 VALIDATORS = ("cmd", "neuron", "cuda", "cpu")
 
@@ -27,15 +27,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--template", action="append", default=[],
                    help="cmd validator: argv template of one step (repeat for more steps); fields "
                         "{model} {tp} {batch} {seq} {workdir} {python}")
+    r.add_argument("--neuron-path", choices=NEURON_PATHS, default="auto",
+                   help="neuron validator: nxdi (NxD Inference), optimum (optimum-cli export) or "
+                        "auto (workbook.llm.neuron_export)")
     r.add_argument("--instance-type", choices=INSTANCE_TYPES,
-                   help="neuron validator: compile for this target")
+                   help="neuron validator (optimum): compile for this target")
     r.add_argument("--no-load", action="store_true", help="neuron validator: compile only")
     r.add_argument("--keep-exports", action="store_true", help="neuron validator: keep the exports")
     r.add_argument("--budget-gb", type=float,
                    help="cuda and cpu validators: GB (10**9 bytes) per device for weights + KV "
                         "cache")
     r.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="cuda and cpu validators: weights and cache dtype")
+                   help="cuda and cpu validators and NxD Inference: weights and cache dtype")
     r.add_argument("--state-dir", required=True)
     r.add_argument("--total-cores", type=int, required=True)
     r.add_argument("--cores-per-device", type=int, required=True)
@@ -56,11 +59,19 @@ def _validator(args, cands: dict) -> attempts.Validator:
         return attempts.CommandValidator(*args.template)
     from workbook import targets
 
-    target = targets.resolve(args.validator, param="--validator", choices=(args.validator,),
-                             neuron=attempts.optimum_cli_probe)
     if args.validator == "neuron":
+        from workbook.llm import neuron_export
+        from workbook.models import mistral
+
+        model_type = mistral.load_config(args.model).model_type
+        path, why = neuron_export.choose(args.neuron_path, model_type, args.instance_type or "")
+        print(f"neuron path: {path} ({why})", flush=True)
+        if path == "nxdi":
+            return attempts.NxdiValidator(args.dtype, keep_compiled=args.keep_exports)
+        print(neuron_export.cache_lookup(args.model), flush=True)
         return attempts.NeuronValidator(args.instance_type, load=not args.no_load,
                                         keep_exports=args.keep_exports)
+    target = targets.resolve(args.validator, param="--validator", choices=(args.validator,))
     if args.budget_gb is None or not args.budget_gb > 0:
         raise bad_param("--budget-gb", args.budget_gb, "a positive number of GB per device with "
                         f"the {args.validator} validator")

@@ -5,12 +5,18 @@ from workbook.spec import Param, Spec
 VALIDATORS = ("auto", "neuron", "cuda", "cpu")
 DTYPES = ("float32", "bfloat16", "float16")
 INSTANCE_TYPES = ("trn1", "inf2", "trn2")
+NEURON_PATHS = ("auto", "nxdi", "optimum")
 
 SPEC = Spec("export_search", [
     Param("model", "str", "",
           "hub id or local folder of a causal LM; empty: a tiny seeded Mistral"),
     Param("validator", "str", "auto",
-          "auto, neuron (optimum-cli export + load), cuda or cpu (torchrun)", choices=VALIDATORS),
+          "auto, neuron (NxD Inference or optimum-cli: neuron_path), cuda or cpu (torchrun)",
+          choices=VALIDATORS),
+    Param("neuron_path", "str", "auto",
+          "how the neuron validator compiles: nxdi (NxD Inference, Mistral on Inf2/Trn1), optimum "
+          "(optimum-cli export, the architectures the installed optimum-neuron exports) or auto",
+          choices=NEURON_PATHS),
     Param("total_cores", "int", 2, "NeuronCores, GPUs or CPU cores the search may use", low=2,
           allowed="an integer of at least 2 (tensor parallelism needs two cores)"),
     Param("cores_per_device", "int", 1,
@@ -23,7 +29,8 @@ SPEC = Spec("export_search", [
     Param("memory_budget_gb", "float", 0.05,
           "GB (10**9 B) per device: weights + KV cache per rank (cuda: peak)", above=0,
           allowed="a positive number of GB per device"),
-    Param("dtype", "str", "float32", "weights and cache dtype for the cuda and cpu validators",
+    Param("dtype", "str", "float32",
+          "weights and cache dtype for the cuda and cpu validators and NxD Inference",
           choices=DTYPES),
     Param("timeout_s", "float", 300, "per attempt (all its steps)", above=0,
           allowed="a positive number of seconds per attempt"),
