@@ -120,6 +120,9 @@ def test_hardware_label_gpu_and_cpu():
     assert provenance.hardware_label(gpu) == "NVIDIA H200"
     cpu = {"gpus": [], "cpu": {"model": "AMD EPYC", "cores_usable": 2}}
     assert provenance.hardware_label(cpu) == "AMD EPYC (2 cores)"
+    trn = {"gpus": [], "cpu": {"model": "AMD EPYC", "cores_usable": 8},
+           "neuron": {"devices": 16, "instance_family": "trn2"}}
+    assert provenance.hardware_label(trn) == "trn2 (16 Neuron devices)"
     here = provenance.hardware()
     if not here["gpus"]:
         label = provenance.hardware_label(here)
@@ -178,3 +181,18 @@ def test_now_iso_has_timezone():
 
     t = datetime.fromisoformat(provenance.now_iso())
     assert t.tzinfo is not None
+
+
+def test_a_neuron_machine_records_its_instance_family_and_where_it_was_read(neuron_tree,
+                                                                          monkeypatch):
+    from workbook.backends import neuron
+
+    monkeypatch.setenv(neuron.SYSFS_ENV, str(neuron_tree))
+    arch = neuron_tree / "neuron0" / "info" / "architecture"
+    arch.mkdir(parents=True)
+    (arch / "instance_type").write_text("Trn2\n")
+    info = provenance.neuron_info()
+    assert info["instance_family"] == "trn2"
+    assert info["instance_family_source"] == "sysfs neuron0/info/architecture/instance_type = Trn2"
+    monkeypatch.setenv(neuron.SYSFS_ENV, str(neuron_tree / "absent"))
+    assert "instance_family" not in provenance.neuron_info()  # not a Neuron machine: not asked

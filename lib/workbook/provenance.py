@@ -122,8 +122,9 @@ def gpu_info() -> list[dict]:
 
 
 def neuron_info() -> dict:
-    """Neuron devices (``/dev/neuron*``) and whether the real SDK imports (PyPI ships
-    placeholders)."""
+    """Neuron devices (``/dev/neuron*``), whether the real SDK imports (PyPI ships placeholders)
+    and, on a Neuron machine, the instance family (Inf2/Trn1 or Trn2/Trn3 decide which Neuron path
+    a notebook takes) with where it was read."""
     devices = sorted(glob.glob("/dev/neuron[0-9]*"))
     sdk = None
     try:
@@ -135,7 +136,14 @@ def neuron_info() -> dict:
         sdk = None if missing_itself else f"unusable ({(str(e).splitlines() or [''])[0][:80]})"
     except Exception as e:  # noqa: BLE001 - any failure means the SDK is not usable here
         sdk = f"unusable ({type(e).__name__})"
-    return {"devices": len(devices), "torch_neuronx": sdk}
+    info = {"devices": len(devices), "torch_neuronx": sdk}
+    from workbook.backends.neuron_sysfs import sysfs_root
+
+    if devices or sysfs_root().is_dir():  # a Neuron machine: which family decides the paths
+        from workbook.backends import neuron_family
+
+        info["instance_family"], info["instance_family_source"] = neuron_family.detect()
+    return info
 
 
 def torch_info() -> dict:
@@ -197,7 +205,12 @@ def collect() -> dict:
 
 
 def hardware_label(hw: dict) -> str:
-    """A short label for the hardware: the GPU name if any, else the CPU model and its cores."""
+    """A short label for the hardware: the GPU name if any, the Neuron instance family and its
+    devices on a Neuron machine, else the CPU model and its cores."""
+    nrn = hw.get("neuron") or {}
+    if nrn.get("devices"):
+        fam = nrn.get("instance_family")
+        return f"{fam or 'Neuron'} ({nrn['devices']} Neuron devices)"
     if hw.get("gpus"):
         g = hw["gpus"]
         return f"{len(g)}× {g[0]['name']}" if len(g) > 1 else g[0]["name"]
