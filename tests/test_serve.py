@@ -551,3 +551,41 @@ def test_ab_deltas_judge_ttft_and_the_servers_prefill_span_by_the_rounds_spread(
     (d,) = ab.deltas(cfg, rows)
     assert d["server_prefill_change_pct"] is None and d["server_prefill_verdict"].startswith(
         "not measured")
+
+
+def test_the_warm_up_runs_on_the_thread_that_serves_and_its_failure_stops_the_start():
+    """What a thread pays on its first batch is paid by the warm-up, on the engine's thread; a
+    warm-up that fails is raised where the server is built, before it listens."""
+    from workbook.serve.batcher import Batcher
+
+    class Eng:
+        cfg = type("C", (), {"max_batch": 1})()
+        batches = 0
+
+        def __init__(self, fail=False):
+            self.fail, self.ran_on = fail, []
+
+        def warm_up(self):
+            self.ran_on.append(threading.current_thread())
+            if self.fail:
+                raise RuntimeError("out of memory while capturing the decode step")
+            return 1.5
+
+        def run_batch(self, reqs):
+            self.ran_on.append(threading.current_thread())
+            for r in reqs:
+                r.emit("done", None)
+
+    from workbook.serve.engine import Request
+
+    eng = Eng()
+    b = Batcher(eng, 4, log=lambda _m: None, warm_up=eng.warm_up)
+    assert b.wait_ready() == 1.5
+    done = threading.Event()
+    assert b.submit(Request([3], 1, emit=lambda k, _v: done.set() if k == "done" else None))
+    assert done.wait(10) and b.close(10)
+    assert eng.ran_on[0] is eng.ran_on[1] is not threading.current_thread()
+    bad = Eng(fail=True)
+    b = Batcher(bad, 4, log=lambda _m: None, warm_up=bad.warm_up)
+    with pytest.raises(RuntimeError, match="capturing the decode step"):
+        b.wait_ready()

@@ -20,8 +20,13 @@ from workbook.serve.engine import Request
 
 
 class Batcher:
-    def __init__(self, engine, max_queue: int, log=print):
+    def __init__(self, engine, max_queue: int, log=print, warm_up=None):
+        """``warm_up`` (e.g. ``engine.warm_up``) runs first on the engine's thread, so what a
+        thread pays on its first batch (CUDA library handles, the decode step's graphs) is paid
+        before the first request; :meth:`wait_ready` waits for it."""
         self.engine, self.max_queue, self.log = engine, max_queue, log
+        self._warm_up, self.warm_s, self._warm_error = warm_up, 0.0, None
+        self._ready = threading.Event()
         self._cv = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
@@ -62,7 +67,22 @@ class Batcher:
                     "max_batch": self.engine.cfg.max_batch, "max_queue": self.max_queue,
                     "closing": self._closing, **self.counts, "batches": self.engine.batches}
 
+    def wait_ready(self) -> float:
+        """Seconds the warm-up took on the engine's thread; its exception if it failed."""
+        self._ready.wait()
+        if self._warm_error is not None:
+            raise self._warm_error
+        return self.warm_s
+
     def _loop(self) -> None:
+        try:
+            if self._warm_up is not None:
+                self.warm_s = self._warm_up()
+        except BaseException as e:  # noqa: BLE001 - handed to wait_ready's caller
+            self._warm_error = e
+            return
+        finally:
+            self._ready.set()
         while True:
             with self._cv:
                 while not self._waiting and not self._closing:

@@ -148,10 +148,10 @@ def build(args, cfg=None, log=print, wrap=None, device=None):
         engine.vision.check(size, interp, name="vision-variants")
     log(f"loaded in {engine.load_s:.1f} s; warming up batch sizes up to {cfg.max_batch}"
         + (" (compiling the decode step)" if cfg.compile else ""))
-    warm = engine.warm_up()
-    log(f"warm-up took {warm:.1f} s")
+    batcher = Batcher(engine, args.max_queue, log=log, warm_up=engine.warm_up)
+    log(f"warm-up took {batcher.wait_ready():.1f} s (on the engine's thread, which serves)")
     served = args.served_name or Path(cfg.model).name
-    return Service(engine, Batcher(engine, args.max_queue, log=log), served, vs)
+    return Service(engine, batcher, served, vs)
 
 
 def _socket(host: str, port: int) -> socket.socket:

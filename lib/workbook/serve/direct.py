@@ -3,7 +3,8 @@
 ``python -m workbook.serve.direct CONFIG.json OUT.json`` loads the engine the server would load
 (same model, dtype, cache, compiled step; CONFIG's ``inductor`` sets torch inductor options first,
 to try one on the decode step), then for each batch size runs one batch the way the
-server does (the tokens of every step go to the host) and times its prefill and each decode step,
+server does (the tokens of every step go to the host) and times each decode step and its prefill
+(the median of a few batches: one prefill is one sample),
 and on a GPU the step alone (steps back to back on the device), whose difference is host overhead.
 Beside it, the device's copy bandwidth is measured (bytes read and written per second by a plain
 device-to-device copy, best of several), and each decode figure is put against the weight-read
@@ -20,6 +21,8 @@ import statistics
 import sys
 import time
 from pathlib import Path
+
+PREFILL_REPEATS = 5  # prefills timed a batch size; the median is reported
 
 
 def copy_bandwidth(device, nbytes: int, repeats: int = 8) -> dict:
@@ -90,6 +93,10 @@ def measure(cfg: dict, log=print) -> dict:
     for b in cfg["batches"]:
         _timed_batch(engine, b, cfg["prompt_tokens"], min(cfg["output_tokens"], 8))
         row = _timed_batch(engine, b, cfg["prompt_tokens"], cfg["output_tokens"])
+        # the prefill is one sample a batch: its median over a few more, as the decode step's is
+        pre = [row["prefill_ms"]] + [_timed_batch(engine, b, cfg["prompt_tokens"], 2)["prefill_ms"]
+                                     for _ in range(PREFILL_REPEATS - 1)]
+        row["prefill_ms"] = statistics.median(pre)
         row["device_step_ms"] = engine.time_steps(b)
         log(f"batch {b}: prefill {row['prefill_ms']:.1f} ms, decode step "
             f"{row['decode_step_ms_p50']:.2f} ms")

@@ -14,8 +14,9 @@ SPEC = Spec("export_search", [
           "auto, neuron (NxD Inference or optimum-cli: neuron_path), cuda or cpu (torchrun)",
           choices=VALIDATORS),
     Param("neuron_path", "str", "auto",
-          "how the neuron validator compiles: nxdi (NxD Inference, Mistral on Inf2/Trn1), optimum "
-          "(optimum-cli export, the architectures the installed optimum-neuron exports) or auto",
+          "how the neuron validator compiles: nxdi (NxD Inference: Mistral, where it is "
+          "installed), optimum (optimum-cli export, the architectures the installed "
+          "optimum-neuron exports) or auto",
           choices=NEURON_PATHS),
     Param("total_cores", "int", 2, "NeuronCores, GPUs or CPU cores the search may use", low=2,
           allowed="an integer of at least 2 (tensor parallelism needs two cores)"),
