@@ -589,3 +589,45 @@ def test_the_warm_up_runs_on_the_thread_that_serves_and_its_failure_stops_the_st
     b = Batcher(bad, 4, log=lambda _m: None, warm_up=bad.warm_up)
     with pytest.raises(RuntimeError, match="capturing the decode step"):
         b.wait_ready()
+
+
+def test_each_benchmark_reads_the_gpus_sm_clock_and_the_rows_carry_it(standin_nvml, monkeypatch):
+    """Where the server runs on this machine's GPU, the load generator's process reads the SM
+    clock over each benchmark (here NVML's TEST STAND-IN: the clock drops to 345 MHz while idle);
+    the benchmark's row and the server-clock table carry it; without NVML it says why."""
+    from workbook import telemetry
+    from workbook.experiments import serving as exp
+    from workbook.experiments import serving_split as split
+    from workbook.serve import bench
+
+    nvml = standin_nvml(clocks=(1980, 345, 1980), reasons=(0, 0x1, 0))
+    monkeypatch.setattr(bench, "_telemetry", lambda: telemetry.Telemetry(0, period_s=0.001,
+                                                                           nvml=nvml))
+    tm = bench._telemetry()
+    with tm:
+        time.sleep(0.03)
+    gpu = bench.gpu_summary(tm)
+    assert gpu["sm_clock_min_mhz"] == 345 and "idle" in gpu["clock_reasons"]
+    assert bench.gpu_summary(None) is None
+    assert bench.gpu_summary(telemetry.Telemetry(0, nvml=standin_nvml(fail_init=True))) == {
+        "unavailable": "NVML could not be opened (Driver Not Loaded)"}
+
+    item = {"label": "rate 2", "kind": "poisson", "value": 2.0, "group": "rates",
+            "requests": [{"send": 0.0, "first_token": 0.05, "last_token": 0.5, "end": 0.5,
+                          "output_tokens": 10, "prompt_tokens": 8, "ok": True, "error": ""}],
+            "server_clock": {"server_requests": 1, "server_mean_e2el_ms": 490.0,
+                             "server_mean_ttft_ms": 45.0},
+            "gpu": gpu}
+    row = exp.summarize(item, {})
+    assert row["gpu_sm_clock_min_mhz"] == 345
+
+    class Rec:
+        def not_measured(self, *a):
+            raise AssertionError(a)
+
+    (clock_row,) = split.per_benchmark(Rec(), [row])
+    assert clock_row["gpu_sm_clock_min_mhz"] == 345 and clock_row["client_minus_server_e2el_ms"] \
+        == pytest.approx(10.0)
+    del item["gpu"]
+    (plain,) = split.per_benchmark(Rec(), [exp.summarize(item, {})])
+    assert not any(k.startswith("gpu_") for k in plain)  # no GPU read: no empty columns

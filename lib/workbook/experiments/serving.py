@@ -182,7 +182,8 @@ def summarize(item: dict, slo_ms: dict) -> dict:
     a = bench.arrivals(item)
     return {"benchmark": item["label"], "kind": item["kind"], "value": item["value"],
             "achieved_rate": a["achieved_rate"], "gap_cv": a["gap_cv"], **s,
-            **(item.get("server_clock") or {})}  # the server's own means (serving_split)
+            **(item.get("server_clock") or {}),  # the server's own means (serving_split)
+            **{f"gpu_{k}": v for k, v in (item.get("gpu") or {}).items()}}
 
 
 def save_vllm_result(row: dict, folder: Path, extra: dict) -> None:
@@ -267,7 +268,7 @@ def drive(cfg: Config, rec, name: str, items, options: list[str] | None, log=pri
     folder = rec.run_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     plan = bench.Plan(p.url, tokenizer_dir(cfg, rec.run_dir), p.prompt_tokens, p.output_tokens,
-                      items)
+                      items, gpu=options is not None and cfg.device == "cuda")
     if options is None:
         return bench.run(plan, folder, log_file=folder / "guidellm.log",
                          timeout_s=p.timeout_s), plan.tokenizer

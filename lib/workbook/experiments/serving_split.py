@@ -7,12 +7,15 @@ benchmark. Laid beside the engine alone, the three accounts split a request's ti
 engine's thread spends beyond the engine measured alone (queueing, the steps as served), and what
 lies between the server's clock and the client's (the event loop, HTTP, server-sent events and the
 client's own parsing). Means throughout: the server's histograms give each span's sum and count.
+Where the server ran on this machine's GPU, each benchmark's SM clock (mean, lowest, what held it
+down) sits beside them: a GPU that idles between requests may serve the next one at a lower clock.
 """
 from __future__ import annotations
 
 CLOCK_COLUMNS = ["benchmark", "server_requests", "server_mean_queue_ms", "server_mean_prefill_ms",
                  "server_mean_ttft_ms", "mean_ttft_ms", "server_mean_tpot_ms", "mean_tpot_ms",
-                 "server_mean_e2el_ms", "mean_e2el_ms", "client_minus_server_e2el_ms"]
+                 "server_mean_e2el_ms", "mean_e2el_ms", "client_minus_server_e2el_ms",
+                 "gpu_sm_clock_mhz", "gpu_sm_clock_min_mhz", "gpu_clock_reasons"]
 
 
 def per_benchmark(rec, load_rows: list[dict]) -> list[dict]:
@@ -24,7 +27,9 @@ def per_benchmark(rec, load_rows: list[dict]) -> list[dict]:
             gap = (r["mean_e2el_ms"] - r["server_mean_e2el_ms"]
                    if r.get("mean_e2el_ms") is not None
                    and r.get("server_mean_e2el_ms") is not None else None)
-            rows.append({**{k: r.get(k) for k in CLOCK_COLUMNS}, "client_minus_server_e2el_ms": gap})
+            row = {**{k: r.get(k) for k in CLOCK_COLUMNS}, "client_minus_server_e2el_ms": gap}
+            rows.append({k: v for k, v in row.items() if v is not None or
+                         not k.startswith("gpu_")})  # the GPU's clock where it was read
     if load_rows and not rows:
         rec.not_measured("the server's own clock per benchmark",
                          "the server answered no request histograms at /metrics (workbook serve "

@@ -19,11 +19,14 @@ Three facts about GuideLLM 0.8.1 that shape this driver:
 
 Around each benchmark the server's ``/metrics`` is read (:mod:`workbook.serve.clock`), so each
 item also holds the server's own account of its requests, where the server keeps one (workbook
-serve and vLLM do).
+serve and vLLM do); when the server runs on this machine's GPU, the GPU's SM clock over each
+benchmark too (:mod:`workbook.telemetry`): an engine that idles between requests may find the
+clock down when the next one comes.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -61,6 +64,7 @@ class Plan:
     prompt_tokens: int
     output_tokens: int
     items: list[Item]
+    gpu: bool = False  # the server runs on this machine's GPU 0: its SM clock is read per benchmark
 
 
 def write_plan(plan: Plan, out_dir: Path) -> Path:
@@ -129,6 +133,23 @@ def duration_s(item: dict) -> float:
     if not reqs or not ends:
         return 0.0
     return max(ends) - min(r["send"] for r in reqs)
+
+
+def _telemetry():
+    from workbook.telemetry import Telemetry
+
+    return Telemetry(0, period_s=0.05)
+
+
+def gpu_summary(tm) -> dict | None:
+    """The GPU's SM clock over one benchmark (mean, lowest, what held it down), or why not."""
+    if tm is None:
+        return None
+    s = tm.summary()
+    if s is None:
+        return {"unavailable": tm.unavailable}
+    return {"sm_clock_mhz": s["sm_clock_mhz"], "sm_clock_min_mhz": s["sm_clock_min_mhz"],
+            "clock_reasons": s["clock_reasons"], "power_w": s["power_w"]}
 
 
 # -- the GuideLLM process ---------------------------------------------------------------------
@@ -203,12 +224,14 @@ async def _main(plan_path: Path) -> int:
         t0 = time.perf_counter()
         raw_path = out / f"guidellm-{i}.json"
         before = clock.scrape(plan["url"])
-        await benchmark_generative_text(args=_scenario(plan, item, raw_path), progress=False,
-                                        console=None)
+        tm = _telemetry() if plan.get("gpu") else None
+        with tm or contextlib.nullcontext():
+            await benchmark_generative_text(args=_scenario(plan, item, raw_path), progress=False,
+                                            console=None)
         own = clock.window(before, clock.scrape(plan["url"]))
         rows = _records(json.loads(raw_path.read_text()))
         write_json_atomic(out / f"item-{i}.json", {**item, "requests": rows,
-                                                   "server_clock": own})
+                                                   "server_clock": own, "gpu": gpu_summary(tm)})
         ok = sum(r["ok"] for r in rows)
         print(f"[{i + 1}/{len(items)}] {item['label']}: {ok}/{len(rows)} ok in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
