@@ -631,3 +631,13 @@ def test_each_benchmark_reads_the_gpus_sm_clock_and_the_rows_carry_it(standin_nv
     del item["gpu"]
     (plain,) = split.per_benchmark(Rec(), [exp.summarize(item, {})])
     assert not any(k.startswith("gpu_") for k in plain)  # no GPU read: no empty columns
+
+    class Said(Rec):
+        def not_measured(self, what, why):
+            self.said = (what, why)
+
+    rec = Said()
+    item["gpu"] = {"unavailable": "the nvidia-ml-py package (pynvml) is not installed"}
+    split.per_benchmark(rec, [exp.summarize(item, {})])
+    assert rec.said == ("the GPU's SM clock per benchmark",
+                        "the nvidia-ml-py package (pynvml) is not installed")

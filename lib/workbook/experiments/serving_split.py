@@ -30,6 +30,9 @@ def per_benchmark(rec, load_rows: list[dict]) -> list[dict]:
             row = {**{k: r.get(k) for k in CLOCK_COLUMNS}, "client_minus_server_e2el_ms": gap}
             rows.append({k: v for k, v in row.items() if v is not None or
                          not k.startswith("gpu_")})  # the GPU's clock where it was read
+    why = next((r["gpu_unavailable"] for r in load_rows if r.get("gpu_unavailable")), None)
+    if why:
+        rec.not_measured("the GPU's SM clock per benchmark", why)
     if load_rows and not rows:
         rec.not_measured("the server's own clock per benchmark",
                          "the server answered no request histograms at /metrics (workbook serve "
