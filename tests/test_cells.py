@@ -93,3 +93,19 @@ def test_how_far_names_the_cell_a_run_stopped_in():
     far = cells.how_far({"status": "failed", "cells": failed})
     assert far.startswith("The run failed in cell 2 of 3 (Speed)")
     assert "got through 1 of 3" in cells.how_far({"status": "interrupted", "cells": done})
+
+
+def test_kernel_socket_folders_of_runners_that_are_gone_are_swept(tmp_path):
+    """A runner killed outright leaves its kernel's socket folder; the next runner removes the
+    folders whose runner is gone and keeps those of live ones."""
+    import os
+
+    from workbook.cells import KERNEL_DIR_PREFIX, _sweep_kernel_dirs
+
+    gone = tmp_path / f"{KERNEL_DIR_PREFIX}999999999-abc"
+    live = tmp_path / f"{KERNEL_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / f"{KERNEL_DIR_PREFIX}notapid"
+    for d in (gone, live, other):
+        d.mkdir()
+    _sweep_kernel_dirs(tmp_path)
+    assert not gone.exists() and live.exists() and other.exists()

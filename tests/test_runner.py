@@ -30,6 +30,10 @@ def test_run_writes_everything_and_is_reused(wb_root, capsys):
     assert "Plotly.newPlot" in html  # the figure is in the report, with plotly.js embedded
     assert "src=\"https://cdn.plot.ly" not in html  # plotly.js is inline, not fetched
     assert 'class="wb-code"' in html and "Status: OK" in html
+    # the local kernel talks over Unix sockets in a private folder: no open TCP port, so no
+    # "running over TCP without encryption" warning in the log, and nothing left behind
+    assert "without encryption" not in (info.run_dir / "log.txt").read_text()
+    assert not list(wb_root.glob("kernel*ipc*")) and not list(wb_root.glob("kernel-*"))
 
     again = runner.run("smoke", cli={"n": 5})
     assert again.reused and again.run_dir == info.run_dir

@@ -12,6 +12,7 @@ report can say how far an interrupted run got.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -150,10 +151,26 @@ def kernel_manager_logging_to(log_path: Path):
     """A kernel manager whose kernel process writes its own messages (the kernel app's warnings, and
     the socket errors a kernel prints when Ctrl-C shuts it down mid-cell) to ``log_path`` instead of
     the terminal. What the notebook's code prints is unaffected: ipykernel sends it to the
-    notebook."""
+    notebook. The kernel is local, so it talks over Unix sockets in a private folder (IPC
+    transport) rather than open TCP ports, which ipykernel warns about as unencrypted."""
+    import shutil
+    import tempfile
+
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            _sweep_kernel_dirs(Path(tempfile.gettempdir()))
+            self._ipc_dir = tempfile.mkdtemp(prefix=f"{KERNEL_DIR_PREFIX}{os.getpid()}-")
+            kw.setdefault("transport", "ipc")
+            kw.setdefault("ip", str(Path(self._ipc_dir) / "kernel"))
+            super().__init__(**kw)
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart)
+            if not restart:
+                shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             # the child keeps its own copy of the descriptor
             with open(log_path, "a", encoding="utf-8") as f:
@@ -162,6 +179,25 @@ def kernel_manager_logging_to(log_path: Path):
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     return LoggedKernelManager
+
+
+KERNEL_DIR_PREFIX = "workbook-kernel-"  # + the runner's pid: its kernels' sockets
+
+
+def _sweep_kernel_dirs(tmp: Path) -> None:
+    """Remove the socket folders of runners that are gone (a runner killed outright cannot)."""
+    import shutil
+
+    for d in tmp.glob(KERNEL_DIR_PREFIX + "*"):
+        pid = d.name[len(KERNEL_DIR_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            pass
 
 
 class tracking:
