@@ -1,8 +1,8 @@
 """workbook.llm.neuron_export and the NxD Inference try: which Neuron path the export search takes.
 
-No Neuron SDK is here. NxD Inference is tests/standins' stand-in; optimum-neuron is the TEST
-STAND-IN built below (a registry of the text-generation architectures optimum-neuron's documentation
-lists today, and an ``optimum-cli`` that answers ``neuron cache lookup``). The instance family comes
+No Neuron SDK is here. NxD Inference and optimum-neuron are tests/standins' stand-ins (the latter a
+registry of the text-generation architectures optimum-neuron's documentation lists today); each test
+writes the ``optimum-cli`` TEST STAND-IN script it needs (``neuron cache lookup``). The instance family comes
 from a fake sysfs tree. Nothing here runs on Neuron and no figure comes from it.
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,6 @@ from workbook.llm import attempts, neuron_export
 from workbook.llm import neuron as neuron_llm
 
 STANDINS = Path(__file__).resolve().parent / "standins"
-# optimum-neuron's documented text-generation decoders (supported architectures page)
-OPTIMUM_DECODERS = ("gemma3_text", "granite", "llama", "llama4_text", "mixtral", "phi3", "qwen2",
-                    "qwen3", "qwen3_moe", "smollm3")
 
 
 @pytest.fixture(scope="module")
@@ -67,38 +63,9 @@ def nxdi(monkeypatch):
 
 
 @pytest.fixture
-def optimum(monkeypatch, tmp_path):
-    """TEST STAND-IN for optimum-neuron 0.4.5: its registry of inference models and an
-    ``optimum-cli`` that lists cache entries for ``neuron cache lookup`` (and fails otherwise)."""
-    root = tmp_path / "optimum_standin"
-    models = root / "optimum" / "neuron" / "models"
-    (models / "inference").mkdir(parents=True)
-    for d in (root / "optimum", root / "optimum" / "neuron", models, models / "inference"):
-        (d / "__init__.py").write_text('"""TEST STAND-IN for optimum-neuron."""\n')
-    (models / "auto_model.py").write_text(textwrap.dedent('''\
-        """TEST STAND-IN for optimum.neuron.models.auto_model: the registry and its query."""
-        _REGISTERED_NEURON_MODELS = {}
-
-        def register_neuron_model(model_type, task, mode):
-            def wrapper(cls):
-                _REGISTERED_NEURON_MODELS[(model_type, task, mode)] = cls
-                return cls
-            return wrapper
-
-        def has_neuron_model_class(model_type, task, mode):
-            from .inference import auto_models  # noqa: F401
-            return (model_type, task, mode) in _REGISTERED_NEURON_MODELS
-        '''))
-    (models / "inference" / "auto_models.py").write_text(
-        '"""TEST STAND-IN: the documented decoders, registered."""\n'
-        "from ..auto_model import register_neuron_model\n"
-        f"for _t in {OPTIMUM_DECODERS!r}:\n"
-        "    register_neuron_model(_t, 'text-generation', 'inference')(object)\n")
-    info = root / "optimum_neuron-0.4.5.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: optimum-neuron\nVersion: 0.4.5\n")
-    monkeypatch.syspath_prepend(str(root))
-    return root
+def optimum(monkeypatch):
+    """optimum-neuron 0.4.5's TEST STAND-IN (tests/standins/optimum_neuron) importable."""
+    monkeypatch.syspath_prepend(str(STANDINS / "optimum_neuron"))
 
 
 def _cli(bin_dir: Path, script: str) -> None:
@@ -124,7 +91,8 @@ def test_optimum_refuses_mistral_in_one_sentence_naming_its_version_and_the_alte
         configure(P)
     msg = str(e.value)
     assert msg.startswith("Parameter neuron_path='optimum' is not allowed: nxdi (NxD Inference")
-    assert "optimum-neuron 0.4.5 does not export mistral" in msg and "0.1.0" in msg
+    assert "optimum-neuron 0.4.5 (the TEST STAND-IN) does not export mistral" in msg
+    assert "0.1.0" in msg
     assert "llama" in msg and msg.endswith(".") and "\n" not in msg
     assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())  # nothing tried
 
@@ -133,7 +101,7 @@ def test_an_architecture_optimum_exports_takes_optimum_and_its_cache_is_looked_u
         machine, optimum):
     _cli(machine("Trn1"), LOOKUP)
     path, why = neuron_export.choose("auto", "llama")
-    assert path == "optimum" and why.startswith("optimum-neuron 0.4.5 exports llama")
+    assert path == "optimum" and why.startswith("optimum-neuron 0.4.5 (the TEST STAND-IN) exports llama")
     assert "NxD Inference: the export search builds mistral" in why
     note = neuron_export.cache_lookup("meta-llama/Llama-3.1-8B")
     assert note.startswith("optimum-neuron cache lookup: 2 entries found for meta-llama/")
@@ -248,5 +216,6 @@ def test_the_search_command_line_takes_the_same_neuron_paths(machine, optimum, t
     assert search_cli.main(base + ["--neuron-path", "optimum"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Parameter neuron_path='optimum' is not allowed: nxdi")
-    assert "optimum-neuron 0.4.5 does not export mistral" in err and err.count("\n") == 1
+    assert "optimum-neuron 0.4.5 (the TEST STAND-IN) does not export mistral" in err
+    assert err.count("\n") == 1
     assert not state.exists()  # refused before any try

@@ -52,6 +52,8 @@ def optimum_support(model_type: str) -> tuple[bool | None, str, list[str]]:
         from optimum.neuron.models.inference import auto_models  # noqa: F401 - registers them
     except ImportError:
         return None, version, []
+    if getattr(auto_model, "STANDIN", False):
+        version += " (the TEST STAND-IN)"
     types = sorted({t for t, task, mode in getattr(auto_model, "_REGISTERED_NEURON_MODELS", {})
                     if task == "text-generation" and mode == "inference"})
     ok = auto_model.has_neuron_model_class(model_type, "text-generation", "inference")
