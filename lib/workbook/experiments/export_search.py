@@ -58,11 +58,11 @@ def configure(P: Values) -> Config:
     if not model or model in mistral.SHAPES:
         model, note = mistral.workbook_model(model)
     config = mistral.load_config(model)  # not a causal LM, or missing: one sentence
+    neuron = neuron_export.probe(P.neuron_path, config.model_type, P.instance_type)
     if P.validator == "neuron":  # asked for: a path that cannot run is its own sentence
-        neuron_export.choose(P.neuron_path, config.model_type, P.instance_type)
-    target = targets.resolve(P.validator, param="validator", choices=VALIDATORS,
-                             neuron=neuron_export.probe(P.neuron_path, config.model_type,
-                                                        P.instance_type))
+        chosen = neuron_export.choose(P.neuron_path, config.model_type, P.instance_type)
+        neuron = neuron_export.chosen_probe(chosen)
+    target = targets.resolve(P.validator, param="validator", choices=VALIDATORS, neuron=neuron)
     state = checks.directory("state_dir", P.state_dir)
     heads, positions = config.num_attention_heads, config.max_position_embeddings
     try:
@@ -83,8 +83,7 @@ def configure(P: Values) -> Config:
     cfg = Config(p=P, target=target, model=model, cands=cands, heads=heads, max_positions=positions,
                  state_dir=state or outputs_dir() / "export_search" / "state")
     if target.name == "neuron":
-        cfg.neuron_path, why = neuron_export.choose(P.neuron_path, config.model_type,
-                                                    P.instance_type)
+        cfg.neuron_path, why = neuron.chosen
         cfg.neuron_family, cfg.family_source = neuron_export.family(P.instance_type)
         fam = cfg.neuron_family or "an unknown instance family"
         cfg.notes.append(f"neuron path: {cfg.neuron_path} on {fam} ({cfg.family_source}); {why}")

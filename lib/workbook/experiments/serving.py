@@ -304,10 +304,22 @@ def roofline(rec) -> list[dict]:
                                       "roofline_tokens_s", "step", "scheduling")}]
 
 
+def batch1_rows(direct_rows: list[dict], load_rows: list[dict]) -> tuple[dict | None, dict | None]:
+    """The engine alone at batch 1 and the one-at-a-time run through the server (None: absent)."""
+    return (next((r for r in direct_rows if r["batch"] == 1), None),
+            next((r for r in load_rows if r["group"] == "sequential"), None))
+
+
+def engine_e2el(one: dict, seq: dict) -> tuple[float, float]:
+    """(tokens a request made, the engine alone's time for such a request: prefill plus a step
+    a token after the first)."""
+    made = seq["total_output_tokens"] / seq["completed"]
+    return made, one["prefill_ms"] + (made - 1) * one["decode_step_ms_p50"]
+
+
 def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
     """Batch 1 through the server (one request at a time) against the engine alone."""
-    one = next((r for r in direct_rows if r["batch"] == 1), None)
-    seq = next((r for r in load_rows if r["group"] == "sequential"), None)
+    one, seq = batch1_rows(direct_rows, load_rows)
     if one is None or seq is None or seq["median_ttft_ms"] is None:
         return []
     out = [{"metric": "TTFT vs prefill", "engine_ms": one["prefill_ms"],
@@ -316,9 +328,8 @@ def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
             "server_ms": seq["median_tpot_ms"]}]
     if seq.get("completed") and seq.get("median_e2el_ms") is not None:
         # the whole request, which does not depend on when the server's text counts as a token
-        made = seq["total_output_tokens"] / seq["completed"]
-        out.append({"metric": f"E2EL vs prefill + {made - 1:.0f} steps",
-                    "engine_ms": one["prefill_ms"] + (made - 1) * one["decode_step_ms_p50"],
+        made, engine_ms = engine_e2el(one, seq)
+        out.append({"metric": f"E2EL vs prefill + {made - 1:.0f} steps", "engine_ms": engine_ms,
                     "server_ms": seq["median_e2el_ms"]})
     for r in out:
         r["overhead_pct"] = (100 * (r["server_ms"] / r["engine_ms"] - 1)
@@ -342,12 +353,11 @@ def direct_columns(rows: list[dict]) -> list[str]:
 
 def headline(rec, direct_rows, load_rows, over, extra: dict | None = None) -> None:
     head = dict(extra or {})
-    seq = next((r for r in load_rows if r["group"] == "sequential"), None)
+    one, seq = batch1_rows(direct_rows, load_rows)
     if seq:
         head.update(batch1_ttft_ms=seq["median_ttft_ms"], batch1_tpot_ms=seq["median_tpot_ms"])
     if load_rows:
         head["peak_output_tokens_s"] = max(r["output_throughput"] for r in load_rows)
-    one = next((r for r in direct_rows if r["batch"] == 1), None)
     if one:
         head["batch1_share_of_roofline"] = one["share_of_roofline"]
     for r in over:

@@ -43,11 +43,12 @@ def per_benchmark(rec, load_rows: list[dict]) -> list[dict]:
 def batch1(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
     """One request at a time: each span as the engine alone, the server's clock and the client
     see it (means), and the two differences; [] without the engine alone or the server's clock."""
-    one = next((r for r in direct_rows if r["batch"] == 1), None)
-    seq = next((r for r in load_rows if r["group"] == "sequential"), None)
+    from workbook.experiments.serving import batch1_rows, engine_e2el
+
+    one, seq = batch1_rows(direct_rows, load_rows)
     if one is None or seq is None or not seq.get("server_requests") or not seq.get("completed"):
         return []
-    made = seq["total_output_tokens"] / seq["completed"]
+    made, e2el_ms = engine_e2el(one, seq)
     step = one["decode_step_ms_p50"]
     spans = [
         ("queue (arrival to the batch's start)", 0.0, seq.get("server_mean_queue_ms"), None),
@@ -55,7 +56,7 @@ def batch1(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
          seq.get("server_mean_prefill_ms"), None),
         ("TTFT", one["prefill_ms"], seq.get("server_mean_ttft_ms"), seq.get("mean_ttft_ms")),
         ("TPOT", step, seq.get("server_mean_tpot_ms"), seq.get("mean_tpot_ms")),
-        (f"E2EL ({made:.0f} tokens)", one["prefill_ms"] + (made - 1) * step,
+        (f"E2EL ({made:.0f} tokens)", e2el_ms,
          seq.get("server_mean_e2el_ms"), seq.get("mean_e2el_ms")),
     ]
     out = []

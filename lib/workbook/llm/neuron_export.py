@@ -121,12 +121,23 @@ def _refuse(path: str, allowed: str, why: str) -> ParameterError:
 
 
 def probe(path: str, model_type: str, instance_type: str = ""):
-    """The neuron probe of :func:`workbook.targets.resolve` for the export search."""
+    """The neuron probe of :func:`workbook.targets.resolve` for the export search; once it has
+    said yes, its ``chosen`` holds :func:`choose`'s answer, so the path is decided once."""
     def can_run() -> tuple[bool, str]:
         try:
-            return True, "{1} ({0})".format(*choose(path, model_type, instance_type))
+            can_run.chosen = choose(path, model_type, instance_type)
         except ParameterError as e:
             return False, getattr(e, "why", str(e))
+        return True, "{1} ({0})".format(*can_run.chosen)
+    can_run.chosen = None
+    return can_run
+
+
+def chosen_probe(chosen: tuple[str, str]):
+    """A probe for a path already chosen (``validator: neuron``): it says yes with its reason."""
+    def can_run() -> tuple[bool, str]:
+        return True, "{1} ({0})".format(*chosen)
+    can_run.chosen = chosen
     return can_run
 
 

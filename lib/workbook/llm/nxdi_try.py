@@ -23,18 +23,13 @@ import time
 import traceback
 
 from workbook.errors import WorkbookError
+from workbook.llm.neuron_paths import nxdi_model
 
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def build(model: str, tp: int, batch: int, seq: int, dtype: str):
-    from workbook.llm.neuron_paths import nxdi_model
-
-    return nxdi_model(model, tp, batch, seq, dtype)
-
-
 def compile_step(a) -> str:
-    _, model = build(a.model, a.tp, a.batch, a.seq, a.dtype)
+    _, model = nxdi_model(a.model, a.tp, a.batch, a.seq, a.dtype)
     t0 = time.perf_counter()
     model.compile(a.compiled)
     return f"compiled tp={a.tp} batch={a.batch} seq={a.seq} in {time.perf_counter() - t0:.1f} s"
@@ -43,7 +38,7 @@ def compile_step(a) -> str:
 def load_step(a) -> str:
     import torch
 
-    sdk, model = build(a.model, a.tp, a.batch, a.seq, a.dtype)
+    sdk, model = nxdi_model(a.model, a.tp, a.batch, a.seq, a.dtype)
     t0 = time.perf_counter()
     model.load(a.compiled)
     load_s = time.perf_counter() - t0
