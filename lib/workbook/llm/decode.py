@@ -95,11 +95,14 @@ def load(spec, rank, world, device):
 
     dtype = getattr(torch, spec.dtype)
     if world == 1:
+        from workbook.llm.fuse import fuse_projections
+
         model = load_plain(spec.model, dtype, device)
         cfg = model.config
         return model, {"tp_mechanism": "none (one process)",
                        "heads_per_rank": cfg.num_attention_heads,
-                       "kv_heads_per_rank": cfg.num_key_value_heads}
+                       "kv_heads_per_rank": cfg.num_key_value_heads,
+                       "projections": fuse_projections(model)}
     if spec.tp_mechanism == "tp_plan":
         model = shard.load_tp_plan(spec.model, dtype, world)
         cfg = model.config

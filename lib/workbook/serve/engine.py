@@ -123,9 +123,13 @@ class Engine:
             how = SimpleNamespace(model=cfg.model, dtype=cfg.dtype, tp_mechanism=cfg.tp_mechanism)
             self.model, self.tp_facts = decode.load(how, dist.get_rank(), dist.get_world_size(),
                                                     self.device)
+            self.projections = "projections not fused: each rank keeps its tensor-parallel shards"
         else:
+            from workbook.llm.fuse import fuse_projections
+
             self.model = decode.load_plain(cfg.model, self.dtype, self.device)
             self.tp_facts = {"tp_mechanism": "none (one process)"}
+            self.projections = fuse_projections(self.model)
         self.load_s = time.perf_counter() - t0
         self.encoder = mistral.encoder_for(cfg.model, config)
         self.vocab_size = config.vocab_size
@@ -322,7 +326,8 @@ class Engine:
                 "max_batch": cfg.max_batch, "context": cfg.context, "compile": cfg.compile,
                 "step": ("torch.compile, CUDA graphs, coordinate-descent tuning, one step queued "
                          "ahead of the host" if cfg.compile else "eager, one step queued ahead "
-                         "of the host"),
+                         "of the host") + f"; {self.projections}",
+                "projections": self.projections,
                 "scheduling": self.scheduling, "encoder": self.encoder.why,
                 "tp_degree": cfg.tp_degree, "tp_mechanism": self.tp_facts["tp_mechanism"],
                 "load_s": self.load_s,
