@@ -137,6 +137,7 @@ def torch_rows(res: dict, label: str) -> list[dict]:
     """Measurements of one torchrun run, one row per rank."""
     return [{"run": label, "rank": r["rank"], "world_size": res["world_size"],
              "backend": res["backend"], "tp_mechanism": res.get("tp_mechanism"),
+             "projections": res.get("projections", "not fused (tensor-parallel shards)"),
              "load_s": r["load_s"],
              "compile_s": res.get("warmup_generate_s") if res.get("compile") else None,
              "ttft_ms": res["ttft_ms"], "decode_ms_per_step_p50": res.get("decode_ms_per_step_p50"),
