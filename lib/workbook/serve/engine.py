@@ -1,7 +1,8 @@
 """The model behind ``workbook serve``: a batch of requests run to the end, tokens out as made.
 
 The engine is what ``mistral_tp`` measures, behind a server: the same loading (a checkpoint, or a
-config-only folder whose seeded weights are drawn on the device), a static KV cache, and a decode
+config-only folder whose seeded weights are drawn on the device, with q/k/v and gate/up fused into
+one weight product each in one process, :mod:`workbook.llm.fuse`), a static KV cache, and a decode
 step compiled with CUDA graphs on request. A server sees batches of every size, so there is one
 cache per batch-size bucket (1, 2, 4, ... up to ``max_batch``), allocated once with room for
 ``context`` positions and reset between batches: shapes never change, so a compiled step is
