@@ -62,12 +62,11 @@ class FusedAttention:
         q, k, v = self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)
         q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
-        modeling = sys.modules[self._hf_module]
-        q, k = modeling.apply_rotary_pos_emb(q, k, cos, sin)
+        q, k = self._rope(q, k, cos, sin)
         if store is not None:
             k, v = store.update(k, v, self.layer_idx, kwargs=kwargs)
-        attend = modeling.ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, modeling.eager_attention_forward)
+        attend = self._attention_functions.get_interface(self.config._attn_implementation,
+                                                         self._eager_attention)
         out, weights = attend(self, q, k, v, attention_mask,
                               dropout=0.0 if not self.training else self.attention_dropout,
                               scaling=self.scaling,
@@ -79,12 +78,13 @@ class FusedAttention:
 _CLASSES: dict[tuple[type, type], type] = {}
 
 
-def _reclass(module, mixin) -> None:
-    """Give ``module`` a subclass of its class whose forward is ``mixin``'s (one per pair)."""
+def _reclass(module, mixin, **attrs) -> None:
+    """Give ``module`` a subclass of its class whose forward is ``mixin``'s (one per pair), with
+    ``attrs`` as class attributes."""
     base = type(module)
     cls = _CLASSES.get((base, mixin))
     if cls is None:
-        cls = type(f"Fused{base.__name__}", (mixin, base), {"_hf_module": base.__module__})
+        cls = type(f"Fused{base.__name__}", (mixin, base), attrs)
         _CLASSES[(base, mixin)] = cls
     module.__class__ = cls
 
@@ -93,14 +93,16 @@ def _fuse_attention(attn) -> bool:
     parts = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj")]
     if None in parts or not _plain(*parts):
         return False
-    modeling = sys.modules.get(type(attn).__module__)
+    modeling = sys.modules.get(type(attn).__module__)  # the model's modeling_*.py
     if not all(hasattr(modeling, n) for n in ("apply_rotary_pos_emb", "ALL_ATTENTION_FUNCTIONS",
                                               "eager_attention_forward")):
         return False
     attn.qkv_sizes = [p.out_features for p in parts]
     attn.qkv_proj = _concat(*parts)
     del attn.q_proj, attn.k_proj, attn.v_proj
-    _reclass(attn, FusedAttention)
+    _reclass(attn, FusedAttention, _rope=staticmethod(modeling.apply_rotary_pos_emb),
+             _attention_functions=modeling.ALL_ATTENTION_FUNCTIONS,
+             _eager_attention=staticmethod(modeling.eager_attention_forward))
     return True
 
 
