@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from workbook.llm import fuse
 from workbook.llm.decode import generate, weight_bytes_per_step
 from workbook.models import mistral
@@ -55,7 +54,7 @@ def test_fusing_keeps_the_weights_and_the_bytes_a_step_reads(model):
     bytes read a step, and the first rows of qkv are q's."""
     fused = copy.deepcopy(model)
     fuse.fuse_projections(fused)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(fused) == count(model)
     assert weight_bytes_per_step(fused) == weight_bytes_per_step(model)
     q = model.model.layers[1].self_attn.q_proj.weight

@@ -457,12 +457,13 @@ def test_overhead_compares_ttft_tpot_and_the_whole_request_with_the_engine_alone
     and the whole request vs prefill plus a step a token after the first, which holds even when
     a server's text reaches the client late; each in the headline."""
     from workbook.experiments import serving as exp
+    from workbook.experiments import serving_split as split
 
     direct = [{"batch": 1, "prefill_ms": 50.0, "decode_step_ms_p50": 5.0, "share_of_roofline": 0.7}]
     load = [{"group": "sequential", "median_ttft_ms": 55.0, "median_tpot_ms": 5.5,
              "median_e2el_ms": 750.0, "completed": 4, "total_output_tokens": 512,
              "output_throughput": 170.0}]
-    rows = {r["metric"]: r for r in exp.overhead(direct, load)}
+    rows = {r["metric"]: r for r in split.overhead(direct, load)}
     assert rows["TTFT vs prefill"]["overhead_pct"] == pytest.approx(10.0)
     assert rows["TPOT vs decode step"]["overhead_pct"] == pytest.approx(10.0)
     e2el = rows["E2EL vs prefill + 127 steps"]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbook.errors import bad_param
+from workbook.experiments.serving_split import batch1_rows
 from workbook.spec import Values
 from workbook.specs.serving import BACKENDS
 
@@ -302,39 +303,6 @@ def roofline(rec) -> list[dict]:
     """The engine-alone run's device, copy bandwidth, weights per step and scheduling, as a row."""
     return [{k: rec.data[k] for k in ("device_name", "copy_gb_s", "weight_gb_per_step",
                                       "roofline_tokens_s", "step", "scheduling")}]
-
-
-def batch1_rows(direct_rows: list[dict], load_rows: list[dict]) -> tuple[dict | None, dict | None]:
-    """The engine alone at batch 1 and the one-at-a-time run through the server (None: absent)."""
-    return (next((r for r in direct_rows if r["batch"] == 1), None),
-            next((r for r in load_rows if r["group"] == "sequential"), None))
-
-
-def engine_e2el(one: dict, seq: dict) -> tuple[float, float]:
-    """(tokens a request made, the engine alone's time for such a request: prefill plus a step
-    a token after the first)."""
-    made = seq["total_output_tokens"] / seq["completed"]
-    return made, one["prefill_ms"] + (made - 1) * one["decode_step_ms_p50"]
-
-
-def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
-    """Batch 1 through the server (one request at a time) against the engine alone."""
-    one, seq = batch1_rows(direct_rows, load_rows)
-    if one is None or seq is None or seq["median_ttft_ms"] is None:
-        return []
-    out = [{"metric": "TTFT vs prefill", "engine_ms": one["prefill_ms"],
-            "server_ms": seq["median_ttft_ms"]},
-           {"metric": "TPOT vs decode step", "engine_ms": one["decode_step_ms_p50"],
-            "server_ms": seq["median_tpot_ms"]}]
-    if seq.get("completed") and seq.get("median_e2el_ms") is not None:
-        # the whole request, which does not depend on when the server's text counts as a token
-        made, engine_ms = engine_e2el(one, seq)
-        out.append({"metric": f"E2EL vs prefill + {made - 1:.0f} steps", "engine_ms": engine_ms,
-                    "server_ms": seq["median_e2el_ms"]})
-    for r in out:
-        r["overhead_pct"] = (100 * (r["server_ms"] / r["engine_ms"] - 1)
-                             if r["engine_ms"] and r["server_ms"] is not None else None)
-    return out
 
 
 LOAD_COLUMNS = ["benchmark", "achieved_rate", "gap_cv", "completed", "failed",

@@ -43,8 +43,6 @@ def per_benchmark(rec, load_rows: list[dict]) -> list[dict]:
 def batch1(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
     """One request at a time: each span as the engine alone, the server's clock and the client
     see it (means), and the two differences; [] without the engine alone or the server's clock."""
-    from workbook.experiments.serving import batch1_rows, engine_e2el
-
     one, seq = batch1_rows(direct_rows, load_rows)
     if one is None or seq is None or not seq.get("server_requests") or not seq.get("completed"):
         return []
@@ -76,3 +74,36 @@ def headline(rows: list[dict]) -> dict:
         return {}
     return {"batch1_e2el_server_minus_engine_ms": e2el["server_minus_engine_ms"],
             "batch1_e2el_client_minus_server_ms": e2el["client_minus_server_ms"]}
+
+
+def batch1_rows(direct_rows: list[dict], load_rows: list[dict]) -> tuple[dict | None, dict | None]:
+    """The engine alone at batch 1 and the one-at-a-time run through the server (None: absent)."""
+    return (next((r for r in direct_rows if r["batch"] == 1), None),
+            next((r for r in load_rows if r["group"] == "sequential"), None))
+
+
+def engine_e2el(one: dict, seq: dict) -> tuple[float, float]:
+    """(tokens a request made, the engine alone's time for such a request: prefill plus a step
+    a token after the first)."""
+    made = seq["total_output_tokens"] / seq["completed"]
+    return made, one["prefill_ms"] + (made - 1) * one["decode_step_ms_p50"]
+
+
+def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
+    """Batch 1 through the server (one request at a time) against the engine alone."""
+    one, seq = batch1_rows(direct_rows, load_rows)
+    if one is None or seq is None or seq["median_ttft_ms"] is None:
+        return []
+    out = [{"metric": "TTFT vs prefill", "engine_ms": one["prefill_ms"],
+            "server_ms": seq["median_ttft_ms"]},
+           {"metric": "TPOT vs decode step", "engine_ms": one["decode_step_ms_p50"],
+            "server_ms": seq["median_tpot_ms"]}]
+    if seq.get("completed") and seq.get("median_e2el_ms") is not None:
+        # the whole request, which does not depend on when the server's text counts as a token
+        made, engine_ms = engine_e2el(one, seq)
+        out.append({"metric": f"E2EL vs prefill + {made - 1:.0f} steps", "engine_ms": engine_ms,
+                    "server_ms": seq["median_e2el_ms"]})
+    for r in out:
+        r["overhead_pct"] = (100 * (r["server_ms"] / r["engine_ms"] - 1)
+                             if r["engine_ms"] and r["server_ms"] is not None else None)
+    return out
