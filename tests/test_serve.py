@@ -642,3 +642,50 @@ def test_each_benchmark_reads_the_gpus_sm_clock_and_the_rows_carry_it(standin_nv
     split.per_benchmark(rec, [exp.summarize(item, {})])
     assert rec.said == ("the GPU's SM clock per benchmark",
                         "the nvidia-ml-py package (pynvml) is not installed")
+
+
+def test_a_compiled_prefill_compiles_at_warm_up_and_makes_the_eager_tokens(tmp_path, monkeypatch):
+    """``--compile-prefill``: the prefill goes through torch.compile with dynamic shapes. The
+    warm-up compiles every graph it needs (batch 1 and more, a fresh cache and a used one), so no
+    prompt length (one token included) or batch size compiles anything while serving, and the
+    tokens are the eager prefill's. The graphs run on dynamo's eager backend here; what inductor
+    makes of them is measured on a GPU."""
+    import torch
+
+    from workbook.models import mistral
+    from workbook.serve.engine import Engine, EngineConfig, Request
+
+    graphs, real = [], torch.compile
+
+    def counting(model, **kw):
+        def backend(gm, _inputs):
+            graphs.append(gm)
+            return gm.forward
+        return real(model, backend=backend, dynamic=kw.get("dynamic"))
+
+    monkeypatch.setattr(torch, "compile", counting)
+    path = str(mistral.create_tiny(tmp_path / "m", seed=0))
+    quiet = lambda *_: None  # noqa: E731
+    eager = Engine(EngineConfig(model=path, max_batch=4, context=96), log=quiet)
+    compiled = Engine(EngineConfig(model=path, max_batch=4, context=96, compile_prefill=True),
+                      log=quiet)
+    try:
+        eager.warm_up()
+        compiled.warm_up()
+        warm = len(graphs)
+        assert warm > 0
+
+        def tokens(engine, prompts):
+            out = [[] for _ in prompts]
+            engine.run_batch([Request(p, 6, emit=lambda k, v, o=o: o.append(v) if k == "token"
+                                      else None) for p, o in zip(prompts, out)])
+            return out
+
+        for prompts in ([[5]], [list(range(3, 40))], [[7, 8, 9], list(range(10, 30))],
+                        [list(range(3, 12))] * 3, [[4]] * 2):
+            assert tokens(compiled, prompts) == tokens(eager, prompts)
+        assert len(graphs) == warm
+        assert compiled.describe()["step"].endswith("prefill compiled (dynamic shapes)")
+        assert eager.describe()["step"].endswith("prefill eager")
+    finally:
+        torch._dynamo.reset()

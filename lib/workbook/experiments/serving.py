@@ -155,6 +155,8 @@ def server_options(cfg: Config, *, context: int, vision: list[tuple[int, str]] =
             "--context", str(context), "--seed", str(p.seed)]
     if p.compile:
         opts.append("--compile")
+    if p.compile_prefill:
+        opts.append("--compile-prefill")
     if p.tp_degree > 1:
         opts += ["--tp-degree", str(p.tp_degree)]
     if vision:
@@ -219,7 +221,8 @@ def direct(cfg: Config, rec) -> list[dict]:
     folder = rec.run_dir / "direct"
     folder.mkdir(parents=True, exist_ok=True)
     spec = {"engine": {"model": cfg.model, "dtype": cfg.dtype, "device": cfg.device,
-                       "max_batch": max(p.batches), "context": p.context, "compile": p.compile},
+                       "max_batch": max(p.batches), "context": p.context, "compile": p.compile,
+                       "compile_prefill": p.compile_prefill},
             "batches": sorted(set(p.batches)), "prompt_tokens": p.prompt_tokens,
             "output_tokens": p.output_tokens,
             "copy_bytes": 2**30 if cfg.device == "cuda" else 2**28}

@@ -2,6 +2,7 @@
 
     workbook serve [--port N] [--host ADDR] [--model DIR|mistral-7b-shape] [--device cpu|cuda]
                    [--dtype ...] [--max-batch N] [--max-queue N] [--context N] [--compile]
+                   [--compile-prefill]
                    [--tp-degree N [--tp-mechanism local_shards|parallelize_module]]
                    [--vision-tower NAME --vision-variants 384:hf_bicubic,384:gather4 ...]
 
@@ -45,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                     "prefix + prompt + new tokens (default 512)")
     ap.add_argument("--compile", action="store_true", help="cuda: compile the decode step into "
                     "CUDA graphs (one per batch size, at start-up)")
+    ap.add_argument("--compile-prefill", action="store_true", help="compile the prefill too "
+                    "(torch.compile, dynamic shapes: one graph for any prompt length; compiled "
+                    "at start-up)")
     ap.add_argument("--vision-tower", default="", help="a SigLIP tower (e.g. SigLIP-Tiny, "
                     "ViT-SO400M-14-SigLIP-384) for image prefixes; default none")
     ap.add_argument("--vision-depth", type=int, default=0, help="keep only this many tower "
@@ -109,6 +113,7 @@ def engine_config(args):
         model, _ = workbook_model(model)
     cfg = EngineConfig(model=model, dtype=dtype, device=device, max_batch=args.max_batch,
                        context=args.context, compile=args.compile,
+                       compile_prefill=args.compile_prefill,
                        vision_tower=args.vision_tower, vision_depth=args.vision_depth,
                        seed=args.seed, tp_degree=args.tp_degree, tp_mechanism=args.tp_mechanism)
     check(cfg)
@@ -147,7 +152,9 @@ def build(args, cfg=None, log=print, wrap=None, device=None):
     for size, interp in vs:
         engine.vision.check(size, interp, name="vision-variants")
     log(f"loaded in {engine.load_s:.1f} s; warming up batch sizes up to {cfg.max_batch}"
-        + (" (compiling the decode step)" if cfg.compile else ""))
+        + {(True, False): " (compiling the decode step)",
+           (True, True): " (compiling the decode step and the prefill)",
+           (False, True): " (compiling the prefill)"}.get((cfg.compile, cfg.compile_prefill), ""))
     batcher = Batcher(engine, args.max_queue, log=log, warm_up=engine.warm_up)
     log(f"warm-up took {batcher.wait_ready():.1f} s (on the engine's thread, which serves)")
     served = args.served_name or Path(cfg.model).name

@@ -3,7 +3,8 @@
 The engine is what ``mistral_tp`` measures, behind a server: the same loading (a checkpoint, or a
 config-only folder whose seeded weights are drawn on the device, with q/k/v and gate/up fused into
 one weight product each in one process, :mod:`workbook.llm.fuse`), a static KV cache, and a decode
-step compiled with CUDA graphs on request. A server sees batches of every size, so there is one
+step compiled with CUDA graphs on request (the prefill too, with ``compile_prefill``: one graph
+for any prompt length, compiled at warm-up). A server sees batches of every size, so there is one
 cache per batch-size bucket (1, 2, 4, ... up to ``max_batch``), allocated once with room for
 ``context`` positions and reset between batches: shapes never change, so a compiled step is
 captured once per bucket (at start-up, in :meth:`Engine.warm_up`) and its cache never moves.
@@ -28,6 +29,12 @@ from types import SimpleNamespace
 from workbook.errors import bad_param
 
 PAD_ID = 0
+# A compiled prefill has four graphs: batch 1 or more (size 1 is specialised), each with a KV cache
+# before and after its first use (transformers initialises it lazily). Warming each batch size up
+# with two batches compiles all four before the first request.
+PREFILL_GRAPHS = 4
+WARM_PROMPTS = (4, 32)  # prompt lengths of a batch size's warm-up batches (the first alone without
+# a compiled prefill)
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,7 @@ class EngineConfig:
     max_batch: int = 8
     context: int = 512  # positions per sequence: image prefix + prompt + new tokens
     compile: bool = False  # CUDA graphs for the decode step (cuda only)
+    compile_prefill: bool = False  # the prefill through torch.compile too (dynamic shapes)
     vision_tower: str = ""  # "" for text only, else a SigLIP tower name (workbook.models.siglip)
     vision_depth: int = 0  # 0: the tower's own depth
     seed: int = 0  # of the image projection and the seeded images
@@ -140,7 +148,18 @@ class Engine:
                             f"max_position_embeddings ({self.max_positions})")
         self._kv = decode.cache_keyword(self.model)
         self._caches: dict[int, object] = {}
-        self.step_fn = self.model
+        self.step_fn = self.prefill_fn = self.model
+        if cfg.compile or cfg.compile_prefill:
+            import torch._dynamo.config as dynamo_config
+
+            # the step's graphs (one per batch size) and the prefill's share the forward's cache
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit,
+                                                len(buckets(cfg.max_batch)) + PREFILL_GRAPHS + 2)
+        if cfg.compile_prefill:
+            # One graph for every prompt length (dynamic shapes, no CUDA graphs): the eager
+            # prefill launches about a thousand kernels from Python, so its time is the host's;
+            # compiled, the kernels are fewer and launched from generated code.
+            self.prefill_fn = torch.compile(self.model, dynamic=True)
         if cfg.compile:
             import torch._inductor.config as inductor_config
 
@@ -173,14 +192,17 @@ class Engine:
     def warm_up(self, steps: int = 3, run=None, sizes=None) -> float:
         """One short batch per bucket (through ``run``, default :meth:`run_batch`; only the
         buckets of ``sizes`` when given), so caches are allocated and a compiled step is captured
-        before the first request; returns the seconds it took."""
+        before the first request (with a compiled prefill, a batch per prompt length of
+        ``WARM_PROMPTS``); returns the seconds it took."""
         t0 = time.perf_counter()
         want = buckets(self.cfg.max_batch) if sizes is None else \
             sorted({bucket_for(n, self.cfg.max_batch) for n in sizes})
+        lengths = WARM_PROMPTS if self.cfg.compile_prefill else WARM_PROMPTS[:1]
         for b in want:
-            reqs = [Request([PAD_ID + 3] * 4, min(steps, self.cfg.context - 4),
-                            emit=lambda *_: None) for _ in range(b)]
-            (run or self.run_batch)(reqs)
+            for n in (n for n in lengths if n < self.cfg.context):
+                reqs = [Request([PAD_ID + 3] * n, min(steps, self.cfg.context - n),
+                                emit=lambda *_: None) for _ in range(b)]
+                (run or self.run_batch)(reqs)
             self.log(f"warm-up: batch {b} ready")
         self.batches = 0
         return time.perf_counter() - t0
@@ -189,7 +211,7 @@ class Engine:
     def positions_needed(self, req: Request) -> int:
         return req.prefix_tokens + len(req.prompt_ids) + req.max_tokens
 
-    def _embeds(self, reqs: list[Request]):
+    def _embeds(self, reqs: list[Request], floor: int = 1):
         """Input embeddings per row (image prefix, then prompt), left-padded; mask and positions
         spanning the whole cache (fixed shapes: causality hides positions not yet written)."""
         import torch
@@ -202,7 +224,7 @@ class Engine:
                 if r.image is not None:
                     text = torch.cat([self.vision.embeds(*r.image), text], dim=0)
                 rows.append(text)
-        width = max(t.shape[0] for t in rows)
+        width = max(max(t.shape[0] for t in rows), floor)
         hidden = rows[0].shape[1]
         x = torch.zeros(len(rows), width, hidden, dtype=self.dtype, device=self.device)
         mask = torch.ones(len(rows), self.cfg.context, dtype=torch.long, device=self.device)
@@ -227,10 +249,15 @@ class Engine:
             r.started_at = started
         with torch.inference_mode():
             kv = {self._kv: self._cache(b)}
-            x, mask, pos, width = self._embeds(rows)
-            out = self.model(inputs_embeds=x, attention_mask=mask, position_ids=pos, **kv,
-                             use_cache=True, cache_position=torch.arange(width, device=self.device),
-                             logits_to_keep=1)
+            # a compiled prefill would compile again for a one-position prompt (sizes 0 and 1
+            # are specialised): pad it to two where that leaves every request its tokens
+            room = self.cfg.context - max(r.max_tokens for r in reqs) + 1
+            x, mask, pos, width = self._embeds(rows, min(2, room) if self.cfg.compile_prefill
+                                               else 1)
+            out = self.prefill_fn(inputs_embeds=x, attention_mask=mask, position_ids=pos, **kv,
+                                  use_cache=True,
+                                  cache_position=torch.arange(width, device=self.device),
+                                  logits_to_keep=1)
             nxt = self._to_host(full_tensor(out.logits)[:, -1].argmax(-1))
             pos = pos[:, -1:]
             cache_pos = torch.tensor([width], device=self.device)
@@ -325,9 +352,11 @@ class Engine:
         cfg = self.cfg
         return {"model": cfg.model, "dtype": cfg.dtype, "device": str(self.device),
                 "max_batch": cfg.max_batch, "context": cfg.context, "compile": cfg.compile,
+                "compile_prefill": cfg.compile_prefill,
                 "step": ("torch.compile, CUDA graphs, coordinate-descent tuning, one step queued "
                          "ahead of the host" if cfg.compile else "eager, one step queued ahead "
-                         "of the host") + f"; {self.projections}",
+                         "of the host") + f"; {self.projections}; prefill "
+                         + ("compiled (dynamic shapes)" if cfg.compile_prefill else "eager"),
                 "projections": self.projections,
                 "scheduling": self.scheduling, "encoder": self.encoder.why,
                 "tp_degree": cfg.tp_degree, "tp_mechanism": self.tp_facts["tp_mechanism"],

@@ -19,6 +19,8 @@ SPEC = Spec("serving", [
     Param("dtype", "str", "auto", "auto (bfloat16 on cuda, float32 on cpu), float32, float16 or "
           "bfloat16", choices=DTYPES),
     Param("compile", "bool", False, "cuda: the decode step compiled into CUDA graphs"),
+    Param("compile_prefill", "bool", False, "the prefill compiled too (torch.compile, dynamic "
+          "shapes), in the server and the engine alone"),
     Param("tp_degree", "int", 1, "tensor-parallel ranks of workbook serve (GPUs, or CPU "
           "processes), rank 0 serving HTTP", low=1),
     Param("max_batch", "int", 8, "requests the server decodes together (static batching)",
