@@ -689,3 +689,46 @@ def test_a_compiled_prefill_compiles_at_warm_up_and_makes_the_eager_tokens(tmp_p
         assert eager.describe()["step"].endswith("prefill eager")
     finally:
         torch._dynamo.reset()
+
+
+def test_a_batch_takes_only_requests_that_get_all_their_tokens_together(tmp_path):
+    """Rows are padded to the longest prompt and decode until the longest ``max_tokens``: a request
+    that would run out of context beside the ones ahead of it waits for the next batch (in order),
+    and every request gets all the tokens it asked for."""
+    import threading
+    from collections import deque
+
+    from workbook.models import mistral
+    from workbook.serve.batcher import Batcher, take
+    from workbook.serve.engine import Engine, EngineConfig, Request
+
+    def req(prompt, new, out=None, done=None):
+        def emit(kind, value):
+            if kind == "token":
+                out.append(value)
+            elif kind == "done":
+                done.set()
+        return Request([5 + i % 50 for i in range(prompt)], new,
+                       emit=emit if out is not None else (lambda *_: None))
+
+    long, many, small = req(50, 4), req(2, 40), req(3, 5)
+    q = deque([long, many, small])
+    assert take(q, 4, 64) == [long]  # 50 + 40 - 1 positions > 64: the second waits
+    assert take(q, 4, 64) == [many, small] and not q
+    q = deque([req(3, 5) for _ in range(6)])
+    assert len(take(q, 4, 64)) == 4 and len(q) == 2
+
+    engine = Engine(EngineConfig(model=str(mistral.create_tiny(tmp_path / "m", seed=0)),
+                                 max_batch=4, context=64), log=lambda *_: None)
+    gate = threading.Event()  # both requests wait before the engine's thread takes any
+    batcher = Batcher(engine, 8, log=lambda *_: None, warm_up=lambda: gate.wait(TIMEOUT) and 0.0)
+    outs, dones = ([], []), (threading.Event(), threading.Event())
+    for (prompt, new), out, done in zip([(50, 4), (2, 40)], outs, dones):
+        assert batcher.submit(req(prompt, new, out, done))
+    gate.set()
+    try:
+        assert all(d.wait(TIMEOUT) for d in dones)
+        assert [len(o) for o in outs] == [4, 40]
+        assert engine.batches == 2
+    finally:
+        batcher.close(10)

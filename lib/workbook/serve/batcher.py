@@ -1,7 +1,9 @@
 """Admission, the queue and the engine's thread: static batching of the waiting requests.
 
-The HTTP side submits requests; the engine's thread takes every waiting request (up to
-``max_batch``) as one batch and runs it to the end while new ones queue. A request is refused at
+The HTTP side submits requests; the engine's thread takes the waiting requests in order (up to
+``max_batch``, and only while they fit the context together: left-padded to the longest prompt, the
+batch needs that width plus the most tokens any of them asks for) as one batch and runs it to the
+end while new ones queue. A request is refused at
 once when ``max_queue`` are already waiting (the server answers 503 with Retry-After), so a flood
 cannot grow memory or latency without bound. A request whose client goes away is dropped from the
 queue, or, once running, stops receiving tokens (its batch ends early when no request in it still
@@ -17,6 +19,25 @@ from collections import deque
 
 from workbook.serve.clock import ServerMetrics
 from workbook.serve.engine import Request
+
+
+def take(waiting: deque, max_batch: int, context: int) -> list[Request]:
+    """The next batch off the front of ``waiting``: in order, at most ``max_batch``, and no request
+    that would not get all its tokens beside the others (every row is padded to the longest prompt,
+    and the batch decodes until the longest ``max_tokens``). The first always goes: the server
+    admitted it because it fits alone."""
+    def width(r):
+        return r.prefix_tokens + len(r.prompt_ids)
+
+    batch = [waiting.popleft()]
+    while waiting and len(batch) < max_batch:
+        nxt = waiting[0]
+        wide = max(width(nxt), *(width(r) for r in batch))
+        most = max(nxt.max_tokens, *(r.max_tokens for r in batch))
+        if wide + most - 1 > context:
+            break
+        batch.append(waiting.popleft())
+    return batch
 
 
 class Batcher:
@@ -89,8 +110,8 @@ class Batcher:
                     self._cv.wait()
                 if not self._waiting:  # closing, nothing left
                     return
-                n = min(len(self._waiting), self.engine.cfg.max_batch)
-                self._running = [self._waiting.popleft() for _ in range(n)]
+                self._running = take(self._waiting, self.engine.cfg.max_batch,
+                                     self.engine.cfg.context)
             batch = self._running
             try:
                 self.engine.run_batch(batch)
