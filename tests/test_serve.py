@@ -560,7 +560,7 @@ def test_the_warm_up_runs_on_the_thread_that_serves_and_its_failure_stops_the_st
     from workbook.serve.batcher import Batcher
 
     class Eng:
-        cfg = type("C", (), {"max_batch": 1})()
+        cfg = type("C", (), {"max_batch": 1, "context": 64})()
         batches = 0
 
         def __init__(self, fail=False):
