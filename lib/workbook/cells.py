@@ -12,6 +12,7 @@ report can say how far an interrupted run got.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -240,3 +241,46 @@ def how_far(run: dict) -> str | None:
                 f"{where}.")
     return (f"The run {verb} {where} after {duration(last['seconds'])} there; {done} of "
             f"{last['of']} code cells had finished.")
+
+
+# what the notebook's engine logs while the runner drives it: papermill's (nbclient's) messages,
+# asyncio's about its tasks, traitlets' about the kernel manager
+ENGINE_LOGGERS = ("papermill", "asyncio", "traitlets")
+
+
+@contextlib.contextmanager
+def engine_messages_to(log_path: Path):
+    """Send the engine's log messages to ``log_path`` (the run's log.txt) instead of the terminal.
+    A Ctrl-C that lands while the kernel is shut down otherwise puts "Kernel died while waiting
+    for execute reply" and an unretrieved task's traceback on the terminal, after the runner's
+    one sentence; a kernel that really dies is still said there, by the runner's summary line.
+    After an interrupt the messages keep going there: the process is on its way out, and the task
+    the interrupt left behind reports only when it is destroyed.
+    """
+    import gc
+    import logging
+
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    saved = []
+    for name in ENGINE_LOGGERS:
+        lg = logging.getLogger(name)
+        saved.append((lg, lg.propagate))
+        lg.addHandler(handler)
+        lg.propagate = False
+    try:
+        yield
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (runner.Terminated)
+        gc.collect()
+        raise
+    except BaseException:
+        _restore(saved, handler)
+        raise
+    _restore(saved, handler)
+
+
+def _restore(saved, handler) -> None:
+    for lg, propagate in saved:
+        lg.removeHandler(handler)
+        lg.propagate = propagate
+    handler.close()

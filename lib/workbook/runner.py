@@ -248,7 +248,8 @@ def run(notebook: str, *, cli: dict | None = None, param_file: str | None = None
     try:
         import papermill as pm
 
-        with _environment(**env), _sigterm_interrupts(), cells.tracking(tracker):
+        with _environment(**env), _sigterm_interrupts(), cells.tracking(tracker), \
+                cells.engine_messages_to(tracker.log_path):
             manager = cells.kernel_manager_logging_to(tracker.log_path)
             pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, cwd=str(repo_root()),
                                 kernel_name=_kernel_name(), progress_bar=False, log_output=False,
