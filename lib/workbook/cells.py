@@ -268,19 +268,16 @@ def engine_messages_to(log_path: Path):
         saved.append((lg, lg.propagate))
         lg.addHandler(handler)
         lg.propagate = False
+    interrupted = False
     try:
         yield
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (runner.Terminated)
+        interrupted = True
         gc.collect()
         raise
-    except BaseException:
-        _restore(saved, handler)
-        raise
-    _restore(saved, handler)
-
-
-def _restore(saved, handler) -> None:
-    for lg, propagate in saved:
-        lg.removeHandler(handler)
-        lg.propagate = propagate
-    handler.close()
+    finally:
+        if not interrupted:
+            for lg, propagate in saved:
+                lg.removeHandler(handler)
+                lg.propagate = propagate
+            handler.close()

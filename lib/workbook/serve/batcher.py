@@ -26,17 +26,17 @@ def take(waiting: deque, max_batch: int, context: int) -> list[Request]:
     that would not get all its tokens beside the others (every row is padded to the longest prompt,
     and the batch decodes until the longest ``max_tokens``). The first always goes: the server
     admitted it because it fits alone."""
-    def width(r):
-        return r.prefix_tokens + len(r.prompt_ids)
-
     batch = [waiting.popleft()]
+    wide = batch[0].prefix_tokens + len(batch[0].prompt_ids)
+    most = batch[0].max_tokens
     while waiting and len(batch) < max_batch:
         nxt = waiting[0]
-        wide = max(width(nxt), *(width(r) for r in batch))
-        most = max(nxt.max_tokens, *(r.max_tokens for r in batch))
-        if wide + most - 1 > context:
+        w = max(wide, nxt.prefix_tokens + len(nxt.prompt_ids))
+        m = max(most, nxt.max_tokens)
+        if w + m - 1 > context:
             break
         batch.append(waiting.popleft())
+        wide, most = w, m
     return batch
 
 
