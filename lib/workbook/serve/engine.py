@@ -157,7 +157,7 @@ class Engine:
                                                 len(buckets(cfg.max_batch)) + PREFILL_GRAPHS + 2)
         if cfg.compile_prefill:
             # One graph for every prompt length (dynamic shapes, no CUDA graphs): the eager
-            # prefill launches about a thousand kernels from Python, so its time is the host's;
+            # prefill launches several kernels a layer from Python, so its time is the host's;
             # compiled, the kernels are fewer and launched from generated code.
             self.prefill_fn = torch.compile(self.model, dynamic=True)
         if cfg.compile:
