@@ -646,14 +646,15 @@ def test_each_benchmark_reads_the_gpus_sm_clock_and_the_rows_carry_it(standin_nv
 
 def test_a_compiled_prefill_compiles_at_warm_up_and_makes_the_eager_tokens(tmp_path, monkeypatch):
     """``--compile-prefill``: the prefill goes through torch.compile with dynamic shapes. The
-    warm-up compiles every graph it needs (batch 1 and more, a fresh cache and a used one), so no
-    prompt length (one token included) or batch size compiles anything while serving, and the
-    tokens are the eager prefill's. The graphs run on dynamo's eager backend here; what inductor
-    makes of them is measured on a GPU."""
+    warm-up compiles every graph it needs (batch 1 and more), so no prompt length (one token
+    included) or batch size compiles anything while serving, and the tokens are the eager
+    prefill's. Every cache is allocated outside compiled code, so its tensors are fixed addresses
+    (the compiled step's CUDA graphs are skipped for tensors that are not). The graphs run on
+    dynamo's eager backend here; what inductor makes of them is measured on a GPU."""
     import torch
 
     from workbook.models import mistral
-    from workbook.serve.engine import Engine, EngineConfig, Request
+    from workbook.serve.engine import PREFILL_GRAPHS, Engine, EngineConfig, Request
 
     graphs, real = [], torch.compile
 
@@ -673,7 +674,12 @@ def test_a_compiled_prefill_compiles_at_warm_up_and_makes_the_eager_tokens(tmp_p
         eager.warm_up()
         compiled.warm_up()
         warm = len(graphs)
-        assert warm > 0
+        assert 0 < warm <= PREFILL_GRAPHS
+        for engine in (eager, compiled):
+            for cache in engine._caches.values():
+                for layer in cache.layers:
+                    for t in (layer.keys, layer.values):
+                        assert getattr(t, "_dynamo_static_input_type", None), "not a fixed address"
 
         def tokens(engine, prompts):
             out = [[] for _ in prompts]

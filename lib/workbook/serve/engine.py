@@ -29,10 +29,10 @@ from types import SimpleNamespace
 from workbook.errors import bad_param
 
 PAD_ID = 0
-# A compiled prefill has four graphs: batch 1 or more (size 1 is specialised), each with a KV cache
-# before and after its first use (transformers initialises it lazily). Warming each batch size up
-# with two batches compiles all four before the first request.
-PREFILL_GRAPHS = 4
+# A compiled prefill has three graphs: the first prompt length's own (dynamo specialises it), then
+# any length at batch 1 and any length at larger batches (size 1 is specialised). Warming each
+# batch size up with two prompt lengths compiles all three before the first request.
+PREFILL_GRAPHS = 3
 WARM_PROMPTS = (4, 32)  # prompt lengths of a batch size's warm-up batches (the first alone without
 # a compiled prefill)
 
@@ -148,6 +148,10 @@ class Engine:
                             f"max_position_embeddings ({self.max_positions})")
         self._kv = decode.cache_keyword(self.model)
         self._caches: dict[int, object] = {}
+        # the cache's shape per row: this process's key/value heads (a rank's share under tp)
+        self._kv_heads = int(self.tp_facts.get("kv_heads_per_rank", config.num_key_value_heads))
+        self._head_dim = int(getattr(config, "head_dim", None)
+                             or config.hidden_size // config.num_attention_heads)
         self.step_fn = self.prefill_fn = self.model
         if cfg.compile or cfg.compile_prefill:
             import torch._dynamo.config as dynamo_config
@@ -184,6 +188,12 @@ class Engine:
         cache = self._caches.get(batch)
         if cache is None:
             cache = StaticCache(config=self.model.config, max_cache_len=self.cfg.context)
+            # Allocated here, outside any compiled code: transformers marks the tensors as fixed
+            # addresses only when it allocates them eagerly, and the compiled step's CUDA graphs
+            # are skipped for tensors that are not. Left to the first prefill (lazy), a compiled
+            # prefill would allocate them inside its graph.
+            cache.early_initialization(batch, self._kv_heads, self._head_dim, self.dtype,
+                                       self.device)
             self._caches[batch] = cache
         else:
             cache.reset()
