@@ -209,11 +209,13 @@ class Engine:
             sorted({bucket_for(n, self.cfg.max_batch) for n in sizes})
         lengths = WARM_PROMPTS if self.cfg.compile_prefill else WARM_PROMPTS[:1]
         for b in want:
+            t1 = time.perf_counter()
             for n in (n for n in lengths if n < self.cfg.context):
                 reqs = [Request([PAD_ID + 3] * n, min(steps, self.cfg.context - n),
                                 emit=lambda *_: None) for _ in range(b)]
                 (run or self.run_batch)(reqs)
-            self.log(f"warm-up: batch {b} ready")
+            # what each size cost (compiling, capturing graphs) is worth seeing in the log
+            self.log(f"warm-up: batch {b} ready in {time.perf_counter() - t1:.1f} s")
         self.batches = 0
         return time.perf_counter() - t0
 
