@@ -29,9 +29,10 @@ from types import SimpleNamespace
 from workbook.errors import bad_param
 
 PAD_ID = 0
-# A compiled prefill has three graphs: the first prompt length's own (dynamo specialises it), then
-# any length at batch 1 and any length at larger batches (size 1 is specialised). Warming each
-# batch size up with two prompt lengths compiles all three before the first request.
+# A compiled prefill has two graphs, any prompt length at batch 1 and at larger batches (size 1 is
+# specialised), and a third when a warm-up length equals one of the model's sizes (dynamo gives
+# equal sizes one symbol: the tiny Mistral's 4 key/value heads fix its 4-token graph to 4 tokens).
+# Warming each batch size up with two prompt lengths compiles them all before the first request.
 PREFILL_GRAPHS = 3
 WARM_PROMPTS = (4, 32)  # prompt lengths of a batch size's warm-up batches (the first alone without
 # a compiled prefill)
