@@ -344,13 +344,17 @@ def test_the_notebook_drives_a_server_given_as_url(server, tmp_path, monkeypatch
     from workbook import runner
 
     monkeypatch.setenv("WORKBOOK_OUTPUTS", str(tmp_path / "outputs"))
+    # max_seconds far above the few seconds this takes: on a loaded 2-core CI machine the default
+    # bound (20 s) once ended the one-at-a-time run with a request still in flight
     info = runner.run("serving", cli={"url": server.url, "request_rates": [8.0], "max_requests": 4,
-                                      "concurrency": 0}, log=lambda *_: None)
+                                      "concurrency": 0, "max_seconds": 180}, log=lambda *_: None)
     assert info.status == "ok", info.error
     res = json.loads((info.run_dir / "results.json").read_text())
     assert res["answered_by"] == "tiny-mistral" and res["url"] == server.url
     assert [r["benchmark"] for r in res["tables"]["load"]] == ["rate 8", "one at a time"]
-    assert all(r["completed"] == 4 and r["failed"] == 0 for r in res["tables"]["load"])
+    assert all(r["completed"] == 4 and r["failed"] == 0 for r in res["tables"]["load"]), [
+        (r["benchmark"], r["completed"], r["failed"], r["duration"], r["errors"])
+        for r in res["tables"]["load"]]
     assert {n["what"] for n in res["not_measured"]} == {
         "the engine alone (prefill, decode, roofline)", "the vision-prefix A/B"}
     html = (info.run_dir / "report.html").read_text()
