@@ -32,7 +32,7 @@ SPEC = Spec("serving", [
           above=0, nonempty=True, allowed="a non-empty list of positive requests/s"),
     Param("concurrency", "int", 4, "streams of the concurrency-bound run; 0: none", low=0),
     Param("max_requests", "int", 12, "requests per benchmark at most", low=1),
-    Param("max_seconds", "float", 20.0, "seconds per benchmark at most", above=0),
+    Param("max_seconds", "float", 60.0, "seconds per benchmark at most", above=0),
     Param("slo_ms", "dict", {"ttft": 500, "tpot": 50}, "goodput's service-level objectives, ms",
           choices=SLO_KEYS, item="float", above=0,
           allowed="a dict of ttft, tpot and/or e2el to positive ms"),
