@@ -72,12 +72,14 @@ def wb_root(tmp_path, monkeypatch):
     return root
 
 
-# Modules (and notebooks) that take minutes, longest first: xdist hands modules out in collection
-# order, so starting these first keeps one worker from running a long one alone at the end.
-LONG_FIRST = ["siglip_neuron.ipynb", "export_search.ipynb", "test_report_serving.py",
-              "pos_interp.ipynb", "test_report_content.py", "test_sweep_ray.py", "test_sweep.py",
-              "test_report_llm.py", "test_runner.py", "test_llm_launch.py", "mistral_tp.ipynb",
-              "triton_precision.ipynb", "test_notebooks.py", "test_serve.py"]
+# Modules (and notebooks) that take a minute or more, longest first (seconds on the 2-core machine, two
+# workers): xdist hands modules out in collection order (--no-loadscope-reorder; by default it puts the
+# modules with the most tests first, which left a two-minute notebook running alone at the end).
+LONG_FIRST = ["test_llm_launch.py", "export_search.ipynb", "test_report_serving.py", "test_runner.py",
+              "siglip_neuron.ipynb", "test_notebooks.py", "test_sweep_ray.py", "test_report_llm.py",
+              "test_sweep.py", "test_serve.py", "test_report_content.py", "pos_interp.ipynb",
+              "test_kernels.py", "test_adhoc.py", "mistral_tp.ipynb", "test_export_search.py",
+              "triton_precision.ipynb", "test_llm_neuron_export.py", "test_models_siglip2.py"]
 
 
 def pytest_collection_modifyitems(config, items):
