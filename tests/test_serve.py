@@ -485,6 +485,34 @@ def test_overhead_compares_ttft_tpot_and_the_whole_request_with_the_engine_alone
         "server_overhead_pct_e2el": round(100 * (750 / 685 - 1), 2)}
 
 
+def test_targets_judge_decode_share_and_server_overhead_on_cuda_only(tmp_path):
+    """On CUDA: batch-1 decode at >= 80 % of the roofline, TTFT and TPOT within 10 % of the engine
+    alone, each met or not and recorded as ``targets``; E2EL is not a target; off CUDA, none."""
+    from workbook import record
+    from workbook.experiments import serving_split as split
+
+    direct = [{"batch": 1, "prefill_ms": 20.0, "decode_step_ms_p50": 5.0, "share_of_roofline": 0.81,
+               "device_share_of_roofline": 0.83},
+              {"batch": 4, "prefill_ms": 30.0, "decode_step_ms_p50": 6.0, "share_of_roofline": 0.6}]
+    over = [{"metric": "TTFT vs prefill", "engine_ms": 20.0, "server_ms": 22.4, "overhead_pct": 12.0},
+            {"metric": "TPOT vs decode step", "engine_ms": 5.0, "server_ms": 5.2, "overhead_pct": 4.0},
+            {"metric": "E2EL vs prefill + 127 steps", "engine_ms": 655.0, "server_ms": 900.0,
+             "overhead_pct": 37.4}]
+    rec = record.Recorder("serving", {}, run_dir=tmp_path)
+    rows = split.targets(rec, direct, over, "cuda")
+    assert [(r["target"], r["bar"], round(r["measured_pct"], 1), r["met"]) for r in rows] == [
+        ("batch-1 decode step as served, share of the roofline", ">= 80 %", 81.0, "yes"),
+        ("batch-1 TTFT vs prefill through the server", "<= +10 %", 12.0, "no"),
+        ("batch-1 TPOT vs decode step through the server", "<= +10 %", 4.0, "yes")]
+    assert rows[0]["note"] == "steps back to back on the device: 83.0 %"
+    assert rows[1]["note"] == "22.40 ms against 20.00 ms"
+    assert rec.table("targets") == rows
+    direct[0]["share_of_roofline"] = 0.79
+    assert split.targets(record.Recorder("serving", {}, run_dir=tmp_path / "b"), direct, [],
+                         "cuda")[0]["met"] == "no"
+    assert split.targets(rec, direct, over, "cpu") == []
+
+
 def test_the_batch1_request_splits_into_engine_server_and_client():
     """One request at a time, three accounts of it (means): the engine alone, the server's own
     clock, the client; each difference in the table and the E2EL split in the headline."""

@@ -107,3 +107,41 @@ def overhead(direct_rows: list[dict], load_rows: list[dict]) -> list[dict]:
         r["overhead_pct"] = (100 * (r["server_ms"] / r["engine_ms"] - 1)
                              if r["engine_ms"] and r["server_ms"] is not None else None)
     return out
+
+
+# What a GPU run of the 7B shape is held to: batch-1 decode at no less than this share of the
+# weight-read roofline measured in the same run, and TTFT and TPOT through the server within this
+# many percent of the engine alone.
+TARGETS = {"decode_share": 0.80, "overhead_pct": 10.0}
+
+
+def targets(rec, direct_rows: list[dict], over: list[dict], device: str) -> list[dict]:
+    """Each target, the run's figure and whether it is met, recorded as ``targets``; [] off CUDA,
+    where the share of a roofline and a server's overhead on a tiny model sharing the host's
+    cores say nothing about them. A figure the run did not measure is left out."""
+    if device != "cuda":
+        return []
+    out = []
+    one = next((r for r in direct_rows if r["batch"] == 1), None)
+    if one is not None and one.get("share_of_roofline") is not None:
+        share, bar = one["share_of_roofline"], TARGETS["decode_share"]
+        row = {"target": "batch-1 decode step as served, share of the roofline",
+               "bar": f">= {100 * bar:.0f} %", "measured_pct": 100 * share,
+               "met": "yes" if share >= bar else "no", "note": ""}
+        if one.get("device_share_of_roofline") is not None:
+            row["note"] = (f"steps back to back on the device: "
+                           f"{100 * one['device_share_of_roofline']:.1f} %")
+        out.append(row)
+    bar = TARGETS["overhead_pct"]
+    for r in over:
+        if r["metric"].split()[0] not in ("TTFT", "TPOT") or r["overhead_pct"] is None:
+            continue
+        out.append({"target": f"batch-1 {r['metric']} through the server",
+                    "bar": f"<= +{bar:.0f} %", "measured_pct": r["overhead_pct"],
+                    "met": "yes" if r["overhead_pct"] <= bar else "no",
+                    "note": f"{r['server_ms']:.2f} ms against {r['engine_ms']:.2f} ms"})
+    if out:
+        rec.keys("targets", ["target"])
+    for r in out:
+        rec.add("targets", r)
+    return out
