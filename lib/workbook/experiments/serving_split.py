@@ -122,7 +122,7 @@ def targets(rec, direct_rows: list[dict], over: list[dict], device: str) -> list
     if device != "cuda":
         return []
     out = []
-    one = next((r for r in direct_rows if r["batch"] == 1), None)
+    one, _ = batch1_rows(direct_rows, [])
     if one is not None and one.get("share_of_roofline") is not None:
         share, bar = one["share_of_roofline"], TARGETS["decode_share"]
         row = {"target": "batch-1 decode step as served, share of the roofline",

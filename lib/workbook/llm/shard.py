@@ -126,15 +126,14 @@ def check(config, tp_degree: int, *, mechanism: str, devices: int, devices_are: 
 
 
 def _bytes_per_rank(config, tp: int, kv_per_rank: int, batch: int, seq: int, dtype: str):
-    from workbook.models.mistral import DTYPE_BYTES, param_count
+    from workbook.models.mistral import DTYPE_BYTES, head_dim, param_count
 
     nb = DTYPE_BYTES[dtype]
     p = param_count(config)
     kv_share = kv_per_rank / config.num_key_value_heads
     weights = nb * (p["embed"] + p["head"] + p["norms"] + (p["attn_q_o"] + p["mlp"]) / tp
                     + p["attn_kv"] * kv_share)
-    hd = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    cache = 2 * config.num_hidden_layers * batch * seq * kv_per_rank * hd * nb
+    cache = 2 * config.num_hidden_layers * batch * seq * kv_per_rank * head_dim(config) * nb
     return int(weights), int(cache)
 
 
@@ -208,6 +207,8 @@ def parallelize(model, rank: int, world: int, device, local: bool = False) -> tu
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor.parallel import parallelize_module
 
+    from workbook.models import mistral
+
     if local:
         from workbook.llm.styles import LocalColwiseParallel as ColwiseParallel
         from workbook.llm.styles import LocalRowwiseParallel as RowwiseParallel
@@ -216,7 +217,7 @@ def parallelize(model, rank: int, world: int, device, local: bool = False) -> tu
 
     cfg = model.config
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    head_dim = mistral.head_dim(cfg)
     mesh = init_device_mesh(device.type, (world,))
     split_kv = kv % world == 0
     kv_per_rank = kv // world if split_kv else 1

@@ -212,11 +212,17 @@ def load_config(model: str):
     return config
 
 
+def head_dim(config) -> int:
+    """Width of one attention head: the config's ``head_dim`` where it sets one, else the hidden
+    size over the heads."""
+    return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+
+
 def param_count(config) -> dict:
     """Parameters from the config: ``embed``, ``head`` and ``norms`` (whole on every rank),
     attention and MLP (split by tensor parallelism) and ``total``."""
     h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    hd = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    hd = head_dim(config)
     q, kv = config.num_attention_heads * hd, config.num_key_value_heads * hd
     embed = config.vocab_size * h
     head = 0 if getattr(config, "tie_word_embeddings", False) else config.vocab_size * h

@@ -151,8 +151,7 @@ class Engine:
         self._caches: dict[int, object] = {}
         # the cache's shape per row: this process's key/value heads (a rank's share under tp)
         self._kv_heads = int(self.tp_facts.get("kv_heads_per_rank", config.num_key_value_heads))
-        self._head_dim = int(getattr(config, "head_dim", None)
-                             or config.hidden_size // config.num_attention_heads)
+        self._head_dim = mistral.head_dim(config)
         self.step_fn = self.prefill_fn = self.model
         if cfg.compile or cfg.compile_prefill:
             import torch._dynamo.config as dynamo_config
