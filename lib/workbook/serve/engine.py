@@ -220,9 +220,6 @@ class Engine:
         return time.perf_counter() - t0
 
     # -- the batch ----------------------------------------------------------------------------
-    def positions_needed(self, req: Request) -> int:
-        return req.prefix_tokens + len(req.prompt_ids) + req.max_tokens
-
     def _embeds(self, reqs: list[Request], floor: int = 1):
         """Input embeddings per row (image prefix, then prompt), left-padded; mask and positions
         spanning the whole cache (fixed shapes: causality hides positions not yet written)."""
