@@ -109,3 +109,16 @@ def test_kernel_socket_folders_of_runners_that_are_gone_are_swept(tmp_path):
         d.mkdir()
     _sweep_kernel_dirs(tmp_path)
     assert not gone.exists() and live.exists() and other.exists()
+
+
+def test_relayed_lines_are_echoed_at_once_and_the_rest_of_stderr_is_not(tmp_path):
+    """papermill streams a cell's stderr to the tracker's echo as it comes, cut anywhere."""
+    from workbook.console import RELAY
+
+    lines = []
+    t = cells.Tracker(tmp_path / "log.txt", log=lines.append)
+    for chunk in (f"{RELAY}[direct] warm-", f"up: batch 1 ready in 40.2 s\nwarming:  50%|#####\r",
+                  f"warming: 100%|##########\n{RELAY}[1/3] rate 2: 24/24 ok in 12.0 s\n",
+                  "UserWarning: a real warning\n"):
+        t.echo.write(chunk)
+    assert lines == ["    [direct] warm-up: batch 1 ready in 40.2 s", "    [1/3] rate 2: 24/24 ok in 12.0 s"]

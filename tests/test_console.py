@@ -75,3 +75,11 @@ def test_progress_is_a_text_bar_on_stderr(capsys):
     assert "work: 100%|" in err and "IProgress" not in err
     assert all(console.is_chatter(line)
                for line in err.replace("\r", "\n").splitlines() if line.strip())
+
+
+def test_a_relayed_line_is_on_stderr_and_moves_to_the_log(capsys):
+    console.relay("[serve] warm-up: batch 8 ready in 3.0 s")
+    err = capsys.readouterr().err
+    assert err == console.RELAY + "[serve] warm-up: batch 8 ready in 3.0 s\n"
+    kept, moved = console.split_stderr(err + "UserWarning: kept\n")
+    assert moved == [err.rstrip("\n")] and kept.strip() == "UserWarning: kept"

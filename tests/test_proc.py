@@ -104,3 +104,20 @@ def test_usable_cpus(monkeypatch):
 
 def test_a_child_killed_by_a_signal():
     assert proc.run(["sh", "-c", "kill -9 $$"], timeout_s=30).returncode == -signal.SIGKILL
+
+
+def test_relay_gets_the_childs_progress_lines_while_it_runs(tmp_path):
+    """The child waits for a file that only the relay of its first line creates: were lines relayed
+    after its exit only, it would run into the timeout."""
+    log, flag = tmp_path / "child.log", tmp_path / "seen"
+    got = []
+
+    def relay(line):
+        got.append(line)
+        flag.touch()
+
+    script = (f"echo '[child] started'; echo 'not progress'; "
+              f"while [ ! -e {flag} ]; do sleep 0.05; done; echo '[child] done'")
+    r = proc.run(["sh", "-c", script], log=log, timeout_s=30, relay=relay)
+    assert (r.returncode, r.timed_out) == (0, False)
+    assert got == ["[child] started", "[child] done"]  # the last line too, read after the exit

@@ -82,9 +82,13 @@ def _seamed_root(tmp: Path) -> Path:
     return root
 
 
+TERMINAL: dict[str, list[str]] = {}  # what the runner printed, per notebook
+
+
 @contextlib.contextmanager
 def run_reports(names):
-    """Each of ``names`` run once through the runner with its cheap parameters, in a throw-away root."""
+    """Each of ``names`` run once through the runner with its cheap parameters, in a throw-away root
+    (what the runner printed in :data:`TERMINAL`)."""
     mp = pytest.MonkeyPatch()
     tmp = Path(tempfile.mkdtemp(prefix="workbook-reports-"))
     mp.setenv("WORKBOOK_ROOT", str(_seamed_root(tmp)))
@@ -95,7 +99,8 @@ def run_reports(names):
             cli = dict(RUNS[name])
             if name == "export_search":
                 cli["state_dir"] = str(tmp / "state")
-            infos[name] = runner.run(name, cli=cli, log=lambda *_: None)
+            TERMINAL[name] = []
+            infos[name] = runner.run(name, cli=cli, log=TERMINAL[name].append)
         yield infos
     finally:
         mp.undo()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from test_report_content import (RUNS, _chromium, _notebook_outputs, check_browser, check_reads_clean,
-                                 check_shape, check_tables_and_figures, run_reports)
+from test_report_content import (RUNS, TERMINAL, _chromium, _notebook_outputs, check_browser,
+                                 check_reads_clean, check_shape, check_tables_and_figures, run_reports)
 from workbook import runner
 
 HERE = ("export_search", "mistral_tp")
@@ -73,6 +73,16 @@ def test_mistral_tp_two_gloo_ranks_match_one_process(reports):
     assert g["completion_tokens"] == 4 and g["total_tokens"] == g["prompt_tokens"] + 4
     assert {m["rank"] for m in res["tables"]["measurements"] if m["run"] == "tp=2"} == {0, 1}
     assert res["fallbacks"] == []
+
+
+def test_mistral_tp_shows_rank_0s_stages_in_the_terminal_as_they_happen(reports):
+    """Each torchrun launch relays rank 0's progress lines, marked with its size; the other ranks'
+    copies stay in the log."""
+    lines = TERMINAL["mistral_tp"]
+    loaded = [ln for ln in lines if "] loaded and sharded over" in ln]
+    assert [ln.split(" · ")[0] for ln in loaded] == ["    2 ranks", "    1 rank"]
+    assert all("· [rank 0 +" in ln for ln in loaded)
+    assert not [ln for ln in lines if "[rank 1 +" in ln]
 
 
 def test_export_search_resumes_without_repeating(reports):

@@ -16,13 +16,16 @@ from test_report_content import (_chromium, check_browser, check_reads_clean, ch
 from workbook import runner
 
 
+TERMINAL: list[str] = []  # what the runner printed
+
+
 @pytest.fixture(scope="module")
 def info():
     mp = pytest.MonkeyPatch()
     tmp = Path(tempfile.mkdtemp(prefix="workbook-serving-"))
     mp.setenv("WORKBOOK_OUTPUTS", str(tmp / "outputs"))
     try:
-        yield runner.run("serving", cli={}, log=lambda *_: None)
+        yield runner.run("serving", cli={}, log=TERMINAL.append)
     finally:
         mp.undo()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -66,3 +69,25 @@ def test_serving_measures_what_vllm_bench_serve_reports(info):
     assert head["batch1_ttft_ms"] > 0 and "server_overhead_pct_tpot" in head
     html = (run_dir / "report.html").read_text()
     assert "not on vLLM" in html and "static batching" in html
+
+
+def test_the_child_processes_progress_shows_under_its_cell_and_stays_out_of_the_report(info):
+    """The engine's, the servers' and the load generator's progress lines are echoed in the terminal
+    under the cell that waits for them, while they run, and moved to the run's log, not the report."""
+    def under(heading):
+        at = next(i for i, ln in enumerate(TERMINAL) if ln.startswith("  cell ") and heading in ln)
+        rest = TERMINAL[at + 1:]
+        end = next((i for i, ln in enumerate(rest) if ln.startswith("  cell ")), len(rest))
+        return rest[:end]
+
+    direct = under("The engine alone")
+    assert "    [direct] warm-up: batch 1 ready in" in "\n".join(direct)
+    assert sum(ln.startswith("    [direct] batch ") for ln in direct) == 4  # batches [1, 2, 4, 8]
+    load = "\n".join(under("Under load"))
+    assert "    [serve] warm-up took" in load and "    [4/4] concurrency 4: 12/12 ok in" in load
+    assert "    [4/4] hf_bicubic@224 round 2: 6/6 ok in" in "\n".join(under("Vision prefix A/B"))
+    from workbook.console import RELAY
+
+    log = (info.run_dir / "log.txt").read_text()
+    assert f"{RELAY}[direct] warm-up: batch 8 ready in" in log
+    assert RELAY not in (info.run_dir / "report.html").read_text()

@@ -6,9 +6,10 @@ line; a reader of the terminal (or of a report of a run that stopped) wants to k
 is, or where it got to. The runner executes notebooks through :class:`WorkbookEngine`, papermill's
 own nbclient engine with two hooks: at each code cell's start one line is printed (``cell 4 of 14 ·
 Precision against fp64 · 1 min 05 s so far · about 3 min left``), and at its end the cell's chatter
-is moved to the run's log (:mod:`workbook.console`) and its time kept. The estimate comes from the
-last finished run of the same notebook and profile. ``run.json`` keeps the cells' times, so the
-report can say how far an interrupted run got.
+is moved to the run's log (:mod:`workbook.console`) and its time kept. Lines a cell relays from a
+child process while it runs (:func:`workbook.console.relay`) are echoed under its line at once. The
+estimate comes from the last finished run of the same notebook and profile. ``run.json`` keeps the
+cells' times, so the report can say how far an interrupted run got.
 """
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ class Tracker:
         # {cell, of, heading, seconds, status} for each code cell that ran
         self.cells: list[dict] = []
         self.moved = 0
+        self.echo = RelayEcho(lambda line: self.log(f"    {line}"))
 
     def bind(self, nb) -> None:
         """The notebook as it executes (papermill's injected-parameters cell included)."""
@@ -119,6 +121,25 @@ class Tracker:
                 "log_lines_moved": self.moved}
 
 
+class RelayEcho:
+    """A file-like sink for the cells' stderr as it streams (papermill's ``stderr_file``): the
+    lines relayed from child processes (:func:`workbook.console.relay`) go to ``show`` without
+    their mark, at once; the rest is ignored (a cell's real warnings are shown at its end)."""
+
+    def __init__(self, show):
+        self.show, self._part = show, ""
+
+    def write(self, text: str) -> None:
+        *lines, self._part = (self._part + text).split("\n")
+        for raw in lines:
+            line = raw.split("\r")[-1]
+            if line.startswith(console.RELAY):
+                self.show(line[len(console.RELAY):])
+
+    def flush(self) -> None:
+        pass
+
+
 _CURRENT: list[Tracker] = []
 
 
@@ -142,6 +163,8 @@ class WorkbookEngine(NBClientEngine):
                 return complete(cell, cell_index, **kw)
 
             nb_man.cell_start, nb_man.cell_complete = cell_start, cell_complete
+            if kwargs.get("stderr_file") is None:  # papermill passes None: nothing asked for
+                kwargs["stderr_file"] = tracker.echo
         return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
 

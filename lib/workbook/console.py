@@ -18,6 +18,9 @@ from pathlib import Path
 
 LOG_NAME = "log.txt"
 
+# The margin mark of a child process's progress line (relay): the runner echoes these lines in the
+# terminal (workbook.cells) before moving them to the run's log.
+RELAY = "│ "
 # Each pattern is one kind of noise, matched against a single stderr line (after carriage returns
 # are resolved).
 CHATTER = [
@@ -36,6 +39,7 @@ CHATTER = [
     re.compile(r"Ignoring this choice"),
     re.compile(r"^\s*(Runtime|CUDA compilation) error during autotuning"),
     re.compile(r"^\s*\d+ tuning requests:"),
+    re.compile("^" + re.escape(RELAY)),  # a child process's progress line, relayed (relay)
 ]
 
 # Loggers whose records are autotuning chatter: multi-line messages that line patterns would cut
@@ -120,6 +124,13 @@ def progress(iterable=None, *, total=None, desc: str = "", **kw):
 
     return tqdm(iterable, total=total, desc=desc, mininterval=1.0, file=sys.stderr,
                 dynamic_ncols=False, ncols=100, **kw)
+
+
+def relay(line: str) -> None:
+    """Show a child process's progress line (:mod:`workbook.follow`) in the notebook while it runs:
+    on stderr behind :data:`RELAY`, so the runner echoes it in the terminal and then moves it to the
+    run's log with the other progress."""
+    print(RELAY + line, file=sys.stderr, flush=True)
 
 
 def quiet_libraries(log_path: Path) -> None:

@@ -17,10 +17,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from workbook.follow import Follow
+
 TAIL_LINES = 20
+POLL_S = 0.5  # how often a relayed child's log is looked at
 TAIL_CHARS = 400  # per line: a compiler can print one line of megabytes
 
 
@@ -89,12 +93,15 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 0.0) -> None:
 
 
 def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = None,
-        timeout_s: float | None, cwd=None, env: dict | None = None, grace_s: float = 0.0) -> Result:
+        timeout_s: float | None, cwd=None, env: dict | None = None, grace_s: float = 0.0,
+        relay: Callable[[str], None] | None = None) -> Result:
     """Run ``argv`` to its end or its timeout, output to ``log`` (stderr to ``stderr_log`` when
-    given, else into ``log``). The child's group is killed whatever ends the wait; KeyboardInterrupt
-    is re-raised."""
+    given, else into ``log``). With ``relay``, each progress line the child writes to ``log``
+    (:mod:`workbook.follow`) is handed to it while the child runs. The child's group is killed
+    whatever ends the wait; KeyboardInterrupt is re-raised."""
     if timeout_s is not None and timeout_s <= 0:
         return Result(None, True, 0.0)
+    follow = Follow(log, relay) if relay and log else None
     out = open(log, "ab") if log else subprocess.DEVNULL
     err = (open(stderr_log, "ab") if stderr_log
            else (subprocess.STDOUT if log else subprocess.DEVNULL))
@@ -103,16 +110,33 @@ def run(argv: list[str], *, log: Path | None = None, stderr_log: Path | None = N
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
                                 env=env, start_new_session=True, preexec_fn=die_with_parent())
         try:
-            rc, timed_out = proc.wait(timeout=timeout_s), False
+            rc, timed_out = _wait(proc, timeout_s, follow), False
         except subprocess.TimeoutExpired:
             rc, timed_out = None, True
         finally:  # exit, timeout, or Ctrl-C: nothing of the group is left behind
             kill_group(proc, grace_s)
+            if follow is not None:
+                follow.poll()
     finally:
         for f in (out, err):
             if hasattr(f, "close"):
                 f.close()
     return Result(rc, timed_out, time.perf_counter() - t0)
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float | None, follow: Follow | None) -> int:
+    """``proc.wait(timeout_s)``, looking at the child's log every POLL_S while it runs."""
+    if follow is None:
+        return proc.wait(timeout=timeout_s)
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            raise subprocess.TimeoutExpired(proc.args, timeout_s)
+        try:
+            return proc.wait(timeout=POLL_S if left is None else min(POLL_S, left))
+        except subprocess.TimeoutExpired:
+            follow.poll()
 
 
 def find_env(name: str, value: str) -> list[int]:

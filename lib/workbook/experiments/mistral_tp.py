@@ -110,6 +110,7 @@ def greedy(cfg: Config) -> bool:
 
 
 def run_torch(cfg: Config, nproc: int) -> dict:
+    from workbook import console
     from workbook.llm.launch import RunSpec, launch
 
     p = cfg.p
@@ -118,7 +119,12 @@ def run_torch(cfg: Config, nproc: int) -> dict:
                    do_sample=not greedy(cfg), temperature=p.temperature, top_k=p.top_k,
                    top_p=p.top_p, seed=p.seed, cache=p.cache, compile=p.compile,
                    allreduce=p.allreduce if nproc > 1 else "nccl")
-    return launch(spec, nproc, timeout_s=1800)
+
+    def show(line: str) -> None:  # rank 0 speaks for the group (a stuck rank's own lines are in
+        if line.startswith("[rank 0 "):  # the log tail a timeout prints)
+            console.relay(f"{nproc} rank{'s' if nproc > 1 else ''} · {line}")
+
+    return launch(spec, nproc, timeout_s=1800, relay=show)
 
 
 def run_neuron(cfg: Config) -> dict:

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbook import console
 from workbook.errors import bad_param
 from workbook.experiments.serving_split import batch1_rows
 from workbook.spec import Values
@@ -230,7 +231,8 @@ def direct(cfg: Config, rec) -> list[dict]:
     import sys
 
     r = proc.run([sys.executable, "-m", "workbook.serve.direct", str(folder / "config.json"),
-                  str(folder / "result.json")], log=folder / "direct.log", timeout_s=p.timeout_s)
+                  str(folder / "result.json")], log=folder / "direct.log", timeout_s=p.timeout_s,
+                 relay=console.relay)
     if r.returncode != 0:
         how = "timed out" if r.timed_out else f"exit code {r.returncode}"
         raise WorkbookError(f"The engine measurement failed ({how}); last lines of its log:\n"
@@ -275,12 +277,13 @@ def drive(cfg: Config, rec, name: str, items, options: list[str] | None, log=pri
                       items, gpu=options is not None and cfg.device == "cuda")
     if options is None:
         return bench.run(plan, folder, log_file=folder / "guidellm.log",
-                         timeout_s=p.timeout_s), plan.tokenizer
-    with ServerProcess(options, folder / "server.log", start_timeout_s=p.timeout_s) as server:
+                         timeout_s=p.timeout_s, relay=console.relay), plan.tokenizer
+    with ServerProcess(options, folder / "server.log", start_timeout_s=p.timeout_s,
+                       relay=console.relay) as server:
         log(f"server up at {server.url}; {len(items)} benchmarks from the load generator")
         plan.url = server.url
         return bench.run(plan, folder, log_file=folder / "guidellm.log",
-                         timeout_s=p.timeout_s), plan.tokenizer
+                         timeout_s=p.timeout_s, relay=console.relay), plan.tokenizer
 
 
 def load(cfg: Config, rec, log=print) -> list[dict]:

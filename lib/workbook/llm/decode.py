@@ -47,9 +47,12 @@ def die_with_torchrun() -> None:
 
 
 def _progress(msg: str) -> None:
-    """One timestamped line per stage into torchrun's log: a timeout's log tail shows the stage."""
-    print(f"[rank {os.environ.get('RANK', 0)} +{time.perf_counter() - _T0:7.1f} s] {msg}",
-          file=sys.stderr, flush=True)
+    """One timestamped line per stage into torchrun's log: a timeout's log tail shows the stage.
+    The line goes out in one write (print writes the newline apart), so that the ranks' lines,
+    appended to one log at the same moment, do not run into each other."""
+    sys.stderr.write(f"[rank {os.environ.get('RANK', 0)} +{time.perf_counter() - _T0:7.1f} s] "
+                     f"{msg}\n")
+    sys.stderr.flush()
 
 
 def _rank_env() -> tuple[int, int, int]:

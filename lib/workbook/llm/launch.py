@@ -51,13 +51,14 @@ class RunSpec:
     prompt_ids: list[list[int]] = field(default_factory=list)  # filled by launch
 
 
-def launch(spec: RunSpec, nproc: int, timeout_s: float = 600, out_dir=None) -> dict:
+def launch(spec: RunSpec, nproc: int, timeout_s: float = 600, out_dir=None, relay=None) -> dict:
     """Run ``spec`` on ``nproc`` tensor-parallel ranks under torchrun; return rank 0's results.
 
     The result holds rank 0's measurements (``tp_mechanism`` says how the model was sharded),
     ``ranks`` (per-rank memory), ``generations`` (one ``{text, prompt, model, usage}`` per prompt)
     and ``logits``: the fixed forward's logits as a CPU float32 tensor (pop it before recording
     JSON). Files stay in ``out_dir`` when given, else in a temporary folder that is removed.
+    ``relay`` gets the ranks' progress lines while they run (:mod:`workbook.follow`).
     """
     from workbook.models import mistral
 
@@ -67,17 +68,17 @@ def launch(spec: RunSpec, nproc: int, timeout_s: float = 600, out_dir=None) -> d
         out = Path(out_dir) if out_dir else Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
         (out / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
-        torchrun(DECODE, nproc, out, timeout_s)
+        torchrun(DECODE, nproc, out, timeout_s, relay)
         return _collect(out, spec, enc, nproc)
 
 
-def torchrun(entry: list[str], nproc: int, out: Path, timeout_s: float) -> None:
+def torchrun(entry: list[str], nproc: int, out: Path, timeout_s: float, relay=None) -> None:
     """Run ``entry`` (``DECODE``, or a script a test gives) on ``nproc`` ranks with the arguments
     ``out/spec.json`` and ``out``; a timeout or a failed rank raises WorkbookError."""
     log = out / "torchrun.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            str(nproc), *entry, str(out / "spec.json"), str(out)]
-    res = proc.run(cmd, log=log, timeout_s=timeout_s, grace_s=GRACE_S)
+    res = proc.run(cmd, log=log, timeout_s=timeout_s, grace_s=GRACE_S, relay=relay)
     tail = proc.tail_text(log, n=LOG_TAIL_LINES, indent="")
     if res.timed_out:
         raise WorkbookError(f"The tensor-parallel run (nproc={nproc}) passed its {timeout_s} s "

@@ -74,15 +74,17 @@ def write_plan(plan: Plan, out_dir: Path) -> Path:
     return path
 
 
-def run(plan: Plan, out_dir: Path, *, log_file: Path, timeout_s: float) -> list[dict]:
-    """Run the plan's unfinished benchmarks in a GuideLLM process; every item's records."""
+def run(plan: Plan, out_dir: Path, *, log_file: Path, timeout_s: float,
+        relay=None) -> list[dict]:
+    """Run the plan's unfinished benchmarks in a GuideLLM process; every item's records.
+    ``relay`` gets a line as each benchmark ends (:mod:`workbook.follow`)."""
     from workbook import proc
     from workbook.errors import WorkbookError
 
     path = write_plan(plan, out_dir)
     env = {**os.environ, **ENV}
     r = proc.run([sys.executable, "-m", "workbook.serve.bench", str(path)], log=log_file,
-                 timeout_s=timeout_s, cwd=out_dir, env=env)
+                 timeout_s=timeout_s, cwd=out_dir, env=env, relay=relay)
     done = [load_item(out_dir, i) for i in range(len(plan.items))]
     if r.returncode != 0 and any(d is None for d in done):
         how = (f"timed out after {timeout_s:.0f} s" if r.timed_out

@@ -14,16 +14,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from workbook import proc
 from workbook.errors import WorkbookError
+from workbook.follow import Follow
 
 
 class ServerProcess:
     def __init__(self, options: list[str], log_file: Path, *, start_timeout_s: float = 900,
-                 stop_timeout_s: float = 60):
+                 stop_timeout_s: float = 60, relay: Callable[[str], None] | None = None):
+        """``relay`` gets the server's progress lines while it starts (loading, warm-up per
+        batch size: minutes on a GPU; :mod:`workbook.follow`)."""
         self.options, self.log_file = options, Path(log_file)
+        self.relay = relay
         self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
         self.url = ""
         self.p: subprocess.Popen | None = None
@@ -35,6 +40,7 @@ class ServerProcess:
         argv = [sys.executable, "-m", "workbook.cli", "serve", "--port", "0",
                 "--ready-file", str(ready), *self.options]
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        follow = Follow(self.log_file, self.relay) if self.relay else None
         log = open(self.log_file, "ab")
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                   start_new_session=True, env=dict(os.environ),
@@ -43,6 +49,8 @@ class ServerProcess:
         deadline = time.monotonic() + self.start_timeout_s
         try:
             while not ready.exists():
+                if follow is not None:
+                    follow.poll()
                 if self.p.poll() is not None:
                     raise WorkbookError(
                         f"The server stopped while starting (exit code {self.p.returncode}); "
@@ -53,6 +61,8 @@ class ServerProcess:
                         f"of {self.log_file.name}:\n{proc.tail_text(self.log_file)}")
                 time.sleep(0.2)
             self.url = ready.read_text().strip()
+            if follow is not None:
+                follow.poll()
         except BaseException:
             self._stop()
             raise
