@@ -106,9 +106,9 @@ def _cells_html(run: dict) -> str:
                 f"code cells ran ({total})</summary><ul>{lines}</ul></details>")
     if run.get("log"):
         moved = run.get("log_lines_moved") or 0
-        out += (f'<p><a href="{_esc(run["log"])}">log</a>: progress bars and library messages'
-                f"{f' ({moved} lines moved out of this report)' if moved else ''}, and the "
-                "kernel's own messages</p>")
+        count = f" ({moved} lines moved out of this report)" if moved else ""
+        out += (f'<p><a href="{_esc(run["log"])}">log</a>: progress (bars, child processes\' '
+                f"lines) and library messages{count}, and the kernel's own messages</p>")
     return out
 
 
