@@ -362,6 +362,41 @@ def test_resume_tests_nothing_twice_and_refuses_another_validator(tmp_path):
         es.search("org/m", at.NeuronValidator(), CANDS, tmp_path / "s", timeout_s=30, log=_quiet)
 
 
+def test_ctrl_c_stops_the_search_unfinished_and_a_rerun_goes_on_from_there(tmp_path):
+    """Ctrl-C between tries, or in the middle of one, ends the search with KeyboardInterrupt: the
+    state keeps the finished tries, nothing in flight and no completion mark, and the next search
+    runs the rest once (it used to swallow the interrupt and call the search complete)."""
+    import threading
+
+    v, side = _fake_validator(tmp_path, pause=0, slow="8,1,4096")  # the third try takes 1.5 s
+    done = []
+
+    def tried(line):
+        done.append(line)
+        if len(done) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=_quiet, tried=tried)
+    saved = json.loads(es.state_path(tmp_path / "s", "org/m").read_text())
+    assert not saved.get("complete") and saved["running"] == [] and len(saved["attempts"]) == 2
+
+    timer = threading.Timer(0.7, os.kill, (os.getpid(), signal.SIGINT))  # during the third try
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=_quiet)
+    finally:
+        timer.cancel()
+    saved = json.loads(es.state_path(tmp_path / "s", "org/m").read_text())
+    assert not saved.get("complete") and saved["running"] == [] and len(saved["attempts"]) == 2
+
+    final = es.search("org/m", v, CANDS, tmp_path / "s", timeout_s=30, log=_quiet)
+    assert final["complete"]
+    assert [(a["tp"], a["batch"], a["seq"]) for a in final["attempts"]] == EXPECTED_TRIES
+    assert side.read_text().count("done") == len(EXPECTED_TRIES)  # every try finished once
+
+
 def test_one_search_per_state_file_and_stale_temp_files_go(tmp_path):
     v, _ = _fake_validator(tmp_path, pause=0)
     (tmp_path / ".m.json.abc.tmp").write_text('{"trunc')

@@ -75,6 +75,16 @@ def test_mistral_tp_two_gloo_ranks_match_one_process(reports):
     assert res["fallbacks"] == []
 
 
+def test_export_search_shows_each_try_in_the_terminal_and_keeps_the_report_to_its_tables(reports):
+    info = reports["export_search"]
+    res = json.loads((info.run_dir / "results.json").read_text())
+    tested = [r for r in res["tables"]["configurations"] if r["reason"] == "tested"]
+    shown = [ln for ln in TERMINAL["export_search"] if ln.startswith("    [search] tp=")]
+    assert len(shown) == len(tested) > 0 and all(" in " in ln and " pending" in ln for ln in shown)
+    said = "".join("".join(o.get("text", "")) for o in _notebook_outputs(info))
+    assert "[search]" not in said and "[search] tp=" in (info.run_dir / "log.txt").read_text()
+
+
 def test_mistral_tp_shows_rank_0s_stages_in_the_terminal_as_they_happen(reports):
     """Each torchrun launch relays rank 0's progress lines, marked with its size; the other ranks'
     copies stay in the log."""

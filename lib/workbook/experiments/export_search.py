@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbook import checks, targets
+from workbook import checks, console, targets
 from workbook.errors import ParameterError, bad_param
 from workbook.llm import attempts, neuron_export, search
 from workbook.llm import search_plan as sp
@@ -153,8 +153,11 @@ def run(cfg: Config, rec, log=print) -> dict:
             dispatch.close()
             raise
     try:
+        # each try's result is the search's progress: live in the cell and under the runner's
+        # line in the terminal, then in the run's log (the report has every try in its table)
         state = search.search(cfg.model, validator(cfg), cfg.cands, cfg.state_dir,
-                              cfg.p.timeout_s, progress=True, log=log, dispatch=dispatch)
+                              cfg.p.timeout_s, log=log, dispatch=dispatch,
+                              tried=lambda line: console.relay(f"[search] {line}"))
     finally:
         if dispatch is not None:
             dispatch.close()

@@ -197,17 +197,17 @@ class HereDispatch:
 
 # ---------------------------------------------------------------- the search
 
-def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: float, progress=None,
-           log=print, dispatch=None) -> dict:
+def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: float, log=print,
+           dispatch=None, tried=None) -> dict:
     """Try every pending candidate, largest first, re-planning after each result; return the state.
 
     The state is ``<out_dir>/<model_name>.json``, rewritten after every try; each try's folder (log,
     export) is ``<out_dir>/<model_name>.attempts/tp<T>-b<B>-s<S>``. ``timeout_s``: for one try, all
-    its steps. ``progress``: None, True (a progress bar) or a callable ``progress(record,
-    plan_rows)`` called after each try. ``dispatch``: where tries run (default here, one at a
+    its steps. ``dispatch``: where tries run (default here, one at a
     time; :class:`workbook.llm.search_ray.RayDispatch` for a Ray cluster), ``dispatch.parallel``
-    at a time.
+    at a time. ``tried``: where each try's one-line result goes (default ``log``).
     """
+    tried = tried or log
     dispatch = dispatch or HereDispatch()
     cands = normalize_cands(cands)
     out_dir = Path(out_dir)
@@ -226,13 +226,6 @@ def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: fl
 
         _recover_interrupted(state, workroot, log)
         save()
-        bar = None
-        if progress is True:
-            from workbook.console import progress as progress_bar
-
-            rows = state["plan"]
-            bar = progress_bar(total=len(rows), initial=sum(r["status"] != "pending" for r in rows),
-                               desc="export search", unit="config")
         running: dict = {}  # handle -> (tp, batch, seq), token
         try:
             while True:
@@ -259,22 +252,15 @@ def search(model: str, validator: Validator, cands: dict, out_dir, timeout_s: fl
                     state["attempts"].append(rec)
                     save()
                     left = sum(r["status"] == "pending" for r in state["plan"])
-                    log(f"tp={tp} batch={b} seq={s}: {rec['status']} in {rec['seconds']:.1f} s "
-                        f"({rec['detail']}); {left} pending")
-                    if bar is not None:
-                        bar.update(len(state["plan"]) - left - bar.n)
-                    elif callable(progress):
-                        progress(rec, state["plan"])
+                    tried(f"tp={tp} batch={b} seq={s}: {rec['status']} in {rec['seconds']:.1f} s "
+                          f"({rec['detail']}); {left} pending")
         except BaseException:
-            # on Ctrl-C or an error the tries in flight are stopped: they are tried again
+            # on Ctrl-C or an error the tries in flight are stopped (a re-run tries them again),
+            # the state is saved without them and the search stops: it is not complete
             dispatch.cancel(list(running))
             state["running"] = []
-        except BaseException:
             save()
             raise
-        finally:
-            if bar is not None:
-                bar.close()
         state["complete"] = True
         save()
     return state
