@@ -132,7 +132,7 @@ class RelayEcho:
     def write(self, text: str) -> None:
         *lines, self._part = (self._part + text).split("\n")
         for raw in lines:
-            line = raw.split("\r")[-1]
+            line = console.resolve_cr(raw)
             if line.startswith(console.RELAY):
                 self.show(line[len(console.RELAY):])
 

@@ -48,7 +48,7 @@ CHATTY_LOGGERS = ("torch._inductor.select_algorithm", "torch._inductor.runtime.t
                   "torch._inductor.autotune_process")
 
 
-def _resolve_cr(line: str) -> str:
+def resolve_cr(line: str) -> str:
     """What a terminal shows of a line a progress bar rewrote with carriage returns: the end."""
     parts = [p for p in line.split("\r") if p.strip()]
     return parts[-1] if parts else ""
@@ -62,7 +62,7 @@ def split_stderr(text: str) -> tuple[str, list[str]]:
     """``(kept text, chatter lines)``: chatter (and blank lines between chatter) leaves the text."""
     kept, moved = [], []
     for raw in text.split("\n"):
-        line = _resolve_cr(raw) if "\r" in raw else raw
+        line = resolve_cr(raw) if "\r" in raw else raw
         if "\r" in raw and not line:
             continue
         if is_chatter(line):

@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from workbook.console import resolve_cr
+
 # a tag of words ("direct", "serve", "rank 1 +  12.3 s") or a count ("2/5"), then a space
 PROGRESS = re.compile(r"^\[(?:[a-z][\w .+-]*|\d+/\d+)\] ")
 LINE_CHARS = 300  # a relayed line is cut here: a child can print one line of megabytes
@@ -46,9 +48,7 @@ class Follow:
         *lines, self._part = (self._part + data).split(b"\n")
         n = 0
         for raw in lines:
-            # what a terminal would show of a line a progress bar rewrote: its last part
-            parts = [p for p in raw.decode(errors="replace").split("\r") if p.strip()]
-            line = parts[-1].rstrip() if parts else ""
+            line = resolve_cr(raw.decode(errors="replace")).rstrip()
             if self.pattern.match(line):
                 self.on_line(line[:LINE_CHARS])
                 n += 1

@@ -24,8 +24,8 @@ from pathlib import Path
 from workbook.follow import Follow
 
 TAIL_LINES = 20
-POLL_S = 0.5  # how often a relayed child's log is looked at
 TAIL_CHARS = 400  # per line: a compiler can print one line of megabytes
+POLL_S = 0.5  # how often a relayed child's log is looked at
 
 
 @dataclass
